@@ -1,0 +1,1 @@
+"""Materialise, train, merge and export a chosen subnet."""

@@ -1,0 +1,1 @@
+"""The Optuna side: budget-constrained search over subnets of a trained supernet."""

@@ -1,0 +1,44 @@
+"""What every PEFT layer shares: a marker base class and prefix slicing."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class PeftLayer(nn.Module):
+    """Base of the Adapter / LoRA / VPT / SSF layers.
+
+    A layer's own parameters (``recurse=False``) are its PEFT parameters; the module it wraps,
+    if any, is frozen backbone. Each layer holds its maximum size; ``size`` picks the active
+    prefix (weight entanglement), and size 0 takes the layer out of the computation.
+    """
+
+    max_size: int
+
+    def __init__(self, max_size: int):
+        super().__init__()
+        if max_size < 1:
+            raise ValueError(f"{type(self).__name__}: max_size must be >= 1, got {max_size}")
+        self.max_size = max_size
+        self.size = max_size
+
+    def set_size(self, size: int) -> None:
+        if not 0 <= size <= self.max_size:
+            raise ValueError(f"{type(self).__name__}: size {size} outside [0, {self.max_size}]")
+        self.size = size
+
+    def peft_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.named_parameters(recurse=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}/{self.max_size}"
+
+
+def prefix_slice(src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The leading block of ``src`` with ``shape``: how a materialised layer inherits supernet weights."""
+    if len(src.shape) != len(shape) or any(s > t for s, t in zip(shape, src.shape)):
+        raise ValueError(f"cannot slice {tuple(shape)} out of {tuple(src.shape)}")
+    return src[tuple(slice(0, s) for s in shape)]

@@ -1,0 +1,248 @@
+"""Inject the PEFT layers into a timm ``VisionTransformer`` and choose the active subnet.
+
+:class:`PeftViT` wraps modules of the timm model in place (it never copies timm's model code),
+so fused attention, prefix tokens, LayerScale and every pooling mode keep working. The same
+class serves the weight-sharing supernet (every layer at the space's largest size) and a
+materialised subnet (every layer at exactly its chosen size, size-0 layers absent).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterator
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from unitune.errors import UniTuneError
+
+from .adapter import MlpAdapter
+from .layers import PeftLayer, prefix_slice
+from .lora import LoRALinear
+from .space import METHODS, SearchSpace
+from .ssf import SSF
+from .subnet import Subnet
+from .vpt import PromptedBlock
+
+# Where SSF goes in each block: after these modules (paths relative to the block).
+SSF_POINTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+LORA_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+REQUIRED = ("norm1", "norm2", "attn", "attn.qkv", "attn.proj", "mlp", "mlp.fc1", "mlp.fc2")
+
+
+def check_vit(model: nn.Module, name: str = "backbone") -> VisionTransformer:
+    """Raise a one-line error unless ``model`` is a timm ViT whose blocks have the expected layout."""
+    if not isinstance(model, VisionTransformer):
+        raise UniTuneError(f"{name}: is not a timm VisionTransformer (got {type(model).__name__})")
+    for i, block in enumerate(model.blocks):
+        block = unwrap(block)
+        for path in REQUIRED:
+            if _get(block, path) is None:
+                raise UniTuneError(f"{name}: block {i} has no '{path}'; unitune needs timm's standard ViT Block")
+        if not isinstance(unwrap(_get(block, "attn.qkv")), nn.Linear):
+            raise UniTuneError(f"{name}: block {i} has no fused nn.Linear 'attn.qkv'")
+    return model
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path``, looking through PEFT wrappers on the way (not at the end)."""
+    module = root
+    for part in path.split("."):
+        module = getattr(unwrap(module), part, None)
+        if module is None:
+            return None
+    return module
+
+
+def _set(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(root, parent) if parent else root, name, value)
+
+
+def _out_dim(module: nn.Module, fallback: int) -> int:
+    for attr in ("out_features", "normalized_shape", "out_channels"):
+        value = getattr(module, attr, None)
+        if value is not None:
+            return int(value[-1]) if isinstance(value, (tuple, list)) else int(value)
+    return fallback
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The backbone module under any PEFT wrappers."""
+    while isinstance(module, PeftLayer):
+        module = next(iter(module.children()))
+    return module
+
+
+def _strip(module: nn.Module) -> None:
+    """Replace every PEFT wrapper below ``module`` by the backbone module it wraps."""
+    for name, child in list(module.named_children()):
+        inner = unwrap(child)
+        if inner is not child:
+            setattr(module, name, inner)
+        _strip(inner)
+
+
+class PeftViT(nn.Module):
+    """A timm ViT with Adapter / LoRA / VPT / SSF layers of given maximum sizes in every block.
+
+    ``sizes`` gives each layer's allocated size; ``None`` means the space's largest everywhere
+    (the supernet). Only PEFT parameters and the classifier head are trainable.
+    """
+
+    def __init__(self, vit: VisionTransformer, space: SearchSpace, sizes: Subnet | None = None):
+        super().__init__()
+        check_vit(vit)
+        depth = len(vit.blocks)
+        sizes = (sizes or Subnet.largest(space, depth)).check(depth)
+        self.vit = vit
+        self.space = space
+        self.capacity = sizes
+        # Per block and method, the layers a subnet size is set on; and every layer under a
+        # canonical name ("blocks.3.lora.qkv", "ssf_global.norm") that does not depend on how
+        # wrappers happen to nest, so supernet, materialised model and checkpoints agree.
+        self.layers: list[dict[str, list[PeftLayer]]] = [{m: [] for m in METHODS} for _ in range(depth)]
+        self.global_ssf: list[SSF] = []
+        self.named_layers: dict[str, PeftLayer] = {}
+        for p in vit.parameters():
+            p.requires_grad_(False)
+        self._inject(sizes)
+        for p in self.head.parameters():
+            p.requires_grad_(True)
+        self._subnet = sizes
+        self.set_subnet(sizes)
+
+    # ---- construction ------------------------------------------------------------------------
+
+    def _inject(self, sizes: Subnet) -> None:
+        vit, space = self.vit, self.space
+        dim = vit.embed_dim
+        for i in range(len(vit.blocks)):
+            block = vit.blocks[i]
+            layers = self.layers[i]
+            if sizes.lora[i]:
+                for target in space.lora_targets:
+                    layer = LoRALinear(_get(block, LORA_PATHS[target]), sizes.lora[i], space.lora_scale)
+                    _set(block, LORA_PATHS[target], layer)
+                    self._register(f"blocks.{i}.lora.{target}", layers["lora"], layer)
+            if sizes.ssf[i]:
+                for path in SSF_POINTS:
+                    module = _get(block, path)
+                    layer = SSF(module, _out_dim(unwrap(module), dim))
+                    _set(block, path, layer)
+                    self._register(f"blocks.{i}.ssf.{path}", layers["ssf"], layer)
+            if sizes.adapter[i]:
+                layer = MlpAdapter(block.mlp, dim, sizes.adapter[i], space.adapter_style, space.adapter_scale)
+                block.mlp = layer
+                self._register(f"blocks.{i}.adapter", layers["adapter"], layer)
+            if sizes.vpt[i]:
+                patch = vit.patch_embed.proj
+                patch_numel = patch.weight[0].numel() if isinstance(patch, nn.Conv2d) else 0
+                layer = PromptedBlock(block, dim, sizes.vpt[i], vit.num_prefix_tokens, patch_numel)
+                vit.blocks[i] = layer
+                self._register(f"blocks.{i}.vpt", layers["vpt"], layer)
+        if sizes.ssf_global:
+            # After patch-embed: wrap its (usually Identity) output norm, so the PatchEmbed module
+            # and the attributes timm reads from it stay in place.
+            embed_norm = SSF(vit.patch_embed.norm, dim)
+            vit.patch_embed.norm = embed_norm
+            final = "norm" if not isinstance(vit.norm, nn.Identity) else "fc_norm"
+            final_norm = SSF(getattr(vit, final), dim)
+            setattr(vit, final, final_norm)
+            self._register("ssf_global.patch_embed", self.global_ssf, embed_norm)
+            self._register(f"ssf_global.{final}", self.global_ssf, final_norm)
+
+    def _register(self, name: str, group: list[PeftLayer], layer: PeftLayer) -> None:
+        group.append(layer)
+        self.named_layers[name] = layer
+
+    # ---- the active subnet -------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    @property
+    def subnet(self) -> Subnet:
+        return self._subnet
+
+    def set_subnet(self, subnet: Subnet) -> None:
+        """Make ``subnet`` the active one; every size must fit the allocated layers."""
+        subnet.check(self.depth)
+        for m in METHODS:
+            for i, size in enumerate(subnet.sizes(m)):
+                if size > self.capacity.sizes(m)[i]:
+                    raise UniTuneError(
+                        f"subnet: {m}[{i}] = {size} exceeds this model's allocated size {self.capacity.sizes(m)[i]}"
+                    )
+                for layer in self.layers[i][m]:
+                    layer.set_size(size)
+        if subnet.ssf_global > self.capacity.ssf_global:
+            raise UniTuneError("subnet: ssf_global = 1 but this model has no global SSF layers")
+        for layer in self.global_ssf:
+            layer.set_size(subnet.ssf_global)
+        self._subnet = subnet
+
+    # ---- parameters --------------------------------------------------------------------------
+
+    @property
+    def head(self) -> nn.Module:
+        return self.vit.get_classifier()
+
+    def peft_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """PEFT parameters under canonical names, e.g. ``blocks.3.lora.qkv.lora_A``."""
+        for name, layer in self.named_layers.items():
+            for pname, p in layer.peft_named_parameters():
+                yield f"{name}.{pname}", p
+
+    def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Everything training changes: PEFT parameters and the classifier head (``head.*``)."""
+        yield from self.peft_named_parameters()
+        for pname, p in self.head.named_parameters():
+            yield f"head.{pname}", p
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.trainable_named_parameters()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load what :meth:`trainable_state_dict` saved; names and shapes must match exactly."""
+        own = dict(self.trainable_named_parameters())
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        if missing or unexpected:
+            raise UniTuneError(
+                f"{source}: does not fit this model (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+            )
+        with torch.no_grad():
+            for name, p in own.items():
+                if p.shape != state[name].shape:
+                    raise UniTuneError(
+                        f"{source}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}"
+                    )
+                p.copy_(state[name])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)
+
+    # ---- materialisation ---------------------------------------------------------------------
+
+    def backbone(self) -> VisionTransformer:
+        """A deep copy of the plain timm model, every PEFT wrapper removed."""
+        vit = copy.deepcopy(self.vit)
+        _strip(vit)
+        return vit
+
+    def materialize(self, subnet: Subnet | None = None) -> "PeftViT":
+        """A model with exactly ``subnet``'s sizes (default: the active one) and the sliced weights."""
+        subnet = subnet or self.subnet
+        self.set_subnet(subnet)  # validates against capacity
+        vit = self.backbone()
+        for p in vit.parameters():
+            p.requires_grad_(False)
+        model = PeftViT(vit, self.space, sizes=subnet)
+        source = dict(self.peft_named_parameters())
+        with torch.no_grad():
+            for name, p in model.peft_named_parameters():
+                p.copy_(prefix_slice(source[name], p.shape))
+        return model.train(self.training)

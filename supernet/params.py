@@ -1,0 +1,119 @@
+"""Exact, analytic parameter counts of a subnet on a given backbone.
+
+The counts come from the backbone's dimensions alone (no PEFT layer is built) and equal the
+number of parameters a materialised subnet holds; the tests check one against the other.
+For ViT-B/16 (d = 768, MLP 3072, 12 blocks):
+
+- LoRA rank r on a linear ``in → out``: ``r·(in + out)``; on the fused qkv that is ``4·d·r``.
+- Adapter width k: ``2·d·k + k + d`` (down and up weights and biases).
+- VPT-deep, p tokens: ``p·d``.
+- SSF in a block: ``2·(d + 3d + d + d + 4d + d) = 22·d``; global SSF: ``2·(d + d)``.
+
+The budget excludes the classifier head (as NOAH counts); ``with_head`` adds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .model import LORA_PATHS, SSF_POINTS, _get, _out_dim, check_vit, unwrap
+from .space import METHODS, SearchSpace
+from .subnet import Subnet
+
+
+@dataclass(frozen=True)
+class BlockDims:
+    dim: int
+    lora: dict[str, tuple[int, int]]  # target -> (in_features, out_features)
+    ssf: dict[str, int]  # SSF point -> output width
+
+    @property
+    def ssf_width(self) -> int:
+        return sum(self.ssf.values())
+
+
+@dataclass(frozen=True)
+class BackboneDims:
+    """What parameter counting needs to know about a timm ViT."""
+
+    dim: int
+    blocks: tuple[BlockDims, ...]
+    head_params: int
+    num_classes: int
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "BackboneDims":
+        vit = check_vit(getattr(model, "vit", model))
+        dim = vit.embed_dim
+        blocks = []
+        for block in vit.blocks:
+            block = unwrap(block)
+            lora = {}
+            for target, path in LORA_PATHS.items():
+                linear = unwrap(_get(block, path))
+                lora[target] = (linear.in_features, linear.out_features)
+            ssf = {path: _out_dim(unwrap(_get(block, path)), dim) for path in SSF_POINTS}
+            blocks.append(BlockDims(dim, lora, ssf))
+        head = vit.get_classifier()
+        head_params = sum(p.numel() for p in head.parameters())
+        return cls(dim, tuple(blocks), head_params, vit.num_classes)
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    per_method: dict[str, int]  # lora, adapter, vpt, ssf (global SSF included in ssf)
+    per_block: tuple[dict[str, int], ...]
+    ssf_global: int
+    head: int
+
+    @property
+    def total(self) -> int:
+        """Trainable PEFT parameters, head excluded: what the budget constrains."""
+        return sum(self.per_method.values())
+
+    @property
+    def with_head(self) -> int:
+        return self.total + self.head
+
+    def to_dict(self) -> dict:
+        return {
+            "trainable_params": self.total,
+            "head_params": self.head,
+            "trainable_params_with_head": self.with_head,
+            "per_method": dict(self.per_method),
+            "ssf_global": self.ssf_global,
+            "per_block": [dict(b) for b in self.per_block],
+        }
+
+
+def block_params(method: str, size: int, block: BlockDims, space: SearchSpace) -> int:
+    if size == 0:
+        return 0
+    d = block.dim
+    if method == "lora":
+        return sum(size * (block.lora[t][0] + block.lora[t][1]) for t in space.lora_targets)
+    if method == "adapter":
+        return 2 * d * size + size + d
+    if method == "vpt":
+        return size * d
+    if method == "ssf":
+        return 2 * block.ssf_width
+    raise KeyError(method)
+
+
+def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None = None) -> ParamCount:
+    space = space or SearchSpace()
+    subnet.check(dims.depth)
+    per_block = tuple(
+        {m: block_params(m, subnet.sizes(m)[i], block, space) for m in METHODS} for i, block in enumerate(dims.blocks)
+    )
+    ssf_global = 4 * dims.dim if subnet.ssf_global else 0
+    per_method = {m: sum(b[m] for b in per_block) for m in METHODS}
+    per_method["ssf"] += ssf_global
+    return ParamCount(per_method, per_block, ssf_global, dims.head_params)

@@ -1,0 +1,27 @@
+"""SSF: scale and shift the output of an op, ``y = γ ⊙ op(x) + β``, with γ = 1 and β = 0 at the start.
+
+Being affine on the output channels, it folds exactly into the linear, LayerNorm or conv before it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import PeftLayer
+
+
+class SSF(PeftLayer):
+    """Wraps a module whose output's last dimension is ``dim``; ``size`` is 0 (off) or 1 (on)."""
+
+    def __init__(self, module: nn.Module, dim: int):
+        super().__init__(1)
+        self.module = module
+        self.ssf_scale = nn.Parameter(torch.ones(dim))
+        self.ssf_shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.module(x, *args, **kwargs)
+        if self.size == 0:
+            return y
+        return y * self.ssf_scale + self.ssf_shift

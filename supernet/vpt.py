@@ -1,0 +1,37 @@
+"""VPT-deep: learned prompt tokens that one block sees and that are dropped after it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import PeftLayer
+
+
+class PromptedBlock(PeftLayer):
+    """Wraps a transformer block; p prompts are inserted after the prefix tokens (class and
+    register tokens) and removed again after the block, so prefix tokens keep their places and
+    pooling and the head never see a prompt."""
+
+    def __init__(self, block: nn.Module, dim: int, max_tokens: int, num_prefix_tokens: int, patch_numel: int = 0):
+        super().__init__(max_tokens)
+        self.block = block
+        self.num_prefix_tokens = num_prefix_tokens
+        self.prompts = nn.Parameter(torch.empty(max_tokens, dim))
+        # VPT's initialisation: uniform with the Xavier bound of a patch-to-token projection.
+        bound = math.sqrt(6.0 / float(patch_numel + dim)) if patch_numel else 0.02
+        nn.init.uniform_(self.prompts, -bound, bound)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        p = self.size
+        if p == 0:
+            return self.block(x, *args, **kwargs)
+        if args or kwargs.get("attn_mask") is not None:
+            raise NotImplementedError("VPT prompts with an attention mask are not supported")
+        n = self.num_prefix_tokens
+        prompts = self.prompts[:p].to(x.dtype).expand(x.shape[0], -1, -1)
+        x = torch.cat([x[:, :n], prompts, x[:, n:]], dim=1)
+        x = self.block(x, **kwargs)
+        return torch.cat([x[:, :n], x[:, n + p:]], dim=1)
