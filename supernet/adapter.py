@@ -20,6 +20,8 @@ class MlpAdapter(PeftLayer):
     Parameters: ``2·d·k + k + d`` (both biases included; the up bias is part of any non-empty adapter).
     """
 
+    _size_dims = {"down_weight": 0, "down_bias": 0, "up_weight": 1}
+
     def __init__(self, mlp: nn.Module, dim: int, max_width: int, style: str = "sequential", scale: float = 1.0):
         super().__init__(max_width)
         self.mlp = mlp

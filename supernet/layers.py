@@ -17,6 +17,8 @@ class PeftLayer(nn.Module):
     """
 
     max_size: int
+    # Per parameter, the dimension that scales with the size; other dimensions are used whole.
+    _size_dims: dict[str, int] = {}
 
     def __init__(self, max_size: int):
         super().__init__()
@@ -32,6 +34,19 @@ class PeftLayer(nn.Module):
 
     def peft_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         return self.named_parameters(recurse=False)
+
+    def active_shape(self, name: str, size: int | None = None) -> torch.Size:
+        """Shape of the leading block of parameter ``name`` that a layer of ``size`` uses."""
+        size = self.size if size is None else size
+        p = getattr(self, name)
+        dim = self._size_dims.get(name)
+        if size == 0:
+            return torch.Size([0] * p.dim())
+        if dim is None:
+            return p.shape
+        shape = list(p.shape)
+        shape[dim] = size
+        return torch.Size(shape)
 
     def extra_repr(self) -> str:
         return f"size={self.size}/{self.max_size}"

@@ -18,6 +18,8 @@ class LoRALinear(PeftLayer):
     in every subnet that shares it.
     """
 
+    _size_dims = {"lora_A": 0, "lora_B": 1}
+
     def __init__(self, base: nn.Linear, max_rank: int, scale: float = 1.0):
         super().__init__(max_rank)
         self.base = base

@@ -15,6 +15,8 @@ class PromptedBlock(PeftLayer):
     register tokens) and removed again after the block, so prefix tokens keep their places and
     pooling and the head never see a prompt."""
 
+    _size_dims = {"prompts": 0}
+
     def __init__(self, block: nn.Module, dim: int, max_tokens: int, num_prefix_tokens: int, patch_numel: int = 0):
         super().__init__(max_tokens)
         self.block = block

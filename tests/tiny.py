@@ -1,0 +1,22 @@
+"""Tiny timm ViTs (32 px, patch 8, width 64, depth 4) in the variants every feature must survive."""
+
+from __future__ import annotations
+
+import timm
+import torch
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
+
+# class token; register tokens with LayerScale; no class token with average pooling; no qkv bias.
+VARIANTS = {
+    "cls": {},
+    "reg_layerscale": dict(reg_tokens=2, init_values=0.1),
+    "avgpool_noclass": dict(class_token=False, global_pool="avg"),
+    "no_qkv_bias": dict(qkv_bias=False),
+}
+
+
+def tiny_vit(variant: str = "cls", num_classes: int = 5, seed: int = 0, **extra) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kwargs = {**TINY, **VARIANTS[variant], **extra}
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **kwargs)
