@@ -117,3 +117,21 @@ def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None =
     per_method = {m: sum(b[m] for b in per_block) for m in METHODS}
     per_method["ssf"] += ssf_global
     return ParamCount(per_method, per_block, ssf_global, dims.head_params)
+
+
+def parse_budget(value: str | int | float, backbone_params: int, where: str = "budget") -> int:
+    """A parameter budget: ``400000``, ``"400k"``, ``"0.4M"``, or ``"0.5%"`` of the backbone's parameters."""
+    from unitune.errors import UniTuneError
+
+    if isinstance(value, bool):
+        raise UniTuneError(f"{where}: expected a count like 400000, 0.4M or 0.5%, got {value!r}")
+    text = str(value).strip().replace(",", "").replace("_", "")
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "%": backbone_params / 100}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 or text[-1:] in "kKmM%" else text
+    try:
+        budget = float(number) * scale
+    except ValueError:
+        raise UniTuneError(f"{where}: expected a count like 400000, 0.4M or 0.5%, got {value!r}") from None
+    if budget <= 0:
+        raise UniTuneError(f"{where}: expected a positive budget, got {value!r}")
+    return int(round(budget))

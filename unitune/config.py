@@ -170,3 +170,99 @@ def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> 
 
 def config_source(path: str | os.PathLike) -> str:
     return str(Path(path))
+
+
+@dataclass(frozen=True)
+class SupernetConfig(TrainConfig):
+    """Supernet training: a recipe plus how each step picks the subnet(s) it trains."""
+
+    sampler: str = "uniform"  # uniform (NOAH) | sandwich | budget
+    budget: str | int | None = None  # for the 'budget' sampler; defaults to search.budget
+    num_random: int = 1  # random subnets per sandwich step
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.sampler not in ("uniform", "sandwich", "budget"):
+            raise UniTuneError(f"{where}.sampler: expected one of ['uniform', 'sandwich', 'budget'], got {self.sampler!r}")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    budget: str | int | None = None  # 400000, "0.4M", "0.5%" (of the backbone)
+    trials: int = 100
+    sampler: str = "tpe"
+    storage: str | None = None  # default: sqlite:///<out>/study.db
+    study: str | None = None  # default: the config's name
+    objectives: str = "acc"  # acc | acc,params
+    seed: int = 0
+    val_subset: int | None = None  # evaluate trials on a fixed subset of val
+
+
+@dataclass(frozen=True)
+class RetrainConfig(TrainConfig):
+    init: str = "pretrained"  # pretrained | supernet: where the PEFT weights start
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.init not in ("pretrained", "supernet"):
+            raise UniTuneError(f"{where}.init: expected 'pretrained' or 'supernet', got {self.init!r}")
+
+
+RUN_SECTIONS = ("name", "device", "model", "data", "space", "supernet", "search", "retrain")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: one section per stage. ``space`` stays a mapping here (the supernet package
+    owns its schema); :func:`load_run_config` validates it with the rest."""
+
+    name: str
+    device: str
+    model: ModelConfig
+    data: Any  # unitune.data.DataConfig
+    space: dict
+    supernet: SupernetConfig
+    search: SearchConfig
+    retrain: RetrainConfig
+    source: str = ""
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A section as plain data (for manifests, checkpoints and provenance)."""
+        value = getattr(self, name)
+        if dataclasses.is_dataclass(value):
+            return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(value).items()}
+        return dict(value) if isinstance(value, Mapping) else value
+
+
+def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read and validate a whole run config; every error names the file and the dotted key."""
+    from unitune.data import DataConfig
+    from unitune.supernet.space import SearchSpace
+
+    raw = load_config_dict(path, overrides)
+    src = str(path)
+    for key in raw:
+        if key not in RUN_SECTIONS:
+            raise UniTuneError(f"{src}: {key}: unknown section, expected one of {list(RUN_SECTIONS)}")
+    name = raw.get("name") or Path(path).stem
+    if not isinstance(name, str):
+        raise UniTuneError(f"{src}: name: expected a string, got {name!r}")
+    device = raw.get("device", "auto")
+    if not isinstance(device, str):
+        raise UniTuneError(f"{src}: device: expected a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    space = raw.get("space") or {}
+    SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
+    return RunConfig(
+        name=name,
+        device=device,
+        model=from_mapping(ModelConfig, raw.get("model"), f"{src}: model"),
+        data=DataConfig.from_dict(raw.get("data"), source=f"{src}: data"),
+        space=dict(space),
+        supernet=from_mapping(SupernetConfig, raw.get("supernet"), f"{src}: supernet"),
+        search=from_mapping(SearchConfig, raw.get("search"), f"{src}: search"),
+        retrain=from_mapping(RetrainConfig, raw.get("retrain"), f"{src}: retrain"),
+        source=src,
+        raw=raw,
+    )

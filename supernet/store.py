@@ -1,0 +1,57 @@
+"""The trained supernet file: ``supernet.safetensors`` holds what was trained (PEFT weights at
+their largest sizes and the head) and, as metadata, what is needed to rebuild the model around
+it: backbone, classes, search space, data config. The frozen backbone is not in it; it comes
+from the same pretrained source the run config names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from unitune.errors import UniTuneError
+from unitune.io import atomic_path
+
+from .model import PeftViT
+
+FORMAT = "unitune-supernet/1"
+
+
+def save_supernet(path: str | os.PathLike, model: PeftViT, meta: dict[str, Any]) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+    metadata = {"format": FORMAT, "space": json.dumps(model.space.to_dict())}
+    metadata.update({k: json.dumps(v) for k, v in meta.items()})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_supernet(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The trainable tensors and the decoded metadata of a supernet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UniTuneError(f"{path}: supernet file not found (run `unitune supernet` first)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # truncated or not a safetensors file
+        raise UniTuneError(f"{path}: not a readable supernet file ({type(e).__name__}: {e})") from None
+    if raw.get("format") != FORMAT:
+        raise UniTuneError(f"{path}: not a unitune supernet file (format {raw.get('format')!r}, expected {FORMAT!r})")
+    meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
+    return tensors, meta
+
+
+def check_compatible(meta: dict[str, Any], path: str | os.PathLike, backbone: str, space: dict[str, Any]) -> None:
+    """A supernet trained for another backbone or search space cannot serve this run."""
+    if meta.get("backbone") != backbone:
+        raise UniTuneError(f"{path}: trained for backbone {meta.get('backbone')!r}, but this run uses {backbone!r}")
+    if meta.get("space") != space:
+        diff = sorted(k for k in set(space) | set(meta.get("space", {})) if space.get(k) != meta["space"].get(k))
+        raise UniTuneError(f"{path}: trained with another search space (differs in {diff})")

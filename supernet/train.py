@@ -1,0 +1,188 @@
+"""Train the weight-sharing supernet: every step trains the subnet(s) the sampler draws.
+
+Outputs in the run folder: ``supernet.safetensors`` (the trained PEFT weights at their largest
+sizes, the head, and the metadata to rebuild the model), ``supernet_ckpt/`` (resume state) and
+``supernet_log.jsonl`` (one line per epoch: loss, val accuracy of the largest and the smallest
+subnet, throughput, peak memory). A killed run continues exactly where its last checkpoint
+left it: the data order, augmentation, subnet draws and optimiser all resume bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from unitune.backbone import create_backbone
+from unitune.config import RunConfig
+from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+from unitune.errors import UniTuneError
+from unitune.train import (
+    Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, clip_and_check,
+    evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
+    seed_everything, set_rng_state,
+)
+
+from .guard import InactiveGuard
+from .model import PeftViT
+from .params import BackboneDims, parse_budget
+from .sampler import SubnetSampler
+from .space import SearchSpace
+from .store import save_supernet
+from .subnet import Subnet
+
+SUPERNET_FILE = "supernet.safetensors"
+CKPT_DIR = "supernet_ckpt"
+LOG_FILE = "supernet_log.jsonl"
+
+
+def build_model(run: RunConfig, num_classes: int, device: torch.device) -> PeftViT:
+    m = run.model
+    vit = create_backbone(m.backbone, num_classes, pretrained=m.pretrained, weights=m.weights, kwargs=m.kwargs)
+    return PeftViT(vit, SearchSpace.from_dict(run.space, source=f"{run.source}: space")).to(device)
+
+
+def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:
+    value = run.supernet.budget if run.supernet.budget is not None else run.search.budget
+    if value is None:
+        return None
+    backbone_params = sum(p.numel() for p in model.vit.parameters() if not p.requires_grad)
+    return parse_budget(value, backbone_params, where=f"{run.source}: supernet.budget")
+
+
+def _fingerprint(run: RunConfig) -> dict[str, Any]:
+    """What must not change between a checkpoint and its resumption."""
+    return {k: run.section(k) for k in ("model", "data", "space", "supernet")}
+
+
+def distributed_evaluate(model, loader, device, num_classes, amp, world: Dist) -> dict[str, Any]:
+    result = evaluate(model, loader, device, num_classes, amp)
+    if world.enabled:  # each rank saw a disjoint shard: add the confusion matrices up
+        confusion = result["confusion"].to(device)
+        loss = torch.tensor([result["loss"] * result["n"]], device=device)
+        dist.all_reduce(confusion)
+        dist.all_reduce(loss)
+        n = int(confusion.sum())
+        result = {"accuracy": int(confusion.diag().sum()) / n, "loss": float(loss) / n, "n": n,
+                  "confusion": confusion.cpu()}
+    return result
+
+
+def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train the supernet of ``run`` into ``out``; returns the path of ``supernet.safetensors``."""
+    out = Path(out)
+    cfg = run.supernet
+    device = pick_device(run.device)
+    world = init_distributed(device)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    ckpt_dir = out / CKPT_DIR
+    if not resume and (ckpt_dir / "state.pt").exists():
+        raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
+    seed_everything(cfg.seed)
+
+    train_set = build_dataset(run.data, "train", None)
+    model = build_model(run, train_set.num_classes, device)
+    data_config = resolve_data_config(model.vit)
+    train_set = build_dataset(run.data, "train", build_transform(data_config, train=True, cfg=run.data))
+    val_set = build_dataset(run.data, "val", build_transform(data_config, train=False, cfg=run.data))
+    num_classes = train_set.num_classes
+
+    dims = BackboneDims.from_model(model)
+    sampler = SubnetSampler(model.space, dims, cfg.sampler, seed=cfg.seed, budget=resolved_budget(run, model),
+                            num_random=cfg.num_random)
+    params = [p for _, p in model.trainable_named_parameters()]
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    InactiveGuard(model, optimizer)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
+    val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, rank=world.rank,
+                              world_size=world.world_size)
+    steps = loader.sampler.num_batches
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    criterion = Criterion(cfg, num_classes)
+
+    start_epoch, start_step = 0, 0
+    loaded = load_checkpoint(ckpt_dir) if resume else None
+    if loaded is not None:
+        weights, state = loaded
+        if state["fingerprint"] != _fingerprint(run):
+            raise UniTuneError(f"{ckpt_dir}: the config changed since this checkpoint; resume with the same config")
+        model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()}, source=str(ckpt_dir))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        start_epoch, start_step = state["epoch"], state["step"]
+    log = JsonlLog(out / LOG_FILE, resume_epoch=start_epoch if loaded is not None else None) if world.is_main else None
+
+    def checkpoint(epoch: int, step: int) -> None:
+        if world.is_main:
+            state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
+                     "fingerprint": _fingerprint(run)}
+            save_checkpoint(ckpt_dir, model.trainable_state_dict(), state)
+        if world.enabled:
+            dist.barrier()
+
+    largest, smallest = Subnet.largest(model.space, dims.depth), Subnet.smallest(model.space, dims.depth)
+    global_step = start_epoch * steps + start_step
+    for epoch in range(start_epoch, cfg.epochs):
+        first = start_step if epoch == start_epoch else 0
+        loader.sampler.set_epoch(epoch, first)
+        model.train()
+        started, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(loader, total=steps, initial=first, desc=f"supernet {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (progress and world.is_main), leave=False)
+        for step, (images, labels) in enumerate(bar, start=first):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, target = criterion.prepare(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            for subnet in sampler():  # sandwich: the losses of its subnets add up into one update
+                model.set_subnet(subnet)
+                with autocast(device, cfg.amp):
+                    loss = criterion(model(images).float(), target)
+                clip_and_check(params, loss.detach(), None, f"supernet epoch {epoch + 1} step {step + 1}")
+                loss.backward()
+                loss_sum += loss.item()
+                n_loss += 1
+            all_reduce_gradients(params, world)
+            clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
+            optimizer.step()
+            global_step += 1
+            scheduler.step_update(global_step)
+            seen += images.shape[0] * world.world_size
+            if not cfg.log_every or step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum / max(n_loss, 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step + 1 < steps:
+                checkpoint(epoch, step + 1)
+        seconds = time.perf_counter() - started
+        record: dict[str, Any] = {"epoch": epoch, "step": global_step, "loss": loss_sum / max(n_loss, 1),
+                                  "lr": optimizer.param_groups[0]["lr"]}
+        for name, subnet in (("largest", largest), ("smallest", smallest)):
+            model.set_subnet(subnet)
+            record[f"val_acc_{name}"] = distributed_evaluate(model, val_loader, device, num_classes, cfg.amp,
+                                                             world)["accuracy"]
+        record.update(images_per_s=seen / max(seconds, 1e-9), seconds=seconds, peak_mem_mb=peak_memory_mb(device))
+        if log is not None:
+            log.write(record)
+            if progress:
+                tqdm.write(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}  "
+                           f"val acc largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f}"
+                           f"  {record['images_per_s']:.0f} img/s")
+        checkpoint(epoch + 1, 0)
+
+    path = out / SUPERNET_FILE
+    if world.is_main:
+        model.set_subnet(largest)
+        meta = {"backbone": run.model.backbone, "model": run.section("model"), "num_classes": num_classes,
+                "classes": list(train_set.classes), "data_config": data_config, "data": run.section("data"),
+                "supernet": dataclasses.asdict(cfg), "epochs_trained": cfg.epochs}
+        save_supernet(path, model, meta)
+    if world.enabled:
+        dist.barrier()
+    return path

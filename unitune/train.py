@@ -1,0 +1,295 @@
+"""What the supernet and retrain stages share: device and distributed setup, optimiser and
+schedule, the loss, evaluation, RNG state and checkpoints.
+
+Optimisation follows the VTAB / few-shot recipes of the literature: AdamW, a cosine schedule
+with linear warm-up stepped per update (timm's ``CosineLRScheduler``), label smoothing, and
+mixup / cutmix through timm's ``Mixup``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from .config import TrainConfig
+from .errors import UniTuneError
+from .io import atomic_path
+
+
+# ---- device and processes ---------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UniTuneError(f"device {name!r}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a ``torchrun`` launch (rank 0 of 1 when launched plainly)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when asked; plain fp32 on the CPU."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# ---- optimisation -----------------------------------------------------------------------------
+
+
+def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms' and SSF's scale/shift, prompts (as timm does for 1-d)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        (no_decay if p.ndim <= 1 or name.endswith("prompts") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """Cosine decay to ``min_lr`` over all updates, after ``warmup_epochs`` of linear warm-up."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=total,
+        lr_min=cfg.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=cfg.min_lr if warmup else cfg.lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+
+
+class Criterion:
+    """Cross-entropy with label smoothing, or soft-target CE when mixup / cutmix are on."""
+
+    def __init__(self, cfg: TrainConfig, num_classes: int):
+        self.mixup = None
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            self.mixup = Mixup(
+                mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                num_classes=num_classes,
+            )
+            self.soft = SoftTargetCrossEntropy()
+        self.label_smoothing = cfg.label_smoothing
+
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mixup is not None and images.shape[0] % 2 == 0:  # timm's Mixup needs an even batch
+            return self.mixup(images, labels)
+        return images, labels
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 2:
+            return self.soft(logits, target)
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+
+def clip_and_check(params: list[nn.Parameter], loss: torch.Tensor, max_norm: float | None, where: str) -> None:
+    if not torch.isfinite(loss):
+        raise UniTuneError(f"{where}: the loss is {loss.item()} (not finite); lower the learning rate")
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+
+
+def all_reduce_gradients(params: list[nn.Parameter], world: Dist) -> None:
+    """Average gradients over ranks. Every rank trains the same subnet in a step, so the set of
+    parameters with a gradient is the same everywhere; the PEFT gradients are small enough to
+    reduce in one flat buffer."""
+    if not world.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_classes: int,
+             amp: bool = False) -> dict[str, Any]:
+    """Top-1 accuracy, mean loss and the confusion matrix (rows: true class) over ``batches``."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, n = 0.0, 0
+    for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        pred = logits.argmax(-1)
+        confusion += torch.bincount(labels.cpu() * num_classes + pred.cpu(), minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
+        n += labels.numel()
+    model.train(was_training)
+    correct = int(confusion.diag().sum())
+    return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n, "confusion": confusion}
+
+
+# ---- RNG state and checkpoints ------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch generator states as tensors and plain types, so that
+    ``torch.load(weights_only=True)`` can read them back."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _python_rng_to_plain(random.getstate()),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_python_rng_from_plain(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _python_rng_to_plain(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _python_rng_from_plain(state: dict[str, Any]) -> tuple:
+    return state["version"], tuple(state["internal"]), state["gauss"]
+
+
+def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """``folder/weights.safetensors`` (what is trained) and ``folder/state.pt`` (optimiser,
+    scheduler, sampler, RNG, progress; tensors and plain types only). The state is written last:
+    its presence marks the pair complete, and it names the weights' checksum so a mixed pair
+    (a crash between the two renames) is detected."""
+    import hashlib
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "weights.safetensors") as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    with atomic_path(folder / "state.pt") as tmp:
+        torch.save({**state, "weights_sha256": digest}, tmp)
+
+
+def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The checkpoint in ``folder``, or ``None`` if there is none; a damaged one is a user error."""
+    import hashlib
+
+    folder = Path(folder)
+    weights_path, state_path = folder / "weights.safetensors", folder / "state.pt"
+    if not state_path.exists():
+        return None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, not a deep torch traceback
+        raise UniTuneError(f"{state_path}: damaged checkpoint ({type(e).__name__}); delete it to start over") from None
+    if not weights_path.exists() or hashlib.sha256(weights_path.read_bytes()).hexdigest() != state.get("weights_sha256"):
+        raise UniTuneError(f"{weights_path}: missing or does not match {state_path.name}; delete the folder to start over")
+    try:
+        weights = load_file(str(weights_path))
+    except Exception as e:
+        raise UniTuneError(f"{weights_path}: damaged checkpoint ({type(e).__name__})") from None
+    return weights, state
+
+
+# ---- logging ------------------------------------------------------------------------------------
+
+
+class JsonlLog:
+    """One JSON object per line. On resume, lines from the epochs to be redone are dropped first."""
+
+    def __init__(self, path: str | os.PathLike, resume_epoch: int | None = None):
+        self.path = Path(path)
+        if resume_epoch is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip()
+                    and json.loads(ln).get("epoch", -1) < resume_epoch]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()] if self.path.exists() else []
+
+
+def cycle_batches(batches: Iterable, device: torch.device) -> Iterator:
+    for images, labels in batches:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
