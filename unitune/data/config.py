@@ -80,8 +80,8 @@ class DataConfig:
     # vtab / fewshot: the class count when there is no classes.txt (else inferred from the lists);
     # synthetic: how many classes to generate.
     num_classes: int | None = None
-    samples_per_class: int = 20
-    image_size: int = 32
+    samples_per_class: int | None = None  # synthetic; default 20
+    image_size: int | None = None  # synthetic; default 32
     batch_size: int = 64
     eval_batch_size: int | None = None
     num_workers: int = 4
@@ -107,7 +107,7 @@ class DataConfig:
                    "batch_size": 1, "eval_batch_size": 1, "num_workers": 0, "val_subset": 1}
         for key, low in minimum.items():
             value = getattr(self, key)
-            if value is None and key not in ("seed", "samples_per_class", "image_size", "batch_size", "num_workers"):
+            if value is None and key not in ("seed", "batch_size", "num_workers"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UniTuneError(f"{w}.{key}: expected an integer >= {low}, got {value!r}")
@@ -148,8 +148,10 @@ class DataConfig:
                     raise UniTuneError(
                         f"{w}.{key}: {template!r} may only use the placeholders {{shots}} and {{seed}} ({e})"
                     ) from None
-        if self.source == "synthetic" and self.num_classes is None:
-            object.__setattr__(self, "num_classes", 10)
+        if self.source == "synthetic":
+            for key, default in (("num_classes", 10), ("samples_per_class", 20), ("image_size", 32)):
+                if getattr(self, key) is None:
+                    object.__setattr__(self, key, default)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "data") -> "DataConfig":

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from unitune.errors import UniTuneError
 
@@ -112,18 +112,31 @@ class SeededFetch(Dataset):
 
 @contextlib.contextmanager
 def sample_rng(seed: int):
-    """Seed Python, NumPy and torch's CPU generator (what timm / torchvision transforms draw from);
-    restore their previous states afterwards, so the caller's random streams are unaffected."""
+    """Seed Python, NumPy and torch's CPU generator (what timm / torchvision transforms draw from,
+    timm's RandAugment included) for one image.
+
+    In the main process (``num_workers: 0``) their previous states are restored afterwards, so the
+    trainer's own random streams are unaffected. A worker process's generators belong to nobody
+    else, so there the (slow, ~0.1 ms) save and restore is skipped.
+    """
+    if get_worker_info() is not None:
+        _seed_all(seed)
+        yield
+        return
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.default_generator.manual_seed(seed)
+        _seed_all(seed)
         try:
             yield
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators are the trainer's
 
 
 def build_loader(dataset: Dataset, cfg: DataConfig, train: bool, seed: int, *, epoch: int = 0,
