@@ -1,0 +1,135 @@
+"""The dataset classes every source returns: ``(image tensor, label)`` pairs with class names.
+
+A dataset separates *loading* an image (``load(i)`` -> PIL RGB image, the source's business) from
+*transforming* it (``transform``, set by the caller from :func:`unitune.data.build_transform`), so
+every stage applies one and the same preprocessing to whatever source it reads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.functional import to_tensor
+
+from unitune.errors import UniTuneError
+
+
+class DataError(UniTuneError):
+    """A data problem (missing or unreadable image, bad list line): one line, like every UniTuneError.
+
+    An exception raised inside a DataLoader worker comes back to the main process as
+    ``type(e)("Caught ... in DataLoader worker process 0.\\nOriginal Traceback ...\\n<cls>: <msg>")``;
+    this class recovers the original one-line message, so the CLI still prints a single line.
+    """
+
+    def __init__(self, message: str):
+        if "\nOriginal Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(": ", 1)[1] if ": " in last else last
+        super().__init__(message)
+
+
+# Everything PIL raises on a file it cannot decode: unknown format (UnidentifiedImageError is an
+# OSError), truncated data (OSError), a corrupt PNG chunk (SyntaxError), absurd sizes.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode ``path`` into an RGB image (grayscale, palette and CMYK are converted), or a one-line error."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")  # convert() decodes the whole file while it is open
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except _DECODE_ERRORS as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: unreadable image ({reason})") from None
+
+
+class ImageDataset(Dataset):
+    """Base class: ``classes`` (names), ``targets`` (one label per item), ``load(i)``, ``transform``."""
+
+    def __init__(self, classes: Sequence[str], targets: Sequence[int], name: str,
+                 transform: Callable | None = None):
+        self.classes = list(classes)
+        self.targets = [int(t) for t in targets]
+        self.name = name
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.load(index)
+        x = self.transform(img) if self.transform is not None else to_tensor(img)
+        return x, self.targets[index]
+
+    def subset(self, indices: Sequence[int], classes: Sequence[str] | None = None,
+               label_map: dict[int, int] | None = None, name: str | None = None) -> "SubsetDataset":
+        """A view on some items, optionally with new class names and labels (``label_map[old] = new``)."""
+        return SubsetDataset(self, indices, classes, label_map, name)
+
+    def check_images(self) -> None:
+        """Decode every image once; the first unreadable one raises a DataError naming it."""
+        for i in range(len(self)):
+            self.load(i)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {len(self)} images, {self.num_classes} classes)"
+
+
+class FileDataset(ImageDataset):
+    """Images on disk: ``samples`` is a list of ``(path, label)``."""
+
+    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], classes: Sequence[str], name: str,
+                 transform: Callable | None = None):
+        self.samples = [(Path(p), int(t)) for p, t in samples]
+        super().__init__(classes, [t for _, t in self.samples], name, transform)
+
+    def load(self, index: int) -> Image.Image:
+        return load_image(self.samples[index][0])
+
+
+class ArrayDataset(ImageDataset):
+    """Images in memory: a uint8 array ``[N, H, W]`` (grayscale) or ``[N, H, W, 3]`` (RGB)."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str], name: str,
+                 transform: Callable | None = None):
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"expected uint8 [N,H,W] or [N,H,W,3] images, got {images.dtype} {images.shape}")
+        self.images = images
+        super().__init__(classes, targets, name, transform)
+
+    def load(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index]).convert("RGB")
+
+
+class SubsetDataset(ImageDataset):
+    """Some items of a parent dataset (a class subset, a fixed val subset), relabelled if asked."""
+
+    def __init__(self, parent: ImageDataset, indices: Sequence[int], classes: Sequence[str] | None = None,
+                 label_map: dict[int, int] | None = None, name: str | None = None):
+        self.parent = parent
+        self.indices = [int(i) for i in indices]
+        targets = [parent.targets[i] for i in self.indices]
+        if label_map is not None:
+            targets = [label_map[t] for t in targets]
+        super().__init__(parent.classes if classes is None else classes, targets,
+                         name or parent.name, parent.transform)
+
+    def load(self, index: int) -> Image.Image:
+        return self.parent.load(self.indices[index])

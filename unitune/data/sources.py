@@ -1,0 +1,228 @@
+"""Data sources on disk, and :func:`build_dataset`, the one entry point for every source.
+
+Layouts (split names are always ``train``, ``val``, ``trainval``, ``test``):
+
+* ``imagefolder``: ``root/train/<class>/*.jpg``, ``root/val/<class>/...``, ``root/test/<class>/...``.
+  The class list (sorted folder names) comes from ``train/``; ``val/`` and ``test/`` may hold a
+  subset of those classes, never another one. ``trainval`` is train plus val.
+* ``vtab``: the VTAB-1k list layout used by NOAH and its successors,
+  ``root/<task>/{train800,val200,train800val200,test}.txt`` with one ``relative/path label`` per
+  line, paths relative to ``root/<task>/``. Class names are the label indices as strings unless
+  ``root/<task>/classes.txt`` holds one name per line.
+* ``fewshot``: the same line format; list files named by the config (NOAH's
+  ``annotations/train_meta.list.num_shot_{shots}.seed_{seed}`` by default, see
+  :mod:`unitune.data.config`), paths relative to ``root``; optional ``root/classes.txt``.
+
+Everything that can be checked cheaply is checked before training starts: folders and list
+files exist, every line parses, labels are integers in range, every listed image exists (the
+first missing one is named with its list file and line), no split is empty. Decoding every image
+is too slow for big sets, so a corrupt file is reported when it is loaded (or up front with
+``check_images: true``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from unitune.errors import UniTuneError
+
+from .config import SPLITS, DataConfig
+from .datasets import DataError, FileDataset, ImageDataset
+from .generated import digits_dataset, synthetic_dataset
+
+VTAB_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
+FEWSHOT_KEYS = {"train": "train_list", "val": "val_list", "trainval": "trainval_list", "test": "test_list"}
+
+
+def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None) -> ImageDataset:
+    """The ``split`` of the configured source, with ``cfg.classes`` and ``cfg.val_subset`` applied.
+
+    ``transform`` maps a PIL RGB image to a tensor (use :func:`unitune.data.build_transform`);
+    without one the dataset yields unnormalised ``[0, 1]`` tensors.
+    """
+    if split not in SPLITS:
+        raise UniTuneError(f"split {split!r}: expected one of {list(SPLITS)}")
+    if cfg.source == "imagefolder":
+        ds = imagefolder_dataset(cfg, split)
+    elif cfg.source == "vtab":
+        ds = vtab_dataset(cfg, split)
+    elif cfg.source == "fewshot":
+        ds = fewshot_dataset(cfg, split)
+    elif cfg.source == "digits":
+        ds = digits_dataset(split)
+    elif cfg.source == "synthetic":
+        ds = synthetic_dataset(cfg.num_classes, cfg.samples_per_class, cfg.image_size, cfg.seed, split)
+    else:  # DataConfig already rejects other names
+        raise AssertionError(cfg.source)
+    if cfg.classes is not None:
+        ds = select_classes(ds, cfg.classes, f"{cfg.where}.classes")
+    if split == "val" and cfg.val_subset is not None and cfg.val_subset < len(ds):
+        ds = fixed_subset(ds, cfg.val_subset, cfg.seed)
+    if len(ds) == 0:
+        raise DataError(f"{cfg.where}: the {split} split of {ds.name} is empty")
+    if cfg.check_images:
+        ds.check_images()
+    ds.transform = transform
+    return ds
+
+
+def select_classes(ds: ImageDataset, classes: tuple[int, ...], where: str = "data.classes") -> ImageDataset:
+    """Keep the items of ``classes`` (original indices), relabelled 0..K-1 in the order given."""
+    for c in classes:
+        if c >= ds.num_classes:
+            raise UniTuneError(f"{where}: class {c} out of range, {ds.name} has {ds.num_classes} classes")
+    label_map = {c: i for i, c in enumerate(classes)}
+    keep = [i for i, t in enumerate(ds.targets) if t in label_map]
+    return ds.subset(keep, [ds.classes[c] for c in classes], label_map)
+
+
+def fixed_subset(ds: ImageDataset, n: int, seed: int) -> ImageDataset:
+    """``n`` items chosen once from ``seed`` (kept in their original order), the same in every stage."""
+    rng = np.random.default_rng([seed, 0x5A1])
+    keep = np.sort(rng.choice(len(ds), size=n, replace=False))
+    return ds.subset(keep.tolist(), name=f"{ds.name} (fixed subset of {n})")
+
+
+# ----------------------------------------------------------------------------------- imagefolder
+
+def imagefolder_dataset(cfg: DataConfig, split: str) -> FileDataset:
+    root = _root(cfg)
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir}: folder not found (imagefolder expects root/train/<class>/<image>)")
+    classes, class_to_idx = _find_classes(train_dir)
+    parts = {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]}[split]
+    samples: list[tuple[str, int]] = []
+    for part in parts:
+        folder = root / part
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found (imagefolder expects root/{part}/<class>/<image>)")
+        if part != "train":
+            extra = sorted(set(_find_classes(folder)[0]) - set(classes))
+            if extra:
+                raise DataError(f"{folder / extra[0]}: class folder not in {train_dir} (classes come from train/)")
+        found = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        if not found:
+            raise DataError(f"{folder}: no images (looked for {', '.join(IMG_EXTENSIONS)} in its class folders)")
+        samples += found
+    ds = FileDataset(samples, classes, f"{root} [{split}]")
+    for path, _ in ds.samples:  # a dangling symlink is listed by the walk but cannot be opened
+        if not path.exists():
+            raise DataError(f"{path}: image not found")
+    return ds
+
+
+def _find_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
+    try:
+        return find_classes(str(folder))
+    except FileNotFoundError:
+        raise DataError(f"{folder}: no class folders (expected {folder}/<class>/<image>)") from None
+
+
+# ------------------------------------------------------------------------------ vtab and fewshot
+
+def vtab_dataset(cfg: DataConfig, split: str) -> FileDataset:
+    root = _root(cfg)
+    task_dir = root / cfg.task
+    if not task_dir.is_dir():
+        raise DataError(
+            f"{task_dir}: VTAB-1k task folder not found (expected {cfg.where}.root/<task>/ holding "
+            f"{', '.join(VTAB_LISTS.values())})"
+        )
+    lists = {s: task_dir / name for s, name in VTAB_LISTS.items()}
+    return _list_dataset(cfg, lists, task_dir, task_dir / "classes.txt", split, f"vtab {cfg.task}")
+
+
+def fewshot_dataset(cfg: DataConfig, split: str) -> FileDataset:
+    root = _root(cfg)
+    lists = {}
+    for s, key in FEWSHOT_KEYS.items():
+        rel = cfg.list_path(key) or cfg.list_path("train_list")
+        lists[s] = root / rel
+    return _list_dataset(cfg, lists, root, root / "classes.txt", split, f"fewshot {root.name}")
+
+
+def read_list(path: Path) -> list[tuple[str, int, int]]:
+    """Parse a ``relative/path label`` list: ``(path, label, line number)`` per non-blank line."""
+    if not path.is_file():
+        raise DataError(f"{path}: list file not found")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.rsplit(maxsplit=1)  # the path may contain spaces, the label never does
+            if len(parts) != 2:
+                raise DataError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
+            rel, label = parts
+            try:
+                value = int(label)
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: label {label!r} is not an integer") from None
+            if value < 0:
+                raise DataError(f"{path}:{lineno}: label {value} is negative")
+            entries.append((rel, value, lineno))
+    if not entries:
+        raise DataError(f"{path}: no samples (expected one 'relative/path label' per line)")
+    return entries
+
+
+def read_classes(path: Path) -> list[str] | None:
+    """Class names, one per line (the line index is the label), or None when there is no such file."""
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    for i, name in enumerate(names, 1):
+        if not name:
+            raise DataError(f"{path}:{i}: empty class name")
+    if not names:
+        raise DataError(f"{path}: no class names")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{path}: duplicate class name {dup!r}")
+    return names
+
+
+def _list_dataset(cfg: DataConfig, lists: dict[str, Path], base: Path, classes_file: Path, split: str,
+                  name: str) -> FileDataset:
+    # Every list is read, not only the split's, so the class count is the same in every stage
+    # (inferred from all labels when there is no classes.txt) and a broken list fails early.
+    parsed = {s: read_list(p) for s, p in lists.items()}
+    classes = read_classes(classes_file)
+    if classes is not None and cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise DataError(
+            f"{cfg.where}.num_classes: {cfg.num_classes} disagrees with {classes_file} ({len(classes)} classes)"
+        )
+    bound = len(classes) if classes is not None else cfg.num_classes
+    if bound is not None:
+        for s, entries in parsed.items():
+            for _, label, lineno in entries:
+                if label >= bound:
+                    origin = classes_file if classes is not None else f"{cfg.where}.num_classes"
+                    raise DataError(f"{lists[s]}:{lineno}: label {label} out of range [0, {bound}) ({origin})")
+    else:
+        bound = 1 + max(label for entries in parsed.values() for _, label, _ in entries)
+    if classes is None:
+        classes = [str(i) for i in range(bound)]
+    samples = []
+    for rel, label, lineno in parsed[split]:
+        path = base / rel
+        if not path.is_file():
+            raise DataError(f"{lists[split]}:{lineno}: image {rel!r} not found ({path})")
+        samples.append((path, label))
+    return FileDataset(samples, classes, f"{name} [{split}]")
+
+
+def _root(cfg: DataConfig) -> Path:
+    root = Path(os.path.expanduser(cfg.root))
+    if not root.is_dir():
+        raise DataError(f"{cfg.where}.root: folder {str(root)!r} not found")
+    return root

@@ -1,0 +1,86 @@
+"""Image preprocessing, built in one place from the backbone's timm data config.
+
+NOAH's supernet and search normalised images differently; here every stage (supernet, search,
+retrain, evaluate, predict) calls :func:`build_transform` with the same data config, so input
+size, interpolation, mean and std cannot drift apart. Two traps this module handles:
+
+* timm's ``resolve_model_data_config`` reports the *pretrained* config's input size, not the size
+  the model was built with (a ``vit_tiny_patch16_224`` built with ``img_size=32`` still says 224);
+  :func:`resolve_data_config` takes the size from the patch embedding instead.
+* ``resize: squash`` (VTAB-1k, NOAH: resize straight to the input size, aspect ratio not kept,
+  nothing cropped) is timm's ``crop_mode='squash'`` with ``crop_pct=1.0``; ``resize: crop`` keeps
+  the backbone's own resize + center crop (``crop_pct``, usually 0.875-0.9).
+
+Without augmentation the training transform *is* the evaluation transform (the VTAB recipe trains
+on exactly what it evaluates). ``augment: randaugment`` (few-shot recipes) is timm's training
+pipeline: random-resized crop, horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, ending in
+the same normalisation. Mixup, cutmix and label smoothing act on batches and live in the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import timm.data
+from torch import nn
+
+from unitune.errors import UniTuneError
+
+from .config import DataConfig
+
+RANDAUGMENT = "rand-m9-mstd0.5-inc1"
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def resolve_data_config(model: nn.Module) -> dict[str, Any]:
+    """The backbone's preprocessing as a plain dict with timm's keys (:data:`DATA_CONFIG_KEYS`).
+
+    Save this dict with checkpoints and exports (with the ``data:`` config): :func:`build_transform`
+    rebuilds the identical pipeline from the two without the model.
+    """
+    dc = dict(timm.data.resolve_model_data_config(model))
+    patch_embed = getattr(model, "patch_embed", None)
+    img_size = getattr(patch_embed, "img_size", None)
+    if img_size is not None and not getattr(model, "dynamic_img_size", False):
+        proj = getattr(patch_embed, "proj", None)
+        chans = getattr(proj, "in_channels", dc["input_size"][0])
+        dc["input_size"] = (int(chans), int(img_size[0]), int(img_size[1]))
+    return _normalise(dc, None, "backbone data config")
+
+
+def _normalise(dc: Mapping[str, Any], cfg: DataConfig | None, where: str) -> dict[str, Any]:
+    missing = [k for k in DATA_CONFIG_KEYS if k not in dc and k not in ("crop_pct", "crop_mode")]
+    if missing:
+        raise UniTuneError(f"{where}: missing {', '.join(missing)} (expected keys {list(DATA_CONFIG_KEYS)})")
+    size = tuple(int(v) for v in dc["input_size"])
+    if len(size) != 3 or min(size) < 1:
+        raise UniTuneError(f"{where}.input_size: expected (channels, height, width), got {dc['input_size']!r}")
+    if size[0] != 3:
+        raise UniTuneError(f"{where}.input_size: the backbone takes {size[0]} channels; images are RGB (3)")
+    mean, std = tuple(float(v) for v in dc["mean"]), tuple(float(v) for v in dc["std"])
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UniTuneError(f"{where}: expected 3 means and 3 positive stds, got mean={mean} std={std}")
+    out = {
+        "input_size": size,
+        "interpolation": str(dc["interpolation"]),
+        "mean": mean,
+        "std": std,
+        "crop_pct": float(dc.get("crop_pct") or timm.data.DEFAULT_CROP_PCT),
+        "crop_mode": str(dc.get("crop_mode") or "center"),
+    }
+    if cfg is not None and cfg.resize == "squash":
+        out.update(crop_pct=1.0, crop_mode="squash")
+    return out
+
+
+def build_transform(data_config: Mapping[str, Any], train: bool, cfg: DataConfig) -> Callable:
+    """PIL RGB image -> normalised tensor of the backbone's input size; the one pipeline of every stage.
+
+    ``data_config`` is :func:`resolve_data_config`'s dict (or the same dict read back from a
+    checkpoint or export manifest); ``train`` adds augmentation only when ``cfg.augment`` asks.
+    """
+    dc = _normalise(data_config, cfg, "data config")
+    common = dict(input_size=dc["input_size"], interpolation=dc["interpolation"], mean=dc["mean"], std=dc["std"])
+    if train and cfg.augment == "randaugment":
+        return timm.data.create_transform(is_training=True, auto_augment=RANDAUGMENT, hflip=0.5, re_prob=0.0, **common)
+    return timm.data.create_transform(is_training=False, crop_pct=dc["crop_pct"], crop_mode=dc["crop_mode"], **common)
