@@ -68,7 +68,8 @@ class DataConfig:
     root: str | None = None
     task: str | None = None
     shots: int | None = None
-    # The data seed: fills `{seed}` in few-shot list names and generates the synthetic set.
+    # The data seed: fills `{seed}` in few-shot list names, picks the val_subset images and
+    # generates the synthetic set (the digits split is fixed, so its test set never changes).
     # Loader shuffling has its own seed (the run's), passed to `build_loader`.
     seed: int = 0
     train_list: str | None = None

@@ -4,8 +4,8 @@ The order of an epoch is a pure function of ``(seed, epoch)``: a permutation dra
 generator seeded with both, plus one random seed per image. So a trainer killed mid-epoch
 resumes at batch ``k`` of the same epoch and sees exactly the batches an uninterrupted run would
 have seen, with the same augmentation: each image is transformed under its own seed (Python,
-NumPy and torch CPU generators, saved and restored around the call, so the trainer's own random
-state is untouched), whichever worker loads it and whether or not the run was interrupted.
+NumPy and torch CPU generators; see :func:`sample_rng`), whichever worker loads it and whether or
+not the run was interrupted.
 
 Under ``torchrun`` every rank draws the same permutation and takes a strided shard of it (as
 ``DistributedSampler`` does): rank ``r`` of ``W`` gets items ``r, r+W, r+2W, ...``. With a per-rank
