@@ -59,6 +59,27 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run(args: argparse.Namespace):
+    from unitune.config import load_run_config
+
+    return load_run_config(args.config, args.overrides)
+
+
+def _out_dir(args: argparse.Namespace, run) -> "Path":
+    from pathlib import Path
+
+    return Path(args.out) if args.out else Path("runs") / run.name
+
+
+def _supernet(args: argparse.Namespace) -> int:
+    from unitune.supernet.train import train_supernet
+
+    run = _load_run(args)
+    path = train_supernet(run, _out_dir(args, run), resume=args.resume, progress=not args.quiet)
+    print(f"supernet: {path}")
+    return 0
+
+
 def _default_classes(name: str) -> int:
     import timm
 
@@ -81,7 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="YAML with a 'space' section to check the sizes against")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("supernet", help="train the weight-sharing supernet")
+    _run_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from DIR/supernet_ckpt")
+    p.set_defaults(func=_supernet)
     return parser
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """What every stage command takes: the run config, the run folder, overrides."""
+    p.add_argument("--config", required=True, help="run config YAML (see configs/)")
+    p.add_argument("--out", help="run folder (default: runs/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. supernet.epochs=3")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
