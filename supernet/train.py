@@ -22,6 +22,7 @@ from unitune.backbone import create_backbone
 from unitune.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
+from unitune.pretrain import pretrained_weights
 from unitune.train import (
     Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, clip_and_check,
     evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
@@ -41,9 +42,11 @@ CKPT_DIR = "supernet_ckpt"
 LOG_FILE = "supernet_log.jsonl"
 
 
-def build_model(run: RunConfig, num_classes: int, device: torch.device) -> PeftViT:
+def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None) -> PeftViT:
+    """The supernet around the run's backbone: hub weights, a local file, or the pretrain stage's."""
     m = run.model
-    vit = create_backbone(m.backbone, num_classes, pretrained=m.pretrained, weights=m.weights, kwargs=m.kwargs)
+    vit = create_backbone(m.backbone, num_classes, pretrained=m.pretrained and not weights, weights=weights,
+                          kwargs=m.kwargs)
     return PeftViT(vit, SearchSpace.from_dict(run.space, source=f"{run.source}: space")).to(device)
 
 
@@ -87,7 +90,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     seed_everything(cfg.seed)
 
     train_set = build_dataset(run.data, "train", None)
-    model = build_model(run, train_set.num_classes, device)
+    model = build_model(run, train_set.num_classes, device, pretrained_weights(run, out))
     data_config = resolve_data_config(model.vit)
     train_set = build_dataset(run.data, "train", build_transform(data_config, train=True, cfg=run.data))
     val_set = build_dataset(run.data, "val", build_transform(data_config, train=False, cfg=run.data))

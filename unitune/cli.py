@@ -80,6 +80,14 @@ def _supernet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from unitune.pretrain import pretrain
+
+    run = _load_run(args)
+    pretrain(run, _out_dir(args, run), progress=not args.quiet)
+    return 0
+
+
 def _default_classes(name: str) -> int:
     import timm
 
@@ -102,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="YAML with a 'space' section to check the sizes against")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("pretrain", help="fully train the backbone on the config's source task (offline demo)")
+    _run_args(p)
+    p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet")
     _run_args(p)

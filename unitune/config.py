@@ -209,7 +209,15 @@ class RetrainConfig(TrainConfig):
             raise UniTuneError(f"{where}.init: expected 'pretrained' or 'supernet', got {self.init!r}")
 
 
-RUN_SECTIONS = ("name", "device", "model", "data", "space", "supernet", "search", "retrain")
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    """Optional first stage: fully train the backbone on a *source* task, so that the PEFT stages
+    adapt it to a different target task (the offline demo). ``data`` is a data section."""
+
+    data: dict = field(default_factory=dict)
+
+
+RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain")
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,8 @@ class RunConfig:
     supernet: SupernetConfig
     search: SearchConfig
     retrain: RetrainConfig
+    pretrain: PretrainConfig | None = None
+    pretrain_data: Any = None  # unitune.data.DataConfig of the source task
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -254,6 +264,12 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         raise UniTuneError(f"{src}: device: expected a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
     space = raw.get("space") or {}
     SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
+    pretrain = pretrain_data = None
+    if raw.get("pretrain") is not None:
+        pretrain = from_mapping(PretrainConfig, raw["pretrain"], f"{src}: pretrain")
+        pretrain_data = DataConfig.from_dict(pretrain.data, source=f"{src}: pretrain.data")
+        if raw.get("model", {}).get("weights"):
+            raise UniTuneError(f"{src}: model.weights and a pretrain section exclude each other (pretrain makes the weights)")
     return RunConfig(
         name=name,
         device=device,
@@ -263,6 +279,8 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         supernet=from_mapping(SupernetConfig, raw.get("supernet"), f"{src}: supernet"),
         search=from_mapping(SearchConfig, raw.get("search"), f"{src}: search"),
         retrain=from_mapping(RetrainConfig, raw.get("retrain"), f"{src}: retrain"),
+        pretrain=pretrain,
+        pretrain_data=pretrain_data,
         source=src,
         raw=raw,
     )

@@ -1,0 +1,155 @@
+"""Retrain the chosen subnet and export it.
+
+The honest protocol: the subnet was searched on train/val; it is now materialised with exactly
+its sizes, trained on train+val (``trainval``: VTAB's train800val200), and scored once on the
+test split after the last epoch — never the best of several test evaluations. The result is
+merged (LoRA and SSF folded into the backbone) and exported to ``<run>/export``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from unitune.backbone import create_backbone
+from unitune.config import RunConfig
+from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+from unitune.errors import UniTuneError
+from unitune.io import write_json_atomic
+from unitune.pretrain import pretrained_weights
+from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
+from unitune.supernet.store import check_compatible, read_supernet
+from unitune.supernet.train import SUPERNET_FILE, build_model
+from unitune.train import (
+    Criterion, JsonlLog, autocast, build_optimizer, build_scheduler, clip_and_check, evaluate, load_checkpoint,
+    pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
+)
+
+from .export import export_model
+
+CKPT_DIR = "retrain_ckpt"
+LOG_FILE = "retrain_log.jsonl"
+RESULT_FILE = "retrain_result.json"
+EXPORT_DIR = "export"
+
+
+def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
+                       init: str, supernet_file: Path | None) -> PeftViT:
+    """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's
+    trained weights (sliced to the subnet's sizes, head included)."""
+    weights = pretrained_weights(run, out)
+    if init == "supernet":
+        supernet_file = supernet_file or out / SUPERNET_FILE
+        tensors, meta = read_supernet(supernet_file)
+        check_compatible(meta, supernet_file, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
+        supernet = build_model(run, num_classes, device, weights)
+        supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
+        return supernet.materialize(subnet)
+    vit = build_model(run, num_classes, device, weights).backbone()
+    return PeftViT(vit, SearchSpace.from_dict(run.space), sizes=subnet).to(device)
+
+
+def load_subnet(path: str | Path, run: RunConfig) -> Subnet:
+    subnet = Subnet.load(path)
+    if subnet.backbone and subnet.backbone != run.model.backbone:
+        raise UniTuneError(f"{path}: a subnet for backbone {subnet.backbone!r}, but the config uses "
+                           f"{run.model.backbone!r}")
+    return subnet
+
+
+def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str | None = None,
+            supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``subnet_path``'s subnet on trainval, test it once, merge and export it."""
+    out = Path(out)
+    cfg = run.retrain
+    init = init or cfg.init
+    if init not in ("pretrained", "supernet"):
+        raise UniTuneError(f"--init: expected 'pretrained' or 'supernet', got {init!r}")
+    subnet = load_subnet(subnet_path, run)
+    device = pick_device(run.device)
+    ckpt_dir = out / CKPT_DIR
+    if not resume and (ckpt_dir / "state.pt").exists():
+        raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
+    seed_everything(cfg.seed)
+
+    num_classes = build_dataset(run.data, "trainval", None).num_classes
+    space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
+    depth = len(create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True).blocks)
+    subnet.check(depth, space, source=str(subnet_path))  # before any weight is loaded
+    model = build_subnet_model(run, subnet, num_classes, device, out, init,
+                               Path(supernet_file) if supernet_file else None)
+    dims = BackboneDims.from_model(model)
+    count = count_params(subnet, dims, space)
+    materialised = sum(p.numel() for _, p in model.peft_named_parameters())
+    assert materialised == count.total, (materialised, count.total)  # exact sizes, no super-size tensor
+
+    data_config = resolve_data_config(model.vit)
+    train_set = build_dataset(run.data, "trainval", build_transform(data_config, train=True, cfg=run.data))
+    test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
+    test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed)
+    params = [p for _, p in model.trainable_named_parameters()]
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    steps = loader.sampler.num_batches
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    criterion = Criterion(cfg, num_classes)
+    fingerprint = {"config": {k: run.section(k) for k in ("model", "data", "space", "retrain")},
+                   "subnet": subnet.to_dict()["subnet"], "init": init}
+
+    start_epoch = 0
+    loaded = load_checkpoint(ckpt_dir) if resume else None
+    if loaded is not None:
+        weights, state = loaded
+        if state["fingerprint"] != fingerprint:
+            raise UniTuneError(f"{ckpt_dir}: the config or subnet changed since this checkpoint")
+        model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()}, source=str(ckpt_dir))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch = state["epoch"]
+    log = JsonlLog(out / LOG_FILE, resume_epoch=start_epoch if loaded is not None else None)
+
+    started = time.perf_counter()
+    global_step = start_epoch * steps
+    for epoch in range(start_epoch, cfg.epochs):
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = 0.0
+        for images, labels in tqdm(loader, desc=f"retrain {epoch + 1}/{cfg.epochs}", leave=False,
+                                   disable=not progress):
+            images, target = criterion.prepare(images.to(device), labels.to(device))
+            with autocast(device, cfg.amp):
+                loss = criterion(model(images).float(), target)
+            clip_and_check(params, loss.detach(), None, f"retrain epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
+            optimizer.step()
+            global_step += 1
+            scheduler.step_update(global_step)
+            loss_sum += loss.item()
+        log.write({"epoch": epoch, "loss": loss_sum / max(len(loader), 1), "lr": optimizer.param_groups[0]["lr"]})
+        save_checkpoint(ckpt_dir, model.trainable_state_dict(),
+                        {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "rng": rng_state(), "fingerprint": fingerprint})
+
+    # The test split is scored once, after the last epoch: the number reported.
+    test = evaluate(model, test_loader, device, num_classes, cfg.amp)
+    result = {
+        "test_accuracy": test["accuracy"], "test_images": test["n"], "epochs": cfg.epochs, "init": init,
+        "subnet_file": str(subnet_path), "params": count.to_dict(), "seconds": time.perf_counter() - started,
+    }
+    provenance = {"config": run.raw, "config_file": run.source, "subnet_file": str(subnet_path), "init": init,
+                  "supernet_file": str(supernet_file or out / SUPERNET_FILE) if init == "supernet" else None,
+                  "test_accuracy": test["accuracy"], "test_split": "test", "data": run.data.to_dict()}
+    export_model(out / EXPORT_DIR, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,
+                 class_names=list(train_set.classes), data_config=data_config, provenance=provenance)
+    write_json_atomic(out / RESULT_FILE, result)
+    if progress:
+        print(f"retrain: test accuracy {test['accuracy']:.4f} ({test['n']} images, last epoch) "
+              f"-> {out / EXPORT_DIR}")
+    return result

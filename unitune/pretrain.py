@@ -1,0 +1,87 @@
+"""Source pretraining: fully train a timm ViT on one task so PEFT can adapt it to another.
+
+Hub weights are out of reach offline, yet a PEFT demo on a randomly initialised backbone shows
+nothing: there is no pretrained knowledge to adapt. So the offline demo first trains its tiny ViT
+on a *source* task (digits 0–4) and hands the result to the PEFT stages, which adapt it to a
+disjoint *target* task (digits 5–9). The weights land in ``<run>/pretrain/backbone.safetensors``
+as a plain timm state dict and are loaded like any local weights file (head replaced).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .config import RunConfig
+from .data import build_dataset, build_loader, build_transform, resolve_data_config
+from .errors import UniTuneError
+from .io import atomic_path
+from .train import Criterion, JsonlLog, autocast, build_optimizer, build_scheduler, clip_and_check, evaluate, \
+    pick_device, seed_everything
+
+PRETRAIN_DIR = "pretrain"
+WEIGHTS_FILE = "backbone.safetensors"
+
+
+def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
+    """The local weights file the PEFT stages load: ``model.weights``, or the pretrain stage's output."""
+    if run.pretrain is None:
+        return run.model.weights
+    path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
+    if not path.is_file():
+        raise UniTuneError(f"{path}: missing; this config pretrains its backbone: run `unitune pretrain` "
+                           f"(or `unitune run`) with it first")
+    return str(path)
+
+
+def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
+    """Train every weight of the backbone on the source task; returns the weights file."""
+    if run.pretrain is None:
+        raise UniTuneError(f"{run.source}: has no pretrain section")
+    cfg, data = run.pretrain, run.pretrain_data
+    path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
+    device = pick_device(run.device)
+    seed_everything(cfg.seed)
+    m = run.model
+    probe = build_dataset(data, "train", None)
+    model = timm.create_model(m.backbone, pretrained=m.pretrained, num_classes=probe.num_classes, **m.kwargs)
+    model.to(device)
+    data_config = resolve_data_config(model)
+    train_set = build_dataset(data, "train", build_transform(data_config, train=True, cfg=data))
+    val_set = build_dataset(data, "val", build_transform(data_config, train=False, cfg=data))
+    loader = build_loader(train_set, data, train=True, seed=cfg.seed)
+    val_loader = build_loader(val_set, data, train=False, seed=cfg.seed)
+    optimizer = build_optimizer(model.named_parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
+    criterion = Criterion(cfg, train_set.num_classes)
+    log = JsonlLog(path.parent / "log.jsonl")
+    params = list(model.parameters())
+    step = 0
+    for epoch in range(cfg.epochs):
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        loss_sum = 0.0
+        for images, labels in tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", leave=False,
+                                   disable=not progress):
+            images, target = criterion.prepare(images.to(device), labels.to(device))
+            with autocast(device, cfg.amp):
+                loss = criterion(model(images).float(), target)
+            clip_and_check(params, loss.detach(), None, f"pretrain epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+            loss_sum += loss.item()
+        val = evaluate(model, val_loader, device, train_set.num_classes, cfg.amp)
+        log.write({"epoch": epoch, "loss": loss_sum / max(len(loader), 1), "val_acc": val["accuracy"]})
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    if progress:
+        print(f"pretrain: source val accuracy {val['accuracy']:.3f} ({len(train_set.classes)} classes) -> {path}")
+    return path
