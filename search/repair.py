@@ -6,11 +6,17 @@ The rule (deterministic, no randomness, no fitness model):
    and the parameters that lowering it by one index would save.
 2. If some single step brings the subnet within budget, take the one that saves the *fewest*
    parameters among those (the subnet ends as close under the budget as one step allows).
-3. Otherwise take the step that saves the *most* parameters: cut where parameters are most
-   concentrated first, which keeps small modules (cheap and often useful, e.g. SSF or a
-   rank-1 LoRA) spread over the blocks instead of wiping out whole methods.
+3. Otherwise take the step that saves the *most* parameters.
 4. Ties go to the first position in encoding order (lora.00, lora.01, ..., adapter.00, ...,
    ssf_global).
+
+Why: with no model of which module matters, the rule changes as few of the sampler's decisions
+as it can (largest cuts first is the greedy way to fit in the fewest one-index steps), so the
+stored, repaired subnet stays close to what the sampler proposed and the sampler learns from
+points near its own proposals; the last step then lands as close under the budget as one step
+allows, since unused budget is usually lost accuracy. A consequence to know: an SSF block
+(22·d parameters, indivisible) or a top-size LoRA is usually the largest single step, so those
+are the first cut from an over-budget proposal; SSF survives in proposals that fit as sampled.
 
 A subnet already within budget is returned unchanged. The result is always valid in the space
 (indices only ever move down within their choices) and within budget, provided the budget is

@@ -221,15 +221,16 @@ def run_search(
     attrs = _study_attrs(encoding, budget, objectives, dict(study_attrs or {}))
     url = resolve_storage(storage).url if not isinstance(storage, BaseStorage) else type(storage).__name__
 
-    # ---- open / join the study ----
-    backend = open_storage(
-        storage,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        distributions=encoding.distributions,
-    )
+    # ---- open / join the study (under the file lock: workers starting together on a new
+    # SQLite file would otherwise race to create its tables) ----
     with storage_lock(storage), _quiet_optuna(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
+        backend = open_storage(
+            storage,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            distributions=encoding.distributions,
+        )
         study = optuna.create_study(
             storage=backend,
             study_name=study_name,
