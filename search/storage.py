@@ -99,12 +99,14 @@ def open_storage(
     grace_period: int | None = None,
     distributions: Mapping[str, BaseDistribution] | None = None,
     create: bool = True,
+    heartbeat: bool | None = None,
 ) -> BaseStorage:
     """Open the storage ``spec`` names; an unusable one is a one-line error.
 
     ``create=False`` (export, dashboard) refuses a storage file that does not exist rather than
-    creating an empty one. ``distributions`` (the search space) lets a heartbeat-failed trial be
-    re-enqueued.
+    creating an empty one. ``heartbeat``: None gives server databases heartbeats and SQLite none;
+    True / False force it for any SQLAlchemy URL. ``distributions`` (the search space) lets a
+    heartbeat-failed trial be re-enqueued.
     """
     if isinstance(spec, BaseStorage):
         return spec
@@ -121,19 +123,24 @@ def open_storage(
             info.path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(info.path)))
         url = str(spec)
+        engine_kwargs = None
         if info.kind == "sqlite":
-            if "://" not in url:
+            if "://" not in url:  # a plain path: its folder is created (a URL's must exist)
+                url = info.url
                 assert info.path is not None
                 info.path.parent.mkdir(parents=True, exist_ok=True)
-                url = info.url
-            if info.path is not None and (not info.path.exists() or info.path.stat().st_size == 0):
-                _init_sqlite_wal(info.path)
+            if info.path is not None and info.path.parent.is_dir():
+                if not info.path.exists() or info.path.stat().st_size == 0:
+                    _init_sqlite_wal(info.path)
             # Several local processes share the file: wait for its lock instead of failing.
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+        if not (info.kind == "rdb" if heartbeat is None else heartbeat):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0
             warnings.simplefilter("ignore", ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,
+                engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
                 heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})),
@@ -155,7 +162,6 @@ def _init_sqlite_wal(path: Path) -> None:
     """
     import sqlite3
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
 

@@ -80,15 +80,20 @@ def study_encoding(study: optuna.Study, dims: BackboneDims | None = None) -> Sub
 
 
 def prepare_seeds(
-    seed_subnets: Sequence[Subnet | str | os.PathLike], encoding: SubnetEncoding, budget: int
+    seed_subnets: Sequence[Subnet | str | os.PathLike],
+    encoding: SubnetEncoding,
+    budget: int,
+    backbone: str | None = None,
 ) -> list[dict[str, int]]:
-    """Validate seed subnets against the depth, the space and the budget; their params dicts."""
+    """Validate seed subnets against the backbone, depth, space and budget; their params dicts."""
     out = []
     for i, seed in enumerate(seed_subnets):
         if isinstance(seed, Subnet):
             subnet, source = seed, f"seed subnet {i}"
         else:
             subnet, source = Subnet.load(seed), str(seed)
+        if backbone and subnet.backbone and subnet.backbone != backbone:
+            raise UniTuneError(f"{source}: is a subnet of {subnet.backbone!r}, but the search is on {backbone!r}")
         params = encoding.encode(subnet, source=source)
         n = encoding.n_params(params)
         if n > budget:
@@ -215,7 +220,7 @@ def run_search(
         budget = parse_budget(budget, backbone_params)
     check_budget(budget, space, dims)
     encoding = SubnetEncoding(space, dims.depth, dims)
-    seeds = prepare_seeds(seed_subnets, encoding, budget)
+    seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=(study_attrs or {}).get("backbone"))
     options = dict(sampler_options or {})
     wrapped = make_sampler(sampler, encoding, budget, seed=seed, n_objectives=len(objectives), **options)
     attrs = _study_attrs(encoding, budget, objectives, dict(study_attrs or {}))
@@ -248,7 +253,11 @@ def run_search(
     objective = SubnetObjective(evaluate, encoding, budget, objectives, n_trials)
 
     def recover() -> None:
-        with storage_lock(storage):
+        with storage_lock(storage), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            # Heartbeat storages: Optuna fails stale trials before each trial it runs, but a
+            # worker that finds the cap reached runs none, so do it here too (no-op otherwise).
+            optuna.storages.fail_stale_trials(study)
             recover_dead_trials(study, encoding.distributions, stale_after=stale_after, max_retries=max_retries)
 
     def cap_reached() -> bool:

@@ -180,12 +180,15 @@ def test_bad_seed_subnets_are_one_line_errors_and_store_nothing(tmp_path):
     outside = Subnet((3, 0, 0, 0), (0,) * 4, (0,) * 4, (0,) * 4)
     too_deep = Subnet.uniform(6, lora=1)
     too_big = Subnet.uniform(4, lora=10)
+    other_backbone = tmp_path / "other.yaml"
+    other_backbone.write_text("backbone: vit_base_patch16_224\nsubnet: {lora: [1, 1, 1, 1]}\n")
     for seed, fragment in [(outside, "lora[0] = 3 is not in the search space [0, 1, 5, 10]"),
+                           (other_backbone, "is a subnet of 'vit_base_patch16_224', but the search is on 'tiny'"),
                            (too_deep, "lists have 6 entries, but the backbone has 4 blocks"),
                            (too_big, f"has {n_params(too_big)} trainable parameters, over the budget of {BUDGET}")]:
         with pytest.raises(UniTuneError) as e:
             run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 3, storage=db, seed_subnets=[seed],
-                       progress=False)
+                       study_attrs={"backbone": "tiny"}, progress=False)
         assert fragment in str(e.value) and "\n" not in str(e.value)
     assert not db.exists()
 
@@ -294,3 +297,20 @@ def test_search_on_an_untrained_tiny_supernet():
         materialised = model.materialize(subnet)
         assert sum(p.numel() for _, p in materialised.peft_named_parameters()) == trial.user_attrs["n_params"] <= 3000
         assert 0.0 <= trial.values[0] <= 1.0 and math.isfinite(trial.values[0])
+
+
+def test_enqueued_parameters_over_budget_are_never_evaluated():
+    """Only enqueued parameters bypass the repairing sampler; the objective refuses them."""
+    from unitune.search import SubnetEncoding
+
+    storage = optuna.storages.InMemoryStorage()
+    run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 1, storage=storage, progress=False)
+    study = optuna.load_study(study_name="unitune", storage=storage)
+    enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
+    study.enqueue_trial(enc.encode(Subnet.largest(SearchSpace(), 4)))  # bypassing run_search's validation
+    evaluated = []
+    result = run_search(lambda s: evaluated.append(s) or synthetic_accuracy(s), SearchSpace(), tiny_dims(), BUDGET, 3,
+                        storage=storage, progress=False)
+    (refused,) = [t for t in result.study.trials if t.state == TrialState.FAIL]
+    assert refused.user_attrs["fail_reason"] == f"over budget: 24104 > {BUDGET} parameters (enqueued parameters)"
+    assert Subnet.largest(SearchSpace(), 4) not in evaluated and len(evaluated) == 2 and result.n_complete == 3

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search_util import synthetic_accuracy, tiny_dims
-from unitune.search import SubnetEncoding, recover_dead_trials, run_search
+from unitune.search import SubnetEncoding, make_sampler, recover_dead_trials, run_search
 from unitune.search.objective import SubnetObjective
 from unitune.search.storage import worker_is_dead, worker_token
 from unitune.supernet import SearchSpace
@@ -66,8 +66,8 @@ def key(params: dict) -> str:
 
 def test_sigkill_mid_trial_then_restart_loses_and_duplicates_nothing(tmp_path):
     db = tmp_path / "study.db"
-    n_trials = 7
-    proc = start_worker(tmp_path, db, n_trials, sleep=0.6, seed=0)
+    n_trials = 6
+    proc = start_worker(tmp_path, db, n_trials, sleep=0.5, seed=0)
     victim = None
     storage = None
     deadline = time.time() + 120
@@ -81,7 +81,7 @@ def test_sigkill_mid_trial_then_restart_loses_and_duplicates_nothing(tmp_path):
                 continue
             complete = [t for t in trials if t.state == TrialState.COMPLETE]
             running = [t for t in trials if t.state == TrialState.RUNNING and "n_params" in t.user_attrs]
-            if len(complete) >= 3 and running:  # evaluating: params and attributes are stored
+            if len(complete) >= 2 and running:  # evaluating: params and attributes are stored
                 victim = running[0]
                 os.kill(proc.pid, signal.SIGKILL)
                 break
@@ -119,24 +119,42 @@ def test_sigkill_mid_trial_then_restart_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_two_workers_finish_one_study_together(tmp_path):
+    """A worker process and this test process (the second worker, already warm) share one study."""
     db = tmp_path / "study.db"
     ready = tmp_path / "ready"
     ready.mkdir()
-    n_trials = 8
-    procs = [start_worker(tmp_path, db, n_trials, sleep=0.3, seed=s, ready_dir=ready, n_workers=2) for s in (1, 2)]
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    n_trials = 10
+    proc = start_worker(tmp_path, db, n_trials, sleep=0.3, seed=1, ready_dir=ready, n_workers=2)
+    try:
+        deadline = time.time() + 120
+        while not list(ready.iterdir()) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        (ready / "2").touch()  # release the barrier: both start now
+
+        def evaluate(subnet):
+            time.sleep(0.3)
+            return synthetic_accuracy(subnet)
+
+        run_search(evaluate, SearchSpace(), tiny_dims(), BUDGET, n_trials, storage=db, study_name="shared",
+                   sampler="tpe", seed=2, sampler_options=dict(n_startup_trials=3), progress=False)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
     trials = load(db).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == n_trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     # Both workers contributed, and the only failures are empty "surplus" trials of the last slot race.
     pids = {t.user_attrs["worker"].split(":")[1] for t in complete}
-    assert pids == {str(p.pid) for p in procs}
+    assert pids == {str(proc.pid), str(os.getpid())}
     for t in trials:
         if t.state == TrialState.FAIL:
             assert t.user_attrs["fail_reason"].startswith("surplus") and not t.params
     assert all(t.user_attrs["n_params"] <= BUDGET for t in complete)
+    assert len({key(t.params) for t in complete}) == n_trials
 
 
 # ---- recovery rules, unit by unit --------------------------------------------------------------
@@ -253,3 +271,33 @@ def test_a_worker_that_loses_the_race_for_the_last_slot_hands_its_trial_back():
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert len(trials) == 4 and len(waiting) == 1
     assert waiting[0].params == seed and waiting[0].user_attrs["source"] == "seed"
+
+
+def test_heartbeat_storage_fails_and_retries_a_stale_trial(tmp_path):
+    """The server-database path, run on SQLite with heartbeats forced on: a trial whose worker
+    stopped beating is failed by the next worker and its subnet evaluated again."""
+    from unitune.search import open_storage
+
+    enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
+    storage = open_storage(f"sqlite:///{tmp_path}/hb.db", heartbeat=True, heartbeat_interval=1, grace_period=1,
+                           distributions=enc.distributions)
+    assert storage.get_heartbeat_interval() == 1
+    run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 2, storage=storage, sampler="random",
+               progress=False)
+    study = optuna.load_study(study_name="unitune", storage=storage, sampler=make_sampler("random", enc, BUDGET))
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        remote = study.ask()  # a worker on another machine, which then dies
+    remote.set_user_attr("worker", "elsewhere:4242:1")
+    for name, d in enc.distributions.items():
+        remote.suggest_int(name, d.low, d.high)
+    storage.record_heartbeat(remote._trial_id)
+    time.sleep(2.2)
+    # The cap (3) counts the stale RUNNING trial until it is failed: recovery must come first.
+    result = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 3, storage=storage,
+                        sampler="random", progress=False)
+    trials = {t.number: t for t in result.study.trials}
+    assert trials[remote.number].state == TrialState.FAIL
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3
+    (retry,) = [t for t in complete if t.user_attrs.get("retry_of") == remote.number]
+    assert retry.params == trials[remote.number].params
