@@ -62,6 +62,7 @@ class StorageSpec:
     kind: str  # "memory", "sqlite", "rdb" or "journal"
     url: str  # what to show a person (password hidden) or give optuna-dashboard
     path: Path | None = None  # the file of a file storage
+    creates_folder: bool = False  # a plain path or journal file: its folder is created
 
 
 def resolve_storage(spec: str | os.PathLike | None) -> StorageSpec:
@@ -73,7 +74,7 @@ def resolve_storage(spec: str | os.PathLike | None) -> StorageSpec:
         path = Path(text[len(JOURNAL_PREFIX) :]).expanduser()
         if not str(path) or str(path) == ".":
             raise UniTuneError(f"storage: {text!r} names no journal file")
-        return StorageSpec("journal", str(path), path)
+        return StorageSpec("journal", str(path), path, creates_folder=True)
     if "://" in text:
         try:
             import sqlalchemy.engine
@@ -88,8 +89,8 @@ def resolve_storage(spec: str | os.PathLike | None) -> StorageSpec:
         return StorageSpec("rdb", shown)
     path = Path(text).expanduser()
     if path.suffix in JOURNAL_SUFFIXES:
-        return StorageSpec("journal", str(path), path)
-    return StorageSpec("sqlite", f"sqlite:///{path.resolve()}", path.resolve())
+        return StorageSpec("journal", str(path), path, creates_folder=True)
+    return StorageSpec("sqlite", f"sqlite:///{path.resolve()}", path.resolve(), creates_folder=True)
 
 
 def open_storage(
@@ -181,8 +182,12 @@ def storage_lock(spec: str | os.PathLike | BaseStorage | None) -> Iterator[None]
     except ImportError:  # not POSIX
         yield
         return
+    if not info.path.parent.is_dir():
+        if not info.creates_folder:  # a URL into a missing folder: opening it will say so
+            yield
+            return
+        info.path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = info.path.with_name(info.path.name + ".unitune-lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:

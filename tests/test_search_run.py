@@ -314,3 +314,26 @@ def test_enqueued_parameters_over_budget_are_never_evaluated():
     (refused,) = [t for t in result.study.trials if t.state == TrialState.FAIL]
     assert refused.user_attrs["fail_reason"] == f"over budget: 24104 > {BUDGET} parameters (enqueued parameters)"
     assert Subnet.largest(SearchSpace(), 4) not in evaluated and len(evaluated) == 2 and result.n_complete == 3
+
+
+def test_progress_bar_shows_the_global_count_and_best_accuracy(capsys):
+    result = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 5, sampler="random", seed=0,
+                        progress=True)
+    err = capsys.readouterr().err
+    best = max(t.values[0] for t in result.study.trials)
+    assert "5/5" in err and f"best acc {best:.4f}" in err.rsplit("5/5", 1)[1]
+
+
+def test_storage_specs_are_classified(tmp_path):
+    from unitune.search import resolve_storage
+
+    assert resolve_storage(None).kind == "memory"
+    assert resolve_storage(tmp_path / "s.db") == resolve_storage(str(tmp_path / "s.db"))
+    info = resolve_storage(tmp_path / "s.db")
+    assert (info.kind, info.url, info.path) == ("sqlite", f"sqlite:///{tmp_path}/s.db", tmp_path / "s.db")
+    for spec in ("runs/x.log", "runs/x.journal", "runs/x.jsonl", "journal:runs/x.db"):
+        assert resolve_storage(spec).kind == "journal" and resolve_storage(spec).path.name.startswith("x.")
+    pg = resolve_storage("postgresql+psycopg2://me:pw@db.example:5432/optuna")
+    assert (pg.kind, pg.url, pg.path) == ("rdb", "postgresql+psycopg2://me:***@db.example:5432/optuna", None)
+    with pytest.raises(UniTuneError, match="'journal:' names no journal file"):
+        resolve_storage("journal:")
