@@ -1,0 +1,178 @@
+"""Turn a study into subnet files that retrain reads directly.
+
+- ``best_subnet.yaml``: the best feasible trial (highest val accuracy; ties: fewer parameters,
+  then the earlier trial) in the plain :class:`Subnet` file format, with ``meta`` holding the
+  study, trial number, val accuracy, parameter counts and budget. ``Subnet.load`` reads it.
+- :func:`export_subnets` with ``top_k`` or ``pareto``: one YAML file ::
+
+      study: cifar100
+      budget: 400000
+      selection: top-5            # or pareto
+      subnets:                    # each entry is itself a complete subnet file
+        - backbone: vit_base_patch16_224
+          subnet: {lora: [...], adapter: [...], vpt: [...], ssf: [...], ssf_global: 0}
+          meta: {rank: 1, trial: 17, val_accuracy: 0.91, n_params: 398000, ...}
+
+  :func:`load_subnets` reads either form and returns ``[(Subnet, meta), ...]``, best first.
+
+Every trial in the storage is within budget (the sampler repairs before storing), so "best"
+needs no feasibility filter beyond the COMPLETE state.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from unitune.errors import UniTuneError
+from unitune.io import read_yaml, write_yaml_atomic
+from unitune.supernet import Subnet
+
+from .encoding import SubnetEncoding
+
+
+def _accuracy(trial: FrozenTrial) -> float:
+    return float(trial.values[0])
+
+
+def _n_params(trial: FrozenTrial) -> int:
+    return int(trial.user_attrs.get("n_params", 0))
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials, best first: accuracy down, then parameters up, then trial number up."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(trials, key=lambda t: (-_accuracy(t), _n_params(t), t.number))
+
+
+def best_trial(study: optuna.Study, required: bool = True) -> FrozenTrial | None:
+    ranked = ranked_trials(study)
+    if not ranked:
+        if required:
+            raise UniTuneError(f"study {study.study_name!r}: has no complete trial yet")
+        return None
+    return ranked[0]
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The accuracy / parameter Pareto front of the COMPLETE trials, fewest parameters first.
+
+    Computed from the ``n_params`` attribute, so it exists for single-objective studies too.
+    Of trials with equal (accuracy, parameters) only the earliest is kept.
+    """
+    front: list[FrozenTrial] = []
+    best_acc = float("-inf")
+    for t in sorted(ranked_trials(study), key=lambda t: (_n_params(t), -_accuracy(t), t.number)):
+        if _accuracy(t) > best_acc:
+            front.append(t)
+            best_acc = _accuracy(t)
+    return front
+
+
+def trial_subnet(trial: FrozenTrial, encoding: SubnetEncoding, backbone: str | None = None) -> Subnet:
+    subnet = encoding.decode(trial.params, source=f"trial {trial.number}")
+    if backbone:
+        subnet = Subnet(subnet.lora, subnet.adapter, subnet.vpt, subnet.ssf, subnet.ssf_global, backbone=backbone)
+    return subnet
+
+
+def trial_meta(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    meta: dict[str, Any] = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "val_accuracy": _accuracy(trial),
+        "n_params": attrs.get("n_params"),
+        "n_params_with_head": attrs.get("n_params_with_head"),
+        "budget": study.user_attrs.get("budget"),
+    }
+    for key in ("supernet", "backbone"):
+        if key in study.user_attrs:
+            meta[key] = study.user_attrs[key]
+    return meta
+
+
+def _encoding(study: optuna.Study) -> SubnetEncoding:
+    from .study import study_encoding
+
+    return study_encoding(study)
+
+
+def export_best(study: optuna.Study, path: str | os.PathLike) -> Path:
+    """Write the best trial as a plain subnet file (what ``unitune retrain --subnet`` reads)."""
+    trial = best_trial(study)
+    assert trial is not None
+    subnet = trial_subnet(trial, _encoding(study), study.user_attrs.get("backbone"))
+    return subnet.save(path, meta=trial_meta(study, trial))
+
+
+def export_subnets(
+    storage: str | os.PathLike | BaseStorage | optuna.Study,
+    study_name: str | None = None,
+    out: str | os.PathLike = "best_subnet.yaml",
+    top_k: int | None = None,
+    pareto: bool = False,
+) -> Path:
+    """Export the best subnet (default), the ``top_k`` best, or the Pareto set to ``out``.
+
+    ``storage`` may be a storage spec (see :func:`open_storage`) or a loaded study.
+    """
+    if top_k is not None and pareto:
+        raise UniTuneError("export: give either a top-k count or pareto, not both")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise UniTuneError(f"export: top-k must be a positive integer, got {top_k!r}")
+    if isinstance(storage, optuna.Study):
+        study = storage
+    else:
+        from .study import open_existing_study
+
+        study = open_existing_study(storage, study_name)
+    if top_k is None and not pareto:
+        return export_best(study, out)
+    trials = pareto_trials(study) if pareto else ranked_trials(study)[:top_k]
+    if not trials:
+        raise UniTuneError(f"study {study.study_name!r}: has no complete trial yet")
+    encoding = _encoding(study)
+    backbone = study.user_attrs.get("backbone")
+    entries = []
+    for rank, trial in enumerate(trials, 1):
+        meta = {"rank": rank, **trial_meta(study, trial)}
+        entries.append(trial_subnet(trial, encoding, backbone).to_dict(meta))
+    doc = {
+        "study": study.study_name,
+        "budget": study.user_attrs.get("budget"),
+        "selection": "pareto" if pareto else f"top-{top_k}",
+        "subnets": entries,
+    }
+    write_yaml_atomic(out, doc)
+    return Path(out)
+
+
+def load_subnets(path: str | os.PathLike) -> list[tuple[Subnet, dict[str, Any]]]:
+    """Read a subnet file or a top-k / Pareto list file: ``[(subnet, meta), ...]`` in file order."""
+    data = read_yaml(path)
+    if isinstance(data, Mapping) and "subnets" in data:
+        entries = data["subnets"]
+        if not isinstance(entries, list) or not entries:
+            raise UniTuneError(f"{path}: 'subnets' must be a non-empty list of subnet entries")
+        return [
+            (Subnet.from_dict(entry, source=f"{path}: subnets[{i}]"), dict(entry.get("meta") or {}))
+            for i, entry in enumerate(entries)
+        ]
+    subnet = Subnet.from_dict(data, source=str(path))
+    return [(subnet, dict(data.get("meta") or {}))]
+
+
+def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: int = 10) -> dict[str, Path]:
+    """``DIR/best_subnet.yaml`` and the plots in ``DIR/plots/``; what was written, by name."""
+    from .plots import save_plots
+
+    out_dir = Path(out_dir)
+    written = {"best_subnet": export_best(study, out_dir / "best_subnet.yaml")}
+    written.update(save_plots(study, out_dir / "plots", top=top_heatmap))
+    return written

@@ -1,0 +1,113 @@
+"""One Optuna trial: suggest the per-block choices, evaluate that subnet, record what a person reads.
+
+User attributes of every trial (shown by optuna-dashboard):
+
+- ``worker``: ``host:pid:start`` of the process running it (dead-worker recovery uses it);
+- ``n_params`` (what the budget constrains, head excluded), ``n_params_with_head``,
+  ``params_lora``, ``params_adapter``, ``params_vpt``, ``params_ssf`` (global SSF included);
+- ``sizes_lora`` ... ``sizes_ssf`` (per-block sizes, e.g. ``'10 5 0 1'``), ``sizes_ssf_global``;
+- ``val_accuracy`` and ``eval_seconds`` once evaluated;
+- ``repair_steps`` (set by the sampler: how many one-index cuts the repair made), ``source``
+  (``seed`` for an enqueued seed subnet) and ``retry_of`` for a re-run of a dead worker's trial;
+- ``fail_reason`` when the trial failed (a non-finite accuracy, an error, the global trial cap).
+
+A non-finite fitness fails only that trial (the objective returns NaN, which Optuna records as
+FAIL without a traceback) and the study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from unitune.supernet import Subnet, count_params
+
+from .encoding import SubnetEncoding, sizes_summary
+from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
+
+
+class SubnetObjective:
+    """The callable given to ``study.optimize``.
+
+    ``n_trials`` is the study-wide cap on COMPLETE trials: a trial that finds the study already
+    holds ``n_trials`` complete trials plus RUNNING ones started before it is surplus (another
+    worker raced it to the last slot); it fails at once, before sampling anything, hands back
+    any enqueued parameters it had popped, and stops this worker.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[Subnet], float],
+        encoding: SubnetEncoding,
+        budget: int,
+        objectives: Sequence[str],
+        n_trials: int,
+    ):
+        assert encoding.dims is not None
+        self.evaluate = evaluate
+        self.encoding = encoding
+        self.budget = budget
+        self.objectives = tuple(objectives)
+        self.n_trials = n_trials
+        self.current: int | None = None  # number of the trial this worker is running
+        self._token: tuple[int, str] | None = None
+
+    def _worker(self) -> str:
+        import os
+
+        if self._token is None or self._token[0] != os.getpid():  # recompute after a fork
+            self._token = (os.getpid(), worker_token())
+        return self._token[1]
+
+    def _fail(self, trial: optuna.Trial, reason: str) -> tuple[float, ...] | float:
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        nan = float("nan")
+        return nan if len(self.objectives) == 1 else (nan,) * len(self.objectives)
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        trials = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+        return complete + ahead >= self.n_trials
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self.current = trial.number
+        trial.set_user_attr(WORKER_ATTR, self._worker())
+        if self._is_surplus(trial):
+            study = trial.study
+            frozen = study._storage.get_trial(trial._trial_id)
+            requeue_trial(study, frozen, self.encoding.distributions, count=False)
+            study.stop()
+            return self._fail(trial, f"surplus: the study already reached n_trials={self.n_trials}")
+
+        params = {name: trial.suggest_int(name, d.low, d.high) for name, d in self.encoding.distributions.items()}
+        subnet = self.encoding.decode(params, source=f"trial {trial.number}")
+        count = count_params(subnet, self.encoding.dims, self.encoding.space)
+        trial.set_user_attr("n_params", count.total)
+        trial.set_user_attr("n_params_with_head", count.with_head)
+        for method, n in count.per_method.items():
+            trial.set_user_attr(f"params_{method}", n)
+        for key, text in sizes_summary(subnet).items():
+            trial.set_user_attr(key, text)
+        if count.total > self.budget:
+            # Only enqueued parameters bypass the repairing sampler; never evaluate over budget.
+            return self._fail(trial, f"over budget: {count.total} > {self.budget} parameters (enqueued parameters)")
+
+        start = time.perf_counter()
+        try:
+            accuracy = float(self.evaluate(subnet))
+        except Exception as e:
+            trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}"[:500])
+            raise
+        trial.set_user_attr("eval_seconds", round(time.perf_counter() - start, 4))
+        if not math.isfinite(accuracy):
+            trial.set_user_attr("val_accuracy", str(accuracy))
+            return self._fail(trial, f"non-finite accuracy {accuracy}")
+        trial.set_user_attr("val_accuracy", accuracy)
+        if self.objectives == ("acc",):
+            return accuracy
+        return accuracy, float(count.total)

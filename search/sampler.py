@@ -1,0 +1,158 @@
+"""Samplers by name, each wrapped so that what Optuna stores is the repaired, feasible subnet.
+
+How the wrapper works with Optuna 5.0 (``optuna/trial/_trial.py``): on a trial's first
+``suggest_*`` of a parameter that is neither fixed (enqueued) nor already set, the trial asks
+its sampler once for ``infer_relative_search_space`` and ``sample_relative``; every later
+``suggest_*`` of a name in that relative space takes the relative value instead of calling
+``sample_independent``, and that value is what ``storage.set_trial_param`` records.
+
+:class:`RepairSampler` therefore declares the whole static space as its relative space, and
+its ``sample_relative`` builds one complete proposal from the base sampler (the base's own
+relative sample over whatever part of the space the base treats jointly, plus the base's
+``sample_independent`` for the rest), repairs it (:mod:`.repair`), and returns the repaired
+dict. Every suggest then takes the repaired value, so the stored params are exactly the subnet
+that is evaluated, and every stored trial is within budget. Samplers learn from the stored
+(repaired) params, a Lamarckian scheme: CMA-ES is told the repaired point, TPE/GP/NSGA-II
+model the repaired configurations.
+
+Enqueued trials (seed subnets, retried trials) bypass samplers in Optuna; the search checks
+those against the budget itself. Optuna's soft constraints are not used at all.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import ExperimentalWarning
+from optuna.samplers import BaseSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from unitune.errors import UniTuneError
+
+from .encoding import SubnetEncoding
+from .repair import repair_params
+
+SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
+SINGLE_OBJECTIVE = ("cmaes", "evolution")
+REPAIR_STEPS_ATTR = "unitune:repair_steps"
+
+
+class RepairSampler(BaseSampler):
+    """Wrap ``base`` so every sampled subnet is repaired to fit ``budget`` before it is stored."""
+
+    def __init__(self, base: BaseSampler, encoding: SubnetEncoding, budget: int):
+        if encoding.cost is None:
+            raise ValueError("RepairSampler needs an encoding built with backbone dimensions")
+        self.base = base
+        self.encoding = encoding
+        self.budget = budget
+
+    def __str__(self) -> str:
+        return f"RepairSampler({self.base})"
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self.encoding.distributions)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        # The base's own joint space (empty for independent TPE, the intersection of past trials
+        # for multivariate TPE / CMA-ES / GP / NSGA-II), restricted to ours.
+        base_space = {
+            name: dist
+            for name, dist in self.base.infer_relative_search_space(study, trial).items()
+            if search_space.get(name) == dist
+        }
+        proposal = self.base.sample_relative(study, trial, base_space) if base_space else {}
+        proposal = {name: value for name, value in proposal.items() if name in search_space}
+        for name, dist in search_space.items():
+            if name not in proposal:
+                proposal[name] = self.base.sample_independent(study, trial, name, dist)
+        proposal = {name: int(value) for name, value in proposal.items()}
+        repaired, steps = repair_params(self.encoding, proposal, self.budget)
+        study._storage.set_trial_system_attr(trial._trial_id, REPAIR_STEPS_ATTR, steps)
+        return repaired
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        # Only reached for a name outside the static space (not suggested by unitune's objective).
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+
+def make_base_sampler(
+    name: str,
+    encoding: SubnetEncoding,
+    budget: int,
+    *,
+    seed: int | None = None,
+    n_objectives: int = 1,
+    **options: Any,
+) -> BaseSampler:
+    """The unwrapped Optuna sampler for ``name``; ``options`` go to its constructor."""
+    if name not in SAMPLERS:
+        raise UniTuneError(f"sampler: unknown sampler {name!r}, expected one of {list(SAMPLERS)}")
+    if n_objectives > 1 and name in SINGLE_OBJECTIVE:
+        raise UniTuneError(
+            f"sampler: {name!r} optimises a single objective; for the accuracy/parameters Pareto front "
+            "use tpe, nsga2, gp or random"
+        )
+    factories: dict[str, Callable[..., BaseSampler]] = {
+        # Multivariate TPE models the joint distribution of the per-block choices; the constant
+        # liar keeps parallel workers from proposing the same point.
+        "tpe": lambda **kw: optuna.samplers.TPESampler(
+            **{"multivariate": True, "constant_liar": True, "seed": seed, **kw}
+        ),
+        "cmaes": lambda **kw: optuna.samplers.CmaEsSampler(**{"seed": seed, **kw}),
+        "gp": lambda **kw: optuna.samplers.GPSampler(**{"seed": seed, **kw}),
+        "nsga2": lambda **kw: optuna.samplers.NSGAIISampler(**{"seed": seed, **kw}),
+        "random": lambda **kw: optuna.samplers.RandomSampler(**{"seed": seed, **kw}),
+    }
+    if name == "evolution":
+        from .evolution import EvolutionSampler
+
+        return EvolutionSampler(encoding, budget, seed=seed, **options)
+    if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise UniTuneError("sampler: 'cmaes' needs the cmaes package (pip install cmaes)") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        try:
+            return factories[name](**options)
+        except TypeError as e:
+            raise UniTuneError(f"sampler: bad option for {name!r}: {e}") from None
+
+
+def make_sampler(
+    name: str | BaseSampler,
+    encoding: SubnetEncoding,
+    budget: int,
+    *,
+    seed: int | None = None,
+    n_objectives: int = 1,
+    **options: Any,
+) -> RepairSampler:
+    """A :class:`RepairSampler` around the sampler ``name`` (or around a given Optuna sampler)."""
+    base = name if isinstance(name, BaseSampler) else make_base_sampler(
+        name, encoding, budget, seed=seed, n_objectives=n_objectives, **options
+    )
+    return RepairSampler(base, encoding, budget)

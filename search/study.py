@@ -1,0 +1,331 @@
+"""Run a budget-constrained search: create or join a study, enqueue seeds, run workers to a global cap.
+
+Starting :func:`run_search` again with the same storage and study name joins that study (as a
+restart after a crash, or as one more worker on this or another machine): ``n_trials`` is the
+number of COMPLETE trials the *study* should end with, counted in the storage, not per process.
+
+How the count stays exact with several workers and killed ones:
+
+- before each trial a worker fails and re-enqueues the trials of dead workers
+  (:func:`recover_dead_trials`; heartbeats do the same on a server database), then stops if the
+  study's COMPLETE plus RUNNING trials already reach ``n_trials``;
+- inside a trial, before anything is sampled, a worker that lost the race for the last slot
+  (COMPLETE + RUNNING trials numbered before it >= ``n_trials``) fails that empty trial as
+  ``surplus``, hands back any enqueued parameters it popped, and stops (:class:`SubnetObjective`);
+- a trial failed by a non-finite accuracy leaves its slot free, so some worker runs another.
+
+So the study reaches exactly ``n_trials`` COMPLETE trials once every worker has stopped and no
+RUNNING trial of a dead worker is left unrecovered (a worker killed on another host without
+heartbeats needs one more run of the search from any host after its death is known, or a
+server database with heartbeats).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+import unitune
+from unitune.errors import UniTuneError
+from unitune.supernet import BackboneDims, SearchSpace, Subnet
+
+from .budget import check_budget, parse_budget
+from .encoding import SubnetEncoding
+from .objective import SubnetObjective
+from .sampler import make_sampler
+from .storage import open_storage, recover_dead_trials, resolve_storage, storage_lock
+
+_logger = logging.getLogger("unitune.search")
+
+DIRECTIONS = {"acc": "maximize", "params": "minimize"}
+VALID_OBJECTIVES = (("acc",), ("acc", "params"))
+# Study user attributes that must agree when a run joins an existing study.
+CHECKED_ATTRS = ("budget", "objectives", "depth", "space", "backbone")
+
+
+def parse_objectives(objectives: Sequence[str] | str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in objectives.split(",")) if isinstance(objectives, str) else tuple(objectives)
+    if parts not in VALID_OBJECTIVES:
+        raise UniTuneError(f"objectives: expected 'acc' or 'acc,params', got {','.join(map(str, parts))!r}")
+    return parts
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    storage: str  # the storage, as a person or optuna-dashboard would name it
+    n_complete: int
+    best_trial: FrozenTrial | None
+    best_subnet: Subnet | None
+
+
+def study_encoding(study: optuna.Study, dims: BackboneDims | None = None) -> SubnetEncoding:
+    """The encoding a unitune study was created with (from its user attributes)."""
+    attrs = study.user_attrs
+    if "space" not in attrs or "depth" not in attrs:
+        raise UniTuneError(f"study {study.study_name!r}: not a unitune study (no 'space'/'depth' attributes)")
+    space = SearchSpace.from_dict(attrs["space"], source=f"study {study.study_name!r}: space")
+    return SubnetEncoding(space, int(attrs["depth"]), dims)
+
+
+def prepare_seeds(
+    seed_subnets: Sequence[Subnet | str | os.PathLike],
+    encoding: SubnetEncoding,
+    budget: int,
+    backbone: str | None = None,
+) -> list[dict[str, int]]:
+    """Validate seed subnets against the backbone, depth, space and budget; their params dicts."""
+    out = []
+    for i, seed in enumerate(seed_subnets):
+        if isinstance(seed, Subnet):
+            subnet, source = seed, f"seed subnet {i}"
+        else:
+            subnet, source = Subnet.load(seed), str(seed)
+        if backbone and subnet.backbone and subnet.backbone != backbone:
+            raise UniTuneError(f"{source}: is a subnet of {subnet.backbone!r}, but the search is on {backbone!r}")
+        params = encoding.encode(subnet, source=source)
+        n = encoding.n_params(params)
+        if n > budget:
+            raise UniTuneError(f"{source}: has {n} trainable parameters, over the budget of {budget}")
+        out.append(params)
+    return out
+
+
+def _study_attrs(encoding: SubnetEncoding, budget: int, objectives: tuple[str, ...], extra: Mapping[str, Any]) -> dict:
+    attrs = {
+        "budget": budget,
+        "objectives": list(objectives),
+        "depth": encoding.depth,
+        "space": encoding.space.to_dict(),
+        "unitune_version": unitune.__version__,
+    }
+    for key, value in extra.items():
+        attrs.setdefault(key, value)
+    return attrs
+
+
+def _check_or_record_attrs(study: optuna.Study, attrs: Mapping[str, Any], url: str) -> None:
+    existing = study.user_attrs
+    if "budget" not in existing:
+        if study.get_trials(deepcopy=False):
+            raise UniTuneError(f"storage {url}: study {study.study_name!r} exists but was not created by unitune")
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return
+    for key in CHECKED_ATTRS:
+        if key in existing and key in attrs and existing[key] != attrs[key]:
+            raise UniTuneError(
+                f"storage {url}: study {study.study_name!r} was created with {key}={existing[key]!r}, "
+                f"not {attrs[key]!r}; use another study name to search with different settings"
+            )
+    for key, value in attrs.items():  # attributes added since (e.g. a note) are filled in
+        if key not in existing:
+            study.set_user_attr(key, value)
+
+
+def count_states(study: optuna.Study) -> tuple[int, int]:
+    """(COMPLETE, RUNNING) trials of the study, all workers included."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return complete, len(trials) - complete
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Silence Optuna's per-trial log lines (all 4 x depth parameters each); the progress bar
+    and unitune's own log (``unitune.search``) report instead."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+class _Progress:
+    """A tqdm bar over the study's COMPLETE trials, with the best feasible accuracy so far."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, disable=not enabled, desc="search", unit="trial", dynamic_ncols=True)
+
+    def update(self, study: optuna.Study) -> None:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        self.bar.n = min(len(complete), self.bar.total)
+        if complete:
+            best = max(t.values[0] for t in complete)  # every stored trial is within budget
+            self.bar.set_postfix_str(f"best acc {best:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_search(
+    evaluate: Callable[[Subnet], float],
+    space: SearchSpace,
+    dims: BackboneDims,
+    budget: int | str,
+    n_trials: int,
+    storage: str | os.PathLike | BaseStorage | None = None,
+    study_name: str = "unitune",
+    sampler: str | BaseSampler = "tpe",
+    seed: int | None = None,
+    objectives: Sequence[str] | str = ("acc",),
+    seed_subnets: Sequence[Subnet | str | os.PathLike] = (),
+    study_attrs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    *,
+    backbone_params: int | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    heartbeat_interval: int = 60,
+    grace_period: int | None = None,
+    stale_after: float = 300.0,
+    max_retries: int = 3,
+) -> SearchResult:
+    """Search subnets of ``space`` on a backbone ``dims`` under ``budget`` until the study holds
+    ``n_trials`` COMPLETE trials.
+
+    ``evaluate(subnet) -> accuracy in [0, 1]`` is the fitness (validation accuracy with weights
+    inherited from the supernet). ``budget`` is a count or a string for :func:`parse_budget`
+    (a percentage needs ``backbone_params``). ``storage``: see :func:`open_storage`. ``sampler``:
+    one of :data:`SAMPLERS` (``sampler_options`` go to its constructor; e.g. ``population_size``
+    for ``nsga2``/``evolution``, ``n_startup_trials`` for ``tpe``/``gp``) or an Optuna sampler,
+    wrapped either way by :class:`RepairSampler`. When joining a study that has trials, the
+    sampler seed is offset by their count so a restarted worker does not replay its proposals.
+    ``study_attrs`` (e.g. ``backbone``, ``supernet``) are recorded on a new study; ``backbone``
+    must match on an existing one.
+
+    Everything the user gives is validated before the storage is touched, so bad input stores
+    nothing.
+    """
+    # ---- validate (nothing stored yet) ----
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise UniTuneError(f"n_trials: expected a positive integer, got {n_trials!r}")
+    objectives = parse_objectives(objectives)
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        budget = parse_budget(budget, backbone_params)
+    check_budget(budget, space, dims)
+    encoding = SubnetEncoding(space, dims.depth, dims)
+    seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=(study_attrs or {}).get("backbone"))
+    options = dict(sampler_options or {})
+    wrapped = make_sampler(sampler, encoding, budget, seed=seed, n_objectives=len(objectives), **options)
+    attrs = _study_attrs(encoding, budget, objectives, dict(study_attrs or {}))
+    url = resolve_storage(storage).url if not isinstance(storage, BaseStorage) else type(storage).__name__
+
+    # ---- open / join the study (under the file lock: workers starting together on a new
+    # SQLite file would otherwise race to create its tables) ----
+    with storage_lock(storage), _quiet_optuna(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        backend = open_storage(
+            storage,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            distributions=encoding.distributions,
+        )
+        study = optuna.create_study(
+            storage=backend,
+            study_name=study_name,
+            directions=[DIRECTIONS[o] for o in objectives],
+            load_if_exists=True,
+        )
+        _check_or_record_attrs(study, attrs, url)
+        n_existing = len(study.get_trials(deepcopy=False))
+        for params in seeds:
+            study.enqueue_trial(params, user_attrs={"source": "seed"}, skip_if_exists=True)
+    if n_existing and seed is not None and isinstance(sampler, str):
+        wrapped = make_sampler(sampler, encoding, budget, seed=seed + n_existing, n_objectives=len(objectives), **options)
+    study.sampler = wrapped
+
+    objective = SubnetObjective(evaluate, encoding, budget, objectives, n_trials)
+
+    def recover() -> None:
+        with storage_lock(storage), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            # Heartbeat storages: Optuna fails stale trials before each trial it runs, but a
+            # worker that finds the cap reached runs none, so do it here too (no-op otherwise).
+            optuna.storages.fail_stale_trials(study)
+            recover_dead_trials(study, encoding.distributions, stale_after=stale_after, max_retries=max_retries)
+
+    def cap_reached() -> bool:
+        complete, running = count_states(study)
+        return complete + running >= n_trials
+
+    bar = _Progress(n_trials, progress)
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        reason = trial.user_attrs.get("fail_reason")
+        if trial.state == TrialState.FAIL and reason and not str(reason).startswith("surplus"):
+            _logger.warning("trial %d failed: %s", trial.number, reason)
+        recover()
+        bar.update(study)
+        if cap_reached():
+            study.stop()
+
+    try:
+        recover()
+        bar.update(study)
+        if not cap_reached():
+            with _quiet_optuna(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                study.optimize(objective, timeout=timeout, callbacks=[after_trial])
+    except KeyboardInterrupt:
+        # Optuna failed the interrupted trial; hand its parameters back so a rerun evaluates them.
+        _requeue_interrupted(study, objective, encoding)
+        raise
+    finally:
+        bar.close()
+
+    from .export import best_trial  # export imports study helpers; import late
+
+    best = best_trial(study, required=False)
+    complete, _ = count_states(study)
+    return SearchResult(
+        study=study,
+        storage=url,
+        n_complete=complete,
+        best_trial=best,
+        best_subnet=encoding.decode(best.params) if best is not None else None,
+    )
+
+
+def _requeue_interrupted(study: optuna.Study, objective: SubnetObjective, encoding: SubnetEncoding) -> None:
+    from .storage import requeue_trial
+
+    if objective.current is None:
+        return
+    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, objective.current))
+    if trial.state == TrialState.FAIL and "val_accuracy" not in trial.user_attrs:
+        requeue_trial(study, trial, encoding.distributions)
+
+
+def open_existing_study(storage: str | os.PathLike | BaseStorage, study_name: str | None = None) -> optuna.Study:
+    """Load a unitune study for export/plots; without a name, the storage's only study."""
+    backend = open_storage(storage, create=False)
+    url = resolve_storage(storage).url if not isinstance(storage, BaseStorage) else type(storage).__name__
+    names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+    if study_name is None:
+        if len(names) != 1:
+            raise UniTuneError(f"storage {url}: holds {len(names)} studies {names}; name one with --study")
+        study_name = names[0]
+    if study_name not in names:
+        raise UniTuneError(f"storage {url}: no study named {study_name!r} (studies: {names})")
+    return optuna.load_study(study_name=study_name, storage=backend)
+
+
+def default_storage(out_dir: str | os.PathLike) -> Path:
+    """The default storage of a run folder: ``DIR/study.db``."""
+    return Path(out_dir) / "study.db"

@@ -1,0 +1,163 @@
+"""Budget parsing and bounds, the subnet <-> Optuna params encoding, and the repair."""
+
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+from optuna.distributions import IntDistribution
+
+from search_util import decode_independently, n_params, tiny_dims
+from unitune.errors import UniTuneError
+from unitune.search import SubnetEncoding, budget_bounds, check_budget, parse_budget, repair_params, repair_subnet
+from unitune.supernet import SearchSpace, Subnet, count_params
+
+D = 64  # tiny ViT width; MLP 256, 4 blocks
+LORA_R = 4 * D  # LoRA rank 1 on the fused qkv: r * (d + 3d)
+SSF_BLOCK = 2 * (D + 3 * D + D + D + 4 * D + D)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("400000", 400_000), ("0.4M", 400_000), ("400k", 400_000), ("400K", 400_000), ("4e5", 400_000),
+     (" 1.5m ", 1_500_000), (400000, 400_000), (2.6e3, 2600)],
+)
+def test_parse_budget_forms(text, expected):
+    assert parse_budget(text) == expected
+
+
+def test_parse_budget_percentage_of_backbone():
+    assert parse_budget("0.5%", backbone_params=85_800_000) == 429_000
+    assert parse_budget("100%", backbone_params=1234) == 1234
+
+
+@pytest.mark.parametrize(
+    "text, kwargs, fragment",
+    [("abc", {}, "expected a parameter count"), ("-5", {}, "expected a parameter count"), ("0", {}, "positive"),
+     ("0.5%", {}, "percentage of the backbone"), ("150%", {"backbone_params": 10**6}, "(0, 100]"),
+     (True, {}, "expected a parameter count")],
+)
+def test_parse_budget_errors(text, kwargs, fragment):
+    with pytest.raises(UniTuneError, match="budget") as e:
+        parse_budget(text, **kwargs)
+    assert fragment in str(e.value)
+
+
+def test_budget_bounds_match_formulas():
+    dims = tiny_dims()
+    low, high = budget_bounds(SearchSpace(), dims)
+    assert low == 1 * D  # the cheapest non-zero choice: one VPT token in one block
+    adapter10 = 2 * D * 10 + 10 + D
+    assert high == 4 * (10 * LORA_R + adapter10 + 10 * D + SSF_BLOCK) + 4 * D
+    assert high == count_params(Subnet.largest(SearchSpace(), 4), dims).total
+    # A method whose only choice is non-zero is in every subnet: the minimum includes it.
+    forced = SearchSpace(lora=(8,), vpt=(0, 5))
+    assert budget_bounds(forced, dims)[0] == 4 * 8 * LORA_R
+
+
+def test_check_budget_below_minimum_names_it():
+    with pytest.raises(UniTuneError, match=r"budget: 63 parameters is below the smallest non-empty subnet .*\(64 parameters\)"):
+        check_budget(63, SearchSpace(), tiny_dims())
+    with pytest.raises(UniTuneError, match="8192 parameters"):
+        check_budget(8000, SearchSpace(lora=(8,)), tiny_dims())
+
+
+def test_check_budget_above_maximum_warns_and_passes():
+    high = budget_bounds(SearchSpace(), tiny_dims())[1]
+    with pytest.warns(UserWarning, match=f"largest subnet of this space \\({high} parameters\\)"):
+        assert check_budget(high + 1000, SearchSpace(), tiny_dims()) == high + 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_budget(high - 1, SearchSpace(), tiny_dims()) == high - 1
+
+
+# ---- encoding -----------------------------------------------------------------------------------
+
+
+def test_encoding_names_distributions_and_round_trip():
+    space = SearchSpace(adapter=(0,), ssf_global=(1,))  # single choices are not searched
+    enc = SubnetEncoding(space, 4, tiny_dims())
+    assert enc.names == ("lora.00", "lora.01", "lora.02", "lora.03", "vpt.00", "vpt.01", "vpt.02", "vpt.03",
+                         "ssf.00", "ssf.01", "ssf.02", "ssf.03")
+    assert enc.distributions["lora.02"] == IntDistribution(0, 3)
+    assert enc.distributions["ssf.00"] == IntDistribution(0, 1)
+    subnet = Subnet((10, 0, 1, 5), (0, 0, 0, 0), (5, 5, 0, 1), (1, 0, 0, 1), ssf_global=1)
+    params = enc.encode(subnet)
+    assert params["lora.00"] == 3 and params["lora.02"] == 1 and params["vpt.03"] == 1 and params["ssf.03"] == 1
+    assert enc.decode(params) == subnet == decode_independently(params, space, 4)
+    assert enc.n_params(params) == count_params(subnet, tiny_dims(), space).total
+
+
+def test_encoding_width_grows_with_depth():
+    from unitune.search import param_name
+
+    assert param_name("lora", 3, 12) == "lora.03"
+    assert param_name("vpt", 7, 120) == "vpt.007"
+    assert param_name("ssf_global", None, 12) == "ssf_global"
+
+
+def test_encoding_rejects_bad_input():
+    enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
+    with pytest.raises(UniTuneError, match=r"lora\[1\] = 3 is not in the search space \[0, 1, 5, 10\]"):
+        enc.encode(Subnet((1, 3, 0, 0), (0,) * 4, (0,) * 4, (0,) * 4))
+    with pytest.raises(UniTuneError, match="but the backbone has 4 blocks"):
+        enc.encode(Subnet.uniform(12, lora=1))
+    params = enc.encode(Subnet.uniform(4, lora=1))
+    with pytest.raises(UniTuneError, match="lora.00 = 7 is not an index"):
+        enc.decode({**params, "lora.00": 7})
+    with pytest.raises(UniTuneError, match="unknown parameter"):
+        enc.decode({**params, "lora.09": 0})
+
+
+# ---- repair -------------------------------------------------------------------------------------
+
+
+def test_repair_worked_example():
+    space = SearchSpace(adapter=(0,), ssf=(0,), ssf_global=(0,))
+    enc = SubnetEncoding(space, 4, tiny_dims())
+    subnet = Subnet((10, 10, 10, 10), (0,) * 4, (10, 0, 0, 0), (0,) * 4)
+    assert n_params(subnet, space) == 4 * 10 * LORA_R + 10 * D == 10880
+    # Budget 9000: no single cut fits, so the largest (a LoRA 10->5, 1280; tie -> lora.00);
+    # then 9600 is 600 over: the smallest cut that fits is lora.00 5->1 (1024), not a 10->5.
+    params, steps = repair_params(enc, enc.encode(subnet), 9000)
+    assert enc.decode(params) == Subnet((1, 10, 10, 10), (0,) * 4, (10, 0, 0, 0), (0,) * 4)
+    assert steps == 2 and enc.n_params(params) == 8576
+    # Budget 10600 (280 over): the VPT 10->5 cut (320) fits and is the smallest that does.
+    fixed = repair_subnet(enc, subnet, 10600)
+    assert fixed == Subnet((10, 10, 10, 10), (0,) * 4, (5, 0, 0, 0), (0,) * 4)
+    assert n_params(fixed, space) == 10560
+
+
+def test_repair_random_configs_fit_only_shrink_and_are_deterministic():
+    space = SearchSpace()
+    dims = tiny_dims()
+    enc = SubnetEncoding(space, 4, dims)
+    low, high = budget_bounds(space, dims)
+    rng = random.Random(0)
+    changed = 0
+    for _ in range(300):
+        params = {name: rng.randint(d.low, d.high) for name, d in enc.distributions.items()}
+        budget = rng.randint(low, high)
+        repaired, steps = repair_params(enc, params, budget)
+        subnet = enc.decode(repaired)
+        subnet.check(4, space)
+        assert count_params(subnet, dims, space).total <= budget
+        assert all(repaired[n] <= params[n] for n in enc.names)
+        assert repair_params(enc, params, budget) == (repaired, steps)
+        if enc.n_params(params) <= budget:
+            assert repaired == params and steps == 0
+        else:
+            changed += 1
+            assert steps == sum(params[n] - repaired[n] for n in enc.names) > 0
+    assert changed > 100  # the sample exercised the repair, not just feasible inputs
+
+
+def test_repair_reaches_the_smallest_budget_and_fails_below_the_smallest_subnet():
+    space, dims = SearchSpace(), tiny_dims()
+    enc = SubnetEncoding(space, 4, dims)
+    low, _ = budget_bounds(space, dims)
+    repaired = repair_subnet(enc, Subnet.largest(space, 4), low)
+    assert n_params(repaired) <= low
+    with pytest.raises(UniTuneError, match="below the smallest subnet"):
+        repair_subnet(SubnetEncoding(SearchSpace(lora=(8,)), 4, dims), Subnet.uniform(4, lora=8), 100)

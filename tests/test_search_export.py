@@ -1,0 +1,127 @@
+"""Exported subnet files, plots, and optuna-dashboard on a search's storage."""
+
+from __future__ import annotations
+
+import io
+import json
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+from optuna.trial import TrialState
+
+from search_util import decode_independently, n_params, synthetic_accuracy, tiny_dims
+from unitune.errors import UniTuneError
+from unitune.search import (
+    dashboard_app,
+    export_subnets,
+    load_subnets,
+    pareto_trials,
+    run_search,
+    write_outputs,
+)
+from unitune.supernet import SearchSpace, Subnet
+
+BUDGET = 6000
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One multi-objective SQLite study shared by the tests of this module (read-only)."""
+    folder = tmp_path_factory.mktemp("run")
+    result = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, storage=folder / "study.db",
+                        study_name="demo", sampler="random", seed=0, objectives="acc,params", progress=False,
+                        study_attrs={"backbone": "vit_tiny_patch16_224", "supernet": "supernet.safetensors"})
+    return folder, result
+
+
+def test_write_outputs_best_subnet_is_a_plain_subnet_file(searched, tmp_path):
+    folder, result = searched
+    written = write_outputs(result.study, tmp_path)
+    best = Subnet.load(written["best_subnet"])  # the foundation's reader, as retrain uses it
+    assert written["best_subnet"] == tmp_path / "best_subnet.yaml"
+    complete = result.study.get_trials(states=(TrialState.COMPLETE,))
+    top = max(complete, key=lambda t: (t.values[0], -t.user_attrs["n_params"], -t.number))
+    assert best == decode_independently(top.params, SearchSpace(), 4)
+    assert best.backbone == "vit_tiny_patch16_224"
+    (subnet, meta), = load_subnets(written["best_subnet"])
+    assert subnet == best
+    assert meta["trial"] == top.number and meta["val_accuracy"] == pytest.approx(top.values[0])
+    assert meta["n_params"] == n_params(best) <= meta["budget"] == BUDGET
+    assert meta["study"] == "demo" and meta["supernet"] == "supernet.safetensors"
+    for name in ("history", "pareto", "sizes_heatmap"):
+        png = written[name]
+        assert png.parent == tmp_path / "plots" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.stat().st_size > 5000
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # atomic writes leave no temporaries
+
+
+def test_export_top_k_and_pareto_lists(searched, tmp_path):
+    folder, result = searched
+    top = export_subnets(folder / "study.db", "demo", out=tmp_path / "top.yaml", top_k=4)
+    entries = load_subnets(top)
+    assert [m["rank"] for _, m in entries] == [1, 2, 3, 4]
+    accuracies = [m["val_accuracy"] for _, m in entries]
+    assert accuracies == sorted(accuracies, reverse=True)
+    best_of_all = max(t.values[0] for t in result.study.get_trials(states=(TrialState.COMPLETE,)))
+    assert accuracies[0] == pytest.approx(best_of_all)
+    for subnet, meta in entries:
+        assert n_params(subnet) == meta["n_params"] <= BUDGET
+        assert synthetic_accuracy(subnet) == pytest.approx(meta["val_accuracy"])
+
+    front = load_subnets(export_subnets(folder / "study.db", None, out=tmp_path / "pareto.yaml", pareto=True))
+    optuna_front = {tuple(t.values) for t in result.study.best_trials}
+    assert {(m["val_accuracy"], float(m["n_params"])) for _, m in front} == optuna_front
+    assert len(front) == len(pareto_trials(result.study))
+
+
+def test_export_errors(searched, tmp_path):
+    folder, _ = searched
+    db = folder / "study.db"
+    with pytest.raises(UniTuneError, match="either a top-k count or pareto"):
+        export_subnets(db, "demo", out=tmp_path / "x.yaml", top_k=2, pareto=True)
+    with pytest.raises(UniTuneError, match=r"no study named 'nope' \(studies: \['demo'\]\)"):
+        export_subnets(db, "nope", out=tmp_path / "x.yaml")
+    with pytest.raises(UniTuneError, match="no such file"):
+        export_subnets(tmp_path / "missing.db", "demo", out=tmp_path / "x.yaml")
+    assert not (tmp_path / "missing.db").exists() and not (tmp_path / "x.yaml").exists()
+
+
+def call_wsgi(app, path: str) -> tuple[str, dict]:
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+    setup_testing_defaults(environ)
+    environ["wsgi.input"] = io.BytesIO(b"")
+    status = {}
+
+    def start_response(code, headers, exc_info=None):
+        status["code"] = code
+
+    body = b"".join(app(environ, start_response))
+    return status["code"], json.loads(body)
+
+
+def test_dashboard_lists_the_study_and_trial_attributes(searched):
+    folder, result = searched
+    app = dashboard_app(folder)  # a run folder means its study.db
+    code, studies = call_wsgi(app, "/api/studies")
+    assert code.startswith("200")
+    (summary,) = studies["study_summaries"]
+    assert summary["study_name"] == "demo"
+    code, detail = call_wsgi(app, f"/api/studies/{summary['study_id']}")
+    assert code.startswith("200")
+    trials = detail["trials"]
+    assert len(trials) == 12
+    stored = {t.number: t for t in result.study.trials}
+    for trial in trials:
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        truth = stored[trial["number"]].user_attrs
+        assert attrs["n_params"] == str(truth["n_params"])
+        assert attrs["sizes_lora"] == truth["sizes_lora"]
+        assert set(attrs) >= {"n_params_with_head", "params_lora", "params_adapter", "params_vpt", "params_ssf",
+                              "val_accuracy", "eval_seconds", "worker"}
+    study_attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
+    assert study_attrs["budget"] == str(BUDGET) and json.loads(study_attrs["objectives"]) == ["acc", "params"]
+
+
+def test_dashboard_on_a_folder_without_storage_is_an_error(tmp_path):
+    with pytest.raises(UniTuneError, match="folder holds no study storage"):
+        dashboard_app(tmp_path)
