@@ -8,6 +8,7 @@ passes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ class SupernetFitness:
         self.device = pick_device(run.device)
         self.model, self.meta = load_trained_supernet(run, out, supernet_file, self.device)
         data_config = resolve_data_config(self.model.vit)
-        if data_config != self.meta["data_config"]:  # the NOAH defect: stages normalising differently
+        if json.loads(json.dumps(data_config)) != self.meta["data_config"]:  # the NOAH defect: stages normalising differently
             raise UniTuneError(f"{self.meta['path']}: trained with data config {self.meta['data_config']}, "
                                f"but this run resolves {data_config}")
         val = build_dataset(run.data, "val", build_transform(data_config, train=False, cfg=run.data))

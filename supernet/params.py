@@ -14,9 +14,13 @@ The budget excludes the classifier head (as NOAH counts); ``with_head`` adds it.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from torch import nn
+
+from unitune.errors import UniTuneError
 
 from .model import LORA_PATHS, SSF_POINTS, _get, _out_dim, check_vit, unwrap
 from .space import METHODS, SearchSpace
@@ -119,19 +123,32 @@ def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None =
     return ParamCount(per_method, per_block, ssf_global, dims.head_params)
 
 
-def parse_budget(value: str | int | float, backbone_params: int, where: str = "budget") -> int:
-    """A parameter budget: ``400000``, ``"400k"``, ``"0.4M"``, or ``"0.5%"`` of the backbone's parameters."""
-    from unitune.errors import UniTuneError
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg%]?)\s*$", re.IGNORECASE)
 
+
+def parse_budget(value: str | int | float, backbone_params: int | None = None, source: str = "budget") -> int:
+    """``400000``, ``'400k'``, ``'0.4M'``, ``'0.5%'`` -> a positive parameter count.
+
+    ``backbone_params`` (the frozen backbone's parameter count) is needed for a percentage only.
+    """
     if isinstance(value, bool):
-        raise UniTuneError(f"{where}: expected a count like 400000, 0.4M or 0.5%, got {value!r}")
-    text = str(value).strip().replace(",", "").replace("_", "")
-    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "%": backbone_params / 100}.get(text[-1:], 1)
-    number = text[:-1] if scale != 1 or text[-1:] in "kKmM%" else text
-    try:
-        budget = float(number) * scale
-    except ValueError:
-        raise UniTuneError(f"{where}: expected a count like 400000, 0.4M or 0.5%, got {value!r}") from None
-    if budget <= 0:
-        raise UniTuneError(f"{where}: expected a positive budget, got {value!r}")
+        raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, suffix = float(value), ""
+    else:
+        match = _BUDGET_RE.match(str(value))
+        if not match:
+            raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
+        number, suffix = float(match.group(1)), match.group(2).lower()
+    if suffix == "%":
+        if backbone_params is None:
+            raise UniTuneError(f"{source}: {value!r} is a percentage of the backbone, but its parameter count is unknown")
+        if not 0 < number <= 100:
+            raise UniTuneError(f"{source}: a percentage must be in (0, 100], got {value!r}")
+        budget = number / 100 * backbone_params
+    else:
+        budget = number * _SUFFIX[suffix]
+    if not math.isfinite(budget) or round(budget) < 1:
+        raise UniTuneError(f"{source}: expected a positive parameter count, got {value!r}")
     return int(round(budget))

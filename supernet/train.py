@@ -55,7 +55,7 @@ def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:
     if value is None:
         return None
     backbone_params = sum(p.numel() for p in model.vit.parameters() if not p.requires_grad)
-    return parse_budget(value, backbone_params, where=f"{run.source}: supernet.budget")
+    return parse_budget(value, backbone_params, source=f"{run.source}: supernet.budget")
 
 
 def _fingerprint(run: RunConfig) -> dict[str, Any]:

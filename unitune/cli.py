@@ -88,6 +88,61 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from unitune.search import default_storage, run_search, write_outputs
+    from unitune.search.fitness import SupernetFitness
+    from unitune.supernet import BackboneDims
+
+    run = _load_run(args)
+    out = _out_dir(args, run)
+    cfg = run.search
+    budget = args.budget if args.budget is not None else cfg.budget
+    if budget is None:
+        raise UniTuneError(f"{run.source}: no budget: give --budget (e.g. 0.4M) or search.budget")
+    fitness = SupernetFitness(run, out, args.supernet)
+    model = fitness.model
+    result = run_search(
+        fitness, model.space, BackboneDims.from_model(model), budget,
+        n_trials=args.trials if args.trials is not None else cfg.trials,
+        storage=args.storage or cfg.storage or default_storage(out),
+        study_name=args.study or cfg.study or run.name,
+        sampler=args.sampler or cfg.sampler,
+        seed=cfg.seed,
+        objectives=args.objectives or cfg.objectives,
+        seed_subnets=args.seed_subnet,
+        study_attrs={"backbone": run.model.backbone, "supernet": fitness.meta["path"], "config": run.source,
+                     "val_images": fitness.num_images},
+        progress=not args.quiet,
+        backbone_params=sum(p.numel() for p in model.vit.parameters() if not p.requires_grad),
+    )
+    paths = write_outputs(result.study, out)
+    best = result.best_trial
+    print(f"search: {result.n_complete} trials; best val accuracy {best.user_attrs['val_accuracy']:.4f} "
+          f"with {best.user_attrs['n_params']:,} parameters (trial {best.number}) -> {paths['best_subnet']}")
+    return 0
+
+
+def _export_subnet(args: argparse.Namespace) -> int:
+    from unitune.search import export_subnets
+
+    path = export_subnets(args.storage, args.study, args.out, top_k=args.top, pareto=args.pareto)
+    print(f"export-subnet: {path}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unitune.search import default_storage, serve_dashboard
+
+    target = args.target
+    if Path(target).is_dir():
+        target = str(default_storage(target))
+    print(f"dashboard: http://{args.host}:{args.port} (Ctrl-C to stop)")
+    serve_dashboard(target, host=args.host, port=args.port)
+    return 0
+
+
 def _default_classes(name: str) -> int:
     import timm
 
@@ -119,6 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(p)
     p.add_argument("--resume", action="store_true", help="continue from DIR/supernet_ckpt")
     p.set_defaults(func=_supernet)
+
+    p = sub.add_parser("search", help="Optuna search for the best subnet within a parameter budget")
+    _run_args(p)
+    p.add_argument("--budget", help="PEFT parameters, head excluded: 400000, 0.4M, 400k or 0.5%% (of the backbone)")
+    p.add_argument("--trials", type=int, help="complete trials the study should hold (a global cap)")
+    p.add_argument("--sampler", help="tpe (default), cmaes, gp, nsga2, random, evolution")
+    p.add_argument("--storage", help="SQLAlchemy URL, SQLite path or journal:PATH (default: DIR/study.db)")
+    p.add_argument("--study", help="study name (default: the config's name)")
+    p.add_argument("--objectives", help="acc (default) or acc,params (Pareto front)")
+    p.add_argument("--seed-subnet", action="append", default=[], metavar="FILE", help="enqueue this subnet first")
+    p.add_argument("--supernet", help="trained supernet file (default: DIR/supernet.safetensors)")
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("export-subnet", help="write the best, top-k or Pareto subnets of a study to YAML")
+    p.add_argument("--storage", required=True, help="the study's storage (URL or file)")
+    p.add_argument("--study", help="study name (default: the only study in the storage)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--top", type=int, metavar="K", help="the K best feasible subnets")
+    group.add_argument("--pareto", action="store_true", help="the accuracy / parameters Pareto set")
+    p.add_argument("--out", required=True, help="output YAML")
+    p.set_defaults(func=_export_subnet)
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on a run folder's study or a storage URL")
+    p.add_argument("target", help="run folder (uses DIR/study.db) or storage URL")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=_dashboard)
     return parser
 
 

@@ -195,8 +195,7 @@ class SearchConfig:
     storage: str | None = None  # default: sqlite:///<out>/study.db
     study: str | None = None  # default: the config's name
     objectives: str = "acc"  # acc | acc,params
-    seed: int = 0
-    val_subset: int | None = None  # evaluate trials on a fixed subset of val
+    seed: int = 0  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
 
 
 @dataclass(frozen=True)
