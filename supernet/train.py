@@ -24,8 +24,8 @@ from unitune.data import build_dataset, build_loader, build_transform, resolve_d
 from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
 from unitune.train import (
-    Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, clip_and_check,
-    evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
+    Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, check_finite,
+    clip_and_check, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
     seed_everything, set_rng_state,
 )
 
@@ -58,9 +58,29 @@ def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:
     return parse_budget(value, backbone_params, source=f"{run.source}: supernet.budget")
 
 
+# Settings that do not change what is trained: a resumed run may differ in them (another
+# machine, other worker count, another checkpoint interval) and still continue exactly.
+RESUMABLE_CHANGES = {"data": ("num_workers", "check_images", "where"), "supernet": ("log_every", "checkpoint_every")}
+
+
 def _fingerprint(run: RunConfig) -> dict[str, Any]:
     """What must not change between a checkpoint and its resumption."""
-    return {k: run.section(k) for k in ("model", "data", "space", "supernet")}
+    out = {}
+    for name in ("model", "data", "space", "supernet"):
+        section = run.section(name)
+        out[name] = {k: v for k, v in section.items() if k not in RESUMABLE_CHANGES.get(name, ())}
+    return out
+
+
+def _changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ, with both values: ``supernet.lr: 0.01 -> 0.02``."""
+    changed = []
+    for name in sorted(set(saved) | set(now)):
+        a, b = saved.get(name, {}), now.get(name, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                changed.append(f"{name}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return changed
 
 
 def distributed_evaluate(model, loader, device, num_classes, amp, world: Dist) -> dict[str, Any]:
@@ -89,17 +109,21 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
     seed_everything(cfg.seed)
 
+    # The train set is indexed once (no image is decoded here): its class count sizes the head,
+    # and its transform, which depends on the model, is set once the model exists.
     train_set = build_dataset(run.data, "train", None)
+    val_set = build_dataset(run.data, "val", None)
     model = build_model(run, train_set.num_classes, device, pretrained_weights(run, out))
     data_config = resolve_data_config(model.vit)
-    train_set = build_dataset(run.data, "train", build_transform(data_config, train=True, cfg=run.data))
-    val_set = build_dataset(run.data, "val", build_transform(data_config, train=False, cfg=run.data))
+    train_set.transform = build_transform(data_config, train=True, cfg=run.data)
+    val_set.transform = build_transform(data_config, train=False, cfg=run.data)
     num_classes = train_set.num_classes
 
     dims = BackboneDims.from_model(model)
     sampler = SubnetSampler(model.space, dims, cfg.sampler, seed=cfg.seed, budget=resolved_budget(run, model),
                             num_random=cfg.num_random)
-    params = [p for _, p in model.trainable_named_parameters()]
+    named_params = list(model.trainable_named_parameters())
+    params = [p for _, p in named_params]
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
     InactiveGuard(model, optimizer)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
@@ -113,21 +137,35 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     loaded = load_checkpoint(ckpt_dir) if resume else None
     if loaded is not None:
         weights, state = loaded
-        if state["fingerprint"] != _fingerprint(run):
-            raise UniTuneError(f"{ckpt_dir}: the config changed since this checkpoint; resume with the same config")
+        changed = _changed_keys(state["fingerprint"], _fingerprint(run))
+        if changed:
+            more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+            raise UniTuneError(f"{ckpt_dir}: the config changed since this checkpoint ({'; '.join(changed[:3])}{more}); "
+                               f"resume with the same config, or remove the folder to start over")
         model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()}, source=str(ckpt_dir))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         start_epoch, start_step = state["epoch"], state["step"]
+        resumed_loss = state.get("loss_sum", 0.0), state.get("n_loss", 0)
     log = JsonlLog(out / LOG_FILE, resume_epoch=start_epoch if loaded is not None else None) if world.is_main else None
 
-    def checkpoint(epoch: int, step: int) -> None:
+    def rank_mean(value: float) -> float:
+        """The mean over ranks of a per-rank number (each rank's loss is over its share of the batch)."""
+        if not world.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return float(t) / world.world_size
+
+    def checkpoint(epoch: int, step: int, loss_sum: float = 0.0, n_loss: int = 0) -> None:
+        loss_sum = rank_mean(loss_sum)  # every rank resumes from the mean, so the epoch's mean stays exact
         if world.is_main:
+            # The epoch's running loss goes along, so a resumed epoch logs the loss of all its steps.
             state = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
-                     "fingerprint": _fingerprint(run)}
+                     "fingerprint": _fingerprint(run), "loss_sum": loss_sum, "n_loss": n_loss}
             save_checkpoint(ckpt_dir, model.trainable_state_dict(), state)
         if world.enabled:
             dist.barrier()
@@ -139,6 +177,8 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         loader.sampler.set_epoch(epoch, first)
         model.train()
         started, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        if loaded is not None and epoch == start_epoch:
+            loss_sum, n_loss = resumed_loss
         bar = tqdm(loader, total=steps, initial=first, desc=f"supernet {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not (progress and world.is_main), leave=False)
         for step, (images, labels) in enumerate(bar, start=first):
@@ -156,15 +196,16 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
             all_reduce_gradients(params, world)
             clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
             optimizer.step()
+            check_finite(named_params, f"supernet epoch {epoch + 1} step {step + 1}")
             global_step += 1
             scheduler.step_update(global_step)
             seen += images.shape[0] * world.world_size
             if not cfg.log_every or step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss_sum / max(n_loss, 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step + 1 < steps:
-                checkpoint(epoch, step + 1)
+                checkpoint(epoch, step + 1, loss_sum, n_loss)
         seconds = time.perf_counter() - started
-        record: dict[str, Any] = {"epoch": epoch, "step": global_step, "loss": loss_sum / max(n_loss, 1),
+        record: dict[str, Any] = {"epoch": epoch, "step": global_step, "loss": rank_mean(loss_sum) / max(n_loss, 1),
                                   "lr": optimizer.param_groups[0]["lr"]}
         for name, subnet in (("largest", largest), ("smallest", smallest)):
             model.set_subnet(subnet)

@@ -42,8 +42,11 @@ def create_backbone(
     try:
         with device:
             model = timm.create_model(name, num_classes=num_classes, **kwargs)
-    except (RuntimeError, ValueError, KeyError, AssertionError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (RuntimeError, ValueError, KeyError, AssertionError, IndexError, TypeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        first = lines[0]
+        if first.startswith("Error(s) in loading state_dict") and len(lines) > 1:  # name the first mismatch
+            first = lines[1] + (f" (and {len(lines) - 2} more)" if len(lines) > 2 else "")
         if weights is not None:
             raise UniTuneError(f"model.weights: {weights} does not fit backbone {name!r}: {first}") from None
         if kwargs.get("pretrained"):
@@ -52,4 +55,26 @@ def create_backbone(
                 f"offline, give a local file with model.weights"
             ) from None
         raise UniTuneError(f"backbone {name!r}: timm could not build it with {kwargs}: {first}") from None
+    check_input_size(model, name)
     return check_vit(model, f"backbone {name!r}")
+
+
+def check_input_size(model: torch.nn.Module, name: str) -> None:
+    """Refuse an input size the patch embedding cannot tile.
+
+    timm builds a ViT with ``img_size=30, patch_size=8`` without complaint and then silently
+    drops the last 6 pixel rows and columns of every image (its strided conv floors); a size
+    below the patch size builds too and fails only at the first forward pass.
+    """
+    embed = getattr(model, "patch_embed", None)
+    img_size, patch = getattr(embed, "img_size", None), getattr(embed, "patch_size", None)
+    if img_size is None or patch is None or getattr(embed, "dynamic_img_pad", False):
+        return
+    for size, step in zip(img_size, patch):
+        if size < step or size % step:
+            fits = max(step, size // step * step)
+            raise UniTuneError(
+                f"model.kwargs.img_size: {tuple(img_size) if img_size[0] != img_size[1] else size} does not fit "
+                f"backbone {name!r}: the input size must be a multiple of its patch size {step} (e.g. {fits} "
+                f"or {fits + step})"
+            )

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from .errors import UniTuneError
-from .io import read_yaml
+from .io import read_yaml, safe_load
 
 
 def _type_name(tp: Any) -> str:
@@ -154,7 +154,7 @@ def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> 
         if not sep or not key:
             raise UniTuneError(f"override {item!r}: expected key.path=value")
         try:
-            value = yaml.safe_load(raw)
+            value = safe_load(raw)  # 1e-3 is a float, as in config files
         except yaml.YAMLError:
             value = raw
         node = data

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,6 +54,31 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+class SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers like ``1e-3`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``): ``lr: 1e-3``, the way every
+    recipe writes it, would load as the *string* '1e-3'. This adds YAML 1.2's float syntax.
+    """
+
+
+SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: Any) -> Any:
+    """``yaml.safe_load`` with :class:`SafeLoader` (``1e-3`` is a float)."""
+    return yaml.load(text, Loader=SafeLoader)
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
     """Load a YAML file with the safe loader; a missing or malformed file is a user error."""
     path = Path(path)
@@ -60,7 +86,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
         raise UniTuneError(f"{path}: file not found")
     try:
         with open(path) as f:
-            return yaml.safe_load(f)
+            return safe_load(f)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -149,6 +149,15 @@ def clip_and_check(params: list[nn.Parameter], loss: torch.Tensor, max_norm: flo
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
 
 
+def check_finite(named_params: list[tuple[str, nn.Parameter]], where: str) -> None:
+    """After an update: every trainable weight must still be finite. A finite loss does not
+    guarantee it (an overflowing backward pass, or a step too large for float32), and a NaN
+    weight must fail here, before a checkpoint could store it over the last good one."""
+    if not bool(torch.stack([p.detach().isfinite().all() for _, p in named_params]).all()):
+        name = next(n for n, p in named_params if not bool(p.detach().isfinite().all()))
+        raise UniTuneError(f"{where}: the update made {name} non-finite; lower the learning rate")
+
+
 def all_reduce_gradients(params: list[nn.Parameter], world: Dist) -> None:
     """Average gradients over ranks. Every rank trains the same subnet in a step, so the set of
     parameters with a gradient is the same everywhere; the PEFT gradients are small enough to
@@ -230,16 +239,27 @@ def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor],
     """``folder/weights.safetensors`` (what is trained) and ``folder/state.pt`` (optimiser,
     scheduler, sampler, RNG, progress; tensors and plain types only). The state is written last:
     its presence marks the pair complete, and it names the weights' checksum so a mixed pair
-    (a crash between the two renames) is detected."""
+    (a crash between the two renames) is detected.
+
+    Until the new state is published, the weights the old state names stay on disk as
+    ``weights.prev.safetensors``, so a process killed between the two renames (a preempted job)
+    still leaves a checkpoint :func:`load_checkpoint` can resume, not a mismatched pair."""
     import hashlib
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "weights.safetensors") as tmp:
+    current, prev = folder / "weights.safetensors", folder / PREV_WEIGHTS
+    with atomic_path(current) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp))
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        if current.exists():
+            os.replace(current, prev)
     with atomic_path(folder / "state.pt") as tmp:
         torch.save({**state, "weights_sha256": digest}, tmp)
+    prev.unlink(missing_ok=True)
+
+
+PREV_WEIGHTS = "weights.prev.safetensors"
 
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -247,15 +267,20 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     import hashlib
 
     folder = Path(folder)
-    weights_path, state_path = folder / "weights.safetensors", folder / "state.pt"
+    state_path = folder / "state.pt"
     if not state_path.exists():
         return None
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a deep torch traceback
         raise UniTuneError(f"{state_path}: damaged checkpoint ({type(e).__name__}); delete it to start over") from None
-    if not weights_path.exists() or hashlib.sha256(weights_path.read_bytes()).hexdigest() != state.get("weights_sha256"):
-        raise UniTuneError(f"{weights_path}: missing or does not match {state_path.name}; delete the folder to start over")
+    # The state's weights are weights.safetensors, or weights.prev.safetensors when the process
+    # stopped after publishing new weights but before publishing their state (see save_checkpoint).
+    candidates = [folder / "weights.safetensors", folder / PREV_WEIGHTS]
+    weights_path = next((p for p in candidates if p.exists()
+                         and hashlib.sha256(p.read_bytes()).hexdigest() == state.get("weights_sha256")), None)
+    if weights_path is None:
+        raise UniTuneError(f"{candidates[0]}: missing or does not match {state_path.name}; delete the folder to start over")
     try:
         weights = load_file(str(weights_path))
     except Exception as e:
