@@ -259,7 +259,7 @@ def build_model(manifest: Mapping[str, Any], source: str | os.PathLike = MANIFES
     """The module (random weights) an export's weights fit: timm backbone, added parameters, and
     a :class:`PeftViT` shell when Adapters or VPT stay unmerged."""
     path = Path(source)
-    _, space, unmerged = _parse_structure(manifest, path)
+    subnet, space, unmerged = _parse_structure(manifest, path)
     name, kwargs = manifest["backbone"], manifest["model_kwargs"]
     try:
         vit = timm.create_model(name, pretrained=False, num_classes=manifest["num_classes"], **kwargs)
@@ -267,6 +267,7 @@ def build_model(manifest: Mapping[str, Any], source: str | os.PathLike = MANIFES
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise UniTuneError(f"{path}: cannot build backbone {name!r} with model_kwargs {kwargs}: {reason}") from None
     check_vit(vit, name=f"{path}: backbone {name!r}")
+    subnet.check(len(vit.blocks), space, source=f"{path}: subnet")
     add_params(vit, manifest["added_params"])
     model: nn.Module = vit if unmerged.is_empty() else PeftViT(vit, space, sizes=unmerged)
     return model.requires_grad_(False)
