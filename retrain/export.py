@@ -6,6 +6,17 @@ parameters a merge had to add that no timm keyword builds, plus, when Adapters o
 a :class:`PeftViT` with exactly the unmerged sizes — so :func:`load_export` reconstructs the very
 structure :func:`~unitune.retrain.merge.merge` produced and loads the weights strictly.
 
+``unitune.json`` (format version 1)::
+
+    format: "unitune-export", format_version: 1
+    backbone: timm model name;  model_kwargs: timm create keywords incl. the merge's overrides
+    merge_overrides: e.g. {"qkv_bias": true};  added_params: parameters timm does not build
+    num_classes, class_names (or null);  plain_timm: true when timm alone loads the weights
+    subnet: Subnet.to_dict();  space: SearchSpace.to_dict();  unmerged: {adapter: [...], vpt: [...]}
+    params: {trained: count_params(...), unmerged_peft, model};  data_config: timm data config
+    provenance: free-form (config, supernet file, study, test accuracy, ...)
+    weights: {file: "model.safetensors", sha256, bytes}
+
 The folder is written into a temporary sibling and renamed into place once complete, so an
 existing export is replaced only by a finished one. Loading checks the weights' sha256 against
 the manifest before parsing them and never unpickles anything (safetensors only).
@@ -41,6 +52,7 @@ MANIFEST_FILE = "unitune.json"
 
 # Top-level manifest keys and their JSON types (None allowed only for class_names).
 MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
     "format_version": int,
     "backbone": str,
     "model_kwargs": dict,
@@ -177,7 +189,7 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
 def save_export(folder: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``model``'s state dict and ``manifest`` (plus format version and the weights' sha256)
     to ``folder`` atomically; return the manifest as written."""
-    missing = [k for k in MANIFEST_KEYS if k not in manifest and k not in ("format_version", "weights")]
+    missing = [k for k in MANIFEST_KEYS if k not in manifest and k not in ("format", "format_version", "weights")]
     if missing:
         raise UniTuneError(f"manifest: missing key(s) {missing}; build it with build_manifest()")
     manifest = _json_roundtrip({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
@@ -232,6 +244,8 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             raise UniTuneError(f"{path}: missing key {key!r}")
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             raise UniTuneError(f"{path}: {key!r} has the wrong type ({type(manifest[key]).__name__})")
+    if manifest["format"] != FORMAT:
+        raise UniTuneError(f"{path}: 'format' is {manifest['format']!r}, expected {FORMAT!r}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise UniTuneError(
             f"{path}: format_version {manifest['format_version']} is not supported (this unitune reads {FORMAT_VERSION})"

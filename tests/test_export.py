@@ -189,6 +189,7 @@ def adapter_size_outside_space(manifest):
         (lambda m: m.pop("backbone"), "missing key 'backbone'"),
         (lambda m: m.pop("weights"), "missing key 'weights'"),
         (lambda m: m.update(format_version=2), "format_version 2 is not supported"),
+        (lambda m: m.update(format="other"), "'format' is 'other', expected 'unitune-export'"),
         (lambda m: m.update(num_classes="5"), "'num_classes' has the wrong type"),
         (lambda m: m["weights"].update(sha256="abc"), "64-character hex digest"),
         (lambda m: m.update(class_names=["a"]), "1 class_names for num_classes = 5"),

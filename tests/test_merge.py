@@ -101,7 +101,10 @@ def test_pure_timm_result_loads_strictly(variant):
 def test_merge_from_materialized_equals_merge_from_supernet():
     model = supernet("reg_layerscale", "all")
     x = images()
-    a, b = merge(model), merge(model.materialize().eval())
+    materialized = model.materialize().eval()
+    dims = BackboneDims.from_model(model)
+    assert sum(p.numel() for _, p in materialized.peft_named_parameters()) == count_params(model.subnet, dims, model.space).total
+    a, b = merge(model), merge(materialized)
     assert a.model.state_dict().keys() == b.model.state_dict().keys()
     with torch.no_grad():
         torch.testing.assert_close(a.model(x), b.model(x), atol=0, rtol=0)
