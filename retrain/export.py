@@ -301,7 +301,8 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Pa
             raise UniTuneError(
                 f"{source}: {key} has shape {tuple(state[key].shape)}, the manifest's model expects {tuple(tensor.shape)}"
             )
-    model.load_state_dict(state, strict=True)
+    # assign=True: the loaded tensors become the parameters (no copy into a random init).
+    model.load_state_dict(state, strict=True, assign=True)
 
 
 def load_export(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
@@ -321,8 +322,15 @@ def load_export(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         state = safetensors.torch.load(data)
     except Exception as e:  # only reachable when weights and manifest were both rewritten
         raise UniTuneError(f"{weights}: not a valid safetensors file ({e})") from None
-    model = build_model(manifest, folder / MANIFEST_FILE)
+    # Build on the meta device: every parameter comes from the file, so timm's random
+    # initialisation (seconds for a ViT-B) is skipped. A module with a tensor that is not in the
+    # state dict (a non-persistent buffer) would be left on meta; such a model is built for real.
+    with torch.device("meta"):
+        model = build_model(manifest, folder / MANIFEST_FILE)
     _load_strict(model, state, weights)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        model = build_model(manifest, folder / MANIFEST_FILE)
+        _load_strict(model, state, weights)
     return model.eval(), manifest
 
 

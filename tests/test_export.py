@@ -14,6 +14,7 @@ import timm
 import torch
 
 from unitune.errors import UniTuneError
+from unitune.retrain import export as export_mod
 from unitune.retrain.export import (
     FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, build_manifest, export_model, load_export, load_model,
     save_export,
@@ -262,3 +263,22 @@ def test_bad_export_arguments(tmp_path):
         save_export(tmp_path / "e", merged.model, manifest)
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_a_tensor_missing_from_the_file_is_built_for_real(tmp_path, monkeypatch):
+    # Loading builds on the meta device; a non-persistent buffer (not in the file) must not stay there.
+    model, _, folder = export(tmp_path, "plain", "vpt")
+    build = export_mod.build_model
+
+    def with_buffer(*args, **kwargs):
+        module = build(*args, **kwargs)
+        module.register_buffer("scratch", torch.ones(2), persistent=False)
+        return module
+
+    monkeypatch.setattr(export_mod, "build_model", with_buffer)
+    loaded = load_model(folder)
+    assert not loaded.scratch.is_meta and torch.equal(loaded.scratch, torch.ones(2))
+    assert not any(p.is_meta for p in loaded.parameters())
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
