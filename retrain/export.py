@@ -194,6 +194,11 @@ def save_export(folder: str | os.PathLike, model: nn.Module, manifest: Mapping[s
         raise UniTuneError(f"manifest: missing key(s) {missing}; build it with build_manifest()")
     manifest = _json_roundtrip({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest})
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # Refuse to write an export that would not load: build what the manifest describes (on the
+    # meta device, so it costs nothing) and check the weights fit it.
+    with torch.device("meta"):
+        described = build_model(manifest, source="manifest")
+    _check_fits(described.state_dict(), state, source="model")
     with atomic_folder(folder) as tmp:
         weights = tmp / WEIGHTS_FILE
         safetensors.torch.save_file(state, weights, metadata={"format": "pt"})
@@ -287,8 +292,8 @@ def build_model(manifest: Mapping[str, Any], source: str | os.PathLike = MANIFES
     return model.requires_grad_(False)
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-    own = model.state_dict()
+def _check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Raise a one-line error unless ``state`` has exactly the keys and shapes of ``own``."""
     missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
     if missing or unexpected:
         raise UniTuneError(
@@ -301,6 +306,10 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Pa
             raise UniTuneError(
                 f"{source}: {key} has shape {tuple(state[key].shape)}, the manifest's model expects {tuple(tensor.shape)}"
             )
+
+
+def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    _check_fits(model.state_dict(), state, source)
     # assign=True: the loaded tensors become the parameters (no copy into a random init).
     model.load_state_dict(state, strict=True, assign=True)
 

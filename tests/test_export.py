@@ -261,6 +261,10 @@ def test_bad_export_arguments(tmp_path):
     manifest.pop("provenance")
     with pytest.raises(UniTuneError, match=r"missing key\(s\) \['provenance'\]"):
         save_export(tmp_path / "e", merged.model, manifest)
+    # A manifest that describes another model (here: adapters kept) is refused before writing.
+    other = build_manifest(merge(supernet("plain", "adapter_seq")), BACKBONE, model_kwargs=tiny_kwargs("plain"))
+    with pytest.raises(UniTuneError, match=r"model: does not fit the model the manifest describes \(missing \['vit\."):
+        save_export(tmp_path / "e", merged.model, other)
     assert list(tmp_path.iterdir()) == []
 
 
