@@ -89,33 +89,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from unitune.search import default_storage, run_search, write_outputs
-    from unitune.search.fitness import SupernetFitness
-    from unitune.supernet import BackboneDims
+    from unitune.search.stage import search_stage
 
     run = _load_run(args)
-    out = _out_dir(args, run)
-    cfg = run.search
-    budget = args.budget if args.budget is not None else cfg.budget
-    if budget is None:
-        raise UniTuneError(f"{run.source}: no budget: give --budget (e.g. 0.4M) or search.budget")
-    fitness = SupernetFitness(run, out, args.supernet)
-    model = fitness.model
-    result = run_search(
-        fitness, model.space, BackboneDims.from_model(model), budget,
-        n_trials=args.trials if args.trials is not None else cfg.trials,
-        storage=args.storage or cfg.storage or default_storage(out),
-        study_name=args.study or cfg.study or run.name,
-        sampler=args.sampler or cfg.sampler,
-        seed=cfg.seed,
-        objectives=args.objectives or cfg.objectives,
-        seed_subnets=args.seed_subnet,
-        study_attrs={"backbone": run.model.backbone, "supernet": fitness.meta["path"], "config": run.source,
-                     "val_images": fitness.num_images},
-        progress=not args.quiet,
-        backbone_params=sum(p.numel() for p in model.vit.parameters() if not p.requires_grad),
+    result, paths = search_stage(
+        run, _out_dir(args, run), budget=args.budget, trials=args.trials, sampler=args.sampler,
+        storage=args.storage, study=args.study, objectives=args.objectives, seed_subnets=args.seed_subnet,
+        supernet_file=args.supernet, progress=not args.quiet,
     )
-    paths = write_outputs(result.study, out)
     best = result.best_trial
     print(f"search: {result.n_complete} trials; best val accuracy {best.user_attrs['val_accuracy']:.4f} "
           f"with {best.user_attrs['n_params']:,} parameters (trial {best.number}) -> {paths['best_subnet']}")
@@ -143,6 +124,53 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retrain(args: argparse.Namespace) -> int:
+    from unitune.retrain.train import retrain
+
+    run = _load_run(args)
+    out = _out_dir(args, run)
+    retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
+            resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from unitune.retrain.evaluate import evaluate_export
+
+    data = _load_run(args).data if args.config else None
+    result = evaluate_export(args.export, data, split=args.split, out=args.out, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.export}: {result['split']} accuracy {result['accuracy']:.4f} on {result['images']} images")
+    for name, acc in result["per_class_accuracy"].items():
+        print(f"  {name:<20} {acc:.4f}")
+    print(f"confusion matrix: {result['out']}/confusion.csv, confusion.png")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from unitune.retrain.evaluate import predict
+
+    results = predict(args.export, args.images, top_k=args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"])
+        for t in r["top"]:
+            print(f"  {t['prob']:7.4f}  {t['label']}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from unitune.pipeline import format_summary, run_all
+
+    run = _load_run(args)
+    print(format_summary(run_all(run, _out_dir(args, run), progress=not args.quiet)))
+    return 0
+
+
 def _default_classes(name: str) -> int:
     import timm
 
@@ -165,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", help="YAML with a 'space' section to check the sizes against")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("run", help="every stage: (pretrain), supernet, search, retrain, export, evaluate")
+    _run_args(p)
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("pretrain", help="fully train the backbone on the config's source task (offline demo)")
     _run_args(p)
@@ -195,6 +227,32 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--pareto", action="store_true", help="the accuracy / parameters Pareto set")
     p.add_argument("--out", required=True, help="output YAML")
     p.set_defaults(func=_export_subnet)
+
+    p = sub.add_parser("retrain", help="train the chosen subnet on train+val, test it once, merge and export")
+    _run_args(p)
+    p.add_argument("--subnet", help="subnet YAML (default: DIR/best_subnet.yaml)")
+    p.add_argument("--init", choices=("pretrained", "supernet"), help="PEFT weights start fresh or from the supernet")
+    p.add_argument("--supernet", help="supernet file for --init supernet (default: DIR/supernet.safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/retrain_ckpt")
+    p.set_defaults(func=_retrain)
+
+    p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of an export")
+    p.add_argument("export", help="export folder (DIR/export)")
+    p.add_argument("--config", help="take the data section from this config (default: the one retrain recorded)")
+    p.add_argument("--split", default="test", choices=("train", "val", "trainval", "test"))
+    p.add_argument("--out", help="folder for metrics.json, confusion.csv/png (default: DIR/eval_<split>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels of image files with an export")
+    p.add_argument("export", help="export folder")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on a run folder's study or a storage URL")
     p.add_argument("target", help="run folder (uses DIR/study.db) or storage URL")
