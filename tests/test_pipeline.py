@@ -1,0 +1,227 @@
+"""End to end: `unitune run` on a tiny config, the stored study read back with plain Optuna,
+evaluate / predict on the export, a killed run that resumes without redoing the supernet, and
+one-line errors of retrain / evaluate / predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from unitune.cli import main
+from unitune.config import load_run_config
+from unitune.pipeline import run_all
+from unitune.retrain import load_model
+from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
+from unitune.supernet.params import parse_budget
+from unitune.search import study_encoding
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+CONFIG = {
+    "name": "tiny",
+    "device": "cpu",
+    "model": {"backbone": "vit_tiny_patch16_224",
+              "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+    "pretrain": {"data": {"source": "digits", "classes": [0, 1, 2], "batch_size": 64, "num_workers": 0},
+                 "epochs": 2, "lr": 0.003},
+    "data": {"source": "digits", "classes": [5, 6, 7], "batch_size": 64, "num_workers": 0},
+    "space": {"lora": [0, 1, 4], "adapter": [0, 2, 4], "vpt": [0, 2], "ssf": [0, 1], "ssf_global": [0, 1]},
+    "supernet": {"epochs": 2, "lr": 0.005},
+    "search": {"budget": "1.5k", "trials": 8, "sampler": "tpe"},
+    "retrain": {"epochs": 2, "lr": 0.005},
+}
+
+
+def write_config(folder: Path, **changes) -> Path:
+    cfg = json.loads(json.dumps(CONFIG))
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, last = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    config = write_config(folder)
+    summary = run_all(load_run_config(config), folder / "out", progress=False)
+    return config, folder / "out", summary
+
+
+def test_run_summary(tiny_run):
+    config, out, summary = tiny_run
+    assert summary["search_trials"] == 8
+    assert summary["trainable_params"] <= summary["budget"] == 1500
+    assert summary["trainable_params"] == sum(summary["per_method"].values())
+    assert 0 <= summary["test_accuracy"] <= 1 and summary["test_images"] > 0
+    for name in ("pretrain/backbone.safetensors", "supernet.safetensors", "study.db", "best_subnet.yaml",
+                 "plots/history.png", "plots/sizes_heatmap.png", "export/model.safetensors", "export/unitune.json",
+                 "run_summary.json", "eval_test/confusion.csv", "eval_test/confusion.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "run_summary.json").read_text()) == summary
+
+
+def test_every_stored_trial_is_within_budget_and_counted_exactly(tiny_run):
+    """Read the storage with plain Optuna: n_params <= budget and == the analytic count of the stored sizes."""
+    config, out, _ = tiny_run
+    run = load_run_config(config)
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    space = SearchSpace.from_dict(run.space)
+    from unitune.backbone import create_backbone
+
+    dims = BackboneDims.from_model(create_backbone(run.model.backbone, 3, kwargs=run.model.kwargs, meta=True))
+    encoding = study_encoding(study, dims)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 8
+    for trial in complete:
+        subnet = encoding.decode(trial.params)
+        analytic = count_params(subnet, dims, space)
+        assert trial.user_attrs["n_params"] == analytic.total <= 1500
+        assert trial.user_attrs["n_params_with_head"] == analytic.with_head
+        assert 0 <= trial.user_attrs["val_accuracy"] <= 1
+    best = Subnet.load(out / "best_subnet.yaml")
+    meta = yaml.safe_load((out / "best_subnet.yaml").read_text())["meta"]
+    trial = study.trials[meta["trial"]]
+    assert encoding.decode(trial.params) == best
+    assert count_params(best, dims, space).total == trial.user_attrs["n_params"] == meta["n_params"]
+    assert trial.user_attrs["val_accuracy"] == max(t.user_attrs["val_accuracy"] for t in complete)
+
+
+def test_retrained_model_is_exactly_the_subnet(tiny_run):
+    config, out, summary = tiny_run
+    result = json.loads((out / "retrain_result.json").read_text())
+    manifest = json.loads((out / "export" / "unitune.json").read_text())
+    best = Subnet.load(out / "best_subnet.yaml")
+    assert manifest["subnet"]["subnet"] == best.to_dict()["subnet"]
+    assert result["params"]["trainable_params"] == summary["trainable_params"]
+    assert manifest["provenance"]["test_accuracy"] == result["test_accuracy"]
+    assert manifest["provenance"]["init"] == "pretrained"
+
+
+def test_evaluate_reproduces_the_recorded_test_accuracy(tiny_run, capsys):
+    _, out, summary = tiny_run
+    assert main(["evaluate", str(out / "export"), "--json", "--out", str(out / "eval_again")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == summary["test_accuracy"]
+    assert result["recorded_test_accuracy"] == summary["test_accuracy"]
+    rows = (out / "eval_again" / "confusion.csv").read_text().splitlines()
+    counts = np.array([[int(v) for v in r.split(",")[1:]] for r in rows[1:]])
+    assert counts.sum() == summary["test_images"]
+    assert np.trace(counts) / counts.sum() == pytest.approx(summary["test_accuracy"])
+    assert set(result["per_class_accuracy"]) == {"5", "6", "7"}
+
+
+def test_predict_and_python_api(tiny_run, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    _, out, _ = tiny_run
+    digits = load_digits()
+    paths = []
+    for i, label in enumerate((5, 6, 7)):
+        index = int(np.flatnonzero(digits.target == label)[-1])
+        img = Image.fromarray((digits.images[index] * 255 / 16).astype(np.uint8)).convert("RGB")
+        paths.append(tmp_path / f"digit{i}.png")
+        img.save(paths[-1])
+    assert main(["predict", str(out / "export"), *map(str, paths), "--top-k", "2", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == [str(p) for p in paths]
+    for r in results:
+        assert len(r["top"]) == 2 and {t["label"] for t in r["top"]} <= {"5", "6", "7"}
+        assert r["top"][0]["prob"] >= r["top"][1]["prob"]
+    model = load_model(out / "export")
+    assert not model.training and isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["retrain", "--subnet", "DEEP"], "lists have 3 entries, but the backbone has 2 blocks"),
+        (["retrain", "--subnet", "OFFSPACE"], "lora[0] = 3 is not in the search space [0, 1, 4]"),
+        (["evaluate", "MISSINGFILE"], "model.safetensors: file missing"),
+        (["evaluate", "TAMPERED"], "unitune.json"),
+        (["predict", "EXPORT", "BADIMAGE"], "unreadable image"),
+        (["predict", "EXPORT", "NOIMAGE"], "image not found"),
+    ],
+)
+def test_bad_input_one_line(tiny_run, tmp_path, capsys, argv, fragment):
+    config, out, _ = tiny_run
+    deep, offspace = tmp_path / "deep.yaml", tmp_path / "off.yaml"
+    Subnet.uniform(3, lora=1).save(deep)
+    Subnet.uniform(2, lora=3).save(offspace)
+    missing = tmp_path / "missing_export"
+    shutil.copytree(out / "export", missing)
+    (missing / "model.safetensors").unlink()
+    tampered = tmp_path / "tampered_export"
+    shutil.copytree(out / "export", tampered)
+    manifest = json.loads((tampered / "unitune.json").read_text())
+    del manifest["weights"]
+    (tampered / "unitune.json").write_text(json.dumps(manifest))
+    bad_image = tmp_path / "bad.png"
+    bad_image.write_bytes(b"not a png")
+    names = {"DEEP": deep, "OFFSPACE": offspace, "MISSINGFILE": missing, "TAMPERED": tampered,
+             "EXPORT": out / "export", "BADIMAGE": bad_image, "NOIMAGE": tmp_path / "nope.png"}
+    argv = [str(names.get(a, a)) for a in argv]
+    if argv[0] == "retrain":
+        argv += ["--config", str(config), "--out", str(tmp_path / "retrain_out"), "--quiet"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unitune: error: ") and err.count("\n") == 1, err
+    assert fragment in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _complete_trials(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_killed_run_resumes_without_redoing_the_supernet(tmp_path):
+    config = write_config(tmp_path, search__trials=40, pretrain__epochs=1, supernet__epochs=1, retrain__epochs=1)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "unitune", "run", "--config", str(config), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _complete_trials(out / "study.db") < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, "the search never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _complete_trials(out / "study.db")
+    assert 3 <= killed_at < 40
+    supernet = out / "supernet.safetensors"
+    stamp, log = supernet.stat().st_mtime_ns, (out / "supernet_log.jsonl").read_text()
+    assert not (out / "export").exists()
+
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert supernet.stat().st_mtime_ns == stamp and (out / "supernet_log.jsonl").read_text() == log
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["seconds"]["supernet"] == "skipped (complete)"
+    assert summary["search_trials"] == 40 == _complete_trials(out / "study.db")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    finished = [t.params for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 40
