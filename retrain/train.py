@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from unitune.backbone import create_backbone
 from unitune.config import RunConfig
@@ -25,8 +24,8 @@ from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_p
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, build_model
 from unitune.train import (
-    Criterion, JsonlLog, autocast, build_optimizer, build_scheduler, clip_and_check, evaluate, load_checkpoint,
-    pick_device, rng_state, save_checkpoint, seed_everything, set_rng_state,
+    Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device, rng_state,
+    save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
 from .export import export_model
@@ -92,7 +91,6 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
     test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed)
-    params = [p for _, p in model.trainable_named_parameters()]
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
@@ -117,22 +115,9 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     global_step = start_epoch * steps
     for epoch in range(start_epoch, cfg.epochs):
         loader.sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = 0.0
-        for images, labels in tqdm(loader, desc=f"retrain {epoch + 1}/{cfg.epochs}", leave=False,
-                                   disable=not progress):
-            images, target = criterion.prepare(images.to(device), labels.to(device))
-            with autocast(device, cfg.amp):
-                loss = criterion(model(images).float(), target)
-            clip_and_check(params, loss.detach(), None, f"retrain epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
-            optimizer.step()
-            global_step += 1
-            scheduler.step_update(global_step)
-            loss_sum += loss.item()
-        log.write({"epoch": epoch, "loss": loss_sum / max(len(loader), 1), "lr": optimizer.param_groups[0]["lr"]})
+        loss, global_step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, global_step,
+                                        f"retrain epoch {epoch + 1}/{cfg.epochs}", progress)
+        log.write({"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"]})
         save_checkpoint(ckpt_dir, model.trainable_state_dict(),
                         {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "rng": rng_state(), "fingerprint": fingerprint})

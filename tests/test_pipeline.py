@@ -26,7 +26,6 @@ from unitune.config import load_run_config
 from unitune.pipeline import run_all
 from unitune.retrain import load_model
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
-from unitune.supernet.params import parse_budget
 from unitune.search import study_encoding
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import UniTuneError
@@ -65,9 +66,7 @@ def _load_run(args: argparse.Namespace):
     return load_run_config(args.config, args.overrides)
 
 
-def _out_dir(args: argparse.Namespace, run) -> "Path":
-    from pathlib import Path
-
+def _out_dir(args: argparse.Namespace, run) -> Path:
     return Path(args.out) if args.out else Path("runs") / run.name
 
 
@@ -112,8 +111,6 @@ def _export_subnet(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from unitune.search import default_storage, serve_dashboard
 
     target = args.target

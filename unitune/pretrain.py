@@ -12,16 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
-import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from .config import RunConfig
 from .data import build_dataset, build_loader, build_transform, resolve_data_config
 from .errors import UniTuneError
 from .io import atomic_path
-from .train import Criterion, JsonlLog, autocast, build_optimizer, build_scheduler, clip_and_check, evaluate, \
-    pick_device, seed_everything
+from .train import Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
+    train_epoch
 
 PRETRAIN_DIR = "pretrain"
 WEIGHTS_FILE = "backbone.safetensors"
@@ -59,27 +57,13 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, train_set.num_classes)
     log = JsonlLog(path.parent / "log.jsonl")
-    params = list(model.parameters())
     step = 0
     for epoch in range(cfg.epochs):
         loader.sampler.set_epoch(epoch)
-        model.train()
-        loss_sum = 0.0
-        for images, labels in tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", leave=False,
-                                   disable=not progress):
-            images, target = criterion.prepare(images.to(device), labels.to(device))
-            with autocast(device, cfg.amp):
-                loss = criterion(model(images).float(), target)
-            clip_and_check(params, loss.detach(), None, f"pretrain epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-            loss_sum += loss.item()
+        loss, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
+                                 f"pretrain epoch {epoch + 1}/{cfg.epochs}", progress)
         val = evaluate(model, val_loader, device, train_set.num_classes, cfg.amp)
-        log.write({"epoch": epoch, "loss": loss_sum / max(len(loader), 1), "val_acc": val["accuracy"]})
+        log.write({"epoch": epoch, "loss": loss, "val_acc": val["accuracy"]})
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     if progress:

@@ -27,6 +27,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.scheduler import CosineLRScheduler
 from torch import nn
+from tqdm import tqdm
 
 from .config import TrainConfig
 from .errors import UniTuneError
@@ -156,6 +157,33 @@ def check_finite(named_params: list[tuple[str, nn.Parameter]], where: str) -> No
     if not bool(torch.stack([p.detach().isfinite().all() for _, p in named_params]).all()):
         name = next(n for n, p in named_params if not bool(p.detach().isfinite().all()))
         raise UniTuneError(f"{where}: the update made {name} non-finite; lower the learning rate")
+
+
+def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: CosineLRScheduler,
+                criterion: Criterion, cfg: TrainConfig, device: torch.device, step: int, desc: str,
+                progress: bool = True) -> tuple[float, int]:
+    """One epoch of single-model training (pretrain, retrain, baselines): returns the mean loss
+    and the global step count after the epoch. The supernet trains several subnets a step and
+    has its own loop."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    model.train()
+    loss_sum, n = 0.0, 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        images, target = criterion.prepare(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        with autocast(device, cfg.amp):
+            loss = criterion(model(images).float(), target)
+        clip_and_check(params, loss.detach(), None, desc)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_and_check(params, torch.zeros(()), cfg.grad_clip, desc)
+        optimizer.step()
+        check_finite(named, desc)
+        step += 1
+        scheduler.step_update(step)
+        loss_sum += loss.item()
+        n += 1
+    return loss_sum / max(n, 1), step
 
 
 def all_reduce_gradients(params: list[nn.Parameter], world: Dist) -> None:
