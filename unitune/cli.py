@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -75,7 +76,8 @@ def _supernet(args: argparse.Namespace) -> int:
 
     run = _load_run(args)
     path = train_supernet(run, _out_dir(args, run), resume=args.resume, progress=not args.quiet)
-    print(f"supernet: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"supernet: {path}")
     return 0
 
 
@@ -269,7 +271,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may stand before, between or after options (`... a=1 --resume b=2`): argparse
+    # leaves the ones after an option unparsed, so collect them here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except UniTuneError as e:

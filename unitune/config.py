@@ -240,6 +240,8 @@ class RunConfig:
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data (for manifests, checkpoints and provenance)."""
         value = getattr(self, name)
+        if hasattr(value, "to_dict"):
+            return value.to_dict()
         if dataclasses.is_dataclass(value):
             return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(value).items()}
         return dict(value) if isinstance(value, Mapping) else value
