@@ -31,10 +31,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp (and safetensors) create 0600; a published file gets the usual mode
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:  # flush file contents to disk before the rename publishes them
             os.fsync(f.fileno())
         os.replace(tmp, path)
