@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     searched = Subnet.load(best_path)
     epochs = args.epochs or (10 if args.quick else run.retrain.epochs)
     seeds = list(range(args.seeds or (2 if args.quick else 3)))
+    warmup = run.retrain.warmup_epochs
 
     space = SearchSpace.from_dict(run.space)
     probe = create_backbone(run.model.backbone, 5, kwargs=run.model.kwargs, meta=True)
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     for label, (subnet, init) in rows.items():
         accs, info = [], {}
         for seed in seeds:
-            seeded = load_run_config(run.source, overrides + [f"retrain.seed={seed}", f"retrain.epochs={epochs}"])
+            seeded = load_run_config(run.source, overrides + [f"retrain.seed={seed}", f"retrain.epochs={epochs}",
+                                                              f"retrain.warmup_epochs={min(warmup, epochs)}"])
             out = base / "transfer" / tag / label.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{seed}"
             link_pretrain(base, out)
             if subnet is None:
@@ -170,9 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {label:<26} {info['params']:>9,} params  test acc {100 * mean:.2f} ± {100 * std:.2f}  "
               f"({' '.join(f'{100 * a:.1f}' for a in accs)})  [{time.perf_counter() - started:.0f} s]", flush=True)
 
-    print(f"\n{'method':<26} {'sizes':<34} {'PEFT params':>11} {'with head':>10} {'test acc % (mean ± std)':>24}")
+    print(f"\n{'method':<26} {'sizes':<52} {'PEFT params':>11} {'with head':>10} {'test acc % (mean ± std)':>24}")
     for label, r in results.items():
-        print(f"{label:<26} {r['sizes']:<34} {r['params']:>11,} {r['params_with_head']:>10,} "
+        print(f"{label:<26} {r['sizes']:<52} {r['params']:>11,} {r['params_with_head']:>10,} "
               f"{100 * r['mean']:>15.2f} ± {100 * r['std']:.2f}")
     singles = {k: v for k, v in results.items() if k.endswith(" only")}
     if "searched" in results and singles:

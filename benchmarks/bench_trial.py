@@ -100,7 +100,8 @@ def bench_optuna(fitness: SupernetFitness, budget: int, trials: int, repeats: in
     for kind, values in rows.items():
         overhead = statistics.median(v[0] for v in values)
         evaluation = statistics.median(v[1] for v in values)
-        out[kind] = {"overhead_ms": 1000 * overhead, "eval_ms": 1000 * evaluation, "fraction": overhead / evaluation}
+        out[kind] = {"overhead_ms": 1000 * overhead, "eval_ms": 1000 * evaluation, "fraction": overhead / evaluation,
+                     "share": overhead / (overhead + evaluation)}
     return out
 
 
@@ -158,9 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         opt = bench_optuna(fitness, budget, trials, studies, Path(tmp))
-    print(f"{'storage':<10} {'overhead ms':>12} {'eval ms':>8} {'overhead / eval':>16}")
+    print(f"{'storage':<10} {'overhead ms':>12} {'eval ms':>8} {'overhead / eval':>16} {'share of trial':>15}")
     for kind, r in opt.items():
-        print(f"{kind:<10} {r['overhead_ms']:>12.1f} {r['eval_ms']:>8.1f} {r['fraction']:>16.2f}")
+        print(f"{kind:<10} {r['overhead_ms']:>12.1f} {r['eval_ms']:>8.1f} {r['fraction']:>16.2f} {r['share']:>15.1%}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     return {"evaluation": ev, "optuna": opt}
 
