@@ -295,7 +295,7 @@ ROWS = [
         "trained with another search space (differs in ['adapter'])",
         lambda x: (x.copy("supernet.safetensors"), x.copy("best_subnet.yaml"))),
     Row("retrain-resume-changed-config", ["retrain", *STAGE, "--resume", "retrain.lr=0.02"],
-        ("{out}/retrain_ckpt", "changed since this checkpoint"),
+        ("{out}/retrain_ckpt", "changed since this checkpoint (retrain.lr: 0.005 -> 0.02)"),
         lambda x: (x.copy("retrain_ckpt"), x.copy("best_subnet.yaml"))),
     # -- evaluate and predict
     Row("evaluate-export-missing-file", ["evaluate", "{tmp}/export"], "model.safetensors: file missing",
