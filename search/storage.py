@@ -37,7 +37,9 @@ import datetime
 import gc
 import logging
 import os
+import random
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,17 +140,11 @@ def open_storage(
                     _init_sqlite_wal(info.path)
             # Several local processes share the file: wait for its lock instead of failing.
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        if not (info.kind == "rdb" if heartbeat is None else heartbeat):
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})),
-            )
+        kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
+        if info.kind == "rdb" if heartbeat is None else heartbeat:
+            kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})))
+        return _open_rdb(url, info.kind == "rdb", **kwargs)
     except UniTuneError:
         raise
     except Exception as e:  # sqlalchemy / driver errors: unreachable host, missing driver, bad file
@@ -159,6 +155,25 @@ def open_storage(
     # files it made. A refused run leaves the storage's folder as it was.
     gc.collect()
     raise UniTuneError(failure)
+
+
+def _open_rdb(url: str, server: bool, attempts: int = 5, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url, **kwargs)``. On a server database, workers that start together on a new,
+    empty database race to create Optuna's tables, and all but one fail on a duplicate table or
+    type (no file lock can order processes on different machines). The tables exist once the
+    winner is through, so a loser simply opens the storage again."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if not server or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def _init_sqlite_wal(path: Path) -> None:
