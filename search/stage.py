@@ -17,12 +17,14 @@ from .fitness import SupernetFitness
 from .study import SearchResult, check_search_settings, default_storage, run_search
 
 
-def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
-                 sampler: str | None = None, storage: str | None = None, study: str | None = None,
-                 objectives: str | None = None, seed_subnets: Sequence[str] = (), supernet_file: str | None = None,
-                 progress: bool = True) -> tuple[SearchResult, dict[str, Path]]:
-    """Search ``run``'s trained supernet; arguments override the config's ``search`` section."""
-    out = Path(out)
+def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
+                       sampler: str | None = None, storage: str | None = None, objectives: str | None = None,
+                       seed_subnets: Sequence[str] = ()) -> tuple[str | int, dict[str, Any], int]:
+    """Check the search settings of ``run`` (arguments override its ``search`` section) against
+    the backbone's shapes, built on the meta device: a typo costs seconds, before a supernet and
+    its validation images are loaded, or (``unitune run``) before the supernet is trained.
+    Returns the budget as given, the settings for :func:`run_search` and the frozen backbone's
+    parameter count (what a percentage budget refers to)."""
     cfg = run.search
     budget = budget if budget is not None else cfg.budget
     if budget is None:
@@ -35,8 +37,6 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         objectives=objectives or cfg.objectives,
         seed_subnets=seed_subnets,
     )
-    # A typo must cost seconds: check the settings against the backbone's shapes (built on the
-    # meta device) before the supernet and the validation images are loaded.
     vit = create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True)
     head = {id(p) for p in vit.get_classifier().parameters()}
     frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
@@ -45,7 +45,18 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         check_search_settings(SearchSpace.from_dict(run.space, source=f"{run.source}: space"),
                               BackboneDims.from_model(vit), budget, backbone=run.model.backbone,
                               backbone_params=frozen, **settings)
+    return budget, settings, frozen
 
+
+def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
+                 sampler: str | None = None, storage: str | None = None, study: str | None = None,
+                 objectives: str | None = None, seed_subnets: Sequence[str] = (), supernet_file: str | None = None,
+                 progress: bool = True) -> tuple[SearchResult, dict[str, Path]]:
+    """Search ``run``'s trained supernet; arguments override the config's ``search`` section."""
+    out = Path(out)
+    cfg = run.search
+    budget, settings, frozen = check_search_stage(run, out, budget=budget, trials=trials, sampler=sampler,
+                                                  storage=storage, objectives=objectives, seed_subnets=seed_subnets)
     fitness = SupernetFitness(run, out, supernet_file)
     model = fitness.model
     attrs: dict[str, Any] = {"backbone": run.model.backbone, "supernet": fitness.meta["path"],
