@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from unitune.errors import UniTuneError
-from unitune.io import read_json
+from unitune.io import read_json, remove_stale_temps, stale_temps, temp_prefix
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
 
 from .merge import MergedModel, add_params, merge, unmerged_subnet
@@ -158,12 +158,14 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     deleted. On any exception the temporary folder is removed and ``folder`` is left as it was.
     """
     folder = Path(folder)
+    _recover_killed_swap(folder)
     if folder.exists() and not (
         folder.is_dir() and ((folder / MANIFEST_FILE).is_file() or not any(folder.iterdir()))
     ):
         raise UniTuneError(f"{folder}: exists and is not a unitune export; refusing to replace it")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    remove_stale_temps(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder), suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
@@ -171,8 +173,9 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
             _fsync(f)
         if folder.exists():
             # Directories cannot be swapped in one step portably: move the old one aside, move the
-            # new one in, and put the old one back if that fails.
-            old = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.old"
+            # new one in, and put the old one back if that fails (or, after a kill between the two
+            # renames, at the next write: see _recover_killed_swap).
+            old = folder.parent / f"{temp_prefix(folder)}{uuid.uuid4().hex[:8]}.old"
             os.replace(folder, old)
             try:
                 os.replace(tmp, folder)
@@ -184,6 +187,17 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _recover_killed_swap(folder: Path) -> None:
+    """Undo what a writer killed inside :func:`atomic_folder` left: a previous export moved aside
+    (``.NAME.<host>-<pid>.<random>.old``) but no new one moved in is put back; one whose
+    replacement did arrive is removed."""
+    for old in sorted(stale_temps(folder, suffix=".old"), key=lambda p: p.stat().st_mtime):
+        if not folder.exists() and (old / MANIFEST_FILE).is_file():
+            os.replace(old, folder)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_export(folder: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any]) -> dict[str, Any]:

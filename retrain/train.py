@@ -22,7 +22,7 @@ from unitune.io import write_json_atomic
 from unitune.pretrain import pretrained_weights
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import SUPERNET_FILE, build_model
+from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_model
 from unitune.train import (
     Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device, rng_state,
     save_checkpoint, seed_everything, set_rng_state, train_epoch,
@@ -34,6 +34,17 @@ CKPT_DIR = "retrain_ckpt"
 LOG_FILE = "retrain_log.jsonl"
 RESULT_FILE = "retrain_result.json"
 EXPORT_DIR = "export"
+
+
+# Settings a resumed retrain may change without changing what is trained (another machine, another
+# worker count, the config file moved: ``data.where`` holds its path).
+RESUMABLE_CHANGES = {"data": ("num_workers", "check_images", "where"), "retrain": ("log_every",)}
+
+
+def _fingerprint(run: RunConfig) -> dict[str, Any]:
+    """What must not change between a retrain checkpoint and its resumption."""
+    return {name: {k: v for k, v in run.section(name).items() if k not in RESUMABLE_CHANGES.get(name, ())}
+            for name in ("model", "data", "space", "retrain")}
 
 
 def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
@@ -95,15 +106,23 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
     criterion = Criterion(cfg, num_classes)
-    fingerprint = {"config": {k: run.section(k) for k in ("model", "data", "space", "retrain")},
-                   "subnet": subnet.to_dict()["subnet"], "init": init}
+    fingerprint = {"config": _fingerprint(run), "subnet": subnet.to_dict()["subnet"], "init": init}
 
     start_epoch = 0
     loaded = load_checkpoint(ckpt_dir) if resume else None
     if loaded is not None:
         weights, state = loaded
-        if state["fingerprint"] != fingerprint:
-            raise UniTuneError(f"{ckpt_dir}: the config or subnet changed since this checkpoint")
+        saved = state["fingerprint"]
+        if saved != fingerprint:
+            changed = _changed_keys(saved.get("config", {}), fingerprint["config"])
+            if saved.get("subnet") != fingerprint["subnet"]:
+                changed.append("the subnet")
+            if saved.get("init") != init:
+                changed.append(f"init: {saved.get('init')!r} -> {init!r}")
+            more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+            raise UniTuneError(f"{ckpt_dir}: the config or subnet changed since this checkpoint "
+                               f"({'; '.join(changed[:3])}{more}); resume with the same ones, or remove the "
+                               f"folder to start over")
         model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()}, source=str(ckpt_dir))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

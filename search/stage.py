@@ -3,16 +3,49 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from unitune.backbone import create_backbone
 from unitune.config import RunConfig
 from unitune.errors import UniTuneError
-from unitune.supernet import BackboneDims
+from unitune.supernet import BackboneDims, SearchSpace
 
 from .export import write_outputs
 from .fitness import SupernetFitness
-from .study import SearchResult, default_storage, run_search
+from .study import SearchResult, check_search_settings, default_storage, run_search
+
+
+def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
+                       sampler: str | None = None, storage: str | None = None, objectives: str | None = None,
+                       seed_subnets: Sequence[str] = ()) -> tuple[str | int, dict[str, Any], int]:
+    """Check the search settings of ``run`` (arguments override its ``search`` section) against
+    the backbone's shapes, built on the meta device: a typo costs seconds, before a supernet and
+    its validation images are loaded, or (``unitune run``) before the supernet is trained.
+    Returns the budget as given, the settings for :func:`run_search` and the frozen backbone's
+    parameter count (what a percentage budget refers to)."""
+    cfg = run.search
+    budget = budget if budget is not None else cfg.budget
+    if budget is None:
+        raise UniTuneError(f"{run.source}: no budget: give --budget (e.g. 0.4M) or search.budget")
+    settings = dict(
+        n_trials=trials if trials is not None else cfg.trials,
+        storage=storage or cfg.storage or default_storage(out),
+        sampler=sampler or cfg.sampler,
+        seed=cfg.seed,
+        objectives=objectives or cfg.objectives,
+        seed_subnets=seed_subnets,
+    )
+    vit = create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True)
+    head = {id(p) for p in vit.get_classifier().parameters()}
+    frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
+    with warnings.catch_warnings():  # a budget above the largest subnet: run_search warns once
+        warnings.simplefilter("ignore", UserWarning)
+        check_search_settings(SearchSpace.from_dict(run.space, source=f"{run.source}: space"),
+                              BackboneDims.from_model(vit), budget, backbone=run.model.backbone,
+                              backbone_params=frozen, **settings)
+    return budget, settings, frozen
 
 
 def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
@@ -22,24 +55,20 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
     """Search ``run``'s trained supernet; arguments override the config's ``search`` section."""
     out = Path(out)
     cfg = run.search
-    budget = budget if budget is not None else cfg.budget
-    if budget is None:
-        raise UniTuneError(f"{run.source}: no budget: give --budget (e.g. 0.4M) or search.budget")
+    budget, settings, frozen = check_search_stage(run, out, budget=budget, trials=trials, sampler=sampler,
+                                                  storage=storage, objectives=objectives, seed_subnets=seed_subnets)
     fitness = SupernetFitness(run, out, supernet_file)
     model = fitness.model
     attrs: dict[str, Any] = {"backbone": run.model.backbone, "supernet": fitness.meta["path"],
                              "config": run.source, "val_images": fitness.num_images}
+    backbone_params = sum(p.numel() for p in model.vit.parameters() if not p.requires_grad)
+    assert backbone_params == frozen, (backbone_params, frozen)
     result = run_search(
         fitness, model.space, BackboneDims.from_model(model), budget,
-        n_trials=trials if trials is not None else cfg.trials,
-        storage=storage or cfg.storage or default_storage(out),
         study_name=study or cfg.study or run.name,
-        sampler=sampler or cfg.sampler,
-        seed=cfg.seed,
-        objectives=objectives or cfg.objectives,
-        seed_subnets=seed_subnets,
         study_attrs=attrs,
         progress=progress,
-        backbone_params=sum(p.numel() for p in model.vit.parameters() if not p.requires_grad),
+        backbone_params=backbone_params,
+        **settings,
     )
     return result, write_outputs(result.study, out)

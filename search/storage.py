@@ -25,16 +25,21 @@ it) is failed once it is ``stale_after`` seconds old and still has no parameters
 
 For file storages, recovery and study creation run under an ``fcntl`` lock on
 ``<file>.unitune-lock``, so two restarted workers never fail or re-enqueue the same trial twice.
-The kernel releases that lock when a process dies, so a killed worker never leaves it held.
+The kernel releases that lock when a process dies, so a killed worker never leaves it held; the
+file itself exists only while the lock is held (a killed holder may leave an empty one, which the
+next holder removes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import logging
 import os
+import random
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,22 +140,40 @@ def open_storage(
                     _init_sqlite_wal(info.path)
             # Several local processes share the file: wait for its lock instead of failing.
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        if not (info.kind == "rdb" if heartbeat is None else heartbeat):
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})),
-            )
+        kwargs: dict[str, Any] = {"engine_kwargs": engine_kwargs}
+        if info.kind == "rdb" if heartbeat is None else heartbeat:
+            kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})))
+        return _open_rdb(url, info.kind == "rdb", **kwargs)
     except UniTuneError:
         raise
     except Exception as e:  # sqlalchemy / driver errors: unreachable host, missing driver, bad file
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UniTuneError(f"storage: cannot open {info.url!r}: {type(e).__name__}: {first}") from None
+        failure = f"storage: cannot open {info.url!r}: {type(e).__name__}: {first}"
+    # Outside the except block, nothing refers to the half-built storage any more (the traceback
+    # did): collect it now, so its engine closes its connection and SQLite removes the -wal / -shm
+    # files it made. A refused run leaves the storage's folder as it was.
+    gc.collect()
+    raise UniTuneError(failure)
+
+
+def _open_rdb(url: str, server: bool, attempts: int = 5, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url, **kwargs)``. On a server database, workers that start together on a new,
+    empty database race to create Optuna's tables, and all but one fail on a duplicate table or
+    type (no file lock can order processes on different machines). The tables exist once the
+    winner is through, so a loser simply opens the storage again."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5.0
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if not server or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def _init_sqlite_wal(path: Path) -> None:
@@ -187,13 +210,33 @@ def storage_lock(spec: str | os.PathLike | BaseStorage | None) -> Iterator[None]
             yield
             return
         info.path.parent.mkdir(parents=True, exist_ok=True)
+    # The lock file lives only while it is held: its holder removes it before unlocking, so a run
+    # that is refused (or finds nothing to do) leaves no file behind. A process that waited on the
+    # removed file notices that its path now names another file (or none) and locks again.
     lock_path = info.path.with_name(info.path.name + ".unitune-lock")
-    with open(lock_path, "a") as f:
+    while True:
+        f = open(lock_path, "a")
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def close_storage(storage: BaseStorage) -> None:
+    """Close a storage's database connections now rather than at garbage collection (SQLite then
+    removes its ``-wal`` / ``-shm`` files): used when a run is refused after opening its storage."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 # ---- worker liveness ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from .budget import check_budget, parse_budget
 from .encoding import SubnetEncoding
 from .objective import SubnetObjective
 from .sampler import make_sampler
-from .storage import open_storage, recover_dead_trials, resolve_storage, storage_lock
+from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock
 
 _logger = logging.getLogger("unitune.search")
 
@@ -59,6 +59,42 @@ def parse_objectives(objectives: Sequence[str] | str) -> tuple[str, ...]:
     if parts not in VALID_OBJECTIVES:
         raise UniTuneError(f"objectives: expected 'acc' or 'acc,params', got {','.join(map(str, parts))!r}")
     return parts
+
+
+def check_search_settings(
+    space: SearchSpace,
+    dims: BackboneDims,
+    budget: int | str,
+    *,
+    n_trials: int,
+    objectives: Sequence[str] | str = ("acc",),
+    sampler: str | BaseSampler = "tpe",
+    seed: int | None = None,
+    seed_subnets: Sequence[Subnet | str | os.PathLike] = (),
+    backbone: str | None = None,
+    backbone_params: int | None = None,
+    storage: str | os.PathLike | BaseStorage | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+) -> int:
+    """Validate everything a user gives a search, touching no storage and loading nothing heavy;
+    return the budget as a parameter count.
+
+    ``dims`` may come from a backbone built on the meta device, so a typo in a budget, a sampler
+    name, a seed subnet or a storage URL is reported in seconds, before a supernet and its
+    validation images are loaded. :func:`run_search` calls it first as well.
+    """
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise UniTuneError(f"n_trials: expected a positive integer, got {n_trials!r}")
+    parsed = parse_objectives(objectives)
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        budget = parse_budget(budget, backbone_params)
+    check_budget(budget, space, dims)
+    encoding = SubnetEncoding(space, dims.depth, dims)
+    prepare_seeds(seed_subnets, encoding, budget, backbone=backbone)
+    make_sampler(sampler, encoding, budget, seed=seed, n_objectives=len(parsed), **dict(sampler_options or {}))
+    if not isinstance(storage, BaseStorage):
+        resolve_storage(storage)
+    return budget
 
 
 @dataclass
@@ -213,14 +249,13 @@ def run_search(
     nothing.
     """
     # ---- validate (nothing stored yet) ----
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise UniTuneError(f"n_trials: expected a positive integer, got {n_trials!r}")
+    backbone = (study_attrs or {}).get("backbone")
+    budget = check_search_settings(space, dims, budget, n_trials=n_trials, objectives=objectives, sampler=sampler,
+                                   seed=seed, seed_subnets=seed_subnets, backbone=backbone,
+                                   backbone_params=backbone_params, storage=storage, sampler_options=sampler_options)
     objectives = parse_objectives(objectives)
-    if not isinstance(budget, int) or isinstance(budget, bool):
-        budget = parse_budget(budget, backbone_params)
-    check_budget(budget, space, dims)
     encoding = SubnetEncoding(space, dims.depth, dims)
-    seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=(study_attrs or {}).get("backbone"))
+    seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=backbone)
     options = dict(sampler_options or {})
     wrapped = make_sampler(sampler, encoding, budget, seed=seed, n_objectives=len(objectives), **options)
     attrs = _study_attrs(encoding, budget, objectives, dict(study_attrs or {}))
@@ -236,13 +271,17 @@ def run_search(
             grace_period=grace_period,
             distributions=encoding.distributions,
         )
-        study = optuna.create_study(
-            storage=backend,
-            study_name=study_name,
-            directions=[DIRECTIONS[o] for o in objectives],
-            load_if_exists=True,
-        )
-        _check_or_record_attrs(study, attrs, url)
+        try:
+            study = optuna.create_study(
+                storage=backend,
+                study_name=study_name,
+                directions=[DIRECTIONS[o] for o in objectives],
+                load_if_exists=True,
+            )
+            _check_or_record_attrs(study, attrs, url)
+        except UniTuneError:
+            close_storage(backend)  # refused: leave the storage files as they were
+            raise
         n_existing = len(study.get_trials(deepcopy=False))
         for params in seeds:
             study.enqueue_trial(params, user_attrs={"source": "seed"}, skip_if_exists=True)
@@ -317,11 +356,13 @@ def open_existing_study(storage: str | os.PathLike | BaseStorage, study_name: st
     backend = open_storage(storage, create=False)
     url = resolve_storage(storage).url if not isinstance(storage, BaseStorage) else type(storage).__name__
     names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
-    if study_name is None:
-        if len(names) != 1:
-            raise UniTuneError(f"storage {url}: holds {len(names)} studies {names}; name one with --study")
+    if study_name is None and len(names) == 1:
         study_name = names[0]
-    if study_name not in names:
+    if study_name is None or study_name not in names:
+        if backend is not storage:
+            close_storage(backend)
+        if study_name is None:
+            raise UniTuneError(f"storage {url}: holds {len(names)} studies {names}; name one with --study")
         raise UniTuneError(f"storage {url}: no study named {study_name!r} (studies: {names})")
     return optuna.load_study(study_name=study_name, storage=backend)
 

@@ -113,13 +113,12 @@ def _export_subnet(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from unitune.search import default_storage, serve_dashboard
+    from unitune.search import serve_dashboard
+    from unitune.search.dashboard import dashboard_storage
 
-    target = args.target
-    if Path(target).is_dir():
-        target = str(default_storage(target))
+    storage = dashboard_storage(args.target)  # a run folder, a file or a URL; opened before the banner
     print(f"dashboard: http://{args.host}:{args.port} (Ctrl-C to stop)")
-    serve_dashboard(target, host=args.host, port=args.port)
+    serve_dashboard(storage, host=args.host, port=args.port)
     return 0
 
 

@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,15 +23,79 @@ import yaml
 from .errors import UniTuneError
 
 
+# ---- temporary files and what a killed writer leaves behind --------------------------------------
+#
+# A write goes to ``.NAME.<host>-<pid>.<random>.tmp`` beside its target and is renamed onto it once
+# complete. A process killed in between (SIGKILL, power loss) leaves that file behind; readers
+# never see it (they open exact names, and the dot hides it from listings). The next write of
+# the same target removes such leftovers whose writer provably no longer runs: same host, and no
+# process with that pid. A live writer's file, or one from another host sharing the folder, is
+# left alone, so concurrent writers (two search workers writing best_subnet.yaml) never collide.
+
+
+def temp_prefix(target: Path) -> str:
+    """``.NAME.<host>-<pid>.``: the prefix of this process's temporary files for ``target``."""
+    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _writer_is_dead(owner: str) -> bool:
+    host, _, pid = owner.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
+def stale_temps(target: Path, suffix: str = ".tmp") -> list[Path]:
+    """Leftovers ``.NAME.<host>-<pid>.<random><suffix>`` of writers of ``target`` that died."""
+    target = Path(target)
+    head = f".{target.name}."
+    found = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(head) and name.endswith(suffix)):
+            continue
+        owner, dot, _ = name[len(head):-len(suffix)].rpartition(".")
+        if dot and _writer_is_dead(owner):
+            found.append(Path(entry.path))
+    return found
+
+
+def remove_stale_temps(target: Path) -> None:
+    for p in stale_temps(target):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. The file gets
+    the permissions a plain ``open(path, "w")`` would give (``mkstemp`` makes it private), and
+    leftovers of killed writers of ``path`` are removed first (see above).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -41,12 +107,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

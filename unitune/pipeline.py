@@ -27,8 +27,16 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
     from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
     from unitune.supernet.train import SUPERNET_FILE, train_supernet
 
+    from unitune.data import build_dataset
+    from unitune.search.stage import check_search_stage
+
     out = Path(out)
     seconds: dict[str, float | str] = {}
+    # Before the first stage: what later stages would reject after hours of training. The data
+    # splits are indexed (no image decoded) and the search settings checked on a meta backbone.
+    for split in ("train", "val", "trainval", "test"):
+        build_dataset(run.data, split, None)
+    check_search_stage(run, out)
 
     def stage(name: str, done: bool, work) -> Any:
         if done:

@@ -320,7 +320,12 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
 
 
 class JsonlLog:
-    """One JSON object per line. On resume, lines from the epochs to be redone are dropped first."""
+    """One JSON object per line. On resume, lines from the epochs to be redone are dropped first.
+
+    Each record rewrites the file atomically (old lines + the new one) instead of appending in
+    place: a process killed mid-write leaves the previous, complete log, never a torn last line
+    that the resumed run could not parse. A log holds one line per epoch, so this costs nothing.
+    """
 
     def __init__(self, path: str | os.PathLike, resume_epoch: int | None = None):
         self.path = Path(path)
@@ -333,11 +338,9 @@ class JsonlLog:
                 tmp.write_text("".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        previous = self.path.read_text() if self.path.exists() else ""
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(previous + json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()] if self.path.exists() else []

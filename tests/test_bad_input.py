@@ -1,0 +1,446 @@
+"""Bad input across every command (issue 7): one table, one check.
+
+Each row is a command line, the bad input it gets (files made in the test's own folder), the
+expected exit status and a fragment of the message. Every row runs in-process through
+``unitune.cli.main`` and must:
+
+- exit with status 2, print nothing on stdout and exactly one line on stderr, starting with
+  ``unitune: error: `` and holding the fragment, with no traceback;
+- leave no new, changed or removed file anywhere under the test's folder (paths, sizes and
+  modification times before and after; the working directory is that folder too, so a write to a
+  relative default such as ``runs/<name>`` is caught as well).
+
+A few rows run again in a real ``python -m unitune`` process, and one checks that ``--debug``
+shows the traceback of the same error. Truncated checkpoints, supernet files, exports and study
+files (issue 7, "corruption") are rows of the same table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import timm
+import yaml
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from unitune.cli import main
+from unitune.config import load_run_config
+from unitune.errors import UniTuneError
+from unitune.pipeline import run_all
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+# A tiny run: 16 px images, patch 4, width 32, depth 2; synthetic data; one epoch per stage.
+CONFIG = {
+    "name": "tiny",
+    "device": "cpu",
+    "model": {"backbone": "vit_tiny_patch16_224",
+              "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+    "data": {"source": "synthetic", "num_classes": 3, "samples_per_class": 8, "image_size": 16,
+             "batch_size": 8, "num_workers": 0},
+    "space": {"lora": [0, 1, 4], "adapter": [0, 2], "vpt": [0, 2], "ssf": [0, 1], "ssf_global": [0, 1]},
+    "supernet": {"epochs": 1, "lr": 0.005},
+    "search": {"budget": 1500, "trials": 3},
+    "retrain": {"epochs": 1, "lr": 0.005},
+}
+DEPTH, WIDTH = 2, 32
+# The cheapest non-empty subnet of CONFIG's space: VPT with 2 prompts in one block, 2 * width
+# parameters (LoRA r=1 on qkv costs width + 3 * width, an adapter k=2 2 * 2 * width + 2 + width,
+# SSF in a block 22 * width, the global SSF 4 * width).
+SMALLEST_NON_EMPTY = 2 * WIDTH
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A finished tiny run (supernet, study, best subnet, retrain checkpoint, export) to copy from."""
+    folder = tmp_path_factory.mktemp("base")
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    run_all(load_run_config(config), folder / "out", progress=False)
+    gc.collect()  # close the study's SQLite connections, then fold the write-ahead log into the file
+    with contextlib.closing(sqlite3.connect(folder / "out" / "study.db")) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return folder / "out"
+
+
+# ---- building the inputs of a row -------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """The files of one row, all below ``tmp`` (the test's folder)."""
+
+    tmp: Path
+    base: Path
+    names: dict[str, str] = field(default_factory=dict)
+
+    def path(self, rel: str) -> Path:
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def config(self, rel: str = "config.yaml", **changes) -> Path:
+        """CONFIG with ``section__key=value`` changes (``value=DELETE`` removes the key)."""
+        cfg = json.loads(json.dumps(CONFIG))
+        for dotted, value in changes.items():
+            node = cfg
+            *parents, last = dotted.split("__")
+            for key in parents:
+                node = node.setdefault(key, {})
+            if value is DELETE:
+                node.pop(last, None)
+            else:
+                node[last] = value
+        return self.text(rel, yaml.safe_dump(cfg))
+
+    def text(self, rel: str, text: str) -> Path:
+        p = self.path(rel)
+        p.write_text(text)
+        return p
+
+    def subnet(self, rel: str, body: dict, backbone: str | None = None) -> Path:
+        doc = {"backbone": backbone, "subnet": body} if backbone else {"subnet": body}
+        return self.text(rel, yaml.safe_dump(doc))
+
+    def image(self, rel: str, color: int = 128) -> Path:
+        p = self.path(rel)
+        Image.new("RGB", (16, 16), (color, 255 - color, color // 2)).save(p)
+        return p
+
+    def copy(self, rel: str, to: str | None = None) -> Path:
+        """Copy ``rel`` (a file or folder) of the finished base run into ``out/`` (or ``to``)."""
+        src, dst = self.base / rel, self.path(to or f"out/{rel}")
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        return dst
+
+
+DELETE = object()
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def retag_supernet(path: Path, **meta) -> Path:
+    """Rewrite metadata entries of a supernet file (as if it came from another run)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata.update({k: json.dumps(v) for k, v in meta.items()})
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def vtab(x: Inputs, train: str = "images/a.png 0\n", val: str = "images/b.png 1\n", classes: str | None = None) -> Path:
+    """A VTAB-1k layout under ``vtab/task`` with the given list lines."""
+    x.image("vtab/task/images/a.png", 10)
+    x.image("vtab/task/images/b.png", 200)
+    for name, lines in (("train800", train), ("val200", val), ("train800val200", train + val), ("test", val)):
+        x.text(f"vtab/task/{name}.txt", lines)
+    if classes is not None:
+        x.text("vtab/task/classes.txt", classes)
+    return x.config(data={"source": "vtab", "root": str(x.tmp / "vtab"), "task": "task", "batch_size": 2,
+                          "num_workers": 0})
+
+
+def imagefolder(x: Inputs, junk: bool, check_images: bool = False) -> Path:
+    for split in ("train", "val", "test"):
+        for cls, color in (("a", 10), ("b", 200)):
+            x.image(f"folder/{split}/{cls}/0.png", color)
+    if junk:
+        x.text("folder/train/a/broken.png", "this is not a png")
+    return x.config(data={"source": "imagefolder", "root": str(x.tmp / "folder"), "batch_size": 2,
+                          "num_workers": 0, "check_images": check_images})
+
+
+def wrong_width_weights(x: Inputs) -> Path:
+    kwargs = {**CONFIG["model"]["kwargs"], "embed_dim": 48, "num_heads": 2}
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **kwargs)
+    p = x.path("wide.safetensors")
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(p))
+    return x.config(model={**CONFIG["model"], "weights": str(p)})
+
+
+def full(value: int, depth: int = DEPTH) -> list[int]:
+    return [value] * depth
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+STAGE = ["--config", "{cfg}", "--out", "{out}", "--quiet"]
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    argv: list[str]  # {cfg}: tmp/config.yaml (CONFIG unless setup wrote another), {out}: tmp/out, {tmp}
+    fragment: str | tuple[str, ...]  # {tmp}, {out}, {cfg} are filled in here too
+    setup: Callable[[Inputs], object] | None = None
+    code: int = 2
+
+
+ROWS = [
+    # -- inspect: subnet files
+    Row("inspect-unknown-method", ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml"],
+        ("{tmp}/s.yaml", "unknown method 'dora'"),
+        lambda x: x.subnet("s.yaml", {"lora": full(1, 12), "dora": full(1, 12)})),
+    Row("inspect-wrong-length", ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml"],
+        "lists have 3 entries, but the backbone has 12 blocks", lambda x: x.subnet("s.yaml", {"lora": full(1, 3)})),
+    Row("inspect-size-not-in-space",
+        ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml", "--space", "{cfg}"],
+        "lora[0] = 8 is not in the search space [0, 1, 4]",
+        lambda x: x.subnet("s.yaml", {"lora": full(8, 12)})),
+    Row("inspect-negative-size", ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml"],
+        "expected a non-negative integer, got -1", lambda x: x.subnet("s.yaml", {"lora": [-1] + full(1, 11)})),
+    Row("inspect-not-a-vit", ["inspect", "--backbone", "resnet18", "--subnet", "{tmp}/s.yaml"],
+        "is not a timm VisionTransformer", lambda x: x.subnet("s.yaml", {"lora": full(1, 12)})),
+    # -- run configs (every stage command reads them the same way)
+    Row("supernet-unknown-key", ["supernet", *STAGE], ("{cfg}", "supernet.learning_rate: unknown key"),
+        lambda x: x.config(supernet__learning_rate=0.1)),
+    Row("retrain-wrong-type", ["retrain", *STAGE], ("{cfg}", "retrain.epochs: expected int, got 'ten'"),
+        lambda x: x.config(retrain__epochs="ten")),
+    Row("run-budget-below-minimum", ["run", *STAGE, f"search.budget={SMALLEST_NON_EMPTY - 1}"],
+        f"below the smallest non-empty subnet of this space ({SMALLEST_NON_EMPTY} parameters)"),
+    Row("run-test-list-missing-image", ["run", *STAGE], ("test.txt:1", "image 'images/gone.png' not found"),
+        lambda x: (vtab(x), x.text("vtab/task/test.txt", "images/gone.png 0\n"))),
+    Row("run-bad-range", ["run", *STAGE, "supernet.label_smoothing=1.5"],
+        "supernet.label_smoothing: expected a value in [0, 1), got 1.5"),
+    Row("search-unknown-section", ["search", *STAGE], ("{cfg}", "serach: unknown section"),
+        lambda x: x.config(serach={"trials": 3})),
+    Row("pretrain-missing-config", ["pretrain", "--config", "{tmp}/nope.yaml", "--out", "{out}"],
+        "{tmp}/nope.yaml: file not found"),
+    Row("supernet-invalid-yaml", ["supernet", *STAGE], ("{cfg}", "invalid YAML (line 3"),
+        lambda x: x.text("config.yaml", "name: tiny\nmodel: {backbone: [\n")),
+    Row("supernet-bad-override", ["supernet", *STAGE, "supernet.epochs"], "expected key.path=value"),
+    Row("pretrain-no-section", ["pretrain", *STAGE], ("{cfg}", "has no pretrain section")),
+    # -- data
+    Row("supernet-missing-data-folder", ["supernet", *STAGE], ("data.root", "{tmp}/nowhere", "not found"),
+        lambda x: x.config(data={"source": "imagefolder", "root": str(x.tmp / "nowhere")})),
+    Row("supernet-list-missing-image", ["supernet", *STAGE], ("train800.txt:2", "image 'images/gone.png' not found"),
+        lambda x: vtab(x, train="images/a.png 0\nimages/gone.png 1\n")),
+    Row("supernet-label-out-of-range", ["supernet", *STAGE], ("val200.txt:1", "label 2 out of range [0, 2)"),
+        lambda x: vtab(x, val="images/b.png 2\n", classes="a\nb\n")),
+    Row("supernet-unreadable-image-up-front", ["supernet", *STAGE], ("broken.png", "unreadable image"),
+        lambda x: imagefolder(x, junk=True, check_images=True)),
+    Row("supernet-unreadable-image-in-training", ["supernet", *STAGE], ("broken.png", "unreadable image"),
+        lambda x: imagefolder(x, junk=True)),
+    Row("supernet-weights-wrong-architecture", ["supernet", *STAGE],
+        ("model.weights", "wide.safetensors", "does not fit backbone 'vit_tiny_patch16_224'"), wrong_width_weights),
+    Row("supernet-image-size", ["supernet", *STAGE, "model.kwargs.img_size=18"],
+        ("model.kwargs.img_size: 18", "multiple of its patch size 4")),
+    Row("supernet-resume-changed-config", ["supernet", *STAGE, "--resume", "supernet.lr=0.02"],
+        ("{out}/supernet_ckpt", "supernet.lr: 0.005 -> 0.02"), lambda x: x.copy("supernet_ckpt")),
+    Row("supernet-checkpoint-exists", ["supernet", *STAGE], "pass --resume", lambda x: x.copy("supernet_ckpt")),
+    # -- search
+    Row("search-budget-below-minimum", ["search", *STAGE, "--budget", str(SMALLEST_NON_EMPTY - 1)],
+        f"{SMALLEST_NON_EMPTY - 1} parameters is below the smallest non-empty subnet of this space "
+        f"({SMALLEST_NON_EMPTY} parameters)", lambda x: x.copy("supernet.safetensors")),
+    Row("search-bad-budget", ["search", *STAGE, "--budget", "0.4Q"], "expected a parameter count like 400000",
+        lambda x: x.copy("supernet.safetensors")),
+    Row("search-supernet-other-backbone", ["search", *STAGE],
+        ("supernet.safetensors", "trained for backbone 'vit_small_patch16_224'"),
+        lambda x: retag_supernet(x.copy("supernet.safetensors"), backbone="vit_small_patch16_224")),
+    Row("search-supernet-other-space", ["search", *STAGE, "space.lora=[0,1,8]"],
+        ("supernet.safetensors", "trained with another search space (differs in ['lora'])"),
+        lambda x: x.copy("supernet.safetensors")),
+    Row("search-supernet-missing", ["search", *STAGE], "supernet file not found"),
+    Row("search-unreachable-storage", ["search", *STAGE, "--storage", "postgresql://nobody@127.0.0.1:9/none"],
+        "storage: cannot open 'postgresql://nobody@127.0.0.1:9/none'", lambda x: x.copy("supernet.safetensors")),
+    Row("search-malformed-storage-url", ["search", *STAGE, "--storage", "postgresql://u@host:port/db"],
+        "'postgresql://u@host:port/db' is not a valid database URL", lambda x: x.copy("supernet.safetensors")),
+    Row("search-storage-folder-missing", ["search", *STAGE, "--storage", "sqlite:///{tmp}/no/such/dir/s.db"],
+        "storage: cannot open", lambda x: x.copy("supernet.safetensors")),
+    Row("search-seed-outside-space", ["search", *STAGE, "--seed-subnet", "{tmp}/seed.yaml"],
+        ("{tmp}/seed.yaml", "lora[0] = 3 is not in the search space [0, 1, 4]"),
+        lambda x: (x.copy("supernet.safetensors"), x.subnet("seed.yaml", {"lora": full(3)}))),
+    Row("search-unknown-sampler", ["search", *STAGE, "--sampler", "bayes"], "unknown sampler 'bayes'",
+        lambda x: x.copy("supernet.safetensors")),
+    Row("search-bad-objectives", ["search", *STAGE, "--objectives", "acc,latency"], "expected 'acc' or 'acc,params'",
+        lambda x: x.copy("supernet.safetensors")),
+    Row("search-other-settings-same-study", ["search", *STAGE, "--budget", "1400"],
+        "was created with budget=1500, not 1400",
+        lambda x: (x.copy("supernet.safetensors"), x.copy("study.db"))),
+    # -- export-subnet and dashboard
+    Row("export-subnet-missing-storage", ["export-subnet", "--storage", "{tmp}/none.db", "--out", "{tmp}/b.yaml"],
+        "no such file"),
+    Row("export-subnet-unknown-study", ["export-subnet", "--storage", "{out}/study.db", "--study", "nope",
+                                        "--out", "{tmp}/b.yaml"], "no study named 'nope'", lambda x: x.copy("study.db")),
+    Row("export-subnet-bad-top", ["export-subnet", "--storage", "{out}/study.db", "--top", "0", "--out", "{tmp}/b.yaml"],
+        "top-k must be a positive integer", lambda x: x.copy("study.db")),
+    Row("dashboard-no-study", ["dashboard", "{tmp}"], "folder holds no study storage"),
+    # -- retrain
+    Row("retrain-subnet-other-depth", ["retrain", *STAGE, "--subnet", "{tmp}/s.yaml"],
+        "lists have 3 entries, but the backbone has 2 blocks", lambda x: x.subnet("s.yaml", {"lora": full(1, 3)})),
+    Row("retrain-subnet-negative", ["retrain", *STAGE, "--subnet", "{tmp}/s.yaml"],
+        "expected a non-negative integer, got -4", lambda x: x.subnet("s.yaml", {"lora": [-4, 1]})),
+    Row("retrain-subnet-other-backbone", ["retrain", *STAGE, "--subnet", "{tmp}/s.yaml"],
+        "a subnet for backbone 'vit_base_patch16_224'",
+        lambda x: x.subnet("s.yaml", {"lora": full(1)}, backbone="vit_base_patch16_224")),
+    Row("retrain-no-best-subnet", ["retrain", *STAGE], "{out}/best_subnet.yaml: file not found"),
+    Row("retrain-init-supernet-other-space", ["retrain", *STAGE, "--init", "supernet", "space.adapter=[0,2,4]"],
+        "trained with another search space (differs in ['adapter'])",
+        lambda x: (x.copy("supernet.safetensors"), x.copy("best_subnet.yaml"))),
+    Row("retrain-resume-changed-config", ["retrain", *STAGE, "--resume", "retrain.lr=0.02"],
+        ("{out}/retrain_ckpt", "changed since this checkpoint (retrain.lr: 0.005 -> 0.02)"),
+        lambda x: (x.copy("retrain_ckpt"), x.copy("best_subnet.yaml"))),
+    # -- evaluate and predict
+    Row("evaluate-export-missing-file", ["evaluate", "{tmp}/export"], "model.safetensors: file missing",
+        lambda x: (x.copy("export", "export") / "model.safetensors").unlink()),
+    Row("evaluate-tampered-manifest", ["evaluate", "{tmp}/export"], "unitune.json: missing key 'weights'",
+        lambda x: tamper(x.copy("export", "export"))),
+    Row("evaluate-export-missing", ["evaluate", "{tmp}/export"], "export folder not found"),
+    Row("predict-unreadable-image", ["predict", "{tmp}/export", "{tmp}/bad.png"], ("{tmp}/bad.png", "unreadable image"),
+        lambda x: (x.copy("export", "export"), x.text("bad.png", "not a png"))),
+    Row("predict-missing-image", ["predict", "{tmp}/export", "{tmp}/nope.png"], "{tmp}/nope.png: image not found",
+        lambda x: x.copy("export", "export")),
+    Row("predict-bad-top-k", ["predict", "{tmp}/export", "{tmp}/a.png", "--top-k", "0"],
+        "--top-k: expected a positive integer", lambda x: (x.copy("export", "export"), x.image("a.png"))),
+    # -- corruption: truncated files are named, not a crash deep in torch / safetensors / sqlalchemy
+    Row("corrupt-supernet-ckpt-state", ["supernet", *STAGE, "--resume"],
+        ("{out}/supernet_ckpt/state.pt", "damaged checkpoint"),
+        lambda x: truncate(x.copy("supernet_ckpt") / "state.pt")),
+    Row("corrupt-supernet-ckpt-weights", ["supernet", *STAGE, "--resume"],
+        ("{out}/supernet_ckpt/weights.safetensors", "does not match state.pt"),
+        lambda x: truncate(x.copy("supernet_ckpt") / "weights.safetensors")),
+    Row("corrupt-retrain-ckpt-state", ["retrain", *STAGE, "--resume"],
+        ("{out}/retrain_ckpt/state.pt", "damaged checkpoint"),
+        lambda x: (truncate(x.copy("retrain_ckpt") / "state.pt"), x.copy("best_subnet.yaml"))),
+    Row("corrupt-supernet-file", ["search", *STAGE], ("{out}/supernet.safetensors", "not a readable supernet file"),
+        lambda x: truncate(x.copy("supernet.safetensors"))),
+    Row("corrupt-supernet-file-for-retrain", ["retrain", *STAGE, "--init", "supernet"],
+        ("{out}/supernet.safetensors", "not a readable supernet file"),
+        lambda x: (truncate(x.copy("supernet.safetensors")), x.copy("best_subnet.yaml"))),
+    Row("corrupt-export-weights", ["evaluate", "{tmp}/export"],
+        ("{tmp}/export/model.safetensors", "does not match the manifest"),
+        lambda x: truncate(x.copy("export", "export") / "model.safetensors")),
+    Row("corrupt-study-db-search", ["search", *STAGE], ("{out}/study.db", "database disk image is malformed"),
+        lambda x: (x.copy("supernet.safetensors"), truncate(x.copy("study.db")))),
+    Row("corrupt-study-db-export", ["export-subnet", "--storage", "{out}/study.db", "--out", "{tmp}/b.yaml"],
+        ("{out}/study.db", "database disk image is malformed"), lambda x: truncate(x.copy("study.db"))),
+    Row("corrupt-study-db-dashboard", ["dashboard", "{out}"], ("{out}/study.db", "database disk image is malformed"),
+        lambda x: truncate(x.copy("study.db"))),
+    # Optuna's journal ignores a torn last line by design (a crash mid-append); a damaged line
+    # with lines after it cannot be replayed.
+    Row("corrupt-journal", ["export-subnet", "--storage", "{tmp}/study.log", "--out", "{tmp}/b.yaml"],
+        ("{tmp}/study.log", "cannot open"), lambda x: x.text("study.log", '{"op_code": 0, "worker_id": \n{}\n')),
+]
+
+
+def tamper(export: Path) -> None:
+    manifest = json.loads((export / "unitune.json").read_text())
+    del manifest["weights"]
+    (export / "unitune.json").write_text(json.dumps(manifest))
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """Every path below ``folder``; files with their size and modification time."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(folder))] = ("dir",) if p.is_dir() else (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def prepare(row: Row, tmp: Path, base: Path) -> tuple[list[str], list[str]]:
+    x = Inputs(tmp, base)
+    x.config()  # the default config; a row's setup may overwrite it
+    if row.setup is not None:
+        row.setup(x)
+    names = {"tmp": str(tmp), "out": str(tmp / "out"), "cfg": str(tmp / "config.yaml")}
+    argv = [a.format(**names) for a in row.argv]
+    fragments = [row.fragment] if isinstance(row.fragment, str) else list(row.fragment)
+    return argv, [f.format(**names) for f in fragments]
+
+
+def test_the_table_is_big_and_covers_every_command():
+    assert len(ROWS) >= 25 and len({r.id for r in ROWS}) == len(ROWS)
+    commands = {r.argv[0] for r in ROWS}
+    assert commands == {"inspect", "pretrain", "supernet", "search", "export-subnet", "dashboard", "retrain",
+                        "evaluate", "predict", "run"}
+
+
+@pytest.fixture(autouse=True)
+def never_serve(monkeypatch):
+    """A dashboard row that wrongly got past its checks must fail, not serve forever."""
+    import optuna_dashboard
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dashboard would have started serving")
+
+    monkeypatch.setattr(optuna_dashboard, "run_server", refuse)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+def test_bad_input(row, base, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv, fragments = prepare(row, tmp_path, base)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == row.code, (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and err.endswith("\n"), err
+    assert lines[0].startswith("unitune: error: ") and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert out == "", out
+    assert snapshot(tmp_path) == before
+
+
+# ---- the same in a real process, and with --debug ---------------------------------------------
+
+SUBPROCESS_ROWS = ["supernet-unknown-key", "corrupt-study-db-search"]
+
+
+def test_bad_input_in_real_processes(base, tmp_path):
+    """Rows as ``python -m unitune`` processes: exit 2, one line, no traceback, nothing written.
+    The processes run side by side (each spends its time importing torch)."""
+    jobs = []
+    for row_id in SUBPROCESS_ROWS:
+        folder = tmp_path / row_id
+        folder.mkdir()
+        argv, fragments = prepare(next(r for r in ROWS if r.id == row_id), folder, base)
+        proc = subprocess.Popen([sys.executable, "-m", "unitune", *argv], cwd=folder, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        jobs.append((row_id, folder, fragments, snapshot(folder), proc))
+    for row_id, folder, fragments, before, proc in jobs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 2, (row_id, err)
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("unitune: error: ") and "Traceback" not in err, (row_id, err)
+        assert all(f in lines[0] for f in fragments), (fragments, lines[0])
+        assert out == ""
+        assert snapshot(folder) == before, row_id
+
+
+def test_debug_shows_the_traceback_of_the_same_error(base, tmp_path, capsys, monkeypatch):
+    """``--debug`` lets the same UniTuneError propagate (Python prints its traceback) instead of
+    the one-line message."""
+    monkeypatch.chdir(tmp_path)
+    argv, fragments = prepare(next(r for r in ROWS if r.id == "supernet-unknown-key"), tmp_path, base)
+    before = snapshot(tmp_path)
+    with pytest.raises(UniTuneError) as info:
+        main(["--debug", *argv])
+    assert all(f in str(info.value) for f in fragments)
+    assert info.traceback[-1].name == "from_mapping"  # raised where the key was checked, shown as such
+    assert "unitune: error:" not in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
