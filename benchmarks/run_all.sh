@@ -22,5 +22,6 @@ bench memory_tiny bench_memory.py --threads 1
 bench memory_vitb bench_memory.py --backbone vit_base_patch16_224 --threads 1
 bench samplers bench_samplers.py --threads 1 $RUNARG
 bench transfer bench_transfer.py --threads 1 --epochs 20 $RUNARG
+bench transfer_e40 bench_transfer.py --threads 1 $RUNARG
 bench inference_tiny bench_inference.py --tiny --threads 1
 bench inference_vitb bench_inference.py --threads 1
