@@ -56,16 +56,15 @@ def main() -> int:
 
     delay = float(os.environ.get("UNITUNE_TEST_STEP_DELAY", "0"))
     if delay:
-        import unitune.retrain.train as retrain
+        import unitune.train as train  # retrain's epochs run unitune.train.train_epoch
 
-        real_check = retrain.clip_and_check
+        real_check = train.clip_and_check
 
-        def slow_check(*args, **kwargs):  # called once per step with the loss
-            if args[3]:
-                time.sleep(delay)
+        def slow_check(*args, **kwargs):  # called once a step, after the backward pass
+            time.sleep(delay)
             return real_check(*args, **kwargs)
 
-        retrain.clip_and_check = slow_check
+        train.clip_and_check = slow_check
 
     from unitune.cli import main as cli_main
 

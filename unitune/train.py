@@ -173,10 +173,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         images, target = criterion.prepare(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
         with autocast(device, cfg.amp):
             loss = criterion(model(images).float(), target)
-        clip_and_check(params, loss.detach(), None, desc)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_and_check(params, torch.zeros(()), cfg.grad_clip, desc)
+        clip_and_check(params, loss.detach(), cfg.grad_clip, desc)  # a non-finite loss stops before the step
         optimizer.step()
         check_finite(named, desc)
         step += 1
