@@ -22,7 +22,7 @@ from unitune.io import write_json_atomic
 from unitune.pretrain import pretrained_weights
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_model
+from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.train import (
     Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device, rng_state,
     save_checkpoint, seed_everything, set_rng_state, train_epoch,
@@ -59,7 +59,7 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
         supernet = build_model(run, num_classes, device, weights)
         supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
         return supernet.materialize(subnet)
-    vit = build_model(run, num_classes, device, weights).backbone()
+    vit = build_backbone(run, num_classes, weights)
     return PeftViT(vit, SearchSpace.from_dict(run.space), sizes=subnet).to(device)
 
 
@@ -86,7 +86,10 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
         raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
     seed_everything(cfg.seed)
 
-    num_classes = build_dataset(run.data, "trainval", None).num_classes
+    # Index (and check) both splits before any weight is loaded; transforms follow the model.
+    train_set = build_dataset(run.data, "trainval", None)
+    test_set = build_dataset(run.data, "test", None)
+    num_classes = train_set.num_classes
     space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
     depth = len(create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True).blocks)
     subnet.check(depth, space, source=str(subnet_path))  # before any weight is loaded
@@ -98,8 +101,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     assert materialised == count.total, (materialised, count.total)  # exact sizes, no super-size tensor
 
     data_config = resolve_data_config(model.vit)
-    train_set = build_dataset(run.data, "trainval", build_transform(data_config, train=True, cfg=run.data))
-    test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
+    train_set.transform = build_transform(data_config, train=True, cfg=run.data)
+    test_set.transform = build_transform(data_config, train=False, cfg=run.data)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
     test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed)
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)

@@ -25,7 +25,7 @@ from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
 from unitune.train import (
     Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, check_finite,
-    clip_and_check, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
+    check_loss, clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
     seed_everything, set_rng_state,
 )
 
@@ -42,12 +42,17 @@ CKPT_DIR = "supernet_ckpt"
 LOG_FILE = "supernet_log.jsonl"
 
 
-def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None) -> PeftViT:
-    """The supernet around the run's backbone: hub weights, a local file, or the pretrain stage's."""
+def build_backbone(run: RunConfig, num_classes: int, weights: str | None = None):
+    """The run's timm ViT: hub weights, a local file, or the pretrain stage's (``weights``)."""
     m = run.model
-    vit = create_backbone(m.backbone, num_classes, pretrained=m.pretrained and not weights, weights=weights,
-                          kwargs=m.kwargs)
-    return PeftViT(vit, SearchSpace.from_dict(run.space, source=f"{run.source}: space")).to(device)
+    return create_backbone(m.backbone, num_classes, pretrained=m.pretrained and not weights, weights=weights,
+                           kwargs=m.kwargs)
+
+
+def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None) -> PeftViT:
+    """The supernet around the run's backbone (every layer at the space's largest size)."""
+    space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
+    return PeftViT(build_backbone(run, num_classes, weights), space).to(device)
 
 
 def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:
@@ -189,12 +194,12 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
                 model.set_subnet(subnet)
                 with autocast(device, cfg.amp):
                     loss = criterion(model(images).float(), target)
-                clip_and_check(params, loss.detach(), None, f"supernet epoch {epoch + 1} step {step + 1}")
+                check_loss(loss.detach(), f"supernet epoch {epoch + 1} step {step + 1}")
                 loss.backward()
                 loss_sum += loss.item()
                 n_loss += 1
             all_reduce_gradients(params, world)
-            clip_and_check(params, torch.zeros(()), cfg.grad_clip, "")
+            clip_gradients(params, cfg.grad_clip)
             optimizer.step()
             check_finite(named_params, f"supernet epoch {epoch + 1} step {step + 1}")
             global_step += 1

@@ -58,13 +58,13 @@ def main() -> int:
     if delay:
         import unitune.train as train  # retrain's epochs run unitune.train.train_epoch
 
-        real_check = train.clip_and_check
+        real_check = train.check_loss
 
         def slow_check(*args, **kwargs):  # called once a step, after the backward pass
             time.sleep(delay)
             return real_check(*args, **kwargs)
 
-        train.clip_and_check = slow_check
+        train.check_loss = slow_check
 
     from unitune.cli import main as cli_main
 

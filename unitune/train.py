@@ -9,6 +9,7 @@ mixup / cutmix through timm's ``Mixup``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -143,9 +144,13 @@ class Criterion:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
 
-def clip_and_check(params: list[nn.Parameter], loss: torch.Tensor, max_norm: float | None, where: str) -> None:
+def check_loss(loss: torch.Tensor, where: str) -> None:
+    """A non-finite loss stops training before its update, so the last checkpoint stays good."""
     if not torch.isfinite(loss):
         raise UniTuneError(f"{where}: the loss is {loss.item()} (not finite); lower the learning rate")
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float | None) -> None:
     if max_norm:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
 
@@ -175,7 +180,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             loss = criterion(model(images).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_and_check(params, loss.detach(), cfg.grad_clip, desc)  # a non-finite loss stops before the step
+        check_loss(loss.detach(), desc)
+        clip_gradients(params, cfg.grad_clip)
         optimizer.step()
         check_finite(named, desc)
         step += 1
@@ -271,8 +277,6 @@ def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor],
     Until the new state is published, the weights the old state names stay on disk as
     ``weights.prev.safetensors``, so a process killed between the two renames (a preempted job)
     still leaves a checkpoint :func:`load_checkpoint` can resume, not a mismatched pair."""
-    import hashlib
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     current, prev = folder / "weights.safetensors", folder / PREV_WEIGHTS
@@ -291,8 +295,6 @@ PREV_WEIGHTS = "weights.prev.safetensors"
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The checkpoint in ``folder``, or ``None`` if there is none; a damaged one is a user error."""
-    import hashlib
-
     folder = Path(folder)
     state_path = folder / "state.pt"
     if not state_path.exists():
