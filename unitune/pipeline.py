@@ -19,16 +19,14 @@ SUMMARY_FILE = "run_summary.json"
 
 
 def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    from unitune.data import build_dataset
     from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
     from unitune.retrain.evaluate import evaluate_export
     from unitune.retrain.train import CKPT_DIR as RETRAIN_CKPT
     from unitune.retrain.train import EXPORT_DIR, RESULT_FILE, retrain
-    from unitune.search.stage import search_stage
+    from unitune.search.stage import check_search_stage, search_stage
     from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
     from unitune.supernet.train import SUPERNET_FILE, train_supernet
-
-    from unitune.data import build_dataset
-    from unitune.search.stage import check_search_stage
 
     out = Path(out)
     seconds: dict[str, float | str] = {}
