@@ -24,8 +24,8 @@ from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_p
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.train import (
-    Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device, rng_state,
-    save_checkpoint, seed_everything, set_rng_state, train_epoch,
+    Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device,
+    refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
 from .export import export_model
@@ -82,8 +82,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     subnet = load_subnet(subnet_path, run)
     device = pick_device(run.device)
     ckpt_dir = out / CKPT_DIR
-    if not resume and (ckpt_dir / "state.pt").exists():
-        raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
+    refuse_unasked_resume(ckpt_dir, resume)
     seed_everything(cfg.seed)
 
     # Index (and check) both splits before any weight is loaded; transforms follow the model.

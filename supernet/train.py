@@ -25,8 +25,8 @@ from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
 from unitune.train import (
     Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, check_finite,
-    check_loss, clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device, rng_state, save_checkpoint,
-    seed_everything, set_rng_state,
+    check_loss, clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
+    refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
 from .guard import InactiveGuard
@@ -110,8 +110,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     if world.enabled and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     ckpt_dir = out / CKPT_DIR
-    if not resume and (ckpt_dir / "state.pt").exists():
-        raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
+    refuse_unasked_resume(ckpt_dir, resume)
     seed_everything(cfg.seed)
 
     # The train set is indexed once (no image is decoded here): its class count sizes the head,

@@ -293,6 +293,12 @@ def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor],
 PREV_WEIGHTS = "weights.prev.safetensors"
 
 
+def refuse_unasked_resume(ckpt_dir: Path, resume: bool) -> None:
+    """A fresh start must not overwrite a checkpoint someone may want to continue."""
+    if not resume and (Path(ckpt_dir) / "state.pt").exists():
+        raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
+
+
 def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The checkpoint in ``folder``, or ``None`` if there is none; a damaged one is a user error."""
     folder = Path(folder)
