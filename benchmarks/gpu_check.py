@@ -61,7 +61,7 @@ from common import DEMO_CONFIG, NOAH_SPACE, TINY, VIT_B, interleaved, machine, m
 
 SECTIONS = ("env", "train", "inference", "search", "retrain_vit", "demo", "retrain_demo")
 # Seconds a section may take on the GPU (each also stops at the run's overall deadline).
-LIMITS = {"env": 60, "train": 180, "inference": 90, "search": 120, "retrain_vit": 120, "demo": 240,
+LIMITS = {"env": 45, "train": 180, "inference": 90, "search": 120, "retrain_vit": 120, "demo": 240,
           "retrain_demo": 120}
 TARGETS = {"supernet_over_static": 1.10, "unitune_lora_over_peft_img_s": 0.90, "merged_over_backbone": 1.02}
 NUM_CLASSES = 100
@@ -202,6 +202,7 @@ def section_env(args, device: torch.device) -> dict:
     import torch.distributed as dist
 
     backend = "nccl" if device.type == "cuda" else "gloo"
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")  # one rank: its bootstrap needs no other interface
     figures["distributed_backend"] = backend
     figures[f"{backend}_available"] = dist.is_nccl_available() if backend == "nccl" else dist.is_gloo_available()
     with tempfile.TemporaryDirectory() as tmp:
@@ -407,7 +408,8 @@ def section_train(args, device: torch.device) -> dict:
     }
     ratio = lambda a, b: median_ratio(times[a], times[b])  # noqa: E731
     figures["supernet_over_static"] = ratio("supernet (largest subnet)", "materialised (largest subnet)")
-    figures["supernet_checks_over_supernet"] = ratio("supernet + unitune's per-step checks", "supernet (largest subnet)")
+    figures["supernet_checks_over_supernet"] = ratio("supernet + unitune's per-step checks",
+                                                     "supernet (largest subnet)")
     if "HF PEFT LoRA r=8 qkv" in times:  # images/s ratio = inverse step-time ratio
         figures["unitune_lora_over_peft_img_s"] = ratio("HF PEFT LoRA r=8 qkv", "unitune LoRA r=8 qkv")
     else:
@@ -429,7 +431,8 @@ def section_inference(args, device: torch.device) -> dict:
     name, kwargs = TINY if args.tiny else (VIT_B, {})
     backbone = build_backbone(name, kwargs, NUM_CLASSES)
     depth = len(backbone.blocks)
-    model = peft_model(backbone, SearchSpace(lora=(0, 8)), Subnet.uniform(depth, lora=8, ssf=1, ssf_global=1)).to(device)
+    subnet = Subnet.uniform(depth, lora=8, ssf=1, ssf_global=1)
+    model = peft_model(backbone, SearchSpace(lora=(0, 8)), subnet).to(device)
     backbone = backbone.to(device)
     figures: dict[str, Any] = {"model": f"{name} (random init), LoRA r=8 qkv + SSF every block + global SSF, merged",
                                "batch": args.batch}
@@ -508,15 +511,15 @@ def retrain_and_evaluate(config: Path, run_dir: Path, out: Path, device: torch.d
                          copy_pretrain: bool = False) -> dict:
     """``unitune retrain --init supernet`` of ``run_dir``'s best subnet into ``out``, then its
     export evaluated on the device."""
-    from unitune.io import read_json
-    from unitune.retrain.evaluate import evaluate_export
-
     needed = [run_dir / "best_subnet.yaml", run_dir / "supernet.safetensors"]
     if copy_pretrain:
         needed.append(run_dir / "pretrain" / "backbone.safetensors")
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"needs the earlier section's run: missing {missing}")
+    from unitune.io import read_json
+    from unitune.retrain.evaluate import evaluate_export
+
     fresh_dir(out)
     if copy_pretrain:  # the demo's PEFT stages load the backbone its pretrain stage trained
         shutil.copytree(run_dir / "pretrain", out / "pretrain")
@@ -607,6 +610,7 @@ def run_isolated(name: str, args, argv: list[str], limit: float) -> dict:
     if result.is_file():
         record = json.loads(result.read_text())
         result.unlink()
+        record["process_seconds"] = round(time.perf_counter() - started, 2)  # with the child's start-up
         return record
     return {"status": "error", "error": f"the section's process ended with status {rc} and no result",
             "seconds": round(time.perf_counter() - started, 2)}
@@ -649,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             record = run_section(name, args)
         report["sections"][name] = record
+        print(f"[gpu_check] {name} record: {json.dumps(record)[:3000]}", flush=True)  # the log keeps the figures too
         report["meta"]["total_seconds"] = round(time.perf_counter() - started, 1)
         report["targets"] = targets(report["sections"])
         write_results(args.out, report)
@@ -736,8 +741,9 @@ def markdown(report: dict) -> str:
                 continue
             note = "; ".join(_fmt(x) if k == "note" else f"{k} {_fmt(x)}" for k, x in v.items()
                              if k not in ("trainable", "step_ms", "images_per_s", "peak_mib", "training_mib"))
-            lines.append(f"| {name} | {_fmt(v['trainable'])} | {_fmt(v.get('step_ms'))} | {_fmt(v.get('images_per_s'))} "
-                         f"| {_fmt(v['peak_mib'])} | {_fmt(v['training_mib'])} | {note} |")
+            lines.append(f"| {name} | {_fmt(v['trainable'])} | {_fmt(v.get('step_ms'))} "
+                         f"| {_fmt(v.get('images_per_s'))} | {_fmt(v['peak_mib'])} | {_fmt(v['training_mib'])} "
+                         f"| {note} |")
     for name, r in report["sections"].items():
         if r["status"] != "ok":
             continue

@@ -30,24 +30,28 @@ fi
 OUT=$1; shift
 mkdir -p "$OUT"
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/unitune-site \
-    .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/unitune-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-if ! $PY -c "import unitune.supernet, unitune.search, unitune.retrain" 2>/dev/null; then
-  # The package layout of pyproject.toml (supernet/ is unitune.supernet, ...), as links.
-  SRC=/tmp/unitune-src
-  rm -rf "$SRC" && mkdir -p "$SRC/unitune"
-  cp -r unitune/. "$SRC/unitune/"
-  for sub in supernet search retrain; do ln -s "$PWD/$sub" "$SRC/unitune/$sub"; done
-  export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
-fi
-$PY -c "import torch, timm, optuna, unitune.search; print('python', __import__('sys').version.split()[0], \
-'torch', torch.__version__, 'timm', timm.__version__, 'optuna', optuna.__version__, 'cuda', torch.cuda.is_available())" \
-  || exit 3
+run() {
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/unitune-site \
+      .whl/*.whl || exit 3
+    export PYTHONPATH=/tmp/unitune-site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  if ! $PY -c "import unitune.supernet, unitune.search, unitune.retrain" 2>/dev/null; then
+    # The package layout of pyproject.toml (supernet/ is unitune.supernet, ...), as links.
+    SRC=/tmp/unitune-src
+    rm -rf "$SRC" && mkdir -p "$SRC/unitune"
+    cp -r unitune/. "$SRC/unitune/"
+    for sub in supernet search retrain; do ln -s "$PWD/$sub" "$SRC/unitune/$sub"; done
+    export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  $PY -c "import torch, timm, optuna, unitune.search; print('python', __import__('sys').version.split()[0], \
+  'torch', torch.__version__, 'timm', timm.__version__, 'optuna', optuna.__version__, 'cuda', torch.cuda.is_available())" \
+    || exit 3
 
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
-$PY benchmarks/gpu_check.py --out "$OUT" --workdir "${GPU_CHECK_WORKDIR:-/tmp/unitune-gpu-check}" "$@" 2>&1 \
-  | tee "$OUT/gpu_check.log"
+  export PYTHONUNBUFFERED=1 PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+  $PY benchmarks/gpu_check.py --out "$OUT" --workdir "${GPU_CHECK_WORKDIR:-/tmp/unitune-gpu-check}" "$@"
+}
+
+# The whole run's output, set-up included, also in the log.
+run "$@" 2>&1 | tee "$OUT/gpu_check.log"
 exit "${PIPESTATUS[0]}"

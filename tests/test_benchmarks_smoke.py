@@ -140,7 +140,8 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
 
     targets = report["targets"]
     assert targets["supernet step / static step (<= 1.10)"]["value"] == train["supernet_over_static"]
-    assert targets["merged export / timm backbone, fp32 (<= 1.02)"]["value"] == inference["fp32"]["merged_over_backbone"]
+    merged_fp32 = targets["merged export / timm backbone, fp32 (<= 1.02)"]["value"]
+    assert merged_fp32 == inference["fp32"]["merged_over_backbone"]
 
     md = (out / "results.md").read_text()
     assert "CPU/tiny dry run" in md and "they say nothing about the GPU" in md
