@@ -129,6 +129,8 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     named_params = list(model.trainable_named_parameters())
     params = [p for _, p in named_params]
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    # Each step updates the union of the subnets it ran (all of a sandwich's, not just the last
+    # one set) and leaves every other entry, and its AdamW moments, exactly as they were.
     InactiveGuard(model, optimizer)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, rank=world.rank,
