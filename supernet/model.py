@@ -118,37 +118,41 @@ class PeftViT(nn.Module):
     def _inject(self, sizes: Subnet) -> None:
         vit, space = self.vit, self.space
         dim = vit.embed_dim
+        # New layers live where the backbone lives, in its dtype: a model built on (or moved to)
+        # a GPU before injection, or a deep copy of one (materialize, merge), stays there whole.
+        ref = next((p for p in vit.parameters() if p.is_floating_point()), None)
+        dd = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
         for i in range(len(vit.blocks)):
             block = vit.blocks[i]
             layers = self.layers[i]
             if sizes.lora[i]:
                 for target in space.lora_targets:
-                    layer = LoRALinear(_get(block, LORA_PATHS[target]), sizes.lora[i], space.lora_scale)
+                    layer = LoRALinear(_get(block, LORA_PATHS[target]), sizes.lora[i], space.lora_scale, **dd)
                     _set(block, LORA_PATHS[target], layer)
                     self._register(f"blocks.{i}.lora.{target}", layers["lora"], layer)
             if sizes.ssf[i]:
                 for path in SSF_POINTS:
                     module = _get(block, path)
-                    layer = SSF(module, _out_dim(unwrap(module), dim))
+                    layer = SSF(module, _out_dim(unwrap(module), dim), **dd)
                     _set(block, path, layer)
                     self._register(f"blocks.{i}.ssf.{path}", layers["ssf"], layer)
             if sizes.adapter[i]:
-                layer = MlpAdapter(block.mlp, dim, sizes.adapter[i], space.adapter_style, space.adapter_scale)
+                layer = MlpAdapter(block.mlp, dim, sizes.adapter[i], space.adapter_style, space.adapter_scale, **dd)
                 block.mlp = layer
                 self._register(f"blocks.{i}.adapter", layers["adapter"], layer)
             if sizes.vpt[i]:
                 patch = vit.patch_embed.proj
                 patch_numel = patch.weight[0].numel() if isinstance(patch, nn.Conv2d) else 0
-                layer = PromptedBlock(block, dim, sizes.vpt[i], vit.num_prefix_tokens, patch_numel)
+                layer = PromptedBlock(block, dim, sizes.vpt[i], vit.num_prefix_tokens, patch_numel, **dd)
                 vit.blocks[i] = layer
                 self._register(f"blocks.{i}.vpt", layers["vpt"], layer)
         if sizes.ssf_global:
             # After patch-embed: wrap its (usually Identity) output norm, so the PatchEmbed module
             # and the attributes timm reads from it stay in place.
-            embed_norm = SSF(vit.patch_embed.norm, dim)
+            embed_norm = SSF(vit.patch_embed.norm, dim, **dd)
             vit.patch_embed.norm = embed_norm
             final = "norm" if not isinstance(vit.norm, nn.Identity) else "fc_norm"
-            final_norm = SSF(getattr(vit, final), dim)
+            final_norm = SSF(getattr(vit, final), dim, **dd)
             setattr(vit, final, final_norm)
             self._register("ssf_global.patch_embed", self.global_ssf, embed_norm)
             self._register(f"ssf_global.{final}", self.global_ssf, final_norm)
@@ -241,8 +245,15 @@ class PeftViT(nn.Module):
         for p in vit.parameters():
             p.requires_grad_(False)
         model = PeftViT(vit, self.space, sizes=subnet)
-        source = dict(self.peft_named_parameters())
-        with torch.no_grad():
-            for name, p in model.peft_named_parameters():
-                p.copy_(prefix_slice(source[name], p.shape))
+        model.take_slices(dict(self.peft_named_parameters()))
         return model.train(self.training)
+
+    @torch.no_grad()
+    def take_slices(self, source: dict[str, torch.Tensor]) -> None:
+        """Make each PEFT parameter the leading block of its namesake in ``source`` (a larger
+        model's), as a new parameter on that tensor's device and in its dtype: what a
+        materialised or merged layer inherits is the very weight it replaces."""
+        for lname, layer in self.named_layers.items():
+            for pname, p in list(layer.peft_named_parameters()):
+                value = prefix_slice(source[f"{lname}.{pname}"].detach(), p.shape).clone()
+                setattr(layer, pname, nn.Parameter(value, requires_grad=p.requires_grad))
