@@ -12,6 +12,7 @@ import copy
 from typing import Iterator
 
 import torch
+from timm.layers import HybridEmbed, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -31,18 +32,86 @@ LORA_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "
 REQUIRED = ("norm1", "norm2", "attn", "attn.qkv", "attn.proj", "mlp", "mlp.fc1", "mlp.fc2")
 
 
-def check_vit(model: nn.Module, name: str = "backbone") -> VisionTransformer:
-    """Raise a one-line error unless ``model`` is a timm ViT whose blocks have the expected layout."""
+def check_vit(model: nn.Module, name: str | None = None, sizes: Subnet | None = None) -> VisionTransformer:
+    """Decide a backbone's fate before any training: return it, or raise a one-line error.
+
+    Supported: timm ``VisionTransformer`` s (and distilled DeiT, whose distillation token is one
+    more prefix token and whose two heads are both trained) with a plain conv patch embedding
+    and timm's standard block. Refused: hybrid CNN+ViT models (``HybridEmbed``), blocks of another
+    layout (parallel blocks, SwiGLU MLPs, no fused qkv) and, when ``sizes`` turns SSF on, any SSF
+    point that cannot be folded into the backbone at merge time (an RmsNorm or SimpleNorm has no
+    bias to take SSF's shift). The README's backbone table lists the families and why.
+    """
     if not isinstance(model, VisionTransformer):
-        raise UniTuneError(f"{name}: is not a timm VisionTransformer (got {type(model).__name__})")
+        raise UniTuneError(f"{name or 'backbone'}: is not a timm VisionTransformer (got {type(model).__name__})")
+    name = name or _backbone_name(model)
+    embed = model.patch_embed
+    if not isinstance(embed, PatchEmbed):
+        what = "a hybrid CNN+ViT" if isinstance(embed, HybridEmbed) else "a ViT"
+        raise UniTuneError(
+            f"{name}: {what} with a {type(embed).__name__} patch embedding is not supported (its CNN stem has its own "
+            f"norms, BatchNorm statistics and channel count that the PEFT layers and the merge do not handle); "
+            f"use a ViT with a plain conv patch embedding (vit_*_patch*, deit*)")
     for i, block in enumerate(model.blocks):
         block = unwrap(block)
         for path in REQUIRED:
             if _get(block, path) is None:
-                raise UniTuneError(f"{name}: block {i} has no '{path}'; unitune needs timm's standard ViT Block")
+                parent, _, part = path.rpartition(".")
+                owner = unwrap(_get(block, parent)) if parent else block
+                what = f"block {i} ({type(block).__name__})" if owner is block else \
+                    f"block {i}'s {parent} ({type(owner).__name__})"
+                raise UniTuneError(f"{name}: {what} has no '{part}'; unitune needs timm's standard ViT Block "
+                                   f"(norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2)")
         if not isinstance(unwrap(_get(block, "attn.qkv")), nn.Linear):
             raise UniTuneError(f"{name}: block {i} has no fused nn.Linear 'attn.qkv'")
+    if sizes is not None:
+        _check_ssf_folds(model, name, sizes)
     return model
+
+
+def _backbone_name(vit: nn.Module) -> str:
+    arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
+    return f"backbone {arch!r}" if arch else "backbone"
+
+
+def _foldable(op: nn.Module) -> bool:
+    """What merge can fold an SSF into (see ``unitune.retrain.merge.fold_scale_shift``)."""
+    if isinstance(op, nn.LayerNorm):
+        return len(op.normalized_shape) == 1
+    return isinstance(op, (nn.Linear, nn.Conv2d))
+
+
+def _check_ssf_folds(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
+    """Refuse SSF where the merge could not fold it, before training rather than after it."""
+    hint = "SSF folds only into Linear, Conv2d and LayerNorm"
+    for i, on in enumerate(sizes.ssf):
+        if not on:
+            continue
+        block = unwrap(vit.blocks[i])
+        for path in SSF_POINTS:
+            op = unwrap(_get(block, path))
+            if not _foldable(op):
+                raise UniTuneError(f"{name}: SSF after block {i}'s {path} (a {type(op).__name__}) could not be merged "
+                                   f"into the backbone ({hint}); SSF must stay off on this backbone (space.ssf: [0])")
+    if sizes.ssf_global:
+        embed_norm = unwrap(vit.patch_embed.norm)
+        first = vit.patch_embed.proj if isinstance(embed_norm, nn.Identity) else embed_norm
+        final = unwrap(vit.norm) if not isinstance(unwrap(vit.norm), nn.Identity) else unwrap(vit.fc_norm)
+        last = vit.head if isinstance(final, nn.Identity) and not hasattr(vit, "head_dist") else final
+        for where, op in (("patch_embed", first), ("final norm", last)):
+            if not _foldable(op):
+                raise UniTuneError(f"{name}: the global SSF at the {where} (a {type(op).__name__}) could not be merged "
+                                   f"into the backbone ({hint}); the global SSF must stay off on this backbone (space.ssf_global: [0])")
+
+
+def classifier_heads(vit: VisionTransformer) -> dict[str, nn.Module]:
+    """The head(s) training updates, by attribute name: ``head``, and a distilled DeiT's
+    ``head_dist`` (timm averages the two heads' logits, in training too unless
+    ``set_distilled_training`` asks for both; without a teacher, both learn the labels)."""
+    heads = {"head": vit.head}
+    if isinstance(getattr(vit, "head_dist", None), nn.Module):
+        heads["head_dist"] = vit.head_dist
+    return heads
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:
@@ -96,6 +165,7 @@ class PeftViT(nn.Module):
         check_vit(vit)
         depth = len(vit.blocks)
         sizes = (sizes or Subnet.largest(space, depth)).check(depth)
+        _check_ssf_folds(vit, _backbone_name(vit), sizes)  # SSF only where the merge can fold it
         self.vit = vit
         self.space = space
         self.capacity = sizes
@@ -108,8 +178,9 @@ class PeftViT(nn.Module):
         for p in vit.parameters():
             p.requires_grad_(False)
         self._inject(sizes)
-        for p in self.head.parameters():
-            p.requires_grad_(True)
+        for head in classifier_heads(vit).values():
+            for p in head.parameters():
+                p.requires_grad_(True)
         self._subnet = sizes
         self.set_subnet(sizes)
 
@@ -192,7 +263,16 @@ class PeftViT(nn.Module):
 
     @property
     def head(self) -> nn.Module:
-        return self.vit.get_classifier()
+        return self.vit.head
+
+    def train(self, mode: bool = True) -> "PeftViT":
+        """As ``nn.Module.train``, but a frozen BatchNorm stays in eval mode: in train mode it would
+        renormalise with batch statistics and overwrite its frozen running statistics."""
+        super().train(mode)
+        for m in self.vit.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
 
     def peft_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """PEFT parameters under canonical names, e.g. ``blocks.3.lora.qkv.lora_A``."""
@@ -201,10 +281,12 @@ class PeftViT(nn.Module):
                 yield f"{name}.{pname}", p
 
     def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Everything training changes: PEFT parameters and the classifier head (``head.*``)."""
+        """Everything training changes: PEFT parameters and the classifier head (``head.*``;
+        a distilled DeiT's second head is ``head_dist.*``)."""
         yield from self.peft_named_parameters()
-        for pname, p in self.head.named_parameters():
-            yield f"head.{pname}", p
+        for hname, head in classifier_heads(self.vit).items():
+            for pname, p in head.named_parameters():
+                yield f"{hname}.{pname}", p
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.trainable_named_parameters()}

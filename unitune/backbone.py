@@ -35,7 +35,12 @@ def create_backbone(
         path = Path(weights)
         if not path.is_file():
             raise UniTuneError(f"model.weights: file not found: {path}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    if (weights is not None or pretrained) and not meta:
+        # Decide the backbone's fate (check_vit) on a shapes-only build before any weight is
+        # downloaded or read: a refused family fails in a second, not after a download.
+        create_backbone(name, num_classes, kwargs=kwargs, meta=True)
+    if weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(weights))))
     elif pretrained:
         kwargs.update(pretrained=True)
     device = torch.device("meta") if meta else contextlib.nullcontext()
