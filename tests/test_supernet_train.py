@@ -394,21 +394,25 @@ def test_resume_with_changed_config_is_refused_and_changes_nothing(tmp_path, cap
 def test_digits_largest_and_smallest_subnets_beat_chance(tmp_path):
     """Real images (scikit-learn's 8x8 digits, 10 classes, 359 val images) on a random-init tiny
     ViT: only PEFT modules and the head learn, on frozen random features. The sandwich sampler
-    trains both ends of the space every step; 3 short epochs lift both above chance (0.10)."""
+    trains both ends of the space every step; 3 short epochs lift both above chance (0.10).
+
+    (lr 0.02 and a final loss < 2.2 held only while the guard wrongly reverted every entry
+    outside the step's last subnet, which left most of each update undone; with the whole
+    sandwich update applied, 0.01 is the better step on this toy: loss 2.32 -> 2.27 -> 2.22.)"""
     cfg = write_config(
         tmp_path / "digits.yaml",
         model={"backbone": "vit_tiny_patch16_224",
                "kwargs": {**TINY_KWARGS, "global_pool": "avg", "class_token": False}},
         data={"source": "digits", "batch_size": 32, "eval_batch_size": 128, "num_workers": 0},
         space={},
-        supernet={"epochs": 3, "lr": 0.02, "sampler": "sandwich"},
+        supernet={"epochs": 3, "lr": 0.01, "sampler": "sandwich"},
     )
     out = tmp_path / "out"
     assert unitune("--config", str(cfg), "--out", str(out)) == 0
     lines = log_lines(out)
     assert [r["epoch"] for r in lines] == [0, 1, 2]
     losses = [r["loss"] for r in lines]
-    assert losses[0] > losses[1] > losses[2] and losses[2] < 2.2  # ln(10) = 2.303 at chance
+    assert losses[0] > losses[1] > losses[2] and losses[2] < 2.25  # ln(10) = 2.303 at chance
     # 0.15 is 3 standard deviations of a chance accuracy on 359 images above 0.10
     assert lines[-1]["val_acc_largest"] > 0.15 and lines[-1]["val_acc_smallest"] > 0.15, lines[-1]
 
