@@ -244,3 +244,12 @@ def test_dynamic_img_size_models_train_at_their_built_size(img_size, patch):
                           kwargs=dict(img_size=img_size, patch_size=patch, dynamic_img_size=True))
     assert vit.dynamic_img_size
     assert resolve_data_config(vit)["input_size"] == (3, img_size, img_size)
+
+
+def test_an_architectures_own_input_size_is_accepted():
+    """SigLIP so400m/14 at 384 px is built that way by timm and trained that way (27 patches of
+    14 px, 6 px dropped); only a size the config chooses must tile the image."""
+    vit = create_backbone("vit_so400m_patch14_siglip_384", 5, meta=True)
+    assert tuple(vit.patch_embed.img_size) == (384, 384)
+    with pytest.raises(UniTuneError, match=r"^model\.kwargs\.img_size: 384 does not fit .*patch size 14"):
+        create_backbone("vit_so400m_patch14_siglip_384", 5, meta=True, kwargs={"img_size": 384})

@@ -60,7 +60,10 @@ def create_backbone(
                 f"offline, give a local file with model.weights"
             ) from None
         raise UniTuneError(f"backbone {name!r}: timm could not build it with {kwargs}: {first}") from None
-    check_input_size(model, name)
+    if "img_size" in kwargs or "patch_size" in kwargs:
+        # Only sizes the config chose: an architecture's own default is what its weights were
+        # trained at (vit_so400m_patch14_siglip_384 tiles 384 px with 14 px patches, dropping 6).
+        check_input_size(model, name)
     return check_vit(model, f"backbone {name!r}")
 
 
