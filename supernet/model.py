@@ -47,11 +47,12 @@ def check_vit(model: nn.Module, name: str | None = None, sizes: Subnet | None = 
     name = name or _backbone_name(model)
     embed = model.patch_embed
     if not isinstance(embed, PatchEmbed):
-        what = "a hybrid CNN+ViT" if isinstance(embed, HybridEmbed) else "a ViT"
-        raise UniTuneError(
-            f"{name}: {what} with a {type(embed).__name__} patch embedding is not supported (its CNN stem has its own "
-            f"norms, BatchNorm statistics and channel count that the PEFT layers and the merge do not handle); "
-            f"use a ViT with a plain conv patch embedding (vit_*_patch*, deit*)")
+        if isinstance(embed, HybridEmbed):
+            what = ("a hybrid CNN+ViT with a HybridEmbed patch embedding is not supported (its CNN stem has its own "
+                    "norms, BatchNorm statistics and channel count that the PEFT layers and the merge do not handle)")
+        else:
+            what = f"a ViT with a {type(embed).__name__} patch embedding is not supported"
+        raise UniTuneError(f"{name}: {what}; use a ViT with timm's conv PatchEmbed (vit_*_patch*, deit*)")
     for i, block in enumerate(model.blocks):
         block = unwrap(block)
         for path in REQUIRED:
@@ -101,7 +102,8 @@ def _check_ssf_folds(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
         for where, op in (("patch_embed", first), ("final norm", last)):
             if not _foldable(op):
                 raise UniTuneError(f"{name}: the global SSF at the {where} (a {type(op).__name__}) could not be merged "
-                                   f"into the backbone ({hint}); the global SSF must stay off on this backbone (space.ssf_global: [0])")
+                                   f"into the backbone ({hint}); the global SSF must stay off on this backbone "
+                                   f"(space.ssf_global: [0])")
 
 
 def classifier_heads(vit: VisionTransformer) -> dict[str, nn.Module]:
