@@ -30,7 +30,6 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 from unitune.supernet import PeftViT, SearchSpace, Subnet
-from unitune.supernet.layers import prefix_slice
 from unitune.supernet.lora import LoRALinear
 from unitune.supernet.model import LORA_PATHS
 from unitune.supernet.ssf import SSF
@@ -90,6 +89,7 @@ def fold_lora(linear: nn.Linear, lora: LoRALinear) -> None:
 
 def fold_scale_shift(op: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> list[str]:
     """Fold ``y ← scale ⊙ y + shift`` (on the output channels) into ``op``; return created parameter names."""
+    ssf_param = scale
     scale, shift = scale.detach().double(), shift.detach().double()
     created = []
     if isinstance(op, (nn.Linear, nn.Conv2d)):
@@ -102,7 +102,8 @@ def fold_scale_shift(op: nn.Module, scale: torch.Tensor, shift: torch.Tensor) ->
     elif isinstance(op, nn.LayerNorm):
         if len(op.normalized_shape) != 1:
             raise UniTuneError(f"merge: cannot fold SSF into a LayerNorm over {tuple(op.normalized_shape)}")
-        like = next(iter(op.parameters()), torch.empty(0, device=scale.device))  # dtype: the model's default
+        # A norm without parameters: the new ones take the SSF's device and dtype (the backbone's).
+        like = next(iter(op.parameters()), ssf_param)
         if op.weight is None:
             op.weight = _new_param(like, op.normalized_shape, 1.0)
             created.append("weight")
@@ -199,9 +200,7 @@ def merge(model: PeftViT) -> MergedModel:
     if not unmerged.is_empty():
         # The same construction the export loader uses, so both give the identical structure.
         out = PeftViT(vit, model.space, sizes=unmerged)
-        source = dict(model.peft_named_parameters())
-        for name, p in out.peft_named_parameters():
-            p.copy_(prefix_slice(source[name], p.shape))
+        out.take_slices(dict(model.peft_named_parameters()))
     out.requires_grad_(False)
     return MergedModel(out.eval(), subnet, model.space, unmerged, kwargs, tuple(added))
 
@@ -217,7 +216,9 @@ def add_params(vit: nn.Module, names: list[str] | tuple[str, ...]) -> None:
         if isinstance(op, (nn.Linear, nn.Conv2d)) and pname == "bias" and op.bias is None:
             op.bias = _new_param(op.weight, (op.weight.shape[0],), 0.0)
         elif isinstance(op, nn.LayerNorm) and pname in ("weight", "bias") and getattr(op, pname) is None:
-            like = next(iter(op.parameters()), torch.empty(0))
+            like = next(iter(op.parameters()), None)
+            if like is None:  # a norm without parameters: where (and in what dtype) the backbone is
+                like = next(p for p in vit.parameters() if p.is_floating_point())
             setattr(op, pname, _new_param(like, op.normalized_shape, 1.0 if pname == "weight" else 0.0))
             op.elementwise_affine = True
         else:

@@ -21,6 +21,7 @@ from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
 from unitune.pretrain import pretrained_weights
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
+from unitune.supernet.model import check_vit
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.train import (
@@ -90,8 +91,9 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     test_set = build_dataset(run.data, "test", None)
     num_classes = train_set.num_classes
     space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
-    depth = len(create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True).blocks)
-    subnet.check(depth, space, source=str(subnet_path))  # before any weight is loaded
+    shapes = create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True)
+    subnet.check(len(shapes.blocks), space, source=str(subnet_path))  # before any weight is loaded
+    check_vit(shapes, f"backbone {run.model.backbone!r}", sizes=subnet)  # SSF only where the merge can fold it
     model = build_subnet_model(run, subnet, num_classes, device, out, init,
                                Path(supernet_file) if supernet_file else None)
     dims = BackboneDims.from_model(model)
@@ -152,9 +154,10 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     provenance = {"config": run.raw, "config_file": run.source, "subnet_file": str(subnet_path), "init": init,
                   "supernet_file": str(supernet_file or out / SUPERNET_FILE) if init == "supernet" else None,
                   "test_accuracy": test["accuracy"], "test_split": "test", "data": run.data.to_dict()}
+    # The result first: the test score is the run's one measurement and must survive a failing merge.
+    write_json_atomic(out / RESULT_FILE, result)
     export_model(out / EXPORT_DIR, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,
                  class_names=list(train_set.classes), data_config=data_config, provenance=provenance)
-    write_json_atomic(out / RESULT_FILE, result)
     if progress:
         print(f"retrain: test accuracy {test['accuracy']:.4f} ({test['n']} images, last epoch) "
               f"-> {out / EXPORT_DIR}")

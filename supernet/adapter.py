@@ -22,15 +22,17 @@ class MlpAdapter(PeftLayer):
 
     _size_dims = {"down_weight": 0, "down_bias": 0, "up_weight": 1}
 
-    def __init__(self, mlp: nn.Module, dim: int, max_width: int, style: str = "sequential", scale: float = 1.0):
+    def __init__(self, mlp: nn.Module, dim: int, max_width: int, style: str = "sequential", scale: float = 1.0,
+                 device=None, dtype=None):
         super().__init__(max_width)
         self.mlp = mlp
         self.style = style
         self.scale = scale
-        self.down_weight = nn.Parameter(torch.empty(max_width, dim))
-        self.down_bias = nn.Parameter(torch.zeros(max_width))
-        self.up_weight = nn.Parameter(torch.zeros(dim, max_width))
-        self.up_bias = nn.Parameter(torch.zeros(dim))
+        dd = dict(device=device, dtype=dtype)
+        self.down_weight = nn.Parameter(torch.empty(max_width, dim, **dd))
+        self.down_bias = nn.Parameter(torch.zeros(max_width, **dd))
+        self.up_weight = nn.Parameter(torch.zeros(dim, max_width, **dd))
+        self.up_bias = nn.Parameter(torch.zeros(dim, **dd))
         nn.init.kaiming_uniform_(self.down_weight, a=math.sqrt(5))
 
     def adapter(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,12 +20,14 @@ class LoRALinear(PeftLayer):
 
     _size_dims = {"lora_A": 0, "lora_B": 1}
 
-    def __init__(self, base: nn.Linear, max_rank: int, scale: float = 1.0):
+    def __init__(self, base: nn.Linear, max_rank: int, scale: float = 1.0, device=None, dtype=None):
         super().__init__(max_rank)
         self.base = base
         self.scale = scale
-        self.lora_A = nn.Parameter(torch.empty(max_rank, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, max_rank))
+        # The update is added to the frozen linear's output: same device and dtype by default.
+        dd = dict(device=device or base.weight.device, dtype=dtype or base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(max_rank, base.in_features, **dd))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, max_rank, **dd))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     @property

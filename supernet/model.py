@@ -12,6 +12,7 @@ import copy
 from typing import Iterator
 
 import torch
+from timm.layers import HybridEmbed, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -31,18 +32,88 @@ LORA_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "
 REQUIRED = ("norm1", "norm2", "attn", "attn.qkv", "attn.proj", "mlp", "mlp.fc1", "mlp.fc2")
 
 
-def check_vit(model: nn.Module, name: str = "backbone") -> VisionTransformer:
-    """Raise a one-line error unless ``model`` is a timm ViT whose blocks have the expected layout."""
+def check_vit(model: nn.Module, name: str | None = None, sizes: Subnet | None = None) -> VisionTransformer:
+    """Decide a backbone's fate before any training: return it, or raise a one-line error.
+
+    Supported: timm ``VisionTransformer`` s (and distilled DeiT, whose distillation token is one
+    more prefix token and whose two heads are both trained) with a plain conv patch embedding
+    and timm's standard block. Refused: hybrid CNN+ViT models (``HybridEmbed``), blocks of another
+    layout (parallel blocks, SwiGLU MLPs, no fused qkv) and, when ``sizes`` turns SSF on, any SSF
+    point that cannot be folded into the backbone at merge time (an RmsNorm or SimpleNorm has no
+    bias to take SSF's shift). The README's backbone table lists the families and why.
+    """
     if not isinstance(model, VisionTransformer):
-        raise UniTuneError(f"{name}: is not a timm VisionTransformer (got {type(model).__name__})")
+        raise UniTuneError(f"{name or 'backbone'}: is not a timm VisionTransformer (got {type(model).__name__})")
+    name = name or _backbone_name(model)
+    embed = model.patch_embed
+    if not isinstance(embed, PatchEmbed):
+        if isinstance(embed, HybridEmbed):
+            what = ("a hybrid CNN+ViT with a HybridEmbed patch embedding is not supported (its CNN stem has its own "
+                    "norms, BatchNorm statistics and channel count that the PEFT layers and the merge do not handle)")
+        else:
+            what = f"a ViT with a {type(embed).__name__} patch embedding is not supported"
+        raise UniTuneError(f"{name}: {what}; use a ViT with timm's conv PatchEmbed (vit_*_patch*, deit*)")
     for i, block in enumerate(model.blocks):
         block = unwrap(block)
         for path in REQUIRED:
             if _get(block, path) is None:
-                raise UniTuneError(f"{name}: block {i} has no '{path}'; unitune needs timm's standard ViT Block")
+                parent, _, part = path.rpartition(".")
+                owner = unwrap(_get(block, parent)) if parent else block
+                what = f"block {i} ({type(block).__name__})" if owner is block else \
+                    f"block {i}'s {parent} ({type(owner).__name__})"
+                raise UniTuneError(f"{name}: {what} has no '{part}'; unitune needs timm's standard ViT Block "
+                                   f"(norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2)")
         if not isinstance(unwrap(_get(block, "attn.qkv")), nn.Linear):
             raise UniTuneError(f"{name}: block {i} has no fused nn.Linear 'attn.qkv'")
+    if sizes is not None:
+        _check_ssf_folds(model, name, sizes)
     return model
+
+
+def _backbone_name(vit: nn.Module) -> str:
+    arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
+    return f"backbone {arch!r}" if arch else "backbone"
+
+
+def _foldable(op: nn.Module) -> bool:
+    """What merge can fold an SSF into (see ``unitune.retrain.merge.fold_scale_shift``)."""
+    if isinstance(op, nn.LayerNorm):
+        return len(op.normalized_shape) == 1
+    return isinstance(op, (nn.Linear, nn.Conv2d))
+
+
+def _check_ssf_folds(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
+    """Refuse SSF where the merge could not fold it, before training rather than after it."""
+    hint = "SSF folds only into Linear, Conv2d and LayerNorm"
+    for i, on in enumerate(sizes.ssf):
+        if not on:
+            continue
+        block = unwrap(vit.blocks[i])
+        for path in SSF_POINTS:
+            op = unwrap(_get(block, path))
+            if not _foldable(op):
+                raise UniTuneError(f"{name}: SSF after block {i}'s {path} (a {type(op).__name__}) could not be merged "
+                                   f"into the backbone ({hint}); SSF must stay off on this backbone (space.ssf: [0])")
+    if sizes.ssf_global:
+        embed_norm = unwrap(vit.patch_embed.norm)
+        first = vit.patch_embed.proj if isinstance(embed_norm, nn.Identity) else embed_norm
+        final = unwrap(vit.norm) if not isinstance(unwrap(vit.norm), nn.Identity) else unwrap(vit.fc_norm)
+        last = vit.head if isinstance(final, nn.Identity) and not hasattr(vit, "head_dist") else final
+        for where, op in (("patch_embed", first), ("final norm", last)):
+            if not _foldable(op):
+                raise UniTuneError(f"{name}: the global SSF at the {where} (a {type(op).__name__}) could not be merged "
+                                   f"into the backbone ({hint}); the global SSF must stay off on this backbone "
+                                   f"(space.ssf_global: [0])")
+
+
+def classifier_heads(vit: VisionTransformer) -> dict[str, nn.Module]:
+    """The head(s) training updates, by attribute name: ``head``, and a distilled DeiT's
+    ``head_dist`` (timm averages the two heads' logits, in training too unless
+    ``set_distilled_training`` asks for both; without a teacher, both learn the labels)."""
+    heads = {"head": vit.head}
+    if isinstance(getattr(vit, "head_dist", None), nn.Module):
+        heads["head_dist"] = vit.head_dist
+    return heads
 
 
 def _get(root: nn.Module, path: str) -> nn.Module | None:
@@ -96,6 +167,7 @@ class PeftViT(nn.Module):
         check_vit(vit)
         depth = len(vit.blocks)
         sizes = (sizes or Subnet.largest(space, depth)).check(depth)
+        _check_ssf_folds(vit, _backbone_name(vit), sizes)  # SSF only where the merge can fold it
         self.vit = vit
         self.space = space
         self.capacity = sizes
@@ -108,8 +180,9 @@ class PeftViT(nn.Module):
         for p in vit.parameters():
             p.requires_grad_(False)
         self._inject(sizes)
-        for p in self.head.parameters():
-            p.requires_grad_(True)
+        for head in classifier_heads(vit).values():
+            for p in head.parameters():
+                p.requires_grad_(True)
         self._subnet = sizes
         self.set_subnet(sizes)
 
@@ -118,37 +191,41 @@ class PeftViT(nn.Module):
     def _inject(self, sizes: Subnet) -> None:
         vit, space = self.vit, self.space
         dim = vit.embed_dim
+        # New layers live where the backbone lives, in its dtype: a model built on (or moved to)
+        # a GPU before injection, or a deep copy of one (materialize, merge), stays there whole.
+        ref = next((p for p in vit.parameters() if p.is_floating_point()), None)
+        dd = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
         for i in range(len(vit.blocks)):
             block = vit.blocks[i]
             layers = self.layers[i]
             if sizes.lora[i]:
                 for target in space.lora_targets:
-                    layer = LoRALinear(_get(block, LORA_PATHS[target]), sizes.lora[i], space.lora_scale)
+                    layer = LoRALinear(_get(block, LORA_PATHS[target]), sizes.lora[i], space.lora_scale, **dd)
                     _set(block, LORA_PATHS[target], layer)
                     self._register(f"blocks.{i}.lora.{target}", layers["lora"], layer)
             if sizes.ssf[i]:
                 for path in SSF_POINTS:
                     module = _get(block, path)
-                    layer = SSF(module, _out_dim(unwrap(module), dim))
+                    layer = SSF(module, _out_dim(unwrap(module), dim), **dd)
                     _set(block, path, layer)
                     self._register(f"blocks.{i}.ssf.{path}", layers["ssf"], layer)
             if sizes.adapter[i]:
-                layer = MlpAdapter(block.mlp, dim, sizes.adapter[i], space.adapter_style, space.adapter_scale)
+                layer = MlpAdapter(block.mlp, dim, sizes.adapter[i], space.adapter_style, space.adapter_scale, **dd)
                 block.mlp = layer
                 self._register(f"blocks.{i}.adapter", layers["adapter"], layer)
             if sizes.vpt[i]:
                 patch = vit.patch_embed.proj
                 patch_numel = patch.weight[0].numel() if isinstance(patch, nn.Conv2d) else 0
-                layer = PromptedBlock(block, dim, sizes.vpt[i], vit.num_prefix_tokens, patch_numel)
+                layer = PromptedBlock(block, dim, sizes.vpt[i], vit.num_prefix_tokens, patch_numel, **dd)
                 vit.blocks[i] = layer
                 self._register(f"blocks.{i}.vpt", layers["vpt"], layer)
         if sizes.ssf_global:
             # After patch-embed: wrap its (usually Identity) output norm, so the PatchEmbed module
             # and the attributes timm reads from it stay in place.
-            embed_norm = SSF(vit.patch_embed.norm, dim)
+            embed_norm = SSF(vit.patch_embed.norm, dim, **dd)
             vit.patch_embed.norm = embed_norm
             final = "norm" if not isinstance(vit.norm, nn.Identity) else "fc_norm"
-            final_norm = SSF(getattr(vit, final), dim)
+            final_norm = SSF(getattr(vit, final), dim, **dd)
             setattr(vit, final, final_norm)
             self._register("ssf_global.patch_embed", self.global_ssf, embed_norm)
             self._register(f"ssf_global.{final}", self.global_ssf, final_norm)
@@ -188,7 +265,16 @@ class PeftViT(nn.Module):
 
     @property
     def head(self) -> nn.Module:
-        return self.vit.get_classifier()
+        return self.vit.head
+
+    def train(self, mode: bool = True) -> "PeftViT":
+        """As ``nn.Module.train``, but a frozen BatchNorm stays in eval mode: in train mode it would
+        renormalise with batch statistics and overwrite its frozen running statistics."""
+        super().train(mode)
+        for m in self.vit.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return self
 
     def peft_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """PEFT parameters under canonical names, e.g. ``blocks.3.lora.qkv.lora_A``."""
@@ -197,10 +283,12 @@ class PeftViT(nn.Module):
                 yield f"{name}.{pname}", p
 
     def trainable_named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Everything training changes: PEFT parameters and the classifier head (``head.*``)."""
+        """Everything training changes: PEFT parameters and the classifier head (``head.*``;
+        a distilled DeiT's second head is ``head_dist.*``)."""
         yield from self.peft_named_parameters()
-        for pname, p in self.head.named_parameters():
-            yield f"head.{pname}", p
+        for hname, head in classifier_heads(self.vit).items():
+            for pname, p in head.named_parameters():
+                yield f"{hname}.{pname}", p
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.trainable_named_parameters()}
@@ -241,8 +329,15 @@ class PeftViT(nn.Module):
         for p in vit.parameters():
             p.requires_grad_(False)
         model = PeftViT(vit, self.space, sizes=subnet)
-        source = dict(self.peft_named_parameters())
-        with torch.no_grad():
-            for name, p in model.peft_named_parameters():
-                p.copy_(prefix_slice(source[name], p.shape))
+        model.take_slices(dict(self.peft_named_parameters()))
         return model.train(self.training)
+
+    @torch.no_grad()
+    def take_slices(self, source: dict[str, torch.Tensor]) -> None:
+        """Make each PEFT parameter the leading block of its namesake in ``source`` (a larger
+        model's), as a new parameter on that tensor's device and in its dtype: what a
+        materialised or merged layer inherits is the very weight it replaces."""
+        for lname, layer in self.named_layers.items():
+            for pname, p in list(layer.peft_named_parameters()):
+                value = prefix_slice(source[f"{lname}.{pname}"].detach(), p.shape).clone()
+                setattr(layer, pname, nn.Parameter(value, requires_grad=p.requires_grad))

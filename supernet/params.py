@@ -22,7 +22,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from .model import LORA_PATHS, SSF_POINTS, _get, _out_dim, check_vit, unwrap
+from .model import LORA_PATHS, SSF_POINTS, _get, _out_dim, check_vit, classifier_heads, unwrap
 from .space import METHODS, SearchSpace
 from .subnet import Subnet
 
@@ -64,8 +64,7 @@ class BackboneDims:
                 lora[target] = (linear.in_features, linear.out_features)
             ssf = {path: _out_dim(unwrap(_get(block, path)), dim) for path in SSF_POINTS}
             blocks.append(BlockDims(dim, lora, ssf))
-        head = vit.get_classifier()
-        head_params = sum(p.numel() for p in head.parameters())
+        head_params = sum(p.numel() for head in classifier_heads(vit).values() for p in head.parameters())
         return cls(dim, tuple(blocks), head_params, vit.num_classes)
 
 

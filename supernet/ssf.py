@@ -14,11 +14,11 @@ from .layers import PeftLayer
 class SSF(PeftLayer):
     """Wraps a module whose output's last dimension is ``dim``; ``size`` is 0 (off) or 1 (on)."""
 
-    def __init__(self, module: nn.Module, dim: int):
+    def __init__(self, module: nn.Module, dim: int, device=None, dtype=None):
         super().__init__(1)
         self.module = module
-        self.ssf_scale = nn.Parameter(torch.ones(dim))
-        self.ssf_shift = nn.Parameter(torch.zeros(dim))
+        self.ssf_scale = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.ssf_shift = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         y = self.module(x, *args, **kwargs)

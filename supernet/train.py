@@ -30,7 +30,7 @@ from unitune.train import (
 )
 
 from .guard import InactiveGuard
-from .model import PeftViT
+from .model import PeftViT, check_vit
 from .params import BackboneDims, parse_budget
 from .sampler import SubnetSampler
 from .space import SearchSpace
@@ -52,6 +52,10 @@ def build_backbone(run: RunConfig, num_classes: int, weights: str | None = None)
 def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None) -> PeftViT:
     """The supernet around the run's backbone (every layer at the space's largest size)."""
     space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
+    # The backbone's fate, SSF included, on a shapes-only build: before any weight is read.
+    m = run.model
+    shapes = create_backbone(m.backbone, num_classes, kwargs=m.kwargs, meta=True)
+    check_vit(shapes, f"backbone {m.backbone!r}", sizes=Subnet.largest(space, len(shapes.blocks)))
     return PeftViT(build_backbone(run, num_classes, weights), space).to(device)
 
 
@@ -129,6 +133,8 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     named_params = list(model.trainable_named_parameters())
     params = [p for _, p in named_params]
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    # Each step updates the union of the subnets it ran (all of a sandwich's, not just the last
+    # one set) and leaves every other entry, and its AdamW moments, exactly as they were.
     InactiveGuard(model, optimizer)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, rank=world.rank,

@@ -17,11 +17,12 @@ class PromptedBlock(PeftLayer):
 
     _size_dims = {"prompts": 0}
 
-    def __init__(self, block: nn.Module, dim: int, max_tokens: int, num_prefix_tokens: int, patch_numel: int = 0):
+    def __init__(self, block: nn.Module, dim: int, max_tokens: int, num_prefix_tokens: int, patch_numel: int = 0,
+                 device=None, dtype=None):
         super().__init__(max_tokens)
         self.block = block
         self.num_prefix_tokens = num_prefix_tokens
-        self.prompts = nn.Parameter(torch.empty(max_tokens, dim))
+        self.prompts = nn.Parameter(torch.empty(max_tokens, dim, device=device, dtype=dtype))
         # VPT's initialisation: uniform with the Xavier bound of a patch-to-token projection.
         bound = math.sqrt(6.0 / float(patch_numel + dim)) if patch_numel else 0.02
         nn.init.uniform_(self.prompts, -bound, bound)

@@ -35,7 +35,12 @@ def create_backbone(
         path = Path(weights)
         if not path.is_file():
             raise UniTuneError(f"model.weights: file not found: {path}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    if (weights is not None or pretrained) and not meta:
+        # Decide the backbone's fate (check_vit) on a shapes-only build before any weight is
+        # downloaded or read: a refused family fails in a second, not after a download.
+        create_backbone(name, num_classes, kwargs=kwargs, meta=True)
+    if weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(weights))))
     elif pretrained:
         kwargs.update(pretrained=True)
     device = torch.device("meta") if meta else contextlib.nullcontext()
@@ -55,7 +60,10 @@ def create_backbone(
                 f"offline, give a local file with model.weights"
             ) from None
         raise UniTuneError(f"backbone {name!r}: timm could not build it with {kwargs}: {first}") from None
-    check_input_size(model, name)
+    if "img_size" in kwargs or "patch_size" in kwargs:
+        # Only sizes the config chose: an architecture's own default is what its weights were
+        # trained at (vit_so400m_patch14_siglip_384 tiles 384 px with 14 px patches, dropping 6).
+        check_input_size(model, name)
     return check_vit(model, f"backbone {name!r}")
 
 

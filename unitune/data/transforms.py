@@ -6,7 +6,9 @@ size, interpolation, mean and std cannot drift apart. Two traps this module hand
 
 * timm's ``resolve_model_data_config`` reports the *pretrained* config's input size, not the size
   the model was built with (a ``vit_tiny_patch16_224`` built with ``img_size=32`` still says 224);
-  :func:`resolve_data_config` takes the size from the patch embedding instead.
+  :func:`resolve_data_config` takes the size from the patch embedding instead — also with
+  ``dynamic_img_size=True``: such a model *accepts* other sizes, but it was built (and its
+  position embedding laid out) for ``img_size``, so that is the size to train and test at.
 * ``resize: squash`` (VTAB-1k, NOAH: resize straight to the input size, aspect ratio not kept,
   nothing cropped) is timm's ``crop_mode='squash'`` with ``crop_pct=1.0``; ``resize: crop`` keeps
   the backbone's own resize + center crop (``crop_pct``, usually 0.875-0.9).
@@ -41,7 +43,7 @@ def resolve_data_config(model: nn.Module) -> dict[str, Any]:
     dc = dict(timm.data.resolve_model_data_config(model))
     patch_embed = getattr(model, "patch_embed", None)
     img_size = getattr(patch_embed, "img_size", None)
-    if img_size is not None and not getattr(model, "dynamic_img_size", False):
+    if img_size is not None:
         proj = getattr(patch_embed, "proj", None)
         chans = getattr(proj, "in_channels", dc["input_size"][0])
         dc["input_size"] = (int(chans), int(img_size[0]), int(img_size[1]))
