@@ -118,12 +118,12 @@ def open_storage(
     if isinstance(spec, BaseStorage):
         return spec
     info = resolve_storage(spec)
-    if not create and info.path is not None:
+    if info.path is not None and (not create or info.path.exists()):
         if not info.path.exists():
             raise UniTuneError(f"storage: {info.url!r}: no such file {str(info.path)!r}")
-        # A 0-byte file would be turned into a fresh Optuna database (a write despite the error)
-        # and a FIFO would block the open forever: refuse both from their stat.
-        check_input_file(info.path, "study storage (an SQLite or journal file)", nonempty=True)
+        # A FIFO would block the open forever; where nothing may be created, a 0-byte file would
+        # be turned into a fresh Optuna database (a write despite the error): refuse both.
+        check_input_file(info.path, "study storage (an SQLite or journal file)", nonempty=not create)
     if info.kind == "memory":
         return optuna.storages.InMemoryStorage()
     try:

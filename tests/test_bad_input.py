@@ -516,6 +516,11 @@ ROWS += [
         lambda x: x.text("empty.db", "")),
     Row("dashboard-fifo-storage", ["dashboard", "{tmp}/pipe.db"], ("{tmp}/pipe.db", "not a regular file"),
         lambda x: os.mkfifo(x.tmp / "pipe.db")),
+    Row("search-fifo-storage", ["search", *STAGE, "--storage", "{tmp}/pipe.db"], ("{tmp}/pipe.db", "not a regular file"),
+        lambda x: (x.copy("supernet.safetensors"), os.mkfifo(x.tmp / "pipe.db"))),
+    Row("supernet-model-weights-truncated", ["supernet", *STAGE], ("{tmp}/w.safetensors", "not a readable safetensors"),
+        lambda x: (truncate(x.copy("supernet.safetensors", "w.safetensors")),
+                   x.config(model={**CONFIG["model"], "weights": str(x.tmp / "w.safetensors")}))),
     Row("dashboard-bad-port", ["dashboard", "{out}", "--port", "99999"], "--port: expected a TCP port in [1, 65535]",
         lambda x: x.copy("study.db")),
     Row("dashboard-remote-needs-consent", ["dashboard", "{out}", "--host", "0.0.0.0"],
@@ -563,7 +568,7 @@ def prepare(row: Row, tmp: Path, base: Path) -> tuple[list[str], list[str]]:
 
 
 def test_the_table_is_big_and_covers_every_command():
-    assert len(ROWS) >= 25 and len({r.id for r in ROWS}) == len(ROWS)
+    assert len(ROWS) >= 120 and len({r.id for r in ROWS}) == len(ROWS)
     commands = {r.argv[0] for r in ROWS}
     assert commands == {"inspect", "pretrain", "supernet", "search", "export-subnet", "dashboard", "retrain",
                         "evaluate", "predict", "run"}

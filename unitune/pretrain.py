@@ -29,7 +29,10 @@ WEIGHTS_FILE = "backbone.safetensors"
 def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
     """The local weights file the PEFT stages load: ``model.weights``, or the pretrain stage's output."""
     if run.pretrain is None:
-        return run.model.weights
+        weights = run.model.weights
+        if weights and Path(weights).suffix == ".safetensors" and Path(weights).exists():
+            check_safetensors_file(weights, "model.weights file")
+        return weights
     path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
     if not path.exists():
         raise UniTuneError(f"{path}: missing; this config pretrains its backbone: run `unitune pretrain` "
