@@ -8,6 +8,7 @@ file, a URL) and build the app in-process.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,12 @@ def serve_wsgi(app: Any, host: str, port: int) -> None:
 
 def serve_dashboard(spec: str | os.PathLike | BaseStorage, host: str = "127.0.0.1", port: int = 8080,
                     allow_remote: bool = False) -> None:
-    """Serve the dashboard until interrupted."""
+    """Serve the dashboard until interrupted. Everything is checked (address, then storage) before
+    the banner; a remote host gets a warning on stderr first."""
     check_dashboard_address(host, port, allow_remote)
-    serve_wsgi(dashboard_app(spec, host), host, port)
+    app = dashboard_app(spec, host)
+    if not is_loopback(host):
+        print(f"unitune: warning: serving on {host}: optuna-dashboard's API has no authentication; "
+              f"anyone who reaches this port can change and delete studies", file=sys.stderr)
+    print(f"dashboard: http://{host}:{port} (Ctrl-C to stop)")
+    serve_wsgi(app, host, port)

@@ -125,15 +125,9 @@ def _export_subnet(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from unitune.search.dashboard import check_dashboard_address, dashboard_app, serve_wsgi
+    from unitune.search import serve_dashboard
 
-    check_dashboard_address(args.host, args.port, args.allow_remote)
-    app = dashboard_app(args.target, args.host)  # a run folder, a file or a URL; opened before the banner
-    if args.allow_remote:
-        print(f"unitune: warning: serving on {args.host}: optuna-dashboard's API has no authentication; "
-              f"anyone who reaches this port can change and delete studies", file=sys.stderr)
-    print(f"dashboard: http://{args.host}:{args.port} (Ctrl-C to stop)")
-    serve_wsgi(app, args.host, args.port)
+    serve_dashboard(args.target, host=args.host, port=args.port, allow_remote=args.allow_remote)
     return 0
 
 
