@@ -48,8 +48,10 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
     cfg, data = run.pretrain, run.pretrain_data
     path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
     device = pick_device(run.device)
-    seed_everything(cfg.seed)
     m = run.model
+    # name, kwargs and ViT structure checked on the meta device (milliseconds) before the data is read
+    create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True)
+    seed_everything(cfg.seed)
     train_set = build_dataset(data, "train", None)
     val_set = build_dataset(data, "val", None)
     # create_backbone checks the name, the kwargs and the ViT structure, as every other stage does
