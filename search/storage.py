@@ -145,7 +145,7 @@ def open_storage(
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                           heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})))
         storage = _open_rdb(url, info.kind == "rdb", **kwargs)
-        if info.kind == "sqlite":
+        if info.kind == "sqlite" and create:  # workers; readers (export, dashboard) need no write lock
             _serialize_sqlite_transactions(storage.engine)
         return storage
     except UniTuneError:

@@ -12,7 +12,8 @@ How the count stays exact with several workers and killed ones:
 - inside a trial, before anything is sampled, a worker that lost the race for the last slot
   (COMPLETE + RUNNING trials numbered before it >= ``n_trials``) fails that empty trial as
   ``surplus``, hands back any enqueued parameters it popped, and stops (:class:`SubnetObjective`);
-- a trial failed by a non-finite accuracy leaves its slot free, so some worker runs another.
+- a trial failed by a non-finite accuracy, or failed unevaluated as a ``duplicate`` of a subnet
+  another trial holds (:mod:`.dedup`), leaves its slot free, so some worker runs another.
 
 So the study reaches exactly ``n_trials`` COMPLETE trials once every worker has stopped and no
 RUNNING trial of a dead worker is left unrecovered (a worker killed on another host without
