@@ -9,6 +9,10 @@ mean rank per block. An unbiased repair keeps every block's survival rate alike 
 across blocks) and every method's kept share alike.
 
     python benchmarks/bench_repair_bias.py [--n 2000] [--budget 0.3M] [--backbone vit_base_patch16_224]
+
+``--distinct TRIALS`` instead counts, for every sampler, the distinct subnets among the COMPLETE
+trials of a search (tiny ViT of the tests, budget 6,000, the tests' synthetic fitness, seeds 0-2):
+repaired proposals collide, and the search must not spend trials on subnets it already has.
 """
 
 from __future__ import annotations
@@ -67,6 +71,35 @@ def measure(encoding: SubnetEncoding, budget: int, n: int, seed: int = 0) -> dic
     return out
 
 
+def distinct_counts(trials: int, seeds=(0, 1, 2)) -> None:
+    import sys
+    import warnings
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from search_util import synthetic_accuracy, tiny_dims  # noqa: E402
+
+    from unitune.search import SAMPLERS, run_search
+
+    fast = {"tpe": dict(n_startup_trials=10), "gp": dict(n_startup_trials=10), "nsga2": dict(population_size=12),
+            "evolution": dict(population_size=12, n_parents=3, n_mutation=6, n_crossover=6)}
+    print(f"| sampler | complete trials | distinct subnets (seeds {list(seeds)}) | failed as duplicate | seconds |")
+    print("|---|---|---|---|---|")
+    for name in SAMPLERS:
+        distinct, complete, duplicates = [], [], []
+        start = time.perf_counter()
+        for seed in seeds:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), 6000, trials, sampler=name,
+                                   seed=seed, sampler_options=fast.get(name), progress=False).study
+            done = [t for t in study.trials if t.state.name == "COMPLETE"]
+            complete.append(len(done))
+            distinct.append(len({tuple(sorted(t.params.items())) for t in done}))
+            duplicates.append(sum(str(t.user_attrs.get("fail_reason", "")).startswith("duplicate") for t in study.trials))
+        print(f"| {name} | {complete} | {distinct} | {duplicates} | {time.perf_counter() - start:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="vit_base_patch16_224")
@@ -74,7 +107,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--distinct", type=int, metavar="TRIALS", help="count distinct subnets per sampler instead")
     args = ap.parse_args()
+    if args.distinct:
+        distinct_counts(args.distinct)
+        return
     dims = BackboneDims.from_model(create_backbone(args.backbone, 2, meta=True))
     space = SearchSpace()
     encoding = SubnetEncoding(space, dims.depth, dims)

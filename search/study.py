@@ -42,8 +42,8 @@ from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
 from .budget import check_budget, parse_budget
-from .encoding import SubnetEncoding
 from .dedup import DUPLICATE
+from .encoding import SubnetEncoding
 from .objective import SubnetObjective
 from .sampler import make_sampler
 from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
