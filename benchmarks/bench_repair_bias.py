@@ -83,10 +83,11 @@ def distinct_counts(trials: int, seeds=(0, 1, 2)) -> None:
 
     fast = {"tpe": dict(n_startup_trials=10), "gp": dict(n_startup_trials=10), "nsga2": dict(population_size=12),
             "evolution": dict(population_size=12, n_parents=3, n_mutation=6, n_crossover=6)}
-    print(f"| sampler | complete trials | distinct subnets (seeds {list(seeds)}) | failed as duplicate | seconds |")
-    print("|---|---|---|---|---|")
+    print(f"| sampler | complete trials | distinct subnets (seeds {list(seeds)}) | proposals asked again "
+          "(repaired subnet already held) | failed as duplicate | seconds |")
+    print("|---|---|---|---|---|---|")
     for name in SAMPLERS:
-        distinct, complete, duplicates = [], [], []
+        distinct, complete, duplicates, reasked = [], [], [], []
         start = time.perf_counter()
         for seed in seeds:
             with warnings.catch_warnings():
@@ -96,8 +97,9 @@ def distinct_counts(trials: int, seeds=(0, 1, 2)) -> None:
             done = [t for t in study.trials if t.state.name == "COMPLETE"]
             complete.append(len(done))
             distinct.append(len({tuple(sorted(t.params.items())) for t in done}))
+            reasked.append(sum(t.system_attrs.get("unitune:resampled", 0) for t in done))
             duplicates.append(sum(str(t.user_attrs.get("fail_reason", "")).startswith("duplicate") for t in study.trials))
-        print(f"| {name} | {complete} | {distinct} | {duplicates} | {time.perf_counter() - start:.0f} |", flush=True)
+        print(f"| {name} | {complete} | {distinct} | {reasked} | {duplicates} | {time.perf_counter() - start:.0f} |", flush=True)
 
 
 def main() -> None:
