@@ -105,3 +105,19 @@ def test_standalone_training_reads_train_and_val_never_test(tmp_path, monkeypatc
     acc = standalone_val_accuracy(run, tmp_path, Subnet.uniform(2, lora=4), epochs=1)
     assert 0.0 <= acc <= 1.0
     assert sorted(splits) == ["train", "val"]
+
+
+def test_a_bad_rerank_setting_stops_unitune_run_before_any_work(tmp_path, capsys):
+    from unitune.cli import main
+
+    cfg = {"name": "tiny", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224",
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+           "data": {"source": "digits", "classes": [5, 6, 7], "batch_size": 64, "num_workers": 0},
+           "search": {"budget": "1.5k", "trials": 4, "rerank": {"top_k": -2, "epochs": 1}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"unitune: error: {path}: search.rerank.top_k: expected a non-negative integer, got -2"]
+    assert not (tmp_path / "out").exists()
