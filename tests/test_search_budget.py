@@ -208,3 +208,23 @@ def test_repair_reaches_the_smallest_budget_and_fails_below_the_smallest_subnet(
     assert n_params(repaired) <= low
     with pytest.raises(UniTuneError, match="below the smallest subnet"):
         repair_subnet(SubnetEncoding(SearchSpace(lora=(8,)), 4, dims), Subnet.uniform(4, lora=8), 100)
+
+
+def test_budget_supernet_sampler_draws_what_the_search_evaluates():
+    """supernet.sampler: budget trains the subnets the search evaluates: a uniform proposal
+    repaired by the search's own repair (issue 15); the former sampler filled slots in a random
+    order instead, a different distribution."""
+    from unitune.supernet.sampler import SubnetSampler
+
+    space, dims = SearchSpace(), tiny_dims()
+    enc = SubnetEncoding(space, 4, dims)
+    sampler = SubnetSampler(space, dims, "budget", seed=3, budget=BUDGET_SMALL)
+    reference = SubnetSampler(space, dims, "uniform", seed=3)
+    for _ in range(50):
+        proposal = reference.uniform()
+        expected = repair_subnet(enc, proposal, BUDGET_SMALL, seed=reference.rng.getrandbits(63))
+        (drawn,) = sampler()
+        assert drawn == expected and n_params(drawn) <= BUDGET_SMALL
+
+
+BUDGET_SMALL = 6000
