@@ -164,13 +164,22 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
             "subnets, or one side constant): nothing shows how far to trust the supernet. Re-rank more subnets "
             "(search.rerank.top_k), train longer (search.rerank.epochs, supernet.epochs) or use a larger val set.",
             stats["n"])
-    elif tau < LOW_TAU or (ci is not None and ci[0] <= 0):
-        shown = f"{tau:.2f} (95% CI {ci[0]:.2f} to {ci[1]:.2f}, n={stats['n']})" if ci else f"{tau:.2f} (n={stats['n']})"
+    elif tau < LOW_TAU:
         _logger.warning(
-            "re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy is %s: "
-            "the supernet ranks subnets poorly, so the search is close to a random one. Train the supernet longer "
-            "(supernet.epochs), use a larger val set, or re-rank more subnets (search.rerank.top_k).", shown)
+            "re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy is "
+            "%.2f (95%% CI %s, n=%d): the supernet ranks subnets poorly, so its search is close to a random one. "
+            "Train the supernet longer (supernet.epochs) or use a larger val set; the pick above is by "
+            "stand-alone val accuracy.", tau, _ci_text(ci), stats["n"])
+    elif ci is not None and ci[0] <= 0:
+        _logger.warning(
+            "re-rank: Kendall tau %.2f (95%% CI %s, n=%d): too few subnets to show that the supernet ranks them "
+            "better than chance; re-rank more (search.rerank.top_k) or use a larger val set.",
+            tau, _ci_text(ci), stats["n"])
     return record
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    return "undefined" if ci is None else f"{ci[0]:.2f} to {ci[1]:.2f}"
 
 
 def plot_rerank(rows: list[dict], stats: dict, path: Path) -> Path:
