@@ -1,5 +1,7 @@
 """The search stage of a run: the trained supernet as fitness, an Optuna study, and its outputs
-(``best_subnet.yaml``, ``plots/``) in the run folder. Running it again joins the same study."""
+(``best_subnet.yaml``, ``plots/``) in the run folder. Running it again joins the same study.
+With ``search.rerank: {top_k: K, epochs: E}`` the final pick is re-ranked by stand-alone
+training (:mod:`.rerank`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from unitune.supernet import BackboneDims, SearchSpace
 
 from .export import write_outputs
 from .fitness import SupernetFitness
+from .rerank import check_rerank, rerank
 from .study import SearchResult, check_search_settings, default_storage, run_search
 
 
@@ -26,6 +29,7 @@ def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | N
     Returns the budget as given, the settings for :func:`run_search` and the frozen backbone's
     parameter count (what a percentage budget refers to)."""
     cfg = run.search
+    check_rerank(cfg.rerank, f"{run.source}: search.rerank")
     budget = budget if budget is not None else cfg.budget
     if budget is None:
         raise UniTuneError(f"{run.source}: no budget: give --budget (e.g. 0.4M) or search.budget")
@@ -71,4 +75,11 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         backbone_params=backbone_params,
         **settings,
     )
-    return result, write_outputs(result.study, out)
+    written = write_outputs(result.study, out)
+    top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")
+    if top_k:
+        # Frees the supernet first: re-ranking trains fresh subnets from the pretrained backbone.
+        del fitness, model
+        rerank(run, out, result.study, top_k, epochs, progress=progress)
+        written["rerank_plot"] = out / "plots" / "rerank_tau.png"
+    return result, written

@@ -3,8 +3,9 @@
 - ``uniform`` (NOAH): one subnet per step, every size drawn uniformly from its choices.
 - ``sandwich`` (BigNAS): the largest, the smallest and ``num_random`` uniform subnets per step,
   their gradients summed into one update, so both ends of the space are trained every step.
-- ``budget``: one subnet per step, drawn only among those within the parameter budget the
-  search will use, so the supernet's weights are trained where the search will look.
+- ``budget``: one subnet per step, a uniform draw repaired into the search's parameter budget by
+  the search's own repair, so the supernet's weights are trained on the distribution the search
+  evaluates.
 
 Sampling uses its own seeded generator, never the global one, and its state is part of a
 training checkpoint; every rank of a distributed run draws the same subnets.
@@ -75,21 +76,17 @@ class SubnetSampler:
         return sum(self._cost(m, i, self.space.min_size(m)) for m, i in self._slots())
 
     def within_budget(self) -> Subnet:
-        """A random subnet within the budget: visit the (method, block) slots in random order,
-        each picking uniformly among the sizes that still fit, starting from the smallest."""
-        slots = self._slots()
-        sizes = {slot: self.space.min_size(slot[0]) for slot in slots}
-        spent = self._cost_floor()
-        self.rng.shuffle(slots)
-        for m, i in slots:
-            base = self._cost(m, i, sizes[(m, i)])
-            fits = [s for s in self.space.choices(m) if spent - base + self._cost(m, i, s) <= self.budget]
-            pick = self.rng.choice(fits)
-            spent += self._cost(m, i, pick) - base
-            sizes[(m, i)] = pick
-        depth = self.dims.depth
-        lists = {m: tuple(sizes[(m, i)] for i in range(depth)) for m in METHODS}
-        return Subnet(**lists, ssf_global=sizes[("ssf_global", 0)])
+        """A subnet as the search evaluates them: a uniform proposal, repaired into the budget by
+        the search's own repair (``search/repair.py``, seeded from this sampler's generator), so
+        the supernet trains the distribution the search draws from (issue 15), near the budget
+        when uniform proposals exceed it."""
+        from unitune.search.encoding import SubnetEncoding  # the search builds on this package
+        from unitune.search.repair import repair_subnet
+
+        if getattr(self, "_encoding", None) is None:
+            self._encoding = SubnetEncoding(self.space, self.dims.depth, self.dims)
+        proposal = self.uniform()
+        return repair_subnet(self._encoding, proposal, self.budget, seed=self.rng.getrandbits(63))
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()

@@ -211,6 +211,7 @@ class SearchConfig:
     study: str | None = None  # default: the config's name
     objectives: str = "acc"  # acc | acc,params
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
+    rerank: dict = field(default_factory=dict)  # {top_k: K, epochs: E}: see search/rerank.py; {} is off
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,202 @@
+"""Final selection by stand-alone training, and how far to trust the supernet (issue 15).
+
+Inherited-weight accuracy on a small validation set can misjudge subnets (RESULTS.md §4 and the
+issue: Kendall tau 0.23 between inherited and retrained accuracy). ``search.rerank: {top_k: K,
+epochs: E}`` therefore trains, from the pretrained backbone with fresh PEFT weights and the
+``retrain`` recipe cut to E epochs, the K best trials plus the single-method seeds of the study,
+on the **train** split, and scores each on the **val** split. The test split is never built:
+selection by test accuracy would make the reported test figure optimistic.
+
+The winner (highest stand-alone val accuracy; ties: higher inherited accuracy, then fewer
+parameters) is written as ``best_subnet.yaml``, its ``meta`` holding both figures. Kendall's tau
+between inherited and stand-alone val accuracy (``scipy.stats.kendalltau``: tau, p-value, n, and
+a 95% paired-bootstrap percentile interval from ``scipy.stats.bootstrap``) is stored on the study
+as the user attribute ``rerank`` (with every candidate's figures; optuna-dashboard shows study
+attributes) and plotted in ``plots/rerank_tau.png``. A low tau prints a warning: the supernet
+ranks subnets poorly, so its search is close to a random one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from unitune.config import RunConfig
+from unitune.errors import UniTuneError
+
+from .export import ranked_trials, trial_meta, trial_subnet
+from .seeds import SINGLE_SOURCE
+
+_logger = logging.getLogger("unitune.search")
+
+RERANK_ATTR = "rerank"
+LOW_TAU = 0.3  # below this (or a CI reaching 0) the supernet's ranking is not to be trusted
+PLOT = "rerank_tau.png"
+
+
+def check_rerank(value: Any, where: str = "search.rerank") -> tuple[int, int]:
+    """(top_k, epochs) from the config value; ``{}`` / None / top_k 0 turn re-ranking off."""
+    if value is None:
+        return 0, 0
+    if not isinstance(value, dict):
+        raise UniTuneError(f"{where}: expected a mapping {{top_k: K, epochs: E}}, got {value!r}")
+    unknown = set(value) - {"top_k", "epochs"}
+    if unknown:
+        raise UniTuneError(f"{where}.{sorted(unknown)[0]}: unknown key, expected one of ['epochs', 'top_k']")
+    out = []
+    for key, default in (("top_k", 0), ("epochs", 1)):
+        v = value.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise UniTuneError(f"{where}.{key}: expected a non-negative integer, got {v!r}")
+        out.append(v)
+    top_k, epochs = out
+    if not top_k:
+        return 0, 0
+    if not epochs:
+        raise UniTuneError(f"{where}.epochs: expected a positive integer when top_k is {top_k}, got 0")
+    return top_k, epochs
+
+
+def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:
+    """The ``top_k`` best COMPLETE trials, then the single-method seeds not among them."""
+    ranked = ranked_trials(study)
+    chosen = ranked[:top_k]
+    numbers = {t.number for t in chosen}
+    chosen += [t for t in ranked if t.user_attrs.get("source") == SINGLE_SOURCE and t.number not in numbers]
+    return chosen
+
+
+def kendall(x: list[float], y: list[float]) -> dict[str, Any]:
+    """Kendall's tau-b of paired figures with its p-value, n and a 95% bootstrap interval."""
+    from scipy import stats
+
+    n = len(x)
+    result: dict[str, Any] = {"n": n, "tau": None, "p_value": None, "ci95": None}
+    if n < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return result  # undefined: too few points, or a constant
+    tau, p = stats.kendalltau(x, y)
+    result.update(tau=float(tau), p_value=float(p))
+
+    def statistic(a, b):
+        t = stats.kendalltau(a, b)[0]
+        return 0.0 if math.isnan(t) else t  # a resample with a constant side carries no ranking
+
+    boot = stats.bootstrap((np.asarray(x), np.asarray(y)), statistic, paired=True, vectorized=False,
+                           n_resamples=999, method="percentile", random_state=0)
+    result["ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
+    return result
+
+
+def standalone_val_accuracy(run: RunConfig, out: Path, subnet, epochs: int, progress: bool = False) -> float:
+    """Train ``subnet`` from the pretrained backbone for ``epochs`` on the train split; its val accuracy."""
+    from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+    from unitune.retrain.train import build_subnet_model
+    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, train_epoch
+
+    cfg = dataclasses.replace(run.retrain, epochs=epochs)
+    device = pick_device(run.device)
+    seed_everything(cfg.seed)
+    train_set = build_dataset(run.data, "train", None)
+    val_set = build_dataset(run.data, "val", None)
+    num_classes = train_set.num_classes
+    model = build_subnet_model(run, subnet, num_classes, device, out, "pretrained", None)
+    data_config = resolve_data_config(model.vit)
+    train_set.transform = build_transform(data_config, train=True, cfg=run.data)
+    val_set.transform = build_transform(data_config, train=False, cfg=run.data)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
+    val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed)
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
+    criterion = Criterion(cfg, num_classes)
+    step = 0
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        _, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
+                              f"re-rank epoch {epoch + 1}/{epochs}", progress)
+    return float(evaluate(model, val_loader, device, num_classes, cfg.amp)["accuracy"])
+
+
+def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: int, epochs: int,
+           progress: bool = False, train=standalone_val_accuracy) -> dict[str, Any]:
+    """Re-rank the study's best trials by stand-alone val accuracy; write ``best_subnet.yaml`` and
+    ``plots/rerank_tau.png``; store and return the figures. ``train(run, out, subnet, epochs)``
+    gives a subnet's stand-alone val accuracy (the tests pass a stand-in)."""
+    out = Path(out)
+    chosen = candidates(study, top_k)
+    if not chosen:
+        raise UniTuneError(f"study {study.study_name!r}: has no complete trial to re-rank")
+    from .study import study_encoding
+
+    encoding = study_encoding(study)
+    backbone = study.user_attrs.get("backbone")
+    rows = []
+    for t in chosen:
+        subnet = trial_subnet(t, encoding, backbone)
+        acc = train(run, out, subnet, epochs, progress)
+        rows.append({"trial": t.number, "inherited_val_accuracy": float(t.values[0]), "standalone_val_accuracy": acc,
+                     "n_params": t.user_attrs.get("n_params"), "single_method": t.user_attrs.get("single_method")})
+    stats = kendall([r["inherited_val_accuracy"] for r in rows], [r["standalone_val_accuracy"] for r in rows])
+    best = max(rows, key=lambda r: (r["standalone_val_accuracy"], r["inherited_val_accuracy"],
+                                    -(r["n_params"] or 0), -r["trial"]))
+    record = {"top_k": top_k, "epochs": epochs, "split_trained": "train", "split_scored": "val",
+              "kendall": stats, "winner": best["trial"], "candidates": rows}
+    study.set_user_attr(RERANK_ATTR, record)
+
+    winner = next(t for t in chosen if t.number == best["trial"])
+    meta = {**trial_meta(study, winner), "selection": f"re-ranked: top-{top_k} + single methods, {epochs} epochs",
+            "inherited_val_accuracy": best["inherited_val_accuracy"],
+            "standalone_val_accuracy": best["standalone_val_accuracy"],
+            "kendall_tau": stats["tau"], "kendall_n": stats["n"], "kendall_ci95": stats["ci95"]}
+    trial_subnet(winner, encoding, backbone).save(out / "best_subnet.yaml", meta=meta)
+    plot_rerank(rows, stats, out / "plots" / PLOT)
+
+    tau, ci = stats["tau"], stats["ci95"]
+    if tau is None:
+        _logger.warning(
+            "re-rank: Kendall tau between inherited and stand-alone val accuracy is undefined (n=%d; fewer than 3 "
+            "subnets, or one side constant): nothing shows how far to trust the supernet. Re-rank more subnets "
+            "(search.rerank.top_k), train longer (search.rerank.epochs, supernet.epochs) or use a larger val set.",
+            stats["n"])
+    elif tau < LOW_TAU:
+        _logger.warning(
+            "re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy is "
+            "%.2f (95%% CI %s, n=%d): the supernet ranks subnets poorly, so its search is close to a random one. "
+            "Train the supernet longer (supernet.epochs) or use a larger val set; the pick above is by "
+            "stand-alone val accuracy.", tau, _ci_text(ci), stats["n"])
+    elif ci is not None and ci[0] <= 0:
+        _logger.warning(
+            "re-rank: Kendall tau %.2f (95%% CI %s, n=%d): too few subnets to show that the supernet ranks them "
+            "better than chance; re-rank more (search.rerank.top_k) or use a larger val set.",
+            tau, _ci_text(ci), stats["n"])
+    return record
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    return "undefined" if ci is None else f"{ci[0]:.2f} to {ci[1]:.2f}"
+
+
+def plot_rerank(rows: list[dict], stats: dict, path: Path) -> Path:
+    from .plots import _figure, _save
+
+    fig = _figure(figsize=(5, 4.5))
+    ax = fig.add_subplot(111)
+    for r in rows:
+        single = r["single_method"] is not None
+        ax.scatter(r["inherited_val_accuracy"], r["standalone_val_accuracy"], s=30,
+                   marker="s" if single else "o", color="C1" if single else "C0")
+        ax.annotate(r["single_method"] or f"#{r['trial']}", (r["inherited_val_accuracy"], r["standalone_val_accuracy"]),
+                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+    tau = "undefined" if stats["tau"] is None else f"{stats['tau']:.2f}"
+    ax.set_title(f"Kendall tau {tau} (n={stats['n']})")
+    ax.set_xlabel("inherited val accuracy (supernet)")
+    ax.set_ylabel("stand-alone val accuracy (re-rank)")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

@@ -1,0 +1,123 @@
+"""Final selection by stand-alone training (issue 15): the candidates, the pick by validation
+accuracy, Kendall's tau stored on the study and plotted, and no look at the test split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from scipy import stats
+
+from search_util import synthetic_accuracy, tiny_dims
+from unitune.config import load_run_config
+from unitune.errors import UniTuneError
+from unitune.search import run_search
+from unitune.search.rerank import check_rerank, rerank, standalone_val_accuracy
+from unitune.supernet import SearchSpace, Subnet
+
+BUDGET = 6000
+
+
+@pytest.fixture(scope="module")
+def study():
+    return run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, sampler="random", seed=0,
+                      study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+
+
+def test_rerank_trains_top_k_and_single_methods_and_picks_by_standalone_val_accuracy(study, tmp_path):
+    trained = {}
+
+    def train(run, out, subnet, epochs, progress):  # a stand-in: fewer VPT tokens score higher
+        trained[subnet] = epochs
+        return 1.0 - 0.01 * sum(subnet.vpt) - 0.001 * sum(subnet.lora)
+
+    record = rerank(None, tmp_path, study, top_k=3, epochs=2, train=train)
+    ranked = sorted((t for t in study.trials if t.values), key=lambda t: (-t.values[0], t.user_attrs["n_params"], t.number))
+    singles = [t.number for t in study.trials if t.user_attrs.get("source") == "single-method"]
+    expected = [t.number for t in ranked[:3]] + [n for n in sorted(singles, key=lambda n: [r.number for r in ranked].index(n))
+                                                 if n not in [t.number for t in ranked[:3]]]
+    rows = record["candidates"]
+    assert [r["trial"] for r in rows] == expected and len(trained) == len(rows) and set(trained.values()) == {2}
+    best = max(rows, key=lambda r: r["standalone_val_accuracy"])
+    assert record["winner"] == best["trial"]
+    x = [r["inherited_val_accuracy"] for r in rows]
+    y = [r["standalone_val_accuracy"] for r in rows]
+    tau, p = stats.kendalltau(x, y)
+    k = record["kendall"]
+    assert k["tau"] == pytest.approx(tau) and k["p_value"] == pytest.approx(p) and k["n"] == len(rows)
+    assert k["ci95"][0] <= tau <= k["ci95"][1]
+    assert study.user_attrs["rerank"] == json.loads(json.dumps(record))
+    doc = yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())
+    assert doc["meta"]["trial"] == best["trial"]
+    assert doc["meta"]["standalone_val_accuracy"] == pytest.approx(best["standalone_val_accuracy"])
+    assert doc["meta"]["inherited_val_accuracy"] == pytest.approx(best["inherited_val_accuracy"])
+    assert doc["meta"]["kendall_tau"] == pytest.approx(tau)
+    assert Subnet.load(tmp_path / "best_subnet.yaml").lora == Subnet.from_dict(doc).lora
+    assert (tmp_path / "plots" / "rerank_tau.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_low_tau_warns_with_what_to_do(study, tmp_path, caplog):
+    def train(run, out, subnet, epochs, progress):  # the reverse of the supernet's ranking
+        return -synthetic_accuracy(subnet)
+
+    record = rerank(None, tmp_path, study, top_k=3, epochs=1, train=train)
+    assert record["kendall"]["tau"] == pytest.approx(-1.0)
+    assert "train the supernet longer" in caplog.text.lower() and "larger val set" in caplog.text
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("3", "expected a mapping"), ({"top_k": -1}, "top_k: expected a non-negative integer, got -1"),
+    ({"top_k": 2, "epochs": 0}, "epochs: expected a positive integer when top_k is 2"),
+    ({"topk": 2}, "topk: unknown key"),
+])
+def test_bad_rerank_settings_are_one_line_errors(value, fragment):
+    with pytest.raises(UniTuneError) as e:
+        check_rerank(value)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+    assert check_rerank({}) == (0, 0) and check_rerank({"top_k": 2, "epochs": 3}) == (2, 3)
+
+
+def test_standalone_training_reads_train_and_val_never_test(tmp_path, monkeypatch):
+    import unitune.data
+
+    cfg = {
+        "name": "tiny", "device": "cpu",
+        "model": {"backbone": "vit_tiny_patch16_224",
+                  "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "data": {"source": "digits", "classes": [5, 6, 7], "batch_size": 64, "num_workers": 0},
+        "space": {"lora": [0, 1, 4], "adapter": [0, 2, 4], "vpt": [0, 2], "ssf": [0, 1], "ssf_global": [0, 1]},
+        "retrain": {"epochs": 5, "lr": 0.005},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = load_run_config(path)
+    real = unitune.data.build_dataset
+    splits = []
+
+    def guarded(data_cfg, split, *args, **kwargs):
+        splits.append(split)
+        if split not in ("train", "val"):
+            raise AssertionError(f"re-rank read the {split!r} split")
+        return real(data_cfg, split, *args, **kwargs)
+
+    monkeypatch.setattr(unitune.data, "build_dataset", guarded)
+    acc = standalone_val_accuracy(run, tmp_path, Subnet.uniform(2, lora=4), epochs=1)
+    assert 0.0 <= acc <= 1.0
+    assert sorted(splits) == ["train", "val"]
+
+
+def test_a_bad_rerank_setting_stops_unitune_run_before_any_work(tmp_path, capsys):
+    from unitune.cli import main
+
+    cfg = {"name": "tiny", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224",
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+           "data": {"source": "digits", "classes": [5, 6, 7], "batch_size": 64, "num_workers": 0},
+           "search": {"budget": "1.5k", "trials": 4, "rerank": {"top_k": -2, "epochs": 1}}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"unitune: error: {path}: search.rerank.top_k: expected a non-negative integer, got -2"]
+    assert not (tmp_path / "out").exists()
