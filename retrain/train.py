@@ -104,8 +104,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
     test_set.transform = build_transform(data_config, train=False, cfg=run.data)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
-    test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
+    test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device)
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)

@@ -41,9 +41,16 @@ from .io import atomic_path
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UniTuneError(f"device {name!r}: CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        # Checked here, not at the first .to(device): CUDA's own error comes from deep in a stage.
+        if not torch.cuda.is_available():
+            raise UniTuneError(f"device {name!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UniTuneError(f"device {name!r}: this machine has {count} CUDA device"
+                               f"{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 @dataclass(frozen=True)
@@ -68,9 +75,17 @@ def init_distributed(device: torch.device) -> Dist:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        # Each rank on its own GPU before NCCL starts: otherwise every rank's CUDA context and
+        # NCCL communicator land on cuda:0 (and ``device`` "cuda" means the current device).
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -245,8 +260,10 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    # Only the current device's generator (the one this process draws from): the _all variant
+    # would open a CUDA context on every visible GPU, in every rank.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -256,7 +273,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        # Checkpoints written before one state per process held a list, one state per GPU.
+        torch.cuda.set_rng_state(cuda[torch.cuda.current_device()] if isinstance(cuda, (list, tuple)) else cuda)
 
 
 def _python_rng_to_plain(state: tuple) -> dict[str, Any]:
