@@ -47,7 +47,7 @@ def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, s
     confusion = result["confusion"]
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
     names = list(manifest.get("class_names") or dataset.classes)
-    summary = {"split": split, "accuracy": result["accuracy"], "images": result["n"],
+    summary = {"split": split, "accuracy": result["accuracy"], "images": result["n"], "precision": "float32",
                "per_class_accuracy": dict(zip(names, per_class)),
                "recorded_test_accuracy": (manifest.get("provenance") or {}).get("test_accuracy")}
     out = Path(out) if out else folder.parent / f"eval_{split}"

@@ -101,6 +101,19 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """fp32 matmuls and convolutions on CUDA, TF32 off (cuDNN allows TF32 convolutions by
+    default): scores must not depend on how the weights were grouped, and a merged export
+    folds global SSF into the patch-embedding convolution. No effect on the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -234,7 +247,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_clas
     loss_sum, n = 0.0, 0
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, True) if amp else full_fp32():
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         pred = logits.argmax(-1)
