@@ -13,6 +13,11 @@ active block is a prefix along one dimension (or the whole tensor, or nothing), 
 the block of the largest size any of them gave the layer: the guard tracks, per layer, the largest
 size seen in a forward pass with autograd on since the last step. A single-subnet step costs what
 it did before: one size per layer.
+
+Per step the guard decides on the host, from shapes alone, which tensors are fully in use (most
+of them, for the large subnets): those cost nothing. Only partly used tensors are snapshotted,
+with a mask built once per (device, shape, used block) and cached, so a step launches no mask
+construction and no host-device synchronisation (``bool(mask.all())`` was one per tensor).
 """
 
 from __future__ import annotations
@@ -47,10 +52,26 @@ def active_masks(model: PeftViT, sizes: dict[int, int] | None = None) -> dict[st
     for lname, layer in model.named_layers.items():
         size = layer.size if sizes is None else sizes.get(id(layer), 0)
         for pname, p in layer.peft_named_parameters():
-            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-            mask[tuple(slice(0, s) for s in layer.active_shape(pname, size))] = True
-            masks[f"{lname}.{pname}"] = mask
+            masks[f"{lname}.{pname}"] = _prefix_mask(p, layer.active_shape(pname, size))
     return masks
+
+
+def _prefix_mask(p: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
+    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+    mask[tuple(slice(0, s) for s in block)] = True
+    return mask
+
+
+def _used_blocks(model: PeftViT, sizes: dict[int, int] | None):
+    """``(parameter, used block)`` of every PEFT parameter that is only partly used: decided
+    from shapes on the host (the used block is a prefix, so it covers the whole tensor exactly
+    when it is at least as large along every dimension)."""
+    for layer in model.named_layers.values():
+        size = layer.size if sizes is None else sizes.get(id(layer), 0)
+        for pname, p in layer.peft_named_parameters():
+            block = tuple(layer.active_shape(pname, size))
+            if not all(s >= d for s, d in zip(block, p.shape)):
+                yield p, block
 
 
 class InactiveGuard:
@@ -64,7 +85,9 @@ class InactiveGuard:
         self.model = model
         self.optimizer = optimizer
         self._used: dict[int, int] | None = None  # per layer id, the largest size of this step
-        self._saved: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]] = []
+        self._saved: list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor] | None]] = []
+        # Per (device, shape, used block), its mask: a supernet has few distinct ones.
+        self._masks: dict[tuple, torch.Tensor] = {}
         self._handles = [
             model.register_forward_pre_hook(self._record),
             optimizer.register_step_pre_hook(self._before),
@@ -88,13 +111,19 @@ class InactiveGuard:
         """The masks of the entries this step has used so far."""
         return active_masks(self.model, self._used)
 
+    def _mask(self, p: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor | None:
+        if 0 in block:
+            return None  # wholly idle: restored by a plain copy, no mask needed
+        key = (p.device, tuple(p.shape), block)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = _prefix_mask(p, block)
+        return mask
+
     def _before(self, optimizer, args, kwargs) -> None:
-        params = dict(self.model.peft_named_parameters())
         self._saved = []
-        for name, mask in self.used_masks().items():
-            if bool(mask.all()):
-                continue
-            p = params[name]
+        for p, block in _used_blocks(self.model, self._used):
+            mask = self._mask(p, block)
             state = optimizer.state.get(p)
             # The moments AdamW keeps per entry (any tensor shaped like the parameter); None: not
             # created yet, so the idle entries must come out of the step at their initial zero.
@@ -105,13 +134,17 @@ class InactiveGuard:
     @torch.no_grad()
     def _after(self, optimizer, args, kwargs) -> None:
         for p, mask, saved, moments in self._saved:
-            p.copy_(torch.where(mask, p, saved))
+            p.copy_(saved if mask is None else torch.where(mask, p, saved))
             state = optimizer.state.get(p, {})
             for key, value in state.items():
                 if not (torch.is_tensor(value) and value.shape == p.shape):
                     continue
-                before = moments[key] if moments is not None and key in moments else torch.zeros_like(value)
-                value.copy_(torch.where(mask, value, before))
+                if moments is not None and key in moments:
+                    value.copy_(moments[key] if mask is None else torch.where(mask, value, moments[key]))
+                elif mask is None:
+                    value.zero_()
+                else:
+                    value.masked_fill_(~mask, 0)
         self._saved = []
         self._used = None
 
