@@ -1,14 +1,15 @@
 """The inactive-entry guard's cost per optimizer step (issue 13), before and after deciding
-"fully used" from shapes on the host and caching the masks.
+what is idle from shapes on the host and copying only the idle slices.
 
     python benchmarks/bench_guard.py --threads 1
 
 A random-init ViT-B/16 supernet (the default search space, LoRA on qkv: 232 PEFT tensors) and
 three AdamW optimizers over its PEFT parameters: ``no guard``, ``before`` (the previous guard:
-a fresh mask per PEFT tensor and ``bool(mask.all())`` each step, rebuilt here as a subclass) and
-``after`` (:class:`InactiveGuard` now). Each timed step: set a subnet (drawn from the space with a
-fixed seed: the same sequence for every variant), record it as the guard's forward hook would,
-then ``optimizer.step()`` (gradients are fixed random tensors). Blocks of steps are interleaved
+a fresh mask per PEFT tensor and ``bool(mask.all())`` each step, whole-tensor snapshots restored
+with ``torch.where``; rebuilt here as a subclass) and ``after`` (:class:`InactiveGuard` now: idle
+slices found from shapes, only they copied and put back). Each timed step: set a subnet (drawn
+from the space with a fixed seed: the same sequence for every variant), record it as the guard's
+forward hook would, then ``optimizer.step()`` (gradients are fixed random tensors). Blocks of steps are interleaved
 across the variants; medians of the per-block means. On the CPU ``bool(mask.all())`` is no
 device synchronisation, so this measures the host-side work only; on a GPU each of those calls
 would also wait for the device.
@@ -31,7 +32,8 @@ from unitune.train import build_optimizer
 
 
 class PreviousGuard(InactiveGuard):
-    """The guard as it was: masks for every PEFT tensor each step, one ``bool(mask.all())`` each."""
+    """The guard as it was (commit 6ed6835): masks for every PEFT tensor each step, one
+    ``bool(mask.all())`` each, whole tensors snapshotted and merged back with ``torch.where``."""
 
     def _before(self, optimizer, args, kwargs) -> None:
         params = dict(self.model.peft_named_parameters())
@@ -44,6 +46,17 @@ class PreviousGuard(InactiveGuard):
             moments = None if not state else {k: v.detach().clone() for k, v in state.items()
                                               if torch.is_tensor(v) and v.shape == p.shape}
             self._saved.append((p, mask, p.detach().clone(), moments))
+
+    @torch.no_grad()
+    def _after(self, optimizer, args, kwargs) -> None:
+        for p, mask, saved, moments in self._saved:
+            p.copy_(torch.where(mask, p, saved))
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    before = moments[key] if moments is not None and key in moments else torch.zeros_like(value)
+                    value.copy_(torch.where(mask, value, before))
+        self._saved = []
+        self._used = None
 
 
 def random_subnet(space: SearchSpace, depth: int, rng: random.Random) -> Subnet:

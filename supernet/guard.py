@@ -14,10 +14,11 @@ the block of the largest size any of them gave the layer: the guard tracks, per 
 size seen in a forward pass with autograd on since the last step. A single-subnet step costs what
 it did before: one size per layer.
 
-Per step the guard decides on the host, from shapes alone, which tensors are fully in use (most
-of them, for the large subnets): those cost nothing. Only partly used tensors are snapshotted,
-with a mask built once per (device, shape, used block) and cached, so a step launches no mask
-construction and no host-device synchronisation (``bool(mask.all())`` was one per tensor).
+Per step the guard decides on the host, from shapes alone, what each tensor leaves idle: nothing
+(most tensors, for the large subnets: they cost nothing), everything (size 0), or the slice after
+the used prefix along the one dimension that sizes it. Only that slice of the weight and of its
+moments is copied and put back: no mask is built and nothing waits for the device (the guard used
+to build a mask per tensor every step and read ``bool(mask.all())``, a synchronisation each).
 """
 
 from __future__ import annotations
@@ -52,26 +53,31 @@ def active_masks(model: PeftViT, sizes: dict[int, int] | None = None) -> dict[st
     for lname, layer in model.named_layers.items():
         size = layer.size if sizes is None else sizes.get(id(layer), 0)
         for pname, p in layer.peft_named_parameters():
-            masks[f"{lname}.{pname}"] = _prefix_mask(p, layer.active_shape(pname, size))
+            mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+            mask[tuple(slice(0, s) for s in layer.active_shape(pname, size))] = True
+            masks[f"{lname}.{pname}"] = mask
     return masks
 
 
-def _prefix_mask(p: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor:
-    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-    mask[tuple(slice(0, s) for s in block)] = True
-    return mask
-
-
-def _used_blocks(model: PeftViT, sizes: dict[int, int] | None):
-    """``(parameter, used block)`` of every PEFT parameter that is only partly used: decided
-    from shapes on the host (the used block is a prefix, so it covers the whole tensor exactly
-    when it is at least as large along every dimension)."""
+def idle_regions(model: PeftViT, sizes: dict[int, int] | None = None):
+    """``(parameter, index)`` for every PEFT parameter that ``sizes`` (default: the active sizes)
+    leaves partly or wholly idle; ``parameter[index]`` is a view of exactly its idle entries."""
     for layer in model.named_layers.values():
         size = layer.size if sizes is None else sizes.get(id(layer), 0)
         for pname, p in layer.peft_named_parameters():
             block = tuple(layer.active_shape(pname, size))
-            if not all(s >= d for s, d in zip(block, p.shape)):
-                yield p, block
+            short = [i for i, (s, d) in enumerate(zip(block, p.shape)) if s < d]
+            if not short:
+                continue  # wholly used
+            if 0 in block:
+                yield p, (...,)  # wholly idle
+                continue
+            # A layer's size sets one dimension of each parameter (PeftLayer.active_shape), so the
+            # idle entries of a used prefix are the slice after it along that dimension.
+            if len(short) != 1:
+                raise ValueError(f"{pname}: used block {block} of {tuple(p.shape)} is cut along several dimensions")
+            i = short[0]
+            yield p, (slice(None),) * i + (slice(block[i], None),)
 
 
 class InactiveGuard:
@@ -85,9 +91,7 @@ class InactiveGuard:
         self.model = model
         self.optimizer = optimizer
         self._used: dict[int, int] | None = None  # per layer id, the largest size of this step
-        self._saved: list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor] | None]] = []
-        # Per (device, shape, used block), its mask: a supernet has few distinct ones.
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._saved: list[tuple[torch.nn.Parameter, tuple, torch.Tensor, dict[str, torch.Tensor] | None]] = []
         self._handles = [
             model.register_forward_pre_hook(self._record),
             optimizer.register_step_pre_hook(self._before),
@@ -111,40 +115,28 @@ class InactiveGuard:
         """The masks of the entries this step has used so far."""
         return active_masks(self.model, self._used)
 
-    def _mask(self, p: torch.Tensor, block: tuple[int, ...]) -> torch.Tensor | None:
-        if 0 in block:
-            return None  # wholly idle: restored by a plain copy, no mask needed
-        key = (p.device, tuple(p.shape), block)
-        mask = self._masks.get(key)
-        if mask is None:
-            mask = self._masks[key] = _prefix_mask(p, block)
-        return mask
-
     def _before(self, optimizer, args, kwargs) -> None:
         self._saved = []
-        for p, block in _used_blocks(self.model, self._used):
-            mask = self._mask(p, block)
+        for p, idle in idle_regions(self.model, self._used):
             state = optimizer.state.get(p)
             # The moments AdamW keeps per entry (any tensor shaped like the parameter); None: not
             # created yet, so the idle entries must come out of the step at their initial zero.
-            moments = None if not state else {k: v.detach().clone() for k, v in state.items()
+            moments = None if not state else {k: v.detach()[idle].clone() for k, v in state.items()
                                               if torch.is_tensor(v) and v.shape == p.shape}
-            self._saved.append((p, mask, p.detach().clone(), moments))
+            self._saved.append((p, idle, p.detach()[idle].clone(), moments))
 
     @torch.no_grad()
     def _after(self, optimizer, args, kwargs) -> None:
-        for p, mask, saved, moments in self._saved:
-            p.copy_(saved if mask is None else torch.where(mask, p, saved))
+        for p, idle, saved, moments in self._saved:
+            p[idle] = saved
             state = optimizer.state.get(p, {})
             for key, value in state.items():
                 if not (torch.is_tensor(value) and value.shape == p.shape):
                     continue
                 if moments is not None and key in moments:
-                    value.copy_(moments[key] if mask is None else torch.where(mask, value, moments[key]))
-                elif mask is None:
-                    value.zero_()
+                    value[idle] = moments[key]
                 else:
-                    value.masked_fill_(~mask, 0)
+                    value[idle] = 0
         self._saved = []
         self._used = None
 

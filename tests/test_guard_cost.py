@@ -1,4 +1,4 @@
-"""The guard's per-step work (issue 13): decided from shapes on the host, masks cached.
+"""The guard's per-step work (issue 13): decided from shapes on the host, no masks.
 
 A ``TorchDispatchMode`` records every aten op the guard's pre-step hook runs. On a GPU,
 ``aten._local_scalar_dense`` (``bool(t)``, ``t.item()``) is a host-device synchronisation, and every
@@ -47,7 +47,7 @@ def setup(space: SearchSpace):
         ops = Ops()
         with ops:
             guard._before(optimizer, (), {})
-        snapshot = [(p, None if m is None else m.clone()) for p, m, _, _ in guard._saved]
+        snapshot = [(p, idle) for p, idle, _, _ in guard._saved]
         guard._saved = []  # the hook runs again inside step()
         optimizer.step()
         step.saved = snapshot
@@ -71,10 +71,11 @@ def test_guard_step_never_syncs_and_builds_masks_once():
     assert saved == {id(params[n]) for n in partly} and 0 < len(partly) < len(params)
     masks = active_masks(model)
     names = {id(p): n for n, p in params.items()}
-    for p, mask in step.saved:  # None: wholly idle (restored by a plain copy)
-        expected = masks[names[id(p)]]
-        assert not expected.any() if mask is None else torch.equal(mask, expected)
-    assert any(m is None for _, m in step.saved) and any(m is not None for _, m in step.saved)
+    for p, idle in step.saved:  # the index is exactly the idle entries: a second computation
+        region = torch.zeros(p.shape, dtype=torch.bool)
+        region[idle] = True
+        assert torch.equal(region, ~masks[names[id(p)]]), names[id(p)]
+    assert any(idle == (...,) for _, idle in step.saved) and any(idle != (...,) for _, idle in step.saved)
 
 
 def test_largest_subnet_step_snapshots_nothing():
