@@ -10,7 +10,9 @@ with ``torch.where``; rebuilt here as a subclass) and ``after`` (:class:`Inactiv
 slices found from shapes, only they copied and put back). Each timed step: set a subnet (drawn
 from the space with a fixed seed: the same sequence for every variant), record it as the guard's
 forward hook would, then ``optimizer.step()`` (gradients are fixed random tensors). Blocks of steps are interleaved
-across the variants; medians of the per-block means. On the CPU ``bool(mask.all())`` is no
+across the variants; medians of the per-block means. Also counted (device-independent): the
+aten ops the guard adds to a step (kernel launches on a GPU) and the host reads of a tensor's
+value (synchronisations on a GPU; AdamW's own, on its CPU step counters, are none). On the CPU ``bool(mask.all())`` is no
 device synchronisation, so this measures the host-side work only; on a GPU each of those calls
 would also wait for the device.
 """
@@ -24,11 +26,26 @@ import time
 
 import timm
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from unitune.config import TrainConfig
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.guard import InactiveGuard
 from unitune.train import build_optimizer
+
+
+class OpCount(TorchDispatchMode):
+    """aten ops other than views (each a kernel launch on a GPU) and host reads of a tensor's value
+    (``_local_scalar_dense``: a host-device synchronisation on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += not func.is_view  # views (slicing, detach) launch nothing
+        self.syncs += func.overloadpacket.__name__ == "_local_scalar_dense"
+        return func(*args, **(kwargs or {}))
 
 
 class PreviousGuard(InactiveGuard):
@@ -87,9 +104,16 @@ def main() -> None:
         optimizer = build_optimizer(model.trainable_named_parameters(), TrainConfig(lr=1e-4, weight_decay=0.05))
         variants[name] = (optimizer, guard(model, optimizer) if guard else None)
     rng = random.Random(0)
-    subnets = [random_subnet(space, depth, rng) for _ in range(args.steps)]
+    scenarios = {"random subnets": [random_subnet(space, depth, rng) for _ in range(args.steps)],
+                 "largest subnet": [Subnet.largest(space, depth)] * args.steps}
+    print(f"{args.backbone}: {len(named)} PEFT tensors, {sum(p.numel() for _, p in named):,} PEFT parameters; "
+          f"{args.blocks} blocks x {args.steps} steps per variant, torch threads {torch.get_num_threads()}")
+    for scenario, subnets in scenarios.items():
+        measure(scenario, subnets, model, variants, args.blocks)
 
-    def run_block(name: str) -> float:
+
+def measure(scenario: str, subnets: list[Subnet], model: PeftViT, variants: dict, blocks: int) -> None:
+    def run_block(name: str, count: OpCount | None = None) -> float:
         optimizer, guard = variants[name]
         total = 0.0
         for subnet in subnets:
@@ -98,26 +122,34 @@ def main() -> None:
                 with torch.enable_grad():
                     guard._record(model, ())  # what the forward pre-hook records
             started = time.perf_counter()
-            optimizer.step()
+            if count is None:
+                optimizer.step()
+            else:
+                with count:
+                    optimizer.step()
             total += time.perf_counter() - started
         return total / len(subnets)
 
-    for name in variants:  # warm-up: AdamW state created, masks cached
+    counts = {}
+    for name in variants:  # warm-up (AdamW state created), counting the ops of each step
         run_block(name)
+        counts[name] = OpCount()
+        run_block(name, counts[name])
     times: dict[str, list[float]] = {name: [] for name in variants}
     order = list(variants)
-    for b in range(args.blocks):
+    for b in range(blocks):
         for name in order[b % 3:] + order[:b % 3]:
             times[name].append(run_block(name))
     ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    print(f"{args.backbone}: {len(named)} PEFT tensors, {sum(p.numel() for _, p in named):,} PEFT parameters; "
-          f"{args.blocks} blocks x {args.steps} random subnets, torch threads {torch.get_num_threads()}")
-    print(f"{'variant':<10} {'ms/step':>9} {'guard ms':>9}")
+    n = len(subnets)
+    print(f"\n{scenario}")
+    print(f"{'variant':<10} {'ms/step':>9} {'guard ms':>9} {'guard ops/step':>15} {'guard syncs':>11}")
     for name, value in ms.items():
-        print(f"{name:<10} {value:9.2f} {value - ms['no guard']:9.2f}")
+        ops = (counts[name].ops - counts["no guard"].ops) / n
+        syncs = (counts[name].syncs - counts["no guard"].syncs) / n
+        print(f"{name:<10} {value:9.2f} {value - ms['no guard']:9.2f} {ops:15.1f} {syncs:11.1f}")
     print(f"step before/after {ms['before'] / ms['after']:.2f}x; guard cost before/after "
           f"{(ms['before'] - ms['no guard']) / max(ms['after'] - ms['no guard'], 1e-9):.2f}x")
-
 
 if __name__ == "__main__":
     main()
