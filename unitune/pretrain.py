@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 from safetensors.torch import save_file
 
+from .backbone import create_backbone
+from .checks import check_safetensors_file
 from .config import RunConfig
 from .data import build_dataset, build_loader, build_transform, resolve_data_config
 from .errors import UniTuneError
@@ -28,11 +29,15 @@ WEIGHTS_FILE = "backbone.safetensors"
 def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
     """The local weights file the PEFT stages load: ``model.weights``, or the pretrain stage's output."""
     if run.pretrain is None:
-        return run.model.weights
+        weights = run.model.weights
+        if weights and Path(weights).suffix == ".safetensors" and Path(weights).exists():
+            check_safetensors_file(weights, "model.weights file")
+        return weights
     path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise UniTuneError(f"{path}: missing; this config pretrains its backbone: run `unitune pretrain` "
                            f"(or `unitune run`) with it first")
+    check_safetensors_file(path, "pretrained backbone")
     return str(path)
 
 
@@ -43,11 +48,14 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
     cfg, data = run.pretrain, run.pretrain_data
     path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
     device = pick_device(run.device)
-    seed_everything(cfg.seed)
     m = run.model
+    # name, kwargs and ViT structure checked on the meta device (milliseconds) before the data is read
+    create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True)
+    seed_everything(cfg.seed)
     train_set = build_dataset(data, "train", None)
     val_set = build_dataset(data, "val", None)
-    model = timm.create_model(m.backbone, pretrained=m.pretrained, num_classes=train_set.num_classes, **m.kwargs)
+    # create_backbone checks the name, the kwargs and the ViT structure, as every other stage does
+    model = create_backbone(m.backbone, train_set.num_classes, pretrained=m.pretrained, kwargs=m.kwargs)
     model.to(device)
     data_config = resolve_data_config(model)
     train_set.transform = build_transform(data_config, train=True, cfg=data)
