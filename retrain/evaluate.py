@@ -45,11 +45,12 @@ def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, s
     if dataset.num_classes != manifest["num_classes"]:
         raise UniTuneError(f"{folder}: the model has {manifest['num_classes']} classes, the {split} data "
                            f"has {dataset.num_classes}")
-    result = evaluate(model.to(dev), build_loader(dataset, data, train=False, seed=0), dev, dataset.num_classes)
+    loader = build_loader(dataset, data, train=False, seed=0, device=dev)
+    result = evaluate(model.to(dev), loader, dev, dataset.num_classes)
     confusion = result["confusion"]
     per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
     names = list(manifest.get("class_names") or dataset.classes)
-    summary = {"split": split, "accuracy": result["accuracy"], "images": result["n"],
+    summary = {"split": split, "accuracy": result["accuracy"], "images": result["n"], "precision": "float32",
                "per_class_accuracy": dict(zip(names, per_class)),
                "recorded_test_accuracy": (manifest.get("provenance") or {}).get("test_accuracy")}
     write_json_atomic(out / "metrics.json", summary)

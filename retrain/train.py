@@ -104,8 +104,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
     test_set.transform = build_transform(data_config, train=False, cfg=run.data)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
-    test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
+    test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device)
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
@@ -145,15 +145,19 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
                         {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "rng": rng_state(), "fingerprint": fingerprint})
 
-    # The test split is scored once, after the last epoch: the number reported.
-    test = evaluate(model, test_loader, device, num_classes, cfg.amp)
+    # The test split is scored once, after the last epoch: the number reported. In fp32 whatever
+    # ``amp`` trained with: bf16 is a training-speed choice, not part of the model, and the
+    # export is evaluated (and used) in fp32, so bf16 rounding would make the two disagree.
+    test = evaluate(model, test_loader, device, num_classes, amp=False)
     result = {
-        "test_accuracy": test["accuracy"], "test_images": test["n"], "epochs": cfg.epochs, "init": init,
+        "test_accuracy": test["accuracy"], "test_images": test["n"], "test_precision": "float32",
+        "epochs": cfg.epochs, "init": init,
         "subnet_file": str(subnet_path), "params": count.to_dict(), "seconds": time.perf_counter() - started,
     }
     provenance = {"config": run.raw, "config_file": run.source, "subnet_file": str(subnet_path), "init": init,
                   "supernet_file": str(supernet_file or out / SUPERNET_FILE) if init == "supernet" else None,
-                  "test_accuracy": test["accuracy"], "test_split": "test", "data": run.data.to_dict()}
+                  "test_accuracy": test["accuracy"], "test_split": "test", "test_precision": "float32",
+                  "data": run.data.to_dict()}
     # The result first: the test score is the run's one measurement and must survive a failing merge.
     write_json_atomic(out / RESULT_FILE, result)
     export_model(out / EXPORT_DIR, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,

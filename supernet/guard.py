@@ -13,6 +13,12 @@ active block is a prefix along one dimension (or the whole tensor, or nothing), 
 the block of the largest size any of them gave the layer: the guard tracks, per layer, the largest
 size seen in a forward pass with autograd on since the last step. A single-subnet step costs what
 it did before: one size per layer.
+
+Per step the guard decides on the host, from shapes alone, what each tensor leaves idle: nothing
+(most tensors, for the large subnets: they cost nothing), everything (size 0), or the slice after
+the used prefix along the one dimension that sizes it. Only that slice of the weight and of its
+moments is copied and put back: no mask is built and nothing waits for the device (the guard used
+to build a mask per tensor every step and read ``bool(mask.all())``, a synchronisation each).
 """
 
 from __future__ import annotations
@@ -53,6 +59,27 @@ def active_masks(model: PeftViT, sizes: dict[int, int] | None = None) -> dict[st
     return masks
 
 
+def idle_regions(model: PeftViT, sizes: dict[int, int] | None = None):
+    """``(parameter, index)`` for every PEFT parameter that ``sizes`` (default: the active sizes)
+    leaves partly or wholly idle; ``parameter[index]`` is a view of exactly its idle entries."""
+    for layer in model.named_layers.values():
+        size = layer.size if sizes is None else sizes.get(id(layer), 0)
+        for pname, p in layer.peft_named_parameters():
+            block = tuple(layer.active_shape(pname, size))
+            short = [i for i, (s, d) in enumerate(zip(block, p.shape)) if s < d]
+            if not short:
+                continue  # wholly used
+            if 0 in block:
+                yield p, (...,)  # wholly idle
+                continue
+            # A layer's size sets one dimension of each parameter (PeftLayer.active_shape), so the
+            # idle entries of a used prefix are the slice after it along that dimension.
+            if len(short) != 1:
+                raise ValueError(f"{pname}: used block {block} of {tuple(p.shape)} is cut along several dimensions")
+            i = short[0]
+            yield p, (slice(None),) * i + (slice(block[i], None),)
+
+
 class InactiveGuard:
     """Register on an optimizer: ``InactiveGuard(model, optimizer)``; ``remove()`` undoes it.
 
@@ -64,7 +91,7 @@ class InactiveGuard:
         self.model = model
         self.optimizer = optimizer
         self._used: dict[int, int] | None = None  # per layer id, the largest size of this step
-        self._saved: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]] = []
+        self._saved: list[tuple[torch.nn.Parameter, tuple, torch.Tensor, dict[str, torch.Tensor] | None]] = []
         self._handles = [
             model.register_forward_pre_hook(self._record),
             optimizer.register_step_pre_hook(self._before),
@@ -89,29 +116,27 @@ class InactiveGuard:
         return active_masks(self.model, self._used)
 
     def _before(self, optimizer, args, kwargs) -> None:
-        params = dict(self.model.peft_named_parameters())
         self._saved = []
-        for name, mask in self.used_masks().items():
-            if bool(mask.all()):
-                continue
-            p = params[name]
+        for p, idle in idle_regions(self.model, self._used):
             state = optimizer.state.get(p)
             # The moments AdamW keeps per entry (any tensor shaped like the parameter); None: not
             # created yet, so the idle entries must come out of the step at their initial zero.
-            moments = None if not state else {k: v.detach().clone() for k, v in state.items()
+            moments = None if not state else {k: v.detach()[idle].clone() for k, v in state.items()
                                               if torch.is_tensor(v) and v.shape == p.shape}
-            self._saved.append((p, mask, p.detach().clone(), moments))
+            self._saved.append((p, idle, p.detach()[idle].clone(), moments))
 
     @torch.no_grad()
     def _after(self, optimizer, args, kwargs) -> None:
-        for p, mask, saved, moments in self._saved:
-            p.copy_(torch.where(mask, p, saved))
+        for p, idle, saved, moments in self._saved:
+            p[idle] = saved
             state = optimizer.state.get(p, {})
             for key, value in state.items():
                 if not (torch.is_tensor(value) and value.shape == p.shape):
                     continue
-                before = moments[key] if moments is not None and key in moments else torch.zeros_like(value)
-                value.copy_(torch.where(mask, value, before))
+                if moments is not None and key in moments:
+                    value[idle] = moments[key]
+                else:
+                    value[idle] = 0
         self._saved = []
         self._used = None
 

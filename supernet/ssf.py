@@ -24,4 +24,7 @@ class SSF(PeftLayer):
         y = self.module(x, *args, **kwargs)
         if self.size == 0:
             return y
-        return y * self.ssf_scale + self.ssf_shift
+        # In the activation's dtype: under bf16 autocast the fp32 scale and shift would otherwise
+        # promote y (fc1's 3072-wide output on ViT-B) to fp32 for the rest of the block. In fp32
+        # the casts are no-ops and the result is bit-for-bit the plain expression.
+        return y * self.ssf_scale.to(y.dtype) + self.ssf_shift.to(y.dtype)

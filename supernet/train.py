@@ -136,9 +136,10 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     # Each step updates the union of the subnets it ran (all of a sandwich's, not just the last
     # one set) and leaves every other entry, and its AdamW moments, exactly as they were.
     InactiveGuard(model, optimizer)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size,
+                          device=device)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, rank=world.rank,
-                              world_size=world.world_size)
+                              world_size=world.world_size, device=device)
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
     criterion = Criterion(cfg, num_classes)

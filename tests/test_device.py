@@ -95,7 +95,9 @@ def test_retrain_init_supernet_builds_the_subnet_on_the_run_device(tmp_path: Pat
     run = load_run_config(path)
     trained = PeftViT(tiny_vit("plain"), space())
     perturb(trained)
-    save_supernet(tmp_path / "supernet.safetensors", trained, {"backbone": "vit_tiny_patch16_224"})
+    meta = {"backbone": "vit_tiny_patch16_224", "model": run.section("model"), "num_classes": 5,
+            "data_config": {"input_size": [3, 32, 32]}}
+    save_supernet(tmp_path / "supernet.safetensors", trained, meta)
     subnet = MIXES["all"][0]
     model = build_subnet_model(run, subnet, 5, META, tmp_path, "supernet", tmp_path / "supernet.safetensors")
     assert model.subnet == subnet and model.capacity == subnet

@@ -45,9 +45,16 @@ def pick_device(name: str = "auto") -> torch.device:
     check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UniTuneError(f"device {name!r}: CUDA is not available on this machine")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        # Checked here, not at the first .to(device): CUDA's own error comes from deep in a stage.
+        if not torch.cuda.is_available():
+            raise UniTuneError(f"device {name!r}: CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UniTuneError(f"device {name!r}: this machine has {count} CUDA device"
+                               f"{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 @dataclass(frozen=True)
@@ -72,9 +79,17 @@ def init_distributed(device: torch.device) -> Dist:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        # Each rank on its own GPU before NCCL starts: otherwise every rank's CUDA context and
+        # NCCL communicator land on cuda:0 (and ``device`` "cuda" means the current device).
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,6 +103,19 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """fp32 matmuls and convolutions on CUDA, TF32 off (cuDNN allows TF32 convolutions by
+    default): scores must not depend on how the weights were grouped, and a merged export
+    folds global SSF into the patch-embedding convolution. No effect on the CPU."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -223,7 +251,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_clas
     loss_sum, n = 0.0, 0
     for images, labels in batches:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, True) if amp else full_fp32():
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         pred = logits.argmax(-1)
@@ -249,8 +277,10 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    # Only the current device's generator (the one this process draws from): the _all variant
+    # would open a CUDA context on every visible GPU, in every rank.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -260,7 +290,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        # Checkpoints written before one state per process held a list, one state per GPU.
+        torch.cuda.set_rng_state(cuda[torch.cuda.current_device()] if isinstance(cuda, (list, tuple)) else cuda)
 
 
 def _python_rng_to_plain(state: tuple) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def _seed_all(seed: int) -> None:
 
 def build_loader(dataset: Dataset, cfg: DataConfig, train: bool, seed: int, *, epoch: int = 0,
                  start_batch: int = 0, rank: int = 0, world_size: int = 1,
-                 batch_size: int | None = None) -> DataLoader:
+                 batch_size: int | None = None, device: torch.device | str | None = None) -> DataLoader:
     """A DataLoader over this rank's shard of ``dataset``.
 
     ``train``: shuffled per epoch from ``(seed, epoch)``, per-image augmentation seeds, padded for
@@ -149,6 +149,8 @@ def build_loader(dataset: Dataset, cfg: DataConfig, train: bool, seed: int, *, e
     order, not padded, global batch ``cfg.eval_batch``. ``batch_size`` overrides the global batch.
     Move to another epoch (or resume mid-epoch) with ``loader.sampler.set_epoch(epoch, start_batch)``;
     ``loader.sampler.num_batches`` is the full epoch's step count (for schedules).
+    ``device``: where the batches go; pinned host memory only for CUDA (a CPU run on a machine
+    with a GPU would only pay for the pinning, and open a CUDA context for it).
     """
     global_batch = batch_size or (cfg.batch_size if train else cfg.eval_batch)
     if global_batch % world_size:
@@ -165,7 +167,7 @@ def build_loader(dataset: Dataset, cfg: DataConfig, train: bool, seed: int, *, e
         batch_size=per_rank,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=device is not None and torch.device(device).type == "cuda",
         drop_last=False,
         persistent_workers=workers > 0,
         # Only worker start-up seeds depend on it; every image is transformed under its own seed.
