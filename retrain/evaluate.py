@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from unitune.data import DataConfig, build_dataset, build_loader, build_transform, load_image
+from unitune.checks import check_input_file, check_output_dir
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path, write_json_atomic
 from unitune.train import evaluate, pick_device
@@ -36,9 +37,10 @@ def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, s
                     out: str | os.PathLike | None = None, device: str = "auto") -> dict[str, Any]:
     """Accuracy, per-class accuracy and the confusion matrix (CSV and PNG in ``out``)."""
     folder = Path(folder)
+    dev = pick_device(device)
+    out = check_output_dir(Path(out) if out else folder.parent / f"eval_{split}")
     model, manifest = load_export(folder)
     data = export_data_config(manifest, data, folder)
-    dev = pick_device(device)
     dataset = build_dataset(data, split, build_transform(manifest["data_config"], train=False, cfg=data))
     if dataset.num_classes != manifest["num_classes"]:
         raise UniTuneError(f"{folder}: the model has {manifest['num_classes']} classes, the {split} data "
@@ -50,7 +52,6 @@ def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, s
     summary = {"split": split, "accuracy": result["accuracy"], "images": result["n"],
                "per_class_accuracy": dict(zip(names, per_class)),
                "recorded_test_accuracy": (manifest.get("provenance") or {}).get("test_accuracy")}
-    out = Path(out) if out else folder.parent / f"eval_{split}"
     write_json_atomic(out / "metrics.json", summary)
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -90,12 +91,14 @@ def predict(folder: str | os.PathLike, images: Sequence[str | os.PathLike], top_
     """Top-k labels and probabilities for each image file."""
     if top_k < 1:
         raise UniTuneError(f"--top-k: expected a positive integer, got {top_k}")
+    dev = pick_device(device)
+    for p in images:  # a missing file or a FIFO fails before the export is read
+        check_input_file(p, "image")
     model, manifest = load_export(folder)
     data = export_data_config(manifest, None, folder) if (manifest.get("provenance") or {}).get("data") else \
         DataConfig(source="synthetic")  # only resize mode matters here; synthetic needs no files
     transform = build_transform(manifest["data_config"], train=False, cfg=data)
     pixels = [transform(load_image(p)) for p in images]  # every file decoded before any work
-    dev = pick_device(device)
     model.to(dev)
     probs = torch.softmax(model(torch.stack(pixels).to(dev)).float(), dim=-1).cpu()
     names = manifest.get("class_names") or [str(i) for i in range(manifest["num_classes"])]

@@ -39,6 +39,7 @@ import timm
 import torch
 from torch import nn
 
+from unitune.data.transforms import check_data_config
 from unitune.errors import UniTuneError
 from unitune.io import read_json, remove_stale_temps, stale_temps, temp_prefix
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
@@ -255,6 +256,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise UniTuneError(f"{path}: file missing; an export folder holds {MANIFEST_FILE} and {WEIGHTS_FILE}")
+    _refuse_escaping_link(folder, path)
     manifest = read_json(path)
     if not isinstance(manifest, dict):
         raise UniTuneError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
@@ -275,7 +277,17 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     names = manifest["class_names"]
     if names is not None and len(names) != manifest["num_classes"]:
         raise UniTuneError(f"{path}: {len(names)} class_names for num_classes = {manifest['num_classes']}")
+    check_data_config(manifest["data_config"], f"{path}: data_config")
     return manifest
+
+
+def _refuse_escaping_link(folder: Path, path: Path) -> None:
+    """An export is one self-contained folder: a file that is a symlink to somewhere outside it
+    (``model.safetensors -> /etc/...`` or another user's file) is refused, not followed."""
+    real, root = path.resolve(), folder.resolve()
+    if real != root and root not in real.parents:
+        raise UniTuneError(f"{path}: a symlink to {real}, outside the export folder; an export's files must "
+                           f"lie in its folder")
 
 
 def _parse_structure(manifest: Mapping[str, Any], path: Path) -> tuple[Subnet, SearchSpace, Subnet]:
@@ -335,6 +347,7 @@ def load_export(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise UniTuneError(f"{weights}: file missing; an export folder holds {MANIFEST_FILE} and {WEIGHTS_FILE}")
+    _refuse_escaping_link(folder, weights)
     data = weights.read_bytes()  # hash and parse the same bytes: nothing can change in between
     want, got = manifest["weights"]["sha256"], hashlib.sha256(data).hexdigest()
     if got != want:

@@ -13,6 +13,7 @@ from typing import Any
 
 from optuna.storages import BaseStorage
 
+from unitune.checks import check_port, is_loopback
 from unitune.errors import UniTuneError
 
 from .storage import open_storage
@@ -30,15 +31,71 @@ def dashboard_storage(spec: str | os.PathLike | BaseStorage) -> BaseStorage:
     return open_storage(spec, create=False)
 
 
-def dashboard_app(spec: str | os.PathLike | BaseStorage) -> Any:
-    """optuna-dashboard's WSGI application for the storage ``spec``."""
+# Host header names a browser uses for a server on this machine. A page on evil.example whose
+# name is re-pointed at 127.0.0.1 (DNS rebinding) sends "Host: evil.example": refused.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+class LoopbackHostOnly:
+    """WSGI middleware: 403 for a request whose Host header is not a loopback name.
+
+    optuna-dashboard's API has no authentication and no Host check, so while it listens on
+    127.0.0.1 any web page the user visits could, through DNS rebinding, create and delete
+    studies. Checking the Host header is the standard defence (as Jupyter and Django do).
+    """
+
+    def __init__(self, app: Any, allowed: tuple[str, ...] = LOOPBACK_HOSTS):
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    @staticmethod
+    def host_name(header: str) -> str:
+        """``"[::1]:8080"`` -> ``"::1"``, ``"localhost:8080"`` -> ``"localhost"``."""
+        header = header.strip().lower()
+        if header.startswith("["):
+            return header[1:].partition("]")[0]
+        return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        if self.host_name(environ.get("HTTP_HOST", "")) not in self.allowed:
+            body = b"403 Forbidden: unitune dashboard answers only requests to localhost / 127.0.0.1\n"
+            start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+        return self.app(environ, start_response)
+
+
+def check_dashboard_address(host: str, port: int, allow_remote: bool) -> None:
+    """Before the storage is opened: a valid port, and a non-loopback host only when asked for."""
+    check_port(port)
+    if not is_loopback(host) and not allow_remote:
+        raise UniTuneError(f"--host {host}: not a loopback address; optuna-dashboard's API has no "
+                           f"authentication and anyone who reaches it can delete studies. Pass --allow-remote "
+                           f"to serve it anyway (on a trusted network only)")
+
+
+def dashboard_app(spec: str | os.PathLike | BaseStorage, host: str = "127.0.0.1") -> Any:
+    """optuna-dashboard's WSGI application for the storage ``spec``; on a loopback ``host``
+    wrapped in :class:`LoopbackHostOnly`."""
     import optuna_dashboard
 
-    return optuna_dashboard.wsgi(dashboard_storage(spec))
+    app = optuna_dashboard.wsgi(dashboard_storage(spec))
+    return LoopbackHostOnly(app) if is_loopback(host) else app
 
 
-def serve_dashboard(spec: str | os.PathLike | BaseStorage, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve the dashboard until interrupted (wsgiref, as ``optuna-dashboard`` does)."""
-    import optuna_dashboard
+def serve_wsgi(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` until interrupted (wsgiref, as ``optuna-dashboard`` itself does)."""
+    from wsgiref.simple_server import make_server
 
-    optuna_dashboard.run_server(dashboard_storage(spec), host=host, port=port)
+    try:
+        server = make_server(host, port, app)
+    except OSError as e:  # port in use, host not on this machine, a privileged port
+        raise UniTuneError(f"dashboard: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    with server:
+        server.serve_forever()
+
+
+def serve_dashboard(spec: str | os.PathLike | BaseStorage, host: str = "127.0.0.1", port: int = 8080,
+                    allow_remote: bool = False) -> None:
+    """Serve the dashboard until interrupted."""
+    check_dashboard_address(host, port, allow_remote)
+    serve_wsgi(dashboard_app(spec, host), host, port)

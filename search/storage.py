@@ -51,6 +51,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from unitune.checks import check_input_file
 from unitune.errors import UniTuneError
 
 _logger = logging.getLogger("unitune.search")
@@ -117,8 +118,12 @@ def open_storage(
     if isinstance(spec, BaseStorage):
         return spec
     info = resolve_storage(spec)
-    if not create and info.path is not None and not info.path.is_file():
-        raise UniTuneError(f"storage: {info.url!r}: no such file {str(info.path)!r}")
+    if not create and info.path is not None:
+        if not info.path.exists():
+            raise UniTuneError(f"storage: {info.url!r}: no such file {str(info.path)!r}")
+        # A 0-byte file would be turned into a fresh Optuna database (a write despite the error)
+        # and a FIFO would block the open forever: refuse both from their stat.
+        check_input_file(info.path, "study storage (an SQLite or journal file)", nonempty=True)
     if info.kind == "memory":
         return optuna.storages.InMemoryStorage()
     try:

@@ -18,6 +18,7 @@ The size lists are ordered, so a search can encode a choice as an index into the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -27,6 +28,9 @@ METHODS = ("lora", "adapter", "vpt", "ssf")
 SIZE_KEYS = METHODS + ("ssf_global",)
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
 ADAPTER_STYLES = ("sequential", "parallel")
+# A cap on every size: a rank, bottleneck or prompt count above it cannot fit any ViT's width or
+# memory, and 1e12 would otherwise reach torch.empty.
+MAX_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class SearchSpace:
             for s in sizes:
                 if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                     raise UniTuneError(f"{where}: sizes must be non-negative integers, got {s!r}")
+                if s > MAX_SIZE:
+                    raise UniTuneError(f"{where}: size {s} is above {MAX_SIZE} (wider than a ViT; a typo?)")
             if list(sizes) != sorted(set(sizes)):
                 raise UniTuneError(f"{where}: sizes must be strictly increasing, got {list(sizes)}")
             if key in ("ssf", "ssf_global") and not set(sizes) <= {0, 1}:
@@ -72,8 +78,8 @@ class SearchSpace:
             )
         for key in ("lora_scale", "adapter_scale"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UniTuneError(f"{self.source}.{key}: expected a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UniTuneError(f"{self.source}.{key}: expected a finite number, got {value!r}")
             object.__setattr__(self, key, float(value))
 
     @classmethod

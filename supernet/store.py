@@ -20,6 +20,8 @@ from unitune.io import atomic_path
 from .model import PeftViT
 
 FORMAT = "unitune-supernet/1"
+# What the readers of the metadata index into: a file edited by hand is named, not a KeyError.
+META_TYPES = {"backbone": str, "space": dict, "num_classes": int, "data_config": dict, "model": dict}
 
 
 def save_supernet(path: str | os.PathLike, model: PeftViT, meta: dict[str, Any]) -> Path:
@@ -44,7 +46,18 @@ def read_supernet(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
         raise UniTuneError(f"{path}: not a readable supernet file ({type(e).__name__}: {e})") from None
     if raw.get("format") != FORMAT:
         raise UniTuneError(f"{path}: not a unitune supernet file (format {raw.get('format')!r}, expected {FORMAT!r})")
-    meta = {k: (v if k == "format" else json.loads(v)) for k, v in raw.items()}
+    meta = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = value if key == "format" else json.loads(value)
+        except json.JSONDecodeError as e:
+            raise UniTuneError(f"{path}: metadata {key!r} is not JSON ({e.msg}); not a file unitune wrote") from None
+    for key, kind in META_TYPES.items():
+        if key not in meta:
+            raise UniTuneError(f"{path}: metadata {key!r} missing; not a file unitune wrote")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise UniTuneError(f"{path}: metadata {key!r} has the wrong type ({type(meta[key]).__name__}, "
+                               f"expected {kind.__name__}); not a file unitune wrote")
     return tensors, meta
 
 

@@ -13,7 +13,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .checks import check_output_dir, check_output_file
 from .errors import UniTuneError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with its errors as one-line UniTuneErrors (exit 2) instead of a usage block."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("unitune").strip()
+        raise UniTuneError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -68,7 +77,9 @@ def _load_run(args: argparse.Namespace):
 
 
 def _out_dir(args: argparse.Namespace, run) -> Path:
-    return Path(args.out) if args.out else Path("runs") / run.name
+    """The run folder, checked before any work: a file there, or no right to write, fails now
+    rather than after the first epoch."""
+    return check_output_dir(Path(args.out) if args.out else Path("runs") / run.name)
 
 
 def _supernet(args: argparse.Namespace) -> int:
@@ -107,18 +118,22 @@ def _search(args: argparse.Namespace) -> int:
 def _export_subnet(args: argparse.Namespace) -> int:
     from unitune.search import export_subnets
 
+    check_output_file(args.out)
     path = export_subnets(args.storage, args.study, args.out, top_k=args.top, pareto=args.pareto)
     print(f"export-subnet: {path}")
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from unitune.search import serve_dashboard
-    from unitune.search.dashboard import dashboard_storage
+    from unitune.search.dashboard import check_dashboard_address, dashboard_app, serve_wsgi
 
-    storage = dashboard_storage(args.target)  # a run folder, a file or a URL; opened before the banner
+    check_dashboard_address(args.host, args.port, args.allow_remote)
+    app = dashboard_app(args.target, args.host)  # a run folder, a file or a URL; opened before the banner
+    if args.allow_remote:
+        print(f"unitune: warning: serving on {args.host}: optuna-dashboard's API has no authentication; "
+              f"anyone who reaches this port can change and delete studies", file=sys.stderr)
     print(f"dashboard: http://{args.host}:{args.port} (Ctrl-C to stop)")
-    serve_dashboard(storage, host=args.host, port=args.port)
+    serve_wsgi(app, args.host, args.port)
     return 0
 
 
@@ -177,7 +192,7 @@ def _default_classes(name: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="unitune",
         description="Search a per-layer mix of Adapter, LoRA, VPT and SSF for a timm ViT under a parameter budget.",
     )
@@ -255,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on a run folder's study or a storage URL")
     p.add_argument("target", help="run folder (uses DIR/study.db) or storage URL")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host: the dashboard API is unauthenticated and can delete studies")
     p.set_defaults(func=_dashboard)
     return parser
 
@@ -270,14 +287,21 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may stand before, between or after options (`... a=1 --resume b=2`): argparse
-    # leaves the ones after an option unparsed, so collect them here.
-    args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Overrides may stand before, between or after options (`... a=1 --resume b=2`): argparse
+        # leaves the ones after an option unparsed, so collect them here.
+        args, extra = parser.parse_known_args(argv)
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
+    except UniTuneError as e:
+        if "--debug" in argv:
+            raise
+        print(f"unitune: error: {e}", file=sys.stderr)
+        return UniTuneError.exit_code
     try:
         return int(args.func(args) or 0)
     except UniTuneError as e:

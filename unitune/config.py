@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from .checks import check_device, check_number, check_seed
 from .errors import UniTuneError
 from .io import read_yaml, safe_load
 
@@ -93,16 +94,33 @@ def from_mapping(cls: type, data: Any, where: str):
             raise UniTuneError(f"{where}.{key}: unknown key, expected one of {sorted(names)}")
     values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**values)
+    check_ranges(obj, where)
     check = getattr(obj, "validate", None)
     if check is not None:
         check(where)
     return obj
 
 
-def _positive(where: str, **values: float) -> None:
-    for key, value in values.items():
-        if value is not None and value <= 0:
-            raise UniTuneError(f"{where}.{key}: expected a positive number, got {value}")
+def num(default: Any, **bounds: float) -> Any:
+    """A numeric field with its range beside it: ``lr: float = num(1e-3, gt=0)``. Every float
+    must also be finite (a NaN learning rate would only die inside AdamW)."""
+    return field(default=default, metadata={"range": bounds})
+
+
+def seed_field(default: int = 0) -> Any:
+    return field(default=default, metadata={"seed": True})
+
+
+def check_ranges(obj: Any, where: str) -> None:
+    """The one place numeric config fields are range-checked: each field's ``num``/``seed_field`` metadata."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.metadata.get("seed"):
+            check_seed(value, f"{where}.{f.name}")
+        elif "range" in f.metadata:
+            check_number(value, f"{where}.{f.name}", **f.metadata["range"])
+        elif isinstance(value, float):
+            check_number(value, f"{where}.{f.name}")
 
 
 @dataclass(frozen=True)
@@ -121,25 +139,22 @@ class ModelConfig:
 class TrainConfig:
     """An optimisation recipe (supernet or retrain stage)."""
 
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 0
-    min_lr: float = 1e-6
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    grad_clip: float | None = None
+    epochs: int = num(10, ge=1)
+    lr: float = num(1e-3, gt=0)
+    weight_decay: float = num(1e-4, ge=0)  # a negative decay grows the weights
+    warmup_epochs: int = num(0, ge=0)
+    min_lr: float = num(1e-6, ge=0)
+    label_smoothing: float = num(0.0, ge=0, lt=1)
+    mixup: float = num(0.0, ge=0)  # alpha of mixup's Beta(alpha, alpha); 0 = off
+    cutmix: float = num(0.0, ge=0)
+    grad_clip: float | None = num(None, gt=0)  # a negative max-norm would flip gradient signs
     amp: bool = True  # mixed precision, on CUDA only
-    seed: int = 0
-    log_every: int = 0  # steps between progress-bar postfix updates; 0 = every step
+    seed: int = seed_field()
+    log_every: int = num(0, ge=0)  # steps between progress-bar postfix updates; 0 = every step
 
     def validate(self, where: str) -> None:
-        _positive(where, epochs=self.epochs, lr=self.lr)
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+        if self.warmup_epochs > self.epochs:
             raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({self.epochs}), got {self.warmup_epochs}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UniTuneError(f"{where}.label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
 
 
 def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -178,8 +193,8 @@ class SupernetConfig(TrainConfig):
 
     sampler: str = "uniform"  # uniform (NOAH) | sandwich | budget
     budget: str | int | None = None  # for the 'budget' sampler; defaults to search.budget
-    num_random: int = 1  # random subnets per sandwich step
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: at epoch ends only)
+    num_random: int = num(1, ge=0)  # random subnets per sandwich step
+    checkpoint_every: int = num(0, ge=0)  # steps between mid-epoch checkpoints (0: at epoch ends only)
 
     def validate(self, where: str) -> None:
         super().validate(where)
@@ -190,12 +205,12 @@ class SupernetConfig(TrainConfig):
 @dataclass(frozen=True)
 class SearchConfig:
     budget: str | int | None = None  # 400000, "0.4M", "0.5%" (of the backbone)
-    trials: int = 100
+    trials: int = num(100, ge=1)
     sampler: str = "tpe"
     storage: str | None = None  # default: sqlite:///<out>/study.db
     study: str | None = None  # default: the config's name
     objectives: str = "acc"  # acc | acc,params
-    seed: int = 0  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
+    seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
 
 
 @dataclass(frozen=True)
@@ -260,9 +275,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     name = raw.get("name") or Path(path).stem
     if not isinstance(name, str):
         raise UniTuneError(f"{src}: name: expected a string, got {name!r}")
-    device = raw.get("device", "auto")
-    if not isinstance(device, str):
-        raise UniTuneError(f"{src}: device: expected a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    device = check_device(raw.get("device", "auto"), f"{src}: device")
     space = raw.get("space") or {}
     SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
     pretrain = pretrain_data = None

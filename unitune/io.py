@@ -123,11 +123,60 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 class SafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading numbers like ``1e-3`` as floats.
+    """PyYAML's safe loader, reading numbers like ``1e-3`` as floats, refusing duplicate keys
+    and alias bombs.
 
     PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-3``): ``lr: 1e-3``, the way every
     recipe writes it, would load as the *string* '1e-3'. This adds YAML 1.2's float syntax.
+
+    A mapping that repeats a key (or a config that repeats a section) keeps the last one silently
+    in PyYAML; here it is an error naming the key and both lines. Aliases are expanded lazily by
+    PyYAML into shared objects, so a "billion laughs" file loads in microseconds and explodes in
+    whatever walks it next (a deepcopy, ``json.dumps``, timm's kwargs): the composed document may
+    reference at most :data:`MAX_YAML_NODES` nodes, counted with every alias expanded.
     """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+    def compose_document(self):
+        node = super().compose_document()
+        _count_nodes(node)
+        return node
+
+
+MAX_YAML_NODES = 100_000  # a large config or subnet list holds a few thousand
+
+
+def _count_nodes(root: Any) -> None:
+    """Count the nodes of ``root`` as if every alias were expanded; stop at the limit."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"more than {MAX_YAML_NODES:,} values once aliases are expanded (an alias bomb?)",
+                root.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack += (k, v)
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
 
 
 SafeLoader.add_implicit_resolver(
@@ -148,13 +197,15 @@ def safe_load(text: Any) -> Any:
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
-    """Load a YAML file with the safe loader; a missing or malformed file is a user error."""
-    path = Path(path)
-    if not path.is_file():
-        raise UniTuneError(f"{path}: file not found")
+    """Load a YAML file with the safe loader; a missing, binary or malformed file is a user error."""
+    from .checks import check_input_file
+
+    path = check_input_file(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return safe_load(f)
+    except UnicodeDecodeError as e:
+        raise UniTuneError(f"{path}: not a UTF-8 text file (byte {e.start}); expected YAML") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -163,10 +214,12 @@ def read_yaml(path: str | os.PathLike) -> Any:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise UniTuneError(f"{path}: file not found")
+    from .checks import check_input_file
+
+    path = check_input_file(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UniTuneError(f"{path}: not a UTF-8 text file (byte {e.start}); expected JSON") from None
     except json.JSONDecodeError as e:
         raise UniTuneError(f"{path}: invalid JSON (line {e.lineno}): {e.msg}") from None

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 from safetensors.torch import save_file
 
+from .backbone import create_backbone
+from .checks import check_safetensors_file
 from .config import RunConfig
 from .data import build_dataset, build_loader, build_transform, resolve_data_config
 from .errors import UniTuneError
@@ -30,9 +31,10 @@ def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
     if run.pretrain is None:
         return run.model.weights
     path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise UniTuneError(f"{path}: missing; this config pretrains its backbone: run `unitune pretrain` "
                            f"(or `unitune run`) with it first")
+    check_safetensors_file(path, "pretrained backbone")
     return str(path)
 
 
@@ -47,7 +49,8 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
     m = run.model
     train_set = build_dataset(data, "train", None)
     val_set = build_dataset(data, "val", None)
-    model = timm.create_model(m.backbone, pretrained=m.pretrained, num_classes=train_set.num_classes, **m.kwargs)
+    # create_backbone checks the name, the kwargs and the ViT structure, as every other stage does
+    model = create_backbone(m.backbone, train_set.num_classes, pretrained=m.pretrained, kwargs=m.kwargs)
     model.to(device)
     data_config = resolve_data_config(model)
     train_set.transform = build_transform(data_config, train=True, cfg=data)

@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -39,6 +40,9 @@ from .io import atomic_path
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    from .checks import check_device
+
+    check_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -306,7 +310,9 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     if not state_path.exists():
         return None
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a foreign pickle protocol before failing on it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a deep torch traceback
         raise UniTuneError(f"{state_path}: damaged checkpoint ({type(e).__name__}); delete it to start over") from None
     # The state's weights are weights.safetensors, or weights.prev.safetensors when the process

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from unitune.checks import check_seed
 from unitune.errors import UniTuneError
 
 SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic")
@@ -112,6 +113,7 @@ class DataConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UniTuneError(f"{w}.{key}: expected an integer >= {low}, got {value!r}")
+        check_seed(self.seed, f"{w}.seed")
         if not isinstance(self.check_images, bool):
             raise UniTuneError(f"{w}.check_images: expected true or false, got {self.check_images!r}")
         if self.resize not in RESIZE_MODES:

@@ -8,6 +8,7 @@ every stage applies one and the same preprocessing to whatever source it reads.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import to_tensor
 
+from unitune.checks import check_input_file
 from unitune.errors import UniTuneError
 
 
@@ -37,15 +39,22 @@ class DataError(UniTuneError):
 
 # Everything PIL raises on a file it cannot decode: unknown format (UnidentifiedImageError is an
 # OSError), truncated data (OSError), a corrupt PNG chunk (SyntaxError), absurd sizes.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# A DecompressionBombWarning (between 1x and 2x PIL's pixel limit) is raised as an error too: a
+# warning printed before the error line (or before a run that then needs gigabytes) is no better.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode ``path`` into an RGB image (grayscale, palette and CMYK are converted), or a one-line error."""
+    """Decode ``path`` into an RGB image (grayscale, palette and CMYK are converted), or a one-line error.
+
+    The file's kind is checked from its ``stat`` first: opening a FIFO named ``x.png`` blocks forever."""
+    check_input_file(path, "image", error=DataError)
     try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")  # convert() decodes the whole file while it is open
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                return img.convert("RGB")  # convert() decodes the whole file while it is open
     except FileNotFoundError:
         raise DataError(f"{path}: image not found") from None
     except _DECODE_ERRORS as e:

@@ -23,17 +23,23 @@ is too slow for big sets, so a corrupt file is reported when it is loaded (or up
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
+from unitune.checks import check_input_file
 from unitune.errors import UniTuneError
 
 from .config import SPLITS, DataConfig
 from .datasets import DataError, FileDataset, ImageDataset
 from .generated import digits_dataset, synthetic_dataset
+
+# Class counts beyond this are a label typo, not a data set (ImageNet-21k has 21,843): without a
+# classes.txt the count is inferred as 1 + the largest label, and 10**12 would size a head by it.
+MAX_CLASSES = 100_000
 
 VTAB_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
 FEWSHOT_KEYS = {"train": "train_list", "val": "val_list", "trainval": "trainval_list", "test": "test_list"}
@@ -65,6 +71,9 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
         ds = fixed_subset(ds, cfg.val_subset, cfg.seed)
     if len(ds) == 0:
         raise DataError(f"{cfg.where}: the {split} split of {ds.name} is empty")
+    if ds.num_classes < 2:  # one class "scores" 1.0 whatever the model does
+        raise DataError(f"{cfg.where}: {ds.name} has {ds.num_classes} class ({ds.classes}); classification "
+                        f"needs at least 2")
     if cfg.check_images:
         ds.check_images()
     ds.transform = transform
@@ -106,15 +115,57 @@ def imagefolder_dataset(cfg: DataConfig, split: str) -> FileDataset:
             extra = sorted(set(_find_classes(folder)[0]) - set(classes))
             if extra:
                 raise DataError(f"{folder / extra[0]}: class folder not in {train_dir} (classes come from train/)")
-        found = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        found = []
+        for name in classes if part == "train" else sorted(set(_find_classes(folder)[0])):
+            images = _scan_images(folder / name)
+            if part == "train" and not images:  # its head row would be trained on no image at all
+                raise DataError(f"{folder / name}: class folder holds no images ({', '.join(IMG_EXTENSIONS)})")
+            found += [(p, class_to_idx[name]) for p in images]
         if not found:
             raise DataError(f"{folder}: no images (looked for {', '.join(IMG_EXTENSIONS)} in its class folders)")
         samples += found
-    ds = FileDataset(samples, classes, f"{root} [{split}]")
-    for path, _ in ds.samples:  # a dangling symlink is listed by the walk but cannot be opened
-        if not path.exists():
-            raise DataError(f"{path}: image not found")
-    return ds
+    return FileDataset(samples, classes, f"{root} [{split}]")
+
+
+def _scan_images(folder: Path) -> list[str]:
+    """The image files below ``folder`` (symlinks followed), sorted.
+
+    torchvision's ``make_dataset`` walks with ``followlinks=True`` and loops forever on a symlink
+    to an ancestor; here each folder is entered once (by device and inode) and a loop is an error.
+    Entries are judged by ``stat``, never opened: a FIFO named ``x.png`` would block the first
+    ``open`` forever, so it is refused here, as is a dangling symlink.
+    """
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        st = current.stat()
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise DataError(f"{current}: symlink loop (this folder is already scanned as another path)")
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"{current}: cannot list folder ({e.strerror})") from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                mode = os.stat(path).st_mode  # follows symlinks
+            except FileNotFoundError:
+                if path.suffix.lower() in IMG_EXTENSIONS:
+                    raise DataError(f"{path}: image not found (a dangling symlink)") from None
+                continue
+            except OSError as e:  # ELOOP: a symlink to itself
+                raise DataError(f"{path}: cannot read ({e.strerror})") from None
+            if stat.S_ISDIR(mode):
+                stack.append(path)
+            elif path.suffix.lower() in IMG_EXTENSIONS:
+                if not stat.S_ISREG(mode):
+                    raise DataError(f"{path}: not a regular file (a FIFO, socket or device), expected an image")
+                found.append(str(path))
+    return sorted(found)
 
 
 def _find_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
@@ -149,25 +200,29 @@ def fewshot_dataset(cfg: DataConfig, split: str) -> FileDataset:
 
 def read_list(path: Path) -> list[tuple[str, int, int]]:
     """Parse a ``relative/path label`` list: ``(path, label, line number)`` per non-blank line."""
-    if not path.is_file():
-        raise DataError(f"{path}: list file not found")
+    check_input_file(path, "list file", error=DataError)
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(maxsplit=1)  # the path may contain spaces, the label never does
-            if len(parts) != 2:
-                raise DataError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
-            rel, label = parts
-            try:
-                value = int(label)
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: label {label!r} is not an integer") from None
-            if value < 0:
-                raise DataError(f"{path}:{lineno}: label {value} is negative")
-            entries.append((rel, value, lineno))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}); expected 'relative/path label' lines") from None
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(maxsplit=1)  # the path may contain spaces, the label never does
+        if len(parts) != 2:
+            raise DataError(f"{path}:{lineno}: expected 'relative/path label', got {line!r}")
+        rel, label = parts
+        try:
+            value = int(label)
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: label {label!r} is not an integer") from None
+        if value < 0:
+            raise DataError(f"{path}:{lineno}: label {value} is negative")
+        if value >= MAX_CLASSES:
+            raise DataError(f"{path}:{lineno}: label {value} out of range [0, {MAX_CLASSES})")
+        entries.append((rel, value, lineno))
     if not entries:
         raise DataError(f"{path}: no samples (expected one 'relative/path label' per line)")
     return entries
@@ -175,9 +230,13 @@ def read_list(path: Path) -> list[tuple[str, int, int]]:
 
 def read_classes(path: Path) -> list[str] | None:
     """Class names, one per line (the line index is the label), or None when there is no such file."""
-    if not path.is_file():
+    if not path.exists():
         return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    check_input_file(path, "class list", error=DataError)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}); expected one class name a line") from None
     while names and not names[-1]:
         names.pop()
     for i, name in enumerate(names, 1):
@@ -216,7 +275,8 @@ def _list_dataset(cfg: DataConfig, lists: dict[str, Path], base: Path, classes_f
     for rel, label, lineno in parsed[split]:
         path = base / rel
         if not path.is_file():
-            raise DataError(f"{lists[split]}:{lineno}: image {rel!r} not found ({path})")
+            kind = "not a regular file" if path.exists() else "not found"
+            raise DataError(f"{lists[split]}:{lineno}: image {rel!r} {kind} ({path})")
         samples.append((path, label))
     return FileDataset(samples, classes, f"{name} [{split}]")
 

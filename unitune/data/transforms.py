@@ -21,6 +21,7 @@ the same normalisation. Mixup, cutmix and label smoothing act on batches and liv
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import timm.data
@@ -32,6 +33,9 @@ from .config import DataConfig
 
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming", "random")  # timm's names
+CROP_MODES = ("center", "squash", "border")
+MAX_INPUT_SIZE = 8192  # pixels a side; a typo beyond it would allocate a huge resize
 
 
 def resolve_data_config(model: nn.Module) -> dict[str, Any]:
@@ -54,14 +58,24 @@ def _normalise(dc: Mapping[str, Any], cfg: DataConfig | None, where: str) -> dic
     missing = [k for k in DATA_CONFIG_KEYS if k not in dc and k not in ("crop_pct", "crop_mode")]
     if missing:
         raise UniTuneError(f"{where}: missing {', '.join(missing)} (expected keys {list(DATA_CONFIG_KEYS)})")
-    size = tuple(int(v) for v in dc["input_size"])
-    if len(size) != 3 or min(size) < 1:
-        raise UniTuneError(f"{where}.input_size: expected (channels, height, width), got {dc['input_size']!r}")
+    size, mean, std = (_numbers(dc[k], f"{where}.{k}", kind) for k, kind in
+                       (("input_size", int), ("mean", float), ("std", float)))
+    if len(size) != 3 or min(size) < 1 or max(size) > MAX_INPUT_SIZE:
+        raise UniTuneError(f"{where}.input_size: expected (channels, height, width) of sizes in "
+                           f"[1, {MAX_INPUT_SIZE}], got {dc['input_size']!r}")
     if size[0] != 3:
         raise UniTuneError(f"{where}.input_size: the backbone takes {size[0]} channels; images are RGB (3)")
-    mean, std = tuple(float(v) for v in dc["mean"]), tuple(float(v) for v in dc["std"])
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise UniTuneError(f"{where}: expected 3 means and 3 positive stds, got mean={mean} std={std}")
+    if dc["interpolation"] not in INTERPOLATIONS:
+        raise UniTuneError(f"{where}.interpolation: expected one of {list(INTERPOLATIONS)}, "
+                           f"got {dc['interpolation']!r}")
+    crop_pct = dc.get("crop_pct")
+    if crop_pct is not None and (isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float))
+                                 or not 0 < crop_pct <= 1):
+        raise UniTuneError(f"{where}.crop_pct: expected a number in (0, 1], got {crop_pct!r}")
+    if dc.get("crop_mode") not in (None, *CROP_MODES):
+        raise UniTuneError(f"{where}.crop_mode: expected one of {list(CROP_MODES)}, got {dc.get('crop_mode')!r}")
     out = {
         "input_size": size,
         "interpolation": str(dc["interpolation"]),
@@ -73,6 +87,26 @@ def _normalise(dc: Mapping[str, Any], cfg: DataConfig | None, where: str) -> dic
     if cfg is not None and cfg.resize == "squash":
         out.update(crop_pct=1.0, crop_mode="squash")
     return out
+
+
+def _numbers(values: Any, where: str, kind: type) -> tuple:
+    """A list of finite numbers of ``kind`` (JSON gives lists, timm gives tuples), or a one-line error."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise UniTuneError(f"{where}: expected a list of numbers, got {values!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                (kind is int and v != int(v)):
+            raise UniTuneError(f"{where}: expected a list of {'integers' if kind is int else 'numbers'}, "
+                               f"got {values!r}")
+    return tuple(kind(v) for v in values)
+
+
+def check_data_config(dc: Any, where: str) -> dict[str, Any]:
+    """A data config read back from a file (an export's manifest): a one-line error if it would
+    not build a transform."""
+    if not isinstance(dc, Mapping):
+        raise UniTuneError(f"{where}: expected a mapping with keys {list(DATA_CONFIG_KEYS)}, got {dc!r}")
+    return _normalise(dc, None, where)
 
 
 def build_transform(data_config: Mapping[str, Any], train: bool, cfg: DataConfig) -> Callable:
