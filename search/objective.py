@@ -9,7 +9,12 @@ User attributes of every trial (shown by optuna-dashboard):
 - ``val_accuracy`` and ``eval_seconds`` once evaluated;
 - ``repair_steps`` (set by the sampler: how many one-index cuts the repair made), ``source``
   (``seed`` for an enqueued seed subnet) and ``retry_of`` for a re-run of a dead worker's trial;
-- ``fail_reason`` when the trial failed (a non-finite accuracy, an error, the global trial cap).
+- ``sampler_seed`` and ``worker_index``: the seed of the worker's sampler and repair, and its
+  number in the study (:mod:`.seeds`); ``source: single-method`` and ``single_method`` for the
+  single-method seeds;
+- ``fail_reason`` when the trial failed (a non-finite accuracy, an error, the global trial cap,
+  or ``duplicate``: another trial holds the same subnet, so this one was not evaluated, see
+  :mod:`.dedup`).
 
 A non-finite fitness fails only that trial (the objective returns NaN, which Optuna records as
 FAIL without a traceback) and the study goes on.
@@ -26,6 +31,7 @@ from optuna.trial import TrialState
 
 from unitune.supernet import Subnet, count_params
 
+from .dedup import DUPLICATE, duplicate_of
 from .encoding import SubnetEncoding, sizes_summary
 from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
 
@@ -46,8 +52,12 @@ class SubnetObjective:
         budget: int,
         objectives: Sequence[str],
         n_trials: int,
+        seed: int | None = None,
+        worker_index: int | None = None,
     ):
         assert encoding.dims is not None
+        self.seed = seed
+        self.worker_index = worker_index
         self.evaluate = evaluate
         self.encoding = encoding
         self.budget = budget
@@ -77,6 +87,10 @@ class SubnetObjective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self.current = trial.number
         trial.set_user_attr(WORKER_ATTR, self._worker())
+        if self.seed is not None:
+            trial.set_user_attr("sampler_seed", self.seed)
+        if self.worker_index is not None:
+            trial.set_user_attr("worker_index", self.worker_index)
         if self._is_surplus(trial):
             study = trial.study
             frozen = study._storage.get_trial(trial._trial_id)
@@ -85,6 +99,11 @@ class SubnetObjective:
             return self._fail(trial, f"surplus: the study already reached n_trials={self.n_trials}")
 
         params = {name: trial.suggest_int(name, d.low, d.high) for name, d in self.encoding.distributions.items()}
+        # Stored first, then checked: see .dedup for why this order never lets two workers
+        # evaluate one subnet.
+        other = duplicate_of(trial.study, trial.number, self.encoding.names)
+        if other is not None:
+            return self._fail(trial, f"{DUPLICATE}: trial {other} holds the same subnet; not evaluated")
         subnet = self.encoding.decode(params, source=f"trial {trial.number}")
         count = count_params(subnet, self.encoding.dims, self.encoding.space)
         trial.set_user_attr("n_params", count.total)

@@ -15,6 +15,17 @@ that is evaluated, and every stored trial is within budget. Samplers learn from 
 (repaired) params, a Lamarckian scheme: CMA-ES is told the repaired point, TPE/GP/NSGA-II
 model the repaired configurations.
 
+The repair is seeded with ``(seed, trial number, attempt)``, ``seed`` being the worker's
+sampler seed (:mod:`.seeds`), so a trial's repair can be replayed. A repaired subnet that a
+COMPLETE, RUNNING or WAITING trial already holds is not stored: the sampler is asked again
+(:mod:`.dedup` says why asking again rather than reusing the value). TPE, GP and random
+sampling draw a fresh proposal on every call, so they are asked again up to
+``BASE_RETRIES`` times; CMA-ES, NSGA-II and the evolution sampler keep per-trial state
+(a generation, parents) that a second call would overwrite, so for them, and after those
+retries, the next proposals are uniform random indices, repaired (what random search would
+try). After ``MAX_ATTEMPTS`` the last proposal is returned and the objective fails the trial
+as a duplicate (a space nearly exhausted under the budget).
+
 Enqueued trials (seed subnets, retried trials) bypass samplers in Optuna; the search checks
 those against the budget itself. Optuna's soft constraints are not used at all.
 """
@@ -24,6 +35,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import ExperimentalWarning
@@ -33,23 +45,30 @@ from optuna.trial import FrozenTrial, TrialState
 
 from unitune.errors import UniTuneError
 
+from .dedup import held_keys, params_key
 from .encoding import SubnetEncoding
 from .repair import repair_params
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
 SINGLE_OBJECTIVE = ("cmaes", "evolution")
 REPAIR_STEPS_ATTR = "unitune:repair_steps"
+RESAMPLED_ATTR = "unitune:resampled"  # proposals dropped because their subnet was already held
+BASE_RETRIES = 4
+MAX_ATTEMPTS = 64
+# Samplers whose sample_relative / sample_independent keep no per-trial state: safe to ask twice.
+_REASKABLE = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler, optuna.samplers.GPSampler)
 
 
 class RepairSampler(BaseSampler):
     """Wrap ``base`` so every sampled subnet is repaired to fit ``budget`` before it is stored."""
 
-    def __init__(self, base: BaseSampler, encoding: SubnetEncoding, budget: int):
+    def __init__(self, base: BaseSampler, encoding: SubnetEncoding, budget: int, seed: int | None = None):
         if encoding.cost is None:
             raise ValueError("RepairSampler needs an encoding built with backbone dimensions")
         self.base = base
         self.encoding = encoding
         self.budget = budget
+        self.seed = 0 if seed is None else int(seed)
 
     def __str__(self) -> str:
         return f"RepairSampler({self.base})"
@@ -62,6 +81,26 @@ class RepairSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
+        names = self.encoding.names
+        held = held_keys(study, names, exclude=trial.number)
+        reask = isinstance(self.base, _REASKABLE)
+        rng = np.random.default_rng((self.seed, trial.number))
+        steps = 0
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt == 0 or (reask and attempt <= BASE_RETRIES):
+                proposal = self._base_proposal(study, trial, search_space)
+            else:
+                proposal = {name: int(rng.integers(d.low, d.high + 1)) for name, d in self.encoding.distributions.items()}
+            repaired, steps = repair_params(self.encoding, proposal, self.budget, seed=(self.seed, trial.number, attempt))
+            if params_key(repaired, names) not in held:
+                break
+        # A sampler is handed a FrozenTrial, which has no public setter; Optuna's own samplers
+        # record their per-trial state through the storage the same way.
+        study._storage.set_trial_system_attr(trial._trial_id, REPAIR_STEPS_ATTR, steps)
+        study._storage.set_trial_system_attr(trial._trial_id, RESAMPLED_ATTR, attempt)
+        return repaired
+
+    def _base_proposal(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, int]:
         # The base's own joint space (empty for independent TPE, the intersection of past trials
         # for multivariate TPE / CMA-ES / GP / NSGA-II), restricted to ours.
         base_space = {
@@ -74,10 +113,7 @@ class RepairSampler(BaseSampler):
         for name, dist in search_space.items():
             if name not in proposal:
                 proposal[name] = self.base.sample_independent(study, trial, name, dist)
-        proposal = {name: int(value) for name, value in proposal.items()}
-        repaired, steps = repair_params(self.encoding, proposal, self.budget)
-        study._storage.set_trial_system_attr(trial._trial_id, REPAIR_STEPS_ATTR, steps)
-        return repaired
+        return {name: int(value) for name, value in proposal.items()}
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -151,8 +187,9 @@ def make_sampler(
     n_objectives: int = 1,
     **options: Any,
 ) -> RepairSampler:
-    """A :class:`RepairSampler` around the sampler ``name`` (or around a given Optuna sampler)."""
+    """A :class:`RepairSampler` around the sampler ``name`` (or around a given Optuna sampler);
+    ``seed`` seeds both the base sampler and the repair."""
     base = name if isinstance(name, BaseSampler) else make_base_sampler(
         name, encoding, budget, seed=seed, n_objectives=n_objectives, **options
     )
-    return RepairSampler(base, encoding, budget)
+    return RepairSampler(base, encoding, budget, seed=seed)

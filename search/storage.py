@@ -149,7 +149,10 @@ def open_storage(
         if info.kind == "rdb" if heartbeat is None else heartbeat:
             kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                           heartbeat_stale_trial_callback=_HeartbeatRequeue(dict(distributions or {})))
-        return _open_rdb(url, info.kind == "rdb", **kwargs)
+        storage = _open_rdb(url, info.kind == "rdb", **kwargs)
+        if info.kind == "sqlite":
+            _serialize_sqlite_transactions(storage.engine)
+        return storage
     except UniTuneError:
         raise
     except Exception as e:  # sqlalchemy / driver errors: unreachable host, missing driver, bad file
@@ -179,6 +182,32 @@ def _open_rdb(url: str, server: bool, attempts: int = 5, **kwargs: Any) -> optun
                 raise
             time.sleep(0.2 * (attempt + 1) * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+def _serialize_sqlite_transactions(engine: Any) -> None:
+    """Make every transaction on a SQLite storage take the write lock when it begins.
+
+    Python's sqlite3 driver starts a transaction only at the first write, so Optuna's
+    ``SELECT ... FOR UPDATE`` (a no-op on SQLite) followed by an ``UPDATE`` is not atomic: two
+    workers popping the same WAITING trial (an enqueued seed or retry) both read WAITING and both
+    set it RUNNING, and then run one trial twice (seen with four workers starting on a new study
+    that holds the single-method seeds: "Cannot tell a COMPLETE trial"). ``BEGIN IMMEDIATE`` at the
+    start of each transaction (SQLAlchemy's documented recipe for pysqlite) serializes them; the
+    ``timeout`` connect argument makes a worker wait for the lock instead of failing. Optuna's
+    transactions are short, so the cost is small; readers in other processes (optuna-dashboard)
+    are not affected in WAL mode.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_transactions(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we BEGIN ourselves
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the hooks were added are not reused
 
 
 def _init_sqlite_wal(path: Path) -> None:

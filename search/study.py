@@ -42,9 +42,11 @@ from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
 from .budget import check_budget, parse_budget
 from .encoding import SubnetEncoding
+from .dedup import DUPLICATE
 from .objective import SubnetObjective
 from .sampler import make_sampler
-from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock
+from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
+from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock, worker_token
 
 _logger = logging.getLogger("unitune.search")
 
@@ -170,6 +172,21 @@ def _check_or_record_attrs(study: optuna.Study, attrs: Mapping[str, Any], url: s
             study.set_user_attr(key, value)
 
 
+def _register_worker(study: optuna.Study, base_seed: int) -> tuple[int, int]:
+    """Take the next worker number of ``study`` and record it with its sampler seed (user
+    attribute ``worker.NNN``); (number, seed). Run under :func:`storage_lock`: on a file storage
+    no two workers get one number. On a server database, workers on several machines that start
+    in the same instant may share a number (Optuna offers no atomic counter); they then share a
+    seed, and the duplicate checks (:mod:`.dedup`) still keep them from evaluating one subnet twice."""
+    taken = {key for key in study.user_attrs if key.startswith("worker.")}
+    index = 0
+    while f"worker.{index:03d}" in taken:
+        index += 1
+    own = worker_seed(base_seed, index)
+    study.set_user_attr(f"worker.{index:03d}", {"worker": worker_token(), "seed": own, "study_seed": base_seed})
+    return index, own
+
+
 def count_states(study: optuna.Study) -> tuple[int, int]:
     """(COMPLETE, RUNNING) trials of the study, all workers included."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
@@ -231,6 +248,7 @@ def run_search(
     grace_period: int | None = None,
     stale_after: float = 300.0,
     max_retries: int = 3,
+    single_methods: bool = True,
 ) -> SearchResult:
     """Search subnets of ``space`` on a backbone ``dims`` under ``budget`` until the study holds
     ``n_trials`` COMPLETE trials.
@@ -257,8 +275,8 @@ def run_search(
     encoding = SubnetEncoding(space, dims.depth, dims)
     seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=backbone)
     options = dict(sampler_options or {})
-    wrapped = make_sampler(sampler, encoding, budget, seed=seed, n_objectives=len(objectives), **options)
-    attrs = _study_attrs(encoding, budget, objectives, dict(study_attrs or {}))
+    attrs = _study_attrs(encoding, budget, objectives, {**dict(study_attrs or {}),
+                                                        "seed": seed if seed is not None else draw_seed()})
     url = resolve_storage(storage).url if not isinstance(storage, BaseStorage) else type(storage).__name__
 
     # ---- open / join the study (under the file lock: workers starting together on a new
@@ -285,11 +303,15 @@ def run_search(
         n_existing = len(study.get_trials(deepcopy=False))
         for params in seeds:
             study.enqueue_trial(params, user_attrs={"source": "seed"}, skip_if_exists=True)
-    if n_existing and seed is not None and isinstance(sampler, str):
-        wrapped = make_sampler(sampler, encoding, budget, seed=seed + n_existing, n_objectives=len(objectives), **options)
-    study.sampler = wrapped
+        if not n_existing and single_methods:
+            for label, params in single_method_subnets(encoding, budget)[: max(0, n_trials - len(seeds))]:
+                study.enqueue_trial(params, user_attrs={"source": SINGLE_SOURCE, "single_method": label},
+                                    skip_if_exists=True)
+        base_seed = seed if seed is not None else int(study.user_attrs["seed"])
+        index, own_seed = _register_worker(study, base_seed)
+    study.sampler = make_sampler(sampler, encoding, budget, seed=own_seed, n_objectives=len(objectives), **options)
 
-    objective = SubnetObjective(evaluate, encoding, budget, objectives, n_trials)
+    objective = SubnetObjective(evaluate, encoding, budget, objectives, n_trials, seed=own_seed, worker_index=index)
 
     def recover() -> None:
         with storage_lock(storage), warnings.catch_warnings():
@@ -307,7 +329,7 @@ def run_search(
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         reason = trial.user_attrs.get("fail_reason")
-        if trial.state == TrialState.FAIL and reason and not str(reason).startswith("surplus"):
+        if trial.state == TrialState.FAIL and reason and not str(reason).startswith(("surplus", DUPLICATE)):
             _logger.warning("trial %d failed: %s", trial.number, reason)
         recover()
         bar.update(study)

@@ -2,9 +2,11 @@
 run against each storage given, one after the other, so one process start (importing torch)
 serves them all.
 
-    python concurrent_worker.py N_TRIALS SEED READY_DIR N_WORKERS STUDY STORAGE [STORAGE ...]
+    python concurrent_worker.py N_TRIALS WORKER READY_DIR N_WORKERS STUDY STORAGE [STORAGE ...]
 
-The workers wait for each other in READY_DIR first, so that they really run side by side.
+The workers wait for each other in READY_DIR first, so that they really run side by side. All of
+them search with seed 0, as ``unitune search`` workers sharing one config do: each must still
+draw its own sampler seed (issue 14).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ SLEEP = 0.05  # a trial's "evaluation": long enough for the workers' trials to o
 
 
 def main() -> int:
-    n_trials, seed, ready, n_workers, study = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    n_trials, worker, ready, n_workers, study = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     dims = tiny_dims()
-    (ready / str(seed)).touch()
+    (ready / str(worker)).touch()
     while len(list(ready.iterdir())) < n_workers:
         time.sleep(0.02)
 
@@ -37,7 +39,7 @@ def main() -> int:
 
     for storage in sys.argv[6:]:
         run_search(evaluate, SearchSpace(), dims, BUDGET, n_trials, storage=storage, study_name=study, sampler="tpe",
-                   seed=seed, sampler_options=dict(n_startup_trials=4), progress=False)
+                   seed=0, sampler_options=dict(n_startup_trials=4), progress=False)
     return 0
 
 

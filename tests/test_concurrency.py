@@ -72,8 +72,17 @@ def test_four_workers_complete_exactly_the_requested_trials_within_budget(kind, 
     for t in complete:
         subnet = decode_independently(t.params, space, depth=4)
         assert t.user_attrs["n_params"] == n_params(subnet) <= BUDGET
-    # Only empty trials of the race for the last slots failed (no evaluated subnet was thrown away).
+    # Only empty trials of the race for the last slots, and trials that stepped back for another
+    # trial's subnet, failed: no evaluated subnet was thrown away, none was evaluated twice.
     for t in trials:
         if t.state == TrialState.FAIL:
-            assert t.user_attrs["fail_reason"].startswith("surplus") and not t.params
+            reason = t.user_attrs["fail_reason"]
+            assert reason.startswith(("surplus", "duplicate")), reason
+            assert "val_accuracy" not in t.user_attrs
+            if reason.startswith("surplus"):
+                assert not t.params
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == N_TRIALS
     assert {int(t.user_attrs["worker"].split(":")[1]) for t in complete} == set(pids)
+    # Four workers, four worker numbers and four different sampler seeds, recorded on the trials.
+    assert len({(t.user_attrs["worker_index"], t.user_attrs["sampler_seed"]) for t in complete
+                if "worker_index" in t.user_attrs}) == N_WORKERS

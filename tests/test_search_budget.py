@@ -113,20 +113,67 @@ def test_encoding_rejects_bad_input():
 # ---- repair -------------------------------------------------------------------------------------
 
 
-def test_repair_worked_example():
-    space = SearchSpace(adapter=(0,), ssf=(0,), ssf_global=(0,))
+def test_repair_worked_example_scales_every_block_alike():
+    space = SearchSpace(adapter=(0,), vpt=(0,), ssf=(0,), ssf_global=(0,))
     enc = SubnetEncoding(space, 4, tiny_dims())
-    subnet = Subnet((10, 10, 10, 10), (0,) * 4, (10, 0, 0, 0), (0,) * 4)
-    assert n_params(subnet, space) == 4 * 10 * LORA_R + 10 * D == 10880
-    # Budget 9000: no single cut fits, so the largest (a LoRA 10->5, 1280; tie -> lora.00);
-    # then 9600 is 600 over: the smallest cut that fits is lora.00 5->1 (1024), not a 10->5.
-    params, steps = repair_params(enc, enc.encode(subnet), 9000)
-    assert enc.decode(params) == Subnet((1, 10, 10, 10), (0,) * 4, (10, 0, 0, 0), (0,) * 4)
-    assert steps == 2 and enc.n_params(params) == 8576
-    # Budget 10600 (280 over): the VPT 10->5 cut (320) fits and is the smallest that does.
-    fixed = repair_subnet(enc, subnet, 10600)
-    assert fixed == Subnet((10, 10, 10, 10), (0,) * 4, (5, 0, 0, 0), (0,) * 4)
-    assert n_params(fixed, space) == 10560
+    subnet = Subnet.uniform(4, lora=10)
+    assert n_params(subnet, space) == 40 * LORA_R
+    # Budget half the proposal: alpha = 0.5, every block's target is exactly rank 5, whatever the seed.
+    for seed in range(5):
+        assert repair_subnet(enc, subnet, 20 * LORA_R, seed=seed) == Subnet.uniform(4, lora=5)
+
+
+def test_repair_gives_every_block_the_same_chance():
+    """SSF on in all 4 blocks, budget for exactly 2: every seed keeps 2 blocks, and each block is
+    kept about half the time (the former rule always cut blocks 0 and 1: ties to the first index)."""
+    space = SearchSpace(lora=(0,), adapter=(0,), vpt=(0,), ssf_global=(0,))
+    enc = SubnetEncoding(space, 4, tiny_dims())
+    proposal = enc.encode(Subnet.uniform(4, ssf=1))
+    assert enc.n_params(proposal) == 4 * SSF_BLOCK
+    kept = [0] * 4
+    n = 400
+    for seed in range(n):
+        repaired, steps = repair_params(enc, proposal, 2 * SSF_BLOCK, seed=seed)
+        assert steps == 2 and enc.n_params(repaired) == 2 * SSF_BLOCK
+        for b in range(4):
+            kept[b] += repaired[f"ssf.{b:02d}"]
+    # Binomial(400, 0.5) per block: sd 10, so +-60 is six standard deviations.
+    assert all(abs(k - n / 2) <= 60 for k in kept), kept
+
+
+def test_repair_bias_on_vit_b_stays_within_bounds():
+    """Uniform random proposals on ViT-B/16 dimensions at 0.3M (as benchmarks/bench_repair_bias.py):
+    for every method, the share of repaired subnets holding it varies across the 12 blocks by at most
+    0.12, and the share of proposed parameters kept differs across methods by at most 0.15.
+    The former rule: SSF in block 0 in 7% of subnets against 39% in block 11, and LoRA kept 93% of its
+    parameters where SSF kept 42%."""
+    import numpy as np
+
+    from unitune.backbone import create_backbone
+    from unitune.supernet import BackboneDims
+    from unitune.supernet.space import METHODS
+
+    dims = BackboneDims.from_model(create_backbone("vit_base_patch16_224", 2, meta=True))
+    space = SearchSpace()
+    enc = SubnetEncoding(space, 12, dims)
+    rng = random.Random(1)
+    n, budget = 600, 300_000
+    held = {m: np.zeros(12) for m in METHODS}
+    added = {m: [0, 0] for m in METHODS}  # parameters above the smallest choice: proposed, repaired
+    for i in range(n):
+        proposal = {name: rng.randint(d.low, d.high) for name, d in enc.distributions.items()}
+        repaired, _ = repair_params(enc, proposal, budget, seed=i)
+        subnet, before = decode_independently(repaired, space, 12), decode_independently(proposal, space, 12)
+        assert count_params(subnet, dims, space).total <= budget
+        for m in METHODS:
+            held[m] += np.asarray(subnet.sizes(m)) > 0
+            for k, s in enumerate((before, subnet)):
+                only = Subnet(**{x: (s.sizes(x) if x == m else (0,) * 12) for x in METHODS})
+                added[m][k] += count_params(only, dims, space).total
+    spread = {m: float((held[m] / n).max() - (held[m] / n).min()) for m in METHODS}
+    assert max(spread.values()) <= 0.12, spread
+    kept = {m: added[m][1] / added[m][0] for m in METHODS}
+    assert max(kept.values()) - min(kept.values()) <= 0.15, kept
 
 
 def test_repair_random_configs_fit_only_shrink_and_are_deterministic():
@@ -144,7 +191,7 @@ def test_repair_random_configs_fit_only_shrink_and_are_deterministic():
         subnet.check(4, space)
         assert count_params(subnet, dims, space).total <= budget
         assert all(repaired[n] <= params[n] for n in enc.names)
-        assert repair_params(enc, params, budget) == (repaired, steps)
+        assert repair_params(enc, params, budget) == (repaired, steps)  # seeded: deterministic
         if enc.n_params(params) <= budget:
             assert repaired == params and steps == 0
         else:

@@ -65,7 +65,7 @@ def test_sqlite_search_stores_exactly_the_evaluated_feasible_subnets(tmp_path):
     assert [decode_independently(t.params, SearchSpace(), 4) for t in sorted(complete, key=lambda t: t.number)] == evaluated
     assert [t.values[0] for t in complete] == pytest.approx([synthetic_accuracy(s) for s in evaluated])
     # The repair was exercised: some trials were cut, and the sampler recorded how much.
-    assert sum(t.system_attrs["unitune:repair_steps"] > 0 for t in complete) >= 3
+    assert sum(t.system_attrs.get("unitune:repair_steps", 0) > 0 for t in complete) >= 3
     assert study.user_attrs["budget"] == BUDGET and study.user_attrs["depth"] == 4
     assert study.user_attrs["space"] == SearchSpace().to_dict()
     assert study.user_attrs["objectives"] == ["acc"]
@@ -83,10 +83,13 @@ def test_every_sampler_stays_within_budget_and_below_the_true_optimum(sampler):
     complete = assert_stored_trials_feasible(result.study, space, BUDGET)
     assert len(complete) == n
     # The fitness grows with every module, so an over-budget evaluation could beat the true
-    # optimum under the budget; none may. And the search finds something reasonable.
+    # optimum under the budget; none may. And the search finds something reasonable: 70% of the
+    # optimum's gain in 10-16 trials, four of them the single-method seeds. (The former repair
+    # reached 80%: it cut the largest modules first, leaving many small ones, which suits this
+    # concave fitness; the unbiased repair keeps the sampler's proportions. Seeded, so exact.)
     optimum = knapsack_optimum(space, dims, BUDGET)
     assert result.best_trial.value <= optimum + 1e-12
-    assert result.best_trial.value - 0.5 >= 0.8 * (optimum - 0.5)
+    assert result.best_trial.value - 0.5 >= 0.7 * (optimum - 0.5)
 
 
 def test_relative_samplers_get_past_startup():
@@ -105,7 +108,7 @@ def test_evolution_crossover_children_are_made_of_parent_groups():
     with pytest.warns(UserWarning, match="largest subnet"):
         result = run_search(synthetic_accuracy, space, dims, high, 16, sampler="evolution", seed=0,
                             sampler_options=dict(population_size=8, n_parents=3, n_mutation=2, n_crossover=6),
-                            progress=False)
+                            progress=False, single_methods=False)  # generation 0: the sampler's own
     trials = sorted(result.study.trials, key=lambda t: t.number)
     gen0 = trials[:8]
     assert all(t.system_attrs["unitune:evolution"] == "random@0" for t in gen0)

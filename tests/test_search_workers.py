@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from search_util import synthetic_accuracy, tiny_dims
 from unitune.search import SubnetEncoding, make_sampler, recover_dead_trials, run_search
 from unitune.search.objective import SubnetObjective
+from unitune.search.seeds import worker_seed
 from unitune.search.storage import worker_is_dead, worker_token
 from unitune.supernet import SearchSpace
 
@@ -45,7 +46,7 @@ def evaluate(subnet):
     return synthetic_accuracy(subnet)
 
 run_search(evaluate, SearchSpace(), dims, {budget}, n_trials, storage=storage, study_name="shared", sampler="tpe",
-           seed=seed, sampler_options=dict(n_startup_trials=3), progress=False)
+           seed=0, sampler_options=dict(n_startup_trials=3), progress=False)
 """
 
 
@@ -135,8 +136,9 @@ def test_two_workers_finish_one_study_together(tmp_path):
             time.sleep(0.3)
             return synthetic_accuracy(subnet)
 
+        # Both workers search with seed 0, as two `unitune search` workers sharing a config do.
         run_search(evaluate, SearchSpace(), tiny_dims(), BUDGET, n_trials, storage=db, study_name="shared",
-                   sampler="tpe", seed=2, sampler_options=dict(n_startup_trials=3), progress=False)
+                   sampler="tpe", seed=0, sampler_options=dict(n_startup_trials=3), progress=False)
         output = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:
@@ -147,14 +149,34 @@ def test_two_workers_finish_one_study_together(tmp_path):
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == n_trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    # Both workers contributed, and the only failures are empty "surplus" trials of the last slot race.
+    # Both workers contributed, and the only failures are empty "surplus" trials of the last slot
+    # race and "duplicate" trials that stepped back for another trial's subnet, never evaluated.
     pids = {t.user_attrs["worker"].split(":")[1] for t in complete}
     assert pids == {str(proc.pid), str(os.getpid())}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            assert t.user_attrs["fail_reason"].startswith("surplus") and not t.params
+    assert_failures_never_evaluated(trials)
     assert all(t.user_attrs["n_params"] <= BUDGET for t in complete)
     assert len({key(t.params) for t in complete}) == n_trials
+    # Each worker drew its own sampler seed from its own seed and worker number, recorded.
+    study = load(db)
+    workers = {k: v for k, v in study.user_attrs.items() if k.startswith("worker.")}
+    assert sorted(workers) == ["worker.000", "worker.001"]
+    assert len({w["seed"] for w in workers.values()}) == 2
+    for w in workers.values():
+        index = next(int(k[7:]) for k, v in workers.items() if v is w)
+        assert w["seed"] == worker_seed(w["study_seed"], index)
+    by_pid = {t.user_attrs["worker"].split(":")[1]: (t.user_attrs["worker_index"], t.user_attrs["sampler_seed"])
+              for t in complete}
+    assert len(set(by_pid.values())) == 2
+
+
+def assert_failures_never_evaluated(trials) -> None:
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            reason = t.user_attrs["fail_reason"]
+            assert reason.startswith(("surplus", "duplicate")), reason
+            assert "val_accuracy" not in t.user_attrs and "eval_seconds" not in t.user_attrs
+            if reason.startswith("surplus"):
+                assert not t.params
 
 
 # ---- recovery rules, unit by unit --------------------------------------------------------------
