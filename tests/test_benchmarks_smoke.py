@@ -45,3 +45,127 @@ def test_trial_runs_on_a_random_tiny_supernet(tmp_path, capsys):
     assert set(opt) == {"in-memory", "journal", "sqlite"}
     assert all(r["eval_ms"] > 0 and r["overhead_ms"] > 0 for r in opt.values())
     assert "20 val images" in out
+
+
+# ---- benchmarks/gpu_check.py (issue 13): the GPU script's every section, dry-run on the CPU ----
+
+GPU_CHECK_SECTIONS = {"env", "train", "inference", "search", "retrain_vit", "demo", "retrain_demo"}
+
+
+def _gpu_check(out, work, *extra):
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--tiny", "--threads", "1",
+                           "--out", str(out), "--workdir", str(work), *extra],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def test_gpu_check_dry_run_writes_every_section(tmp_path):
+    import json
+
+    from common import build_vit, space_for
+    from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
+
+    out = tmp_path / "out"
+    proc = _gpu_check(out, tmp_path / "work")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    sections = report["sections"]
+    assert set(sections) == GPU_CHECK_SECTIONS
+    assert {n: r["status"] for n, r in sections.items()} == {n: "ok" for n in GPU_CHECK_SECTIONS}
+    assert all(_positive(r["seconds"]) for r in sections.values())
+    assert report["meta"]["mode"] == "CPU/tiny dry run: not GPU figures"
+
+    env = sections["env"]["figures"]
+    assert env["device_auto"] == "cpu" and env["gloo_one_rank_all_reduce"] is True
+    assert env["peft"] is not None or "peft" in env["peft_skip_reason"]
+
+    # Training: every variant timed, trainable counts as the parameter formulas give them.
+    train = sections["train"]["figures"]
+    variants = train["variants"]
+    assert set(variants) == {"supernet (largest subnet)", "supernet + unitune's per-step checks",
+                             "materialised (largest subnet)", "unitune LoRA r=8 qkv", "HF PEFT LoRA r=8 qkv",
+                             "full fine-tuning"}
+    vit, _, _ = build_vit("tiny", num_classes=100)
+    dims, space = BackboneDims.from_model(vit), space_for("tiny")
+    largest = count_params(Subnet.largest(space, dims.depth), dims, space).with_head
+    lora = count_params(Subnet.uniform(dims.depth, lora=8), dims, SearchSpace(lora=(0, 8))).with_head
+    assert lora == 4 * 64 * 8 * 4 + (64 * 100 + 100)  # 4·d·r per block, plus the head
+    assert variants["supernet (largest subnet)"]["trainable"] == largest
+    assert variants["materialised (largest subnet)"]["trainable"] == largest
+    assert variants["unitune LoRA r=8 qkv"]["trainable"] == lora
+    assert variants["full fine-tuning"]["trainable"] == sum(p.numel() for p in vit.parameters())
+    peft_row = variants["HF PEFT LoRA r=8 qkv"]
+    if "skipped" in peft_row:  # peft is optional: then the reason is recorded, and no ratio
+        assert "peft" in peft_row["skipped"] and train["unitune_lora_over_peft_img_s"] is None
+    else:  # the same LoRA: the same trainable count, the same logits from the same weights
+        assert peft_row["trainable"] == lora and peft_row["max_logit_diff_vs_unitune_fp32"] < 1e-4
+        assert _positive(train["unitune_lora_over_peft_img_s"])
+    for name, v in variants.items():
+        if "skipped" not in v:
+            assert _positive(v["step_ms"]) and _positive(v["images_per_s"]), name
+            assert abs(v["images_per_s"] - train["batch"] * 1000 / v["step_ms"]) < 1e-6 * v["images_per_s"]
+            assert v["peak_mib"] is None  # GPU memory only; the CPU has no allocator statistics
+    assert variants["materialised (largest subnet)"]["materialize_kept_device"] is True
+    assert train["timed_steps_per_variant"] == 4
+    assert _positive(train["supernet_over_static"]) and _positive(train["supernet_checks_over_supernet"])
+
+    inference = sections["inference"]["figures"]
+    assert inference["export_from_device_model"] == "ok" and inference["plain_timm"] is True
+    assert inference["same_modules_and_shapes_as_backbone"] is True
+    assert inference["max_logit_diff_export_vs_unmerged_fp32"] < 1e-4
+    for mode in ("fp32", "bf16"):
+        assert _positive(inference[mode]["merged_over_backbone"]) and _positive(inference[mode]["backbone_ms"])
+
+    search = sections["search"]["figures"]
+    assert search["trials"] == 4 and search["val_images"] == 20
+    assert _positive(search["trials_per_s"]) and 0 <= search["best_val_accuracy"] <= 1
+    assert abs(search["trials_per_s"] - search["trials"] / search["trials_span_s"]) < 1e-9
+
+    for name in ("retrain_vit", "retrain_demo"):
+        r = sections[name]["figures"]
+        assert r["init"] == "supernet" and r["export_matches_retrain"] is True, name
+        assert 0 <= r["test_accuracy"] <= 1 and r["test_images"] > 0
+    demo = sections["demo"]["figures"]
+    assert demo["search_trials"] == 2 and set(demo["stage_seconds"]) >= {"pretrain", "supernet", "search", "retrain"}
+    assert _positive(demo["supernet_last_epoch_images_per_s"])
+    # the demo's own retrain and the --init supernet retrain train the same searched subnet
+    assert sections["retrain_demo"]["figures"]["trainable_params"] == demo["trainable_params"]
+
+    targets = report["targets"]
+    assert targets["supernet step / static step (<= 1.10)"]["value"] == train["supernet_over_static"]
+    merged_fp32 = targets["merged export / timm backbone, fp32 (<= 1.02)"]["value"]
+    assert merged_fp32 == inference["fp32"]["merged_over_backbone"]
+
+    md = (out / "results.md").read_text()
+    assert "CPU/tiny dry run" in md and "they say nothing about the GPU" in md
+    for name in GPU_CHECK_SECTIONS:
+        assert f"| {name} | ok |" in md
+    assert "| HF PEFT LoRA r=8 qkv |" in md and "| supernet_over_static |" in md
+
+
+def test_gpu_check_records_a_failed_section_and_goes_on(tmp_path):
+    """Each section in its own process (the GPU default): a section that fails is recorded with
+    its message, the next one still runs, and the exit status says something failed."""
+    import json
+
+    out = tmp_path / "out"
+    proc = _gpu_check(out, tmp_path / "empty", "--isolate", "--sections", "retrain_demo,inference")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    failed, ok = report["sections"]["retrain_demo"], report["sections"]["inference"]
+    assert failed["status"] == "error"
+    assert failed["error"].startswith("FileNotFoundError: needs the earlier section's run: missing")
+    assert str(tmp_path / "empty" / "demo" / "best_subnet.yaml") in failed["error"]
+    assert ok["status"] == "ok" and ok["figures"]["plain_timm"] is True
+    assert report["meta"]["isolated_sections"] is True
+    assert not list(out.glob(".section-*"))  # the children's hand-over files are gone
+    md = (out / "results.md").read_text()
+    assert "| retrain_demo | error |" in md and "needs the earlier section's run" in md
+    assert "[gpu_check] retrain_demo: error" in proc.stdout
