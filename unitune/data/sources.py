@@ -33,7 +33,9 @@ from unitune.errors import UniTuneError
 
 from .config import SPLITS, DataConfig
 from .datasets import DataError, FileDataset, ImageDataset
+from .fractal import fractal_dataset
 from .generated import digits_dataset, synthetic_dataset
+from .minivtab import minivtab_dataset
 
 VTAB_LISTS = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
 FEWSHOT_KEYS = {"train": "train_list", "val": "val_list", "trainval": "trainval_list", "test": "test_list"}
@@ -57,6 +59,10 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
         ds = digits_dataset(split)
     elif cfg.source == "synthetic":
         ds = synthetic_dataset(cfg.num_classes, cfg.samples_per_class, cfg.image_size, cfg.seed, split)
+    elif cfg.source == "fractal":
+        ds = fractal_dataset(cfg.num_classes, cfg.samples_per_class, cfg.image_size, cfg.seed, split)
+    elif cfg.source == "minivtab":
+        ds = minivtab_dataset(cfg.task, split, cfg.split_sizes, cfg.image_size, cfg.seed)
     else:  # DataConfig already rejects other names
         raise AssertionError(cfg.source)
     if cfg.classes is not None:
