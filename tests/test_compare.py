@@ -249,3 +249,30 @@ def test_minivtab_tasks_have_vtab_sizes_and_disjoint_sources():
     assert not used["test"] & (used["train"] | used["val"]) and not used["train"] & used["val"]
     with pytest.raises(compare.UniTuneError, match="split_sizes: expected three integers"):
         DataConfig.from_dict({"source": "minivtab", "task": "count", "split_sizes": [800, 200]})
+
+
+def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
+    """``configs/vtab/cifar100.yaml`` as it is (only the data folder, an offline tiny backbone and
+    a short schedule overridden): the task comes from data.task and falls in VTAB's natural group."""
+    root = tmp_path / "vtab-1k" / "cifar"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = {}
+    for split, n in (("train800", 8), ("val200", 4), ("test", 6)):
+        lines[split] = []
+        for i in range(n):
+            name = f"images/{split}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / name)
+            lines[split].append(f"{name} {i % 2}")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, ls in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(ls) + "\n")
+    out = tmp_path / "run"
+    tiny = json.dumps({"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4})
+    assert main(["compare", "--config", str(REPO / "configs" / "vtab" / "cifar100.yaml"), "--out", str(out),
+                 "--methods", "linear,vpt", "--quiet", f"data.root={tmp_path / 'vtab-1k'}", "model.pretrained=false",
+                 f"model.kwargs={tiny}", "data.num_workers=0", "retrain.epochs=1", "retrain.warmup_epochs=0"]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [(r["task"], r["group"], r["method"], r["test_images"]) for r in rows] == \
+        [("cifar", "natural", "linear", "6"), ("cifar", "natural", "vpt", "6")]
+    assert int(rows[1]["params"]) == 10 * 64 * 4  # NOAH's largest VPT size, 10 tokens, within 0.43M
