@@ -184,6 +184,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from unitune.compare import parse_names, parse_seeds, plan_compare, run_compare
+
+    plan = plan_compare(
+        args.config, args.out, overrides=args.overrides, quick=args.quick,
+        tasks=None if args.tasks is None else parse_names(args.tasks, "tasks"),
+        seeds=None if args.seeds is None else parse_seeds(args.seeds),
+        methods=None if args.methods is None else parse_names(args.methods, "methods"),
+    )
+    if args.jobs < 1:
+        raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    report = run_compare(plan, jobs=args.jobs, progress=not args.quiet)
+    print(report["table"], end="")
+    print(f"compare: {report['csv']}, {report['table_file']}, {report['plot']} ({report['seconds']} s)")
+    return 0
+
+
 def _default_classes(name: str) -> int:
     import timm
 
@@ -210,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="every stage: (pretrain), supernet, search, retrain, export, evaluate")
     _run_args(p)
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("compare", help="every method on every task and seed: CSV, VTAB-style table, plot")
+    _run_args(p)
+    p.add_argument("--tasks", help="comma-separated data.task values (default: compare.tasks or data.task)")
+    p.add_argument("--seeds", help="comma-separated integers (default: compare.seeds or retrain.seed)")
+    p.add_argument("--methods", help="comma-separated, from linear,lora,adapter,vpt,ssf,full,search (default: all)")
+    p.add_argument("--quick", action="store_true", help="apply the config's compare.quick settings (minutes)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once, one process and thread each")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("pretrain", help="fully train the backbone on the config's source task (offline demo)")
     _run_args(p)
