@@ -10,6 +10,7 @@ from .dashboard import dashboard_app, dashboard_storage, serve_dashboard
 from .encoding import SubnetEncoding, param_name
 from .evolution import EvolutionSampler
 from .export import (
+    best_ties,
     best_trial,
     export_best,
     export_subnets,
@@ -31,6 +32,7 @@ __all__ = [
     "RepairSampler",
     "SearchResult",
     "SubnetEncoding",
+    "best_ties",
     "best_trial",
     "budget_bounds",
     "check_budget",

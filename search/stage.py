@@ -71,4 +71,4 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         backbone_params=backbone_params,
         **settings,
     )
-    return result, write_outputs(result.study, out)
+    return result, write_outputs(result.study, out, dims=BackboneDims.from_model(model))

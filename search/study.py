@@ -43,6 +43,7 @@ from unitune.supernet import BackboneDims, SearchSpace, Subnet
 from .budget import check_budget, parse_budget
 from .encoding import SubnetEncoding
 from .dedup import DUPLICATE
+from .notes import set_metric_names
 from .objective import SubnetObjective
 from .sampler import make_sampler
 from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
@@ -297,6 +298,7 @@ def run_search(
                 load_if_exists=True,
             )
             _check_or_record_attrs(study, attrs, url)
+            set_metric_names(study, objectives)  # 'val_accuracy' in the dashboard, not 'Objective 0'
         except UniTuneError:
             close_storage(backend)  # refused: leave the storage files as they were
             raise

@@ -63,7 +63,10 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
     if abs(evaluation["accuracy"] - retrained["test_accuracy"]) > 1e-9:
         raise UniTuneError(f"{out / EXPORT_DIR}: the export scores {evaluation['accuracy']:.4f} on test, "
                            f"but retrain recorded {retrained['test_accuracy']:.4f}")
+    from unitune.search import best_ties
+
     best = result.best_trial
+    ties = best_ties(result.study)
     params = retrained["params"]
     summary = {
         "config": run.source,
@@ -73,6 +76,11 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
         "per_method": params["per_method"],
         "search_trials": result.n_complete,
         "search_best_val_accuracy": best.user_attrs["val_accuracy"],
+        # Which trial best_subnet.yaml took (Optuna's best_trial, what the dashboard marks), and
+        # the trials that tie with it on val accuracy, fewest parameters first.
+        "search_best_trial": best.number,
+        "search_best_params": best.user_attrs["n_params"],
+        "search_ties": [[t.number, t.user_attrs["n_params"]] for t in ties],
         "test_accuracy": retrained["test_accuracy"],
         "test_images": retrained["test_images"],
         "export": str(out / EXPORT_DIR),
@@ -85,13 +93,26 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
 def format_summary(s: dict[str, Any]) -> str:
     per_method = ", ".join(f"{m} {n:,}" for m, n in s["per_method"].items())
     times = ", ".join(f"{k} {v}s" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in s["seconds"].items())
-    return "\n".join([
+    return "\n".join(line for line in [
         "── unitune run summary " + "─" * 40,
         f"budget                 {s['budget']:,} PEFT parameters (head excluded)",
         f"parameters used        {s['trainable_params']:,} ({s['trainable_params_with_head']:,} with head)",
         f"per method             {per_method}",
         f"search                 {s['search_trials']} trials, best val accuracy {s['search_best_val_accuracy']:.4f}",
+        _best_line(s),
         f"test accuracy          {s['test_accuracy']:.4f} on {s['test_images']} images (retrained, last epoch)",
         f"export                 {s['export']}",
         f"time per stage         {times}",
-    ])
+    ] if line)
+
+
+def _best_line(s: dict[str, Any]) -> str:
+    if "search_best_trial" not in s:  # a summary written before unitune recorded it
+        return ""
+    line = f"best trial             {s['search_best_trial']} ({s['search_best_params']:,} parameters)"
+    ties = s.get("search_ties") or []
+    if len(ties) > 1:
+        smallest = min(ties, key=lambda t: (t[1], t[0]))
+        line += (f"; {len(ties)} trials tie on val accuracy, Optuna's best_trial is taken "
+                 f"(the smallest is trial {smallest[0]}, {smallest[1]:,})")
+    return line
