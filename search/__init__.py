@@ -17,6 +17,7 @@ from .export import (
     load_subnets,
     pareto_trials,
     ranked_trials,
+    select_subnet,
     trial_subnet,
     write_outputs,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "resolve_storage",
     "run_search",
     "save_plots",
+    "select_subnet",
     "serve_dashboard",
     "storage_lock",
     "study_encoding",

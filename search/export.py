@@ -163,7 +163,7 @@ def export_subnets(
     else:
         from .study import open_existing_study
 
-        study = open_existing_study(storage, study_name)
+        study = open_existing_study(run_folder_storage(storage), study_name)
     if top_k is None and not pareto:
         return export_best(study, out)
     trials = pareto_trials(study) if pareto else ranked_trials(study)[:top_k]
@@ -183,6 +183,18 @@ def export_subnets(
     }
     write_yaml_atomic(out, doc)
     return Path(out)
+
+
+def run_folder_storage(spec: Any) -> Any:
+    """A run folder means its ``study.db`` (or ``study.log``), as for ``unitune dashboard``."""
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_dir():
+        from .dashboard import RUN_FOLDER_STORAGES
+
+        for name in RUN_FOLDER_STORAGES:
+            if (Path(spec) / name).is_file():
+                return Path(spec) / name
+        raise UniTuneError(f"{spec}: folder holds no study storage (expected one of {list(RUN_FOLDER_STORAGES)})")
+    return spec
 
 
 def load_subnets(path: str | os.PathLike) -> list[tuple[Subnet, dict[str, Any]]]:
@@ -218,3 +230,42 @@ def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: 
     mark_best(study, best, subnet, count_params(subnet, dims, _encoding(study).space) if dims else None)
     written.update(save_plots(study, out_dir / "plots", top=top_heatmap))
     return written
+
+
+def select_subnet(spec: str | os.PathLike, index: int | None = None) -> tuple[Subnet, dict[str, Any], str]:
+    """One subnet from a subnet file or from a top-k / Pareto list of ``export-subnet``.
+
+    ``spec`` is ``FILE``, ``FILE#N`` (the N-th entry, counted from 1: rank N of a top-k list) or
+    ``FILE#trial-T`` (the entry of study trial T); ``index`` (``--subnet-index``) is the same N.
+    A list file needs one of them unless it holds a single entry. Returns the subnet, its meta
+    and a label for messages (``top.yaml#2``)."""
+    text = str(spec)
+    path, pick = text, ""
+    if "#" in text and not Path(text).exists():  # a file whose name holds '#' is read as is
+        path, pick = text.rsplit("#", 1)
+    if pick and index is not None:
+        raise UniTuneError(f"{text}: give the entry either after '#' or with --subnet-index, not both")
+    entries = load_subnets(path)
+    data = read_yaml(path)
+    is_list = isinstance(data, Mapping) and "subnets" in data
+    if index is not None:
+        pick = str(index)
+    if not pick:
+        if is_list and len(entries) > 1:
+            raise UniTuneError(f"{path}: holds {len(entries)} subnets ({data.get('selection', 'a list')}); pick one "
+                               f"as {path}#N (N = 1..{len(entries)}), {path}#trial-T or with --subnet-index N")
+        subnet, meta = entries[0]
+        return subnet, meta, str(path)
+    if pick.startswith("trial-") and pick[6:].isdigit():
+        trial = int(pick[6:])
+        chosen = [(s, m) for s, m in entries if m.get("trial") == trial]
+        if not chosen:
+            trials = [m.get("trial") for _, m in entries]
+            raise UniTuneError(f"{path}: no entry of trial {trial} (trials: {trials})")
+        subnet, meta = chosen[0]
+        return subnet, meta, f"{path}#{pick}"
+    if not pick.isdigit() or not 1 <= int(pick) <= len(entries):
+        raise UniTuneError(f"{path}: entry {pick!r} does not exist; expected a number 1..{len(entries)} "
+                           f"or trial-T")
+    subnet, meta = entries[int(pick) - 1]
+    return subnet, meta, f"{path}#{int(pick)}"
