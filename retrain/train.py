@@ -27,7 +27,7 @@ from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.train import (
     Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device,
-    refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state, train_epoch,
+    refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
 from .export import export_model
@@ -188,6 +188,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
 
     # The test split is scored once, after the last epoch: the number reported.
     test = evaluate(model, test_loader, device, num_classes, cfg.amp)
+    test["accuracy"] = round_metric(test["accuracy"])  # as `unitune evaluate` reports it
     result = {
         "test_accuracy": test["accuracy"], "test_images": test["n"], "epochs": cfg.epochs, "init": init,
         "subnet_file": str(subnet_path), "params": count.to_dict(), "seconds": time.perf_counter() - started,

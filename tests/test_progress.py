@@ -167,3 +167,18 @@ def test_the_summarys_next_commands_work_on_the_demo(demo, tmp_path, capsys):
     assert result["params"]["trainable_params"] == second["meta"]["n_params"]
     manifest = json.loads((new / "export" / "unitune.json").read_text())
     assert manifest["provenance"]["backbone_file"] == str(out / "pretrain" / "backbone.safetensors")
+
+
+def test_metrics_json_holds_rounded_exact_fractions(demo):
+    """Accuracies are the confusion matrix's fractions to 6 places: no float32 noise (0.8918918967247009)."""
+    import csv
+
+    out, _ = demo
+    metrics = json.loads((out / "eval_test" / "metrics.json").read_text())
+    rows = list(csv.reader((out / "eval_test" / "confusion.csv").read_text().splitlines()))[1:]
+    counts = [[int(c) for c in row[1:]] for row in rows]
+    for k, (name, acc) in enumerate(metrics["per_class_accuracy"].items()):
+        assert acc == round(counts[k][k] / sum(counts[k]), 6) and len(repr(acc).split(".")[-1]) <= 6
+    correct = sum(counts[k][k] for k in range(len(counts)))
+    assert metrics["correct"] == correct and metrics["accuracy"] == round(correct / metrics["images"], 6)
+    assert json.loads((out / "retrain_result.json").read_text())["test_accuracy"] == metrics["accuracy"]

@@ -199,3 +199,32 @@ def test_dashboard_reads_names_sizes_and_the_chosen_subnet(searched, tmp_path):
     assert optuna.load_study(study_name="one", storage=f"sqlite:///{tmp_path / 'one.db'}").metric_names \
         == ["val_accuracy"]
     assert single.n_complete == 2
+
+
+def test_heatmap_shows_every_method_global_ones_and_each_rows_parameters(searched):
+    from unitune.search.export import ranked_trials
+    from unitune.search.plots import sizes_heatmap_figure
+
+    _, result = searched
+    fig = sizes_heatmap_figure(result.study, top=5)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["lora", "adapter", "vpt", "ssf", "global SSF", "parameters"]
+    trials = ranked_trials(result.study)[:5]
+    assert [t.get_text() for t in fig.axes[-1].texts] == \
+        [f"{t.user_attrs['n_params']:,} ({t.user_attrs['n_params'] / BUDGET:.0%})" for t in trials]
+    shown = [int(t.get_text()) for t in fig.axes[4].texts]  # the global SSF column, best first
+    assert shown == [decode_independently(t.params, SearchSpace(), 4).ssf_global for t in trials]
+
+
+def test_confusion_png_grows_with_the_class_count(tmp_path):
+    import torch
+    from PIL import Image
+
+    from unitune.retrain.evaluate import _plot_confusion
+
+    sizes = {}
+    for n in (5, 40):
+        _plot_confusion(torch.eye(n, dtype=torch.long) * 7, [f"c{i}" for i in range(n)], tmp_path / f"{n}.png", "t")
+        sizes[n] = Image.open(tmp_path / f"{n}.png").size
+    assert min(sizes[5]) >= 600  # was 375 x 345 with 7-pt numbers
+    assert min(sizes[40]) >= 1400  # about 0.3 inch a cell
