@@ -18,7 +18,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .errors import UniTuneError
 from .io import atomic_path
+
+if TYPE_CHECKING:
+    from .progress import StageProgress
 
 
 # ---- device and processes ---------------------------------------------------------------------
@@ -170,7 +173,7 @@ def check_finite(named_params: list[tuple[str, nn.Parameter]], where: str) -> No
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: CosineLRScheduler,
                 criterion: Criterion, cfg: TrainConfig, device: torch.device, step: int, desc: str,
-                progress: "bool | StageProgress" = True, stats: dict[str, float] | None = None) -> tuple[float, int]:
+                progress: bool | StageProgress = True, stats: dict[str, float] | None = None) -> tuple[float, int]:
     """One epoch of single-model training (pretrain, retrain, baselines): returns the mean loss
     and the global step count after the epoch. The supernet trains several subnets a step and
     has its own loop.
