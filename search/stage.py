@@ -75,7 +75,7 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         backbone_params=backbone_params,
         **settings,
     )
-    written = write_outputs(result.study, out)
+    written = write_outputs(result.study, out, dims=BackboneDims.from_model(model))
     top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")
     if top_k:
         # Frees the supernet first: re-ranking trains fresh subnets from the pretrained backbone.

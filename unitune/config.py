@@ -232,7 +232,8 @@ class PretrainConfig(TrainConfig):
     data: dict = field(default_factory=dict)
 
 
-RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain")
+# ``compare`` belongs to `unitune compare` (unitune/compare.py checks it); the stages ignore it.
+RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare")
 
 
 @dataclass(frozen=True)
