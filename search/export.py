@@ -28,6 +28,10 @@ run summary name the same trial:
   hidden rule that differs from the one on screen costs more than a few parameters, and a
   search that should trade accuracy for size has ``acc,params`` for that.
   :func:`best_ties` lists the ties, and the run summary says how many there were.
+- after ``search.rerank`` (one objective): the re-rank's winner, the candidate with the best
+  stand-alone val accuracy (stored on the study as the ``rerank`` attribute). The dashboard still
+  marks Optuna's best by inherited accuracy; the study's note and its ``best_trial`` attribute
+  name the re-ranked one, as ``best_subnet.yaml``, ``export-subnet`` and the summary do.
 - two objectives (``acc,params``): Optuna has no single best; the dashboard shows the Pareto
   front. The best is the front's most accurate point, i.e. the highest accuracy, then the fewest
   parameters, then the earliest trial, which is always on the front.
@@ -49,6 +53,8 @@ from unitune.supernet import BackboneDims, Subnet
 
 from .encoding import SubnetEncoding
 
+RERANK_ATTR = "rerank"  # the study attribute search.rerank writes (its figures and its winner)
+
 
 def _accuracy(trial: FrozenTrial) -> float:
     return float(trial.values[0])
@@ -67,13 +73,22 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     parameters up, then trial number up."""
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_key)
     if len(study.directions) == 1 and trials:
-        best = study.best_trial.number  # Optuna's (and the dashboard's) choice leads
+        best = _reranked_winner(study, trials)
+        if best is None:
+            best = study.best_trial.number  # Optuna's (and the dashboard's) choice leads
         trials.sort(key=lambda t: t.number != best)  # stable: the rest keep their order
     return trials
 
 
+def _reranked_winner(study: optuna.Study, complete: list[FrozenTrial]) -> int | None:
+    """The trial ``search.rerank`` picked by stand-alone val accuracy, if it ran (see rerank.py)."""
+    winner = (study.user_attrs.get(RERANK_ATTR) or {}).get("winner")
+    return winner if any(t.number == winner for t in complete) else None
+
+
 def best_trial(study: optuna.Study, required: bool = True) -> FrozenTrial | None:
-    """The best COMPLETE trial by the module's one rule (Optuna's ``best_trial`` for one objective)."""
+    """The best COMPLETE trial by the module's one rule (the re-rank's winner, else Optuna's
+    ``best_trial`` for one objective)."""
     ranked = ranked_trials(study)
     if not ranked:
         if required:

@@ -79,6 +79,8 @@ def study_note(study: optuna.Study, best: FrozenTrial, subnet: Subnet, count: Pa
     rule = ("Optuna's `best_trial` (ties on val accuracy: the trial the storage returns first)"
             if len(objectives) == 1 else
             "the Pareto front's most accurate trial (ties: fewer parameters, then the earlier trial)")
+    if (attrs.get("rerank") or {}).get("winner") == best.number:
+        rule = "the re-rank's winner: the best stand-alone val accuracy (`rerank` attribute), not the star"
     lines = [
         f"## {study.study_name}",
         "",

@@ -31,12 +31,12 @@ import optuna
 from unitune.config import RunConfig
 from unitune.errors import UniTuneError
 
-from .export import ranked_trials, trial_meta, trial_subnet
+from .export import RERANK_ATTR, ranked_trials, trial_meta, trial_subnet
+from .notes import mark_best
 from .seeds import SINGLE_SOURCE
 
 _logger = logging.getLogger("unitune.search")
 
-RERANK_ATTR = "rerank"
 LOW_TAU = 0.3  # below this (or a CI reaching 0) the supernet's ranking is not to be trusted
 PLOT = "rerank_tau.png"
 
@@ -154,7 +154,9 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
             "inherited_val_accuracy": best["inherited_val_accuracy"],
             "standalone_val_accuracy": best["standalone_val_accuracy"],
             "kendall_tau": stats["tau"], "kendall_n": stats["n"], "kendall_ci95": stats["ci95"]}
-    trial_subnet(winner, encoding, backbone).save(out / "best_subnet.yaml", meta=meta)
+    winner_subnet = trial_subnet(winner, encoding, backbone)
+    winner_subnet.save(out / "best_subnet.yaml", meta=meta)
+    mark_best(study, winner, winner_subnet, None)  # the dashboard's study note names the new pick
     plot_rerank(rows, stats, out / "plots" / PLOT)
 
     tau, ci = stats["tau"], stats["ci95"]
