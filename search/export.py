@@ -68,12 +68,13 @@ def _key(t: FrozenTrial) -> tuple:
     return -_accuracy(t), _n_params(t), t.number
 
 
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+def ranked_trials(study: optuna.Study, reranked: bool = True) -> list[FrozenTrial]:
     """COMPLETE trials, best first: :func:`best_trial`, then the others by accuracy down, then
-    parameters up, then trial number up."""
+    parameters up, then trial number up. ``reranked=False``: by inherited accuracy alone (what
+    the re-rank itself draws its candidates from)."""
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_key)
     if len(study.directions) == 1 and trials:
-        best = _reranked_winner(study, trials)
+        best = _reranked_winner(study, trials) if reranked else None
         if best is None:
             best = study.best_trial.number  # Optuna's (and the dashboard's) choice leads
         trials.sort(key=lambda t: t.number != best)  # stable: the rest keep their order

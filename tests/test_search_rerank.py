@@ -75,7 +75,31 @@ def test_bad_rerank_settings_are_one_line_errors(value, fragment):
     with pytest.raises(UniTuneError) as e:
         check_rerank(value)
     assert fragment in str(e.value) and "\n" not in str(e.value)
-    assert check_rerank({}) == (0, 0) and check_rerank({"top_k": 2, "epochs": 3}) == (2, 3)
+    assert check_rerank({"top_k": 2, "epochs": 3}) == (2, 3)
+    # On by default: missing keys take their defaults; top_k 0 (or null) turns it off.
+    assert check_rerank({}) == (5, 5) and check_rerank({"epochs": 2}) == (5, 2)
+    assert check_rerank({"top_k": 0}) == (0, 0) and check_rerank(None) == (0, 0)
+    from unitune.config import SearchConfig
+    assert check_rerank(SearchConfig().rerank) == (5, 5)
+
+
+def test_a_rerun_reuses_the_standalone_figures_it_has(tmp_path):
+    """A resumed run does not train a re-rank candidate again (same epochs): only new ones."""
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 10, sampler="random", seed=2,
+                       study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+    calls = []
+
+    def train(run, out, subnet, epochs, progress):
+        calls.append((subnet, epochs))
+        return 0.5 + 0.001 * sum(subnet.lora) - 0.001 * sum(subnet.vpt)
+
+    first = rerank(None, tmp_path, study, top_k=3, epochs=2, train=train)
+    n = len(calls)
+    assert n == len(first["candidates"])
+    again = rerank(None, tmp_path, study, top_k=3, epochs=2, train=train)
+    assert len(calls) == n and again == first  # nothing trained again, same record
+    rerank(None, tmp_path, study, top_k=3, epochs=3, train=train)  # other epochs: trained anew
+    assert len(calls) == 2 * n and {e for _, e in calls[n:]} == {3}
 
 
 def test_standalone_training_reads_train_and_val_never_test(tmp_path, monkeypatch):

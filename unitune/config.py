@@ -211,7 +211,8 @@ class SearchConfig:
     study: str | None = None  # default: the config's name
     objectives: str = "acc"  # acc | acc,params
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
-    rerank: dict = field(default_factory=dict)  # {top_k: K, epochs: E}: see search/rerank.py; {} is off
+    # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
+    rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
 
 
 @dataclass(frozen=True)

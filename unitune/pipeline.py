@@ -73,9 +73,9 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     if abs(evaluation["accuracy"] - retrained["test_accuracy"]) > 1e-9:
         raise UniTuneError(f"{out / EXPORT_DIR}: the export scores {evaluation['accuracy']:.4f} on test, "
                            f"but retrain recorded {retrained['test_accuracy']:.4f}")
-    from unitune.search import best_ties
+    from unitune.search import best_ties, best_trial
 
-    best = result.best_trial
+    best = best_trial(result.study)  # after the re-rank: its winner, as best_subnet.yaml holds
     ties = best_ties(result.study)
     params = retrained["params"]
     summary = {
@@ -86,7 +86,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         "per_method": params["per_method"],
         "search_trials": result.n_complete,
         "search_best_val_accuracy": best.user_attrs["val_accuracy"],
-        # Which trial best_subnet.yaml took (Optuna's best_trial, what the dashboard marks), and
+        # Which trial best_subnet.yaml took (the re-rank's winner, else Optuna's best_trial), and
         # the trials that tie with it on val accuracy, fewest parameters first.
         "search_best_trial": best.number,
         "search_best_params": best.user_attrs["n_params"],
