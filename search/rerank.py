@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -175,23 +176,25 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
 
     tau, ci = stats["tau"], stats["ci95"]
     if tau is None:
-        _logger.warning(
-            "re-rank: Kendall tau between inherited and stand-alone val accuracy is undefined (n=%d; fewer than 3 "
-            "subnets, or one side constant): nothing shows how far to trust the supernet. Re-rank more subnets "
-            "(search.rerank.top_k), train longer (search.rerank.epochs, supernet.epochs) or use a larger val set.",
-            stats["n"])
+        _warn(f"re-rank: Kendall tau between inherited and stand-alone val accuracy is undefined (n={stats['n']}; "
+              "fewer than 3 subnets, or one side constant): nothing shows how far to trust the supernet. Re-rank "
+              "more subnets (search.rerank.top_k), train longer (search.rerank.epochs, supernet.epochs) or use a "
+              "larger val set.")
     elif tau < LOW_TAU:
-        _logger.warning(
-            "re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy is "
-            "%.2f (95%% CI %s, n=%d): the supernet ranks subnets poorly, so its search is close to a random one. "
-            "Train the supernet longer (supernet.epochs) or use a larger val set; the pick above is by "
-            "stand-alone val accuracy.", tau, _ci_text(ci), stats["n"])
+        _warn(f"re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy "
+              f"is {tau:.2f} (95% CI {_ci_text(ci)}, n={stats['n']}): the supernet ranks subnets poorly, so its "
+              "search is close to a random one. Train the supernet longer (supernet.epochs) or use a larger val "
+              "set; the pick above is by stand-alone val accuracy.")
     elif ci is not None and ci[0] <= 0:
-        _logger.warning(
-            "re-rank: Kendall tau %.2f (95%% CI %s, n=%d): too few subnets to show that the supernet ranks them "
-            "better than chance; re-rank more (search.rerank.top_k) or use a larger val set.",
-            tau, _ci_text(ci), stats["n"])
+        _warn(f"re-rank: Kendall tau {tau:.2f} (95% CI {_ci_text(ci)}, n={stats['n']}): too few subnets to show "
+              "that the supernet ranks them better than chance; re-rank more (search.rerank.top_k) or use a "
+              "larger val set.")
     return record
+
+
+def _warn(text: str) -> None:
+    # Wrapped: a warning reads on an 80- to 120-column terminal and in a log file alike.
+    _logger.warning(textwrap.fill(text, width=100, subsequent_indent="  "))
 
 
 def _ci_text(ci: list[float] | None) -> str:

@@ -60,8 +60,14 @@ def test_demo_log_is_one_line_per_epoch_with_loss_and_accuracy(demo, tmp_path):
     assert [line.split("  ")[0] for line in search] == [f"[search] {k}/4 trials" for k in range(1, 5)]
     best = optuna.load_study(study_name="demo", storage=f"sqlite:///{out / 'study.db'}").best_value
     assert search[-1].endswith(f"best acc {best:.4f}")
-    # Small: the stage headers, a line per epoch per stage, ~a line per tenth of the trials, the summary.
-    assert len(lines) <= 45 and len(text) < 5000, text
+    # The re-rank (on by default): one line per candidate, the top trials and the single methods.
+    rerank = json.loads(json.dumps(optuna.load_study(study_name="demo", storage=f"sqlite:///{out / 'study.db'}")
+                                   .user_attrs["rerank"]))
+    rerank_lines = [line for line in lines if line.startswith("[re-rank] ")]
+    assert len(rerank_lines) == len(rerank["candidates"]), rerank_lines
+    # Small: the stage headers, a line per epoch per stage, ~a line per tenth of the trials, a
+    # line per re-rank candidate (plus a wrapped two-line tau warning), the summary.
+    assert len(lines) <= 45 + len(rerank_lines) and len(text) < 6000, text
     times = [line for line in lines if line.startswith("time per stage")]
     assert len(times) == 1 and len(times[0]) <= 120, times  # used to wrap a 120-column terminal
 
