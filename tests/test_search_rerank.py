@@ -152,3 +152,42 @@ def test_after_rerank_every_reader_names_the_reranked_winner(tmp_path):
     assert study.user_attrs["best_trial"] == winner
     note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
     assert f"### Chosen subnet: trial {winner}," in note and "re-rank's winner" in note
+
+
+def test_search_stage_result_names_the_reranked_winner(tmp_path, monkeypatch):
+    """`unitune search` prints, and `unitune run` summarises, the search stage's result: after a
+    re-rank its best trial is the re-rank's winner (best_subnet.yaml's), not the inherited best."""
+    from types import SimpleNamespace
+
+    import unitune.search.stage as stage
+    from search_util import tiny_vit
+    from unitune.search.export import trial_subnet
+    from unitune.search.study import study_encoding
+
+    def fake_run_search(fitness, space, dims, budget, **kwargs):
+        return run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, sampler="random", seed=1,
+                          study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False)
+
+    def fake_rerank(run, out, study, top_k, epochs, progress):
+        worst = study.best_trial.number  # Optuna's best scores worst stand-alone
+
+        def train(run, out, subnet, epochs, progress):
+            loser = trial_subnet(study.trials[worst], study_encoding(study))
+            return 0.1 if subnet == loser else 0.5 + 0.001 * sum(subnet.lora)
+
+        return rerank(run, out, study, top_k, epochs, train=train)
+
+    model = SimpleNamespace(vit=tiny_vit(), space=SearchSpace())
+    monkeypatch.setattr(stage, "check_search_stage", lambda run, out, **kw: (BUDGET, {}, 0))
+    monkeypatch.setattr(stage, "SupernetFitness", lambda run, out, file: SimpleNamespace(
+        model=model, meta={"path": "supernet.safetensors"}, num_images=10))
+    monkeypatch.setattr(stage, "run_search", fake_run_search)
+    monkeypatch.setattr(stage, "rerank", fake_rerank)
+    run = SimpleNamespace(search=SimpleNamespace(rerank={"top_k": 3, "epochs": 1}, study=None),
+                          model=SimpleNamespace(backbone="vit_tiny_patch16_224"), source="cfg.yaml", name="tiny")
+    result, written = stage.search_stage(run, tmp_path, progress=False)
+    winner = result.study.user_attrs["rerank"]["winner"]
+    assert winner != result.study.best_trial.number
+    assert result.best_trial.number == winner
+    assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
+    assert result.best_subnet == trial_subnet(result.best_trial, study_encoding(result.study))
