@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 import unitune.compare as compare
@@ -276,3 +278,38 @@ def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
     assert [(r["task"], r["group"], r["method"], r["test_images"]) for r in rows] == \
         [("cifar", "natural", "linear", "6"), ("cifar", "natural", "vpt", "6")]
     assert int(rows[1]["params"]) == 10 * 64 * 4  # NOAH's largest VPT size, 10 tokens, within 0.43M
+
+
+def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
+    """The ``full`` row's test accuracy is scored in fp32 (``amp=False``), as retrain scores every
+    PEFT row, and its loaders are told the device (pinned memory only for CUDA), as retrain's are."""
+    import unitune.data
+    import unitune.train
+    from unitune.compare import full_finetune
+    from unitune.config import load_run_config
+
+    cfg = {"name": "tiny", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224",
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+           "data": {"source": "digits", "classes": [5, 6, 7], "batch_size": 64, "num_workers": 0},
+           "retrain": {"epochs": 1, "lr": 0.005, "amp": True}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = load_run_config(path)
+    amps, devices = [], []
+    real_evaluate, real_loader = unitune.train.evaluate, unitune.data.build_loader
+
+    def evaluate(*args, **kwargs):
+        amps.append(kwargs.get("amp", args[4] if len(args) > 4 else False))
+        return real_evaluate(*args, **kwargs)
+
+    def build_loader(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(unitune.train, "evaluate", evaluate)
+    monkeypatch.setattr(unitune.data, "build_loader", build_loader)
+    result = full_finetune(run, tmp_path)
+    assert amps == [False]
+    assert devices == [torch.device("cpu")] * 2
+    assert 0.0 <= result["test_accuracy"] <= 1.0

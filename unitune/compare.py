@@ -311,7 +311,7 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
         p.requires_grad_(True)
     data_config = resolve_data_config(model)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
     optimizer = build_optimizer(model.named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
@@ -322,7 +322,9 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
                               f"full fine-tuning epoch {epoch + 1}/{cfg.epochs}", progress)
     # The test split is built and read only now, once, after the last epoch.
     test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
-    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed), device, num_classes, cfg.amp)
+    # In fp32 whatever ``amp`` trained with, as retrain scores the PEFT rows: one precision per table.
+    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device), device,
+                    num_classes, amp=False)
     trainable = sum(p.numel() for p in model.parameters())
     head = sum(p.numel() for p in model.get_classifier().parameters())
     return {"test_accuracy": test["accuracy"], "test_images": test["n"], "params": trainable - head,
