@@ -17,6 +17,7 @@ from unitune.supernet import BackboneDims, SearchSpace
 
 from .export import best_trial, trial_subnet, write_outputs
 from .fitness import SupernetFitness
+from .plots import save_plots
 from .rerank import check_rerank, rerank
 from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
 
@@ -88,4 +89,6 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         best = best_trial(result.study)
         result = dataclasses.replace(result, best_trial=best,
                                      best_subnet=trial_subnet(best, study_encoding(result.study)))
+        # Drawn again: the Pareto plot's "chosen" star and the heatmap's first row are the winner now.
+        written.update(save_plots(result.study, out / "plots"))
     return result, written

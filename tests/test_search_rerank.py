@@ -185,8 +185,15 @@ def test_search_stage_result_names_the_reranked_winner(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "rerank", fake_rerank)
     run = SimpleNamespace(search=SimpleNamespace(rerank={"top_k": 3, "epochs": 1}, study=None),
                           model=SimpleNamespace(backbone="vit_tiny_patch16_224"), source="cfg.yaml", name="tiny")
+    import unitune.search.plots as plots
+
+    starred = []  # the trial plot_pareto marks "chosen", at each drawing
+    real_pareto = plots.plot_pareto
+    monkeypatch.setattr(plots, "plot_pareto", lambda study, path: (
+        starred.append(plots.ranked_trials(study)[0].number), real_pareto(study, path))[1])
     result, written = stage.search_stage(run, tmp_path, progress=False)
     winner = result.study.user_attrs["rerank"]["winner"]
+    assert starred[-1] == winner and written["pareto"].is_file()
     assert winner != result.study.best_trial.number
     assert result.best_trial.number == winner
     assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
