@@ -212,6 +212,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     assert not out.exists()
 
 
+def test_an_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "orientation",
+                 "--methods", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"unitune: error: --out {out}: exists and is not a folder\n"
+    assert out.read_text() == "not a folder"
+
+
 def test_rerun_with_another_config_into_the_same_folder_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     base = ["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "orientation",

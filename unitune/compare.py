@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .checks import check_output_dir
 from .config import RunConfig, load_config_dict, load_run_config
 from .errors import UniTuneError
 from .io import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
@@ -209,7 +210,8 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
 
     # The base run (with pretrain, if any), checked whole; then one run per task.
     base = load_run_config(config, all_overrides)
-    out = Path(out) if out else Path("runs") / base.name
+    # A file there, or no right to write, fails now, not after the pretraining.
+    out = check_output_dir(Path(out) if out else Path("runs") / base.name)
     weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
     task_runs = {}
     for t in tasks:
