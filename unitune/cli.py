@@ -226,14 +226,14 @@ def _run(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from unitune.compare import parse_names, parse_seeds, plan_compare, run_compare
 
+    if args.jobs < 1:  # before the plan, which indexes every task's data
+        raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     plan = plan_compare(
         args.config, args.out, overrides=args.overrides, quick=args.quick,
         tasks=None if args.tasks is None else parse_names(args.tasks, "tasks"),
         seeds=None if args.seeds is None else parse_seeds(args.seeds),
         methods=None if args.methods is None else parse_names(args.methods, "methods"),
     )
-    if args.jobs < 1:
-        raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     report = run_compare(plan, jobs=args.jobs, progress=not args.quiet)
     print(report["table"], end="")
     print(f"compare: {report['csv']}, {report['table_file']}, {report['plot']} ({report['seconds']} s)")
