@@ -203,6 +203,8 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     (["--seeds", "0.5"], "--seeds: expected integers like 0,1,2, got '0.5'"),
     (["--tasks", "count,kitti"], "data (task 'kitti').task: source 'minivtab' has the tasks"),
     (["--jobs", "0"], "--jobs: expected an integer >= 1, got 0"),
+    (["--seeds", "0,4294967296"], "--seeds: expected an integer seed in [0, 2**32 - 1], got 4294967296"),
+    (["--seeds", "-1"], "--seeds: expected an integer seed in [0, 2**32 - 1], got -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     out = tmp_path / "run"

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checks import check_output_dir
+from .checks import check_output_dir, check_seed
 from .config import RunConfig, load_config_dict, load_run_config
 from .errors import UniTuneError
 from .io import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
@@ -120,9 +120,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 def _check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
         raise UniTuneError(f"{where}: expected a non-empty list of integer seeds, got {seeds!r}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise UniTuneError(f"{where}: seeds are integers >= 0, got {s!r}")
+    for s in seeds:  # each becomes retrain.seed: the range every seed has (unitune.checks)
+        check_seed(s, where)
     if len(set(seeds)) != len(seeds):
         raise UniTuneError(f"{where}: duplicate seed in {list(seeds)}")
     return tuple(seeds)
