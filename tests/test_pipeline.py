@@ -245,3 +245,16 @@ def test_summary_names_why_the_best_trial_was_taken():
                 if ln.startswith("best trial"))
     assert line == ("best trial             3 (900 parameters); the re-rank's winner (best stand-alone val "
                     "accuracy, search.rerank)")
+
+
+def test_quiet_retrain_still_prints_its_result(tiny_run, tmp_path, capsys):
+    """--quiet drops progress, not results: `unitune retrain --quiet` prints its closing line."""
+    config, out, _ = tiny_run
+    new = tmp_path / "new"
+    assert main(["retrain", "--config", str(config), "--out", str(new), "--subnet", str(out / "best_subnet.yaml"),
+                 "--backbone", str(out), "--quiet"]) == 0
+    result = json.loads((new / "retrain_result.json").read_text())
+    captured = capsys.readouterr()
+    assert captured.out == (f"retrain: test accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, "
+                            f"last epoch) -> {new / 'export'}\n")
+    assert captured.err == ""

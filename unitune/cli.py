@@ -141,7 +141,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from unitune.pretrain import pretrain
 
     run = _load_run(args)
-    pretrain(run, _out_dir(args, run), progress=not args.quiet)
+    path = pretrain(run, _out_dir(args, run), progress=not args.quiet)
+    if args.quiet:  # results still print (without --quiet pretrain printed its line)
+        print(f"pretrain: {path}")
     return 0
 
 
@@ -177,12 +179,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from unitune.retrain.train import retrain
+    from unitune.retrain.train import result_line, retrain
 
     run = _load_run(args)
     out = _out_dir(args, run)
-    retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
-            resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index, backbone=args.backbone)
+    result = retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
+                     resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index,
+                     backbone=args.backbone)
+    if args.quiet:  # results still print (without --quiet retrain printed it)
+        print(result_line(result, out))
     return 0
 
 
