@@ -198,3 +198,26 @@ def test_search_stage_result_names_the_reranked_winner(tmp_path, monkeypatch):
     assert result.best_trial.number == winner
     assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
     assert result.best_subnet == trial_subnet(result.best_trial, study_encoding(result.study))
+
+
+def test_after_rerank_of_a_two_objective_study_every_reader_names_the_winner(tmp_path):
+    """With ``acc,params`` the re-rank also writes best_subnet.yaml: best_trial() and
+    export-subnet must name that winner too, not the Pareto front's most accurate point."""
+    from unitune.search.export import best_trial, export_subnets, load_subnets, trial_subnet
+    from unitune.search.study import study_encoding
+
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, sampler="random", seed=1,
+                       objectives="acc,params", study_attrs={"backbone": "vit_tiny_patch16_224"},
+                       progress=False).study
+    assert len(study.directions) == 2
+    most_accurate = best_trial(study).number
+    loser = trial_subnet(study.trials[most_accurate], study_encoding(study))
+
+    def train(run, out, subnet, epochs, progress):  # the most accurate by inheritance scores worst
+        return 0.1 if subnet == loser else 0.5 + 0.001 * sum(subnet.lora)
+
+    winner = rerank(None, tmp_path, study, top_k=3, epochs=1, train=train)["winner"]
+    assert winner != most_accurate
+    assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
+    assert best_trial(study).number == winner
+    assert load_subnets(export_subnets(study, out=tmp_path / "top.yaml", top_k=2))[0][1]["trial"] == winner
