@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
-
-import torch
 
 from common import add_common_args, default_workdir, demo_overrides, demo_run, demo_search, mean_std, setup
 from unitune.backbone import create_backbone

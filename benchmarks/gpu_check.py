@@ -57,7 +57,7 @@ if str(BENCH) not in sys.path:  # run as a script or imported from the tests
 
 import torch  # noqa: E402
 
-from common import DEMO_CONFIG, NOAH_SPACE, TINY, VIT_B, interleaved, machine, median_ratio, space_for  # noqa: E402
+from common import DEMO_CONFIG, TINY, VIT_B, interleaved, machine, median_ratio, space_for  # noqa: E402
 
 SECTIONS = ("env", "train", "inference", "search", "retrain_vit", "demo", "retrain_demo")
 # Seconds a section may take on the GPU (each also stops at the run's overall deadline).

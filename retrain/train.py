@@ -205,7 +205,12 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     write_json_atomic(out / RESULT_FILE, result)
     export_model(out / EXPORT_DIR, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,
                  class_names=list(train_set.classes), data_config=data_config, provenance=provenance)
-    if progress:
-        print(f"retrain: test accuracy {test['accuracy']:.4f} ({test['n']} images, last epoch) "
-              f"-> {out / EXPORT_DIR}")
+    if progress:  # under --quiet the command prints it (cli._retrain)
+        print(result_line(result, out))
     return result
+
+
+def result_line(result: dict[str, Any], out: Path) -> str:
+    """Retrain's closing line (stdout)."""
+    return (f"retrain: test accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, last epoch) "
+            f"-> {Path(out) / EXPORT_DIR}")

@@ -28,7 +28,7 @@ run summary name the same trial:
   hidden rule that differs from the one on screen costs more than a few parameters, and a
   search that should trade accuracy for size has ``acc,params`` for that.
   :func:`best_ties` lists the ties, and the run summary says how many there were.
-- after ``search.rerank`` (one objective): the re-rank's winner, the candidate with the best
+- after ``search.rerank`` (one objective or two): the re-rank's winner, the candidate with the best
   stand-alone val accuracy (stored on the study as the ``rerank`` attribute). The dashboard still
   marks Optuna's best by inherited accuracy; the study's note and its ``best_trial`` attribute
   name the re-ranked one, as ``best_subnet.yaml``, ``export-subnet`` and the summary do.
@@ -73,11 +73,13 @@ def ranked_trials(study: optuna.Study, reranked: bool = True) -> list[FrozenTria
     parameters up, then trial number up. ``reranked=False``: by inherited accuracy alone (what
     the re-rank itself draws its candidates from)."""
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_key)
-    if len(study.directions) == 1 and trials:
+    if trials:
+        # with one objective or two: the re-rank's winner is what it wrote to best_subnet.yaml
         best = _reranked_winner(study, trials) if reranked else None
-        if best is None:
+        if best is None and len(study.directions) == 1:
             best = study.best_trial.number  # Optuna's (and the dashboard's) choice leads
-        trials.sort(key=lambda t: t.number != best)  # stable: the rest keep their order
+        if best is not None:
+            trials.sort(key=lambda t: t.number != best)  # stable: the rest keep their order
     return trials
 
 

@@ -117,8 +117,8 @@ def standalone_val_accuracy(run: RunConfig, out: Path, subnet, epochs: int, prog
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
     val_set.transform = build_transform(data_config, train=False, cfg=run.data)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
-    val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
+    val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, device=device)
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
@@ -190,6 +190,16 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
               "that the supernet ranks them better than chance; re-rank more (search.rerank.top_k) or use a "
               "larger val set.")
     return record
+
+
+def forget_rerank(study: optuna.Study) -> bool:
+    """With re-ranking off, an earlier run's winner must not outlive it (newer trials may beat
+    it): the plain rule decides again. True if there was one. (Optuna cannot delete a user
+    attribute; None reads as "no re-rank".)"""
+    if not study.user_attrs.get(RERANK_ATTR):
+        return False
+    study.set_user_attr(RERANK_ATTR, None)
+    return True
 
 
 def _warn(text: str) -> None:

@@ -5,6 +5,7 @@ training (:mod:`.rerank`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,10 +15,11 @@ from unitune.config import RunConfig
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace
 
-from .export import write_outputs
+from .export import best_trial, trial_subnet, write_outputs
 from .fitness import SupernetFitness
-from .rerank import check_rerank, rerank
-from .study import SearchResult, check_search_settings, default_storage, run_search
+from .plots import save_plots
+from .rerank import check_rerank, forget_rerank, rerank
+from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
 
 
 def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
@@ -75,11 +77,22 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         backbone_params=backbone_params,
         **settings,
     )
-    written = write_outputs(result.study, out, dims=BackboneDims.from_model(model))
     top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")
+    if not top_k and forget_rerank(result.study):
+        best = best_trial(result.study)
+        result = dataclasses.replace(result, best_trial=best,
+                                     best_subnet=trial_subnet(best, study_encoding(result.study)))
+    written = write_outputs(result.study, out, dims=BackboneDims.from_model(model))
     if top_k:
         # Frees the supernet first: re-ranking trains fresh subnets from the pretrained backbone.
         del fitness, model
         rerank(run, out, result.study, top_k, epochs, progress=progress)
         written["rerank_plot"] = out / "plots" / "rerank_tau.png"
+        # The result names the re-rank's winner, as best_subnet.yaml does: `unitune search` and the
+        # run summary report it (one rule for "best", search/export.py).
+        best = best_trial(result.study)
+        result = dataclasses.replace(result, best_trial=best,
+                                     best_subnet=trial_subnet(best, study_encoding(result.study)))
+        # Drawn again: the Pareto plot's "chosen" star and the heatmap's first row are the winner now.
+        written.update(save_plots(result.study, out / "plots"))
     return result, written

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from PIL import Image
 
 import unitune.compare as compare
@@ -200,6 +202,9 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     (["--seeds", "0,one"], "--seeds: expected integers like 0,1,2, got 'one'"),
     (["--seeds", "0.5"], "--seeds: expected integers like 0,1,2, got '0.5'"),
     (["--tasks", "count,kitti"], "data (task 'kitti').task: source 'minivtab' has the tasks"),
+    (["--jobs", "0"], "--jobs: expected an integer >= 1, got 0"),
+    (["--seeds", "0,4294967296"], "--seeds: expected an integer seed in [0, 2**32 - 1], got 4294967296"),
+    (["--seeds", "-1"], "--seeds: expected an integer seed in [0, 2**32 - 1], got -1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     out = tmp_path / "run"
@@ -208,6 +213,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     assert err.startswith("unitune: error: ") and err.count("\n") == 1, err
     assert message in err, err
     assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "orientation",
+                 "--methods", "linear"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"unitune: error: --out {out}: exists and is not a folder\n"
+    assert out.read_text() == "not a folder"
 
 
 def test_rerun_with_another_config_into_the_same_folder_is_refused(tmp_path, capsys):
@@ -276,3 +291,38 @@ def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
     assert [(r["task"], r["group"], r["method"], r["test_images"]) for r in rows] == \
         [("cifar", "natural", "linear", "6"), ("cifar", "natural", "vpt", "6")]
     assert int(rows[1]["params"]) == 10 * 64 * 4  # NOAH's largest VPT size, 10 tokens, within 0.43M
+
+
+def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
+    """The ``full`` row's test accuracy is scored in fp32 (``amp=False``), as retrain scores every
+    PEFT row, and its loaders are told the device (pinned memory only for CUDA), as retrain's are."""
+    import unitune.data
+    import unitune.train
+    from unitune.compare import full_finetune
+    from unitune.config import load_run_config
+
+    cfg = {"name": "tiny", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224",
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+           "data": {"source": "digits", "classes": [5, 6, 7], "batch_size": 64, "num_workers": 0},
+           "retrain": {"epochs": 1, "lr": 0.005, "amp": True}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = load_run_config(path)
+    amps, devices = [], []
+    real_evaluate, real_loader = unitune.train.evaluate, unitune.data.build_loader
+
+    def evaluate(*args, **kwargs):
+        amps.append(kwargs.get("amp", args[4] if len(args) > 4 else False))
+        return real_evaluate(*args, **kwargs)
+
+    def build_loader(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(unitune.train, "evaluate", evaluate)
+    monkeypatch.setattr(unitune.data, "build_loader", build_loader)
+    result = full_finetune(run, tmp_path)
+    assert amps == [False]
+    assert devices == [torch.device("cpu")] * 2
+    assert 0.0 <= result["test_accuracy"] <= 1.0

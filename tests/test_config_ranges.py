@@ -4,7 +4,6 @@ duplicate keys and alias bombs while keeping ordinary anchors and merge keys."""
 from __future__ import annotations
 
 import dataclasses
-import time
 import typing
 
 import pytest
@@ -80,9 +79,8 @@ def test_anchors_and_merge_keys_still_work():
 def test_an_alias_bomb_is_refused_quickly():
     lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
     lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
-    start = time.perf_counter()
-    with pytest.raises(yaml.YAMLError, match="alias bomb"):
+    # Refused while composing (a ComposerError, before any Python object is built), after walking
+    # at most MAX_YAML_NODES nodes: expanding the 9**9 values is never started. No clock involved.
+    with pytest.raises(yaml.composer.ComposerError, match="alias bomb"):
         safe_load("\n".join(lines) + "\n")
-    # generous: the refusal walks at most MAX_YAML_NODES nodes; expanding would take 9**9 (hours)
-    assert time.perf_counter() - start < 30
     safe_load("[" + ", ".join(["1"] * (MAX_YAML_NODES - 10)) + "]")  # a big plain document is fine

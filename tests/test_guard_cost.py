@@ -145,3 +145,32 @@ def test_guard_matches_the_previous_one_bit_for_bit():
         assert torch.equal(new[name], old[name]), name
         for key, value in opt_old.state[old[name]].items():
             assert torch.equal(opt_new.state[new[name]][key], value), (name, key)
+
+
+def test_evaluation_between_steps_does_not_widen_what_the_next_step_updates():
+    """evaluate() runs without autograd: the supernet's end-of-epoch evaluation of the largest
+    subnet must not count as a used forward pass, or the next (smaller) step would let weight
+    decay move every entry the largest subnet has."""
+    from unitune.train import evaluate
+
+    space = SearchSpace(lora_targets=("qkv", "proj", "fc1", "fc2"))
+    torch.manual_seed(0)
+    model = PeftViT(tiny_vit(num_classes=5), space).train()
+    optimizer = build_optimizer(model.trainable_named_parameters(), TrainConfig(lr=1e-2, weight_decay=0.05))
+    InactiveGuard(model, optimizer)
+    images, labels = torch.randn(2, 3, TINY["img_size"], TINY["img_size"]), torch.tensor([0, 1])
+    model.set_subnet(Subnet.largest(space, 4))
+    evaluate(model, [(images, labels)], torch.device("cpu"), 5)
+    # Partly used layers (a size-0 layer gets no gradient, so AdamW would skip it anyway).
+    model.set_subnet(Subnet(lora=(4, 0, 10, 1), adapter=(8, 5, 0, 10), vpt=(5, 0, 1, 10), ssf=(1, 0, 1, 0),
+                            ssf_global=1))
+    masks = active_masks(model)
+    before = {n: p.detach().clone() for n, p in model.peft_named_parameters()}
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    idle = 0
+    for name, p in model.peft_named_parameters():
+        assert torch.equal(p.detach()[~masks[name]], before[name][~masks[name]]), name
+        idle += int((~masks[name]).sum())
+    assert idle > 0

@@ -228,3 +228,33 @@ def test_killed_run_resumes_without_redoing_the_supernet(tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
     finished = [t.params for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) == 40
+
+
+def test_summary_names_why_the_best_trial_was_taken():
+    """With ties on val accuracy the summary says Optuna's best_trial was taken and names the
+    smallest tie; after search.rerank it says the re-rank's winner was taken (the ties on inherited
+    accuracy decided nothing)."""
+    from unitune.pipeline import format_summary
+
+    s = {"budget": 1000, "trainable_params": 900, "trainable_params_with_head": 950, "per_method": {"lora": 900},
+         "search_trials": 5, "search_best_val_accuracy": 0.5, "search_best_trial": 3, "search_best_params": 900,
+         "search_ties": [[1, 400], [3, 900]], "test_accuracy": 0.4, "test_images": 10, "seconds": {}}
+    line = next(ln for ln in format_summary(s).splitlines() if ln.startswith("best trial"))
+    assert line.endswith("2 trials tie on val accuracy, Optuna's best_trial is taken (the smallest is trial 1, 400)")
+    line = next(ln for ln in format_summary({**s, "search_reranked": True}).splitlines()
+                if ln.startswith("best trial"))
+    assert line == ("best trial             3 (900 parameters); the re-rank's winner (best stand-alone val "
+                    "accuracy, search.rerank)")
+
+
+def test_quiet_retrain_still_prints_its_result(tiny_run, tmp_path, capsys):
+    """--quiet drops progress, not results: `unitune retrain --quiet` prints its closing line."""
+    config, out, _ = tiny_run
+    new = tmp_path / "new"
+    assert main(["retrain", "--config", str(config), "--out", str(new), "--subnet", str(out / "best_subnet.yaml"),
+                 "--backbone", str(out), "--quiet"]) == 0
+    result = json.loads((new / "retrain_result.json").read_text())
+    captured = capsys.readouterr()
+    assert captured.out == (f"retrain: test accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, "
+                            f"last epoch) -> {new / 'export'}\n")
+    assert captured.err == ""

@@ -176,3 +176,90 @@ def test_after_rerank_every_reader_names_the_reranked_winner(tmp_path):
     assert study.user_attrs["best_trial"] == winner
     note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
     assert f"### Chosen subnet: trial {winner}," in note and "re-rank's winner" in note
+
+
+def test_search_stage_result_names_the_reranked_winner(tmp_path, monkeypatch):
+    """`unitune search` prints, and `unitune run` summarises, the search stage's result: after a
+    re-rank its best trial is the re-rank's winner (best_subnet.yaml's), not the inherited best."""
+    from types import SimpleNamespace
+
+    import unitune.search.stage as stage
+    from search_util import tiny_vit
+    from unitune.search.export import trial_subnet
+    from unitune.search.study import study_encoding
+
+    def fake_run_search(fitness, space, dims, budget, **kwargs):
+        return run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, sampler="random", seed=1,
+                          study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False)
+
+    def fake_rerank(run, out, study, top_k, epochs, progress):
+        worst = study.best_trial.number  # Optuna's best scores worst stand-alone
+
+        def train(run, out, subnet, epochs, progress):
+            loser = trial_subnet(study.trials[worst], study_encoding(study))
+            return 0.1 if subnet == loser else 0.5 + 0.001 * sum(subnet.lora)
+
+        return rerank(run, out, study, top_k, epochs, train=train)
+
+    model = SimpleNamespace(vit=tiny_vit(), space=SearchSpace())
+    monkeypatch.setattr(stage, "check_search_stage", lambda run, out, **kw: (BUDGET, {}, 0))
+    monkeypatch.setattr(stage, "SupernetFitness", lambda run, out, file: SimpleNamespace(
+        model=model, meta={"path": "supernet.safetensors"}, num_images=10))
+    monkeypatch.setattr(stage, "run_search", fake_run_search)
+    monkeypatch.setattr(stage, "rerank", fake_rerank)
+    run = SimpleNamespace(search=SimpleNamespace(rerank={"top_k": 3, "epochs": 1}, study=None),
+                          model=SimpleNamespace(backbone="vit_tiny_patch16_224"), source="cfg.yaml", name="tiny")
+    import unitune.search.plots as plots
+
+    starred = []  # the trial plot_pareto marks "chosen", at each drawing
+    real_pareto = plots.plot_pareto
+    monkeypatch.setattr(plots, "plot_pareto", lambda study, path: (
+        starred.append(plots.ranked_trials(study)[0].number), real_pareto(study, path))[1])
+    result, written = stage.search_stage(run, tmp_path, progress=False)
+    winner = result.study.user_attrs["rerank"]["winner"]
+    assert starred[-1] == winner and written["pareto"].is_file()
+    assert winner != result.study.best_trial.number
+    assert result.best_trial.number == winner
+    assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
+    assert result.best_subnet == trial_subnet(result.best_trial, study_encoding(result.study))
+
+
+def test_after_rerank_of_a_two_objective_study_every_reader_names_the_winner(tmp_path):
+    """With ``acc,params`` the re-rank also writes best_subnet.yaml: best_trial() and
+    export-subnet must name that winner too, not the Pareto front's most accurate point."""
+    from unitune.search.export import best_trial, export_subnets, load_subnets, trial_subnet
+    from unitune.search.study import study_encoding
+
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, sampler="random", seed=1,
+                       objectives="acc,params", study_attrs={"backbone": "vit_tiny_patch16_224"},
+                       progress=False).study
+    assert len(study.directions) == 2
+    most_accurate = best_trial(study).number
+    loser = trial_subnet(study.trials[most_accurate], study_encoding(study))
+
+    def train(run, out, subnet, epochs, progress):  # the most accurate by inheritance scores worst
+        return 0.1 if subnet == loser else 0.5 + 0.001 * sum(subnet.lora)
+
+    winner = rerank(None, tmp_path, study, top_k=3, epochs=1, train=train)["winner"]
+    assert winner != most_accurate
+    assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
+    assert best_trial(study).number == winner
+    assert load_subnets(export_subnets(study, out=tmp_path / "top.yaml", top_k=2))[0][1]["trial"] == winner
+
+
+def test_turning_rerank_off_forgets_an_earlier_winner(tmp_path):
+    from unitune.search.export import best_trial
+    from unitune.search.rerank import forget_rerank
+
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 10, sampler="random", seed=3,
+                       study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+    optuna_best = study.best_trial.number
+    from unitune.search.export import trial_subnet
+    from unitune.search.study import study_encoding
+
+    worst = trial_subnet(study.best_trial, study_encoding(study))
+    record = rerank(None, tmp_path, study, top_k=3, epochs=1,  # Optuna's best scores worst stand-alone
+                    train=lambda run, out, subnet, epochs, progress: 0.1 if subnet == worst else 0.5)
+    assert record["winner"] != optuna_best and best_trial(study).number == record["winner"]
+    assert forget_rerank(study) is True and forget_rerank(study) is False
+    assert best_trial(study).number == optuna_best

@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from search_util import decode_independently, n_params, synthetic_accuracy, tiny_dims
-from unitune.search import SubnetEncoding, make_sampler, run_search
+from unitune.search import SubnetEncoding, run_search
 from unitune.search.objective import SubnetObjective
 from unitune.search.seeds import single_method_subnets, worker_seed
 from unitune.supernet import SearchSpace, Subnet, count_params

@@ -141,7 +141,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from unitune.pretrain import pretrain
 
     run = _load_run(args)
-    pretrain(run, _out_dir(args, run), progress=not args.quiet)
+    path = pretrain(run, _out_dir(args, run), progress=not args.quiet)
+    if args.quiet:  # results still print (without --quiet pretrain printed its line)
+        print(f"pretrain: {path}")
     return 0
 
 
@@ -177,12 +179,15 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from unitune.retrain.train import retrain
+    from unitune.retrain.train import result_line, retrain
 
     run = _load_run(args)
     out = _out_dir(args, run)
-    retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
-            resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index, backbone=args.backbone)
+    result = retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
+                     resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index,
+                     backbone=args.backbone)
+    if args.quiet:  # results still print (without --quiet retrain printed it)
+        print(result_line(result, out))
     return 0
 
 
@@ -226,14 +231,14 @@ def _run(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from unitune.compare import parse_names, parse_seeds, plan_compare, run_compare
 
+    if args.jobs < 1:  # before the plan, which indexes every task's data
+        raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     plan = plan_compare(
         args.config, args.out, overrides=args.overrides, quick=args.quick,
         tasks=None if args.tasks is None else parse_names(args.tasks, "tasks"),
         seeds=None if args.seeds is None else parse_seeds(args.seeds),
         methods=None if args.methods is None else parse_names(args.methods, "methods"),
     )
-    if args.jobs < 1:
-        raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     report = run_compare(plan, jobs=args.jobs, progress=not args.quiet)
     print(report["table"], end="")
     print(f"compare: {report['csv']}, {report['table_file']}, {report['plot']} ({report['seconds']} s)")

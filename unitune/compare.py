@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .checks import check_output_dir, check_seed
 from .config import RunConfig, load_config_dict, load_run_config
 from .errors import UniTuneError
 from .io import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
@@ -119,9 +120,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 def _check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
         raise UniTuneError(f"{where}: expected a non-empty list of integer seeds, got {seeds!r}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-            raise UniTuneError(f"{where}: seeds are integers >= 0, got {s!r}")
+    for s in seeds:  # each becomes retrain.seed: the range every seed has (unitune.checks)
+        check_seed(s, where)
     if len(set(seeds)) != len(seeds):
         raise UniTuneError(f"{where}: duplicate seed in {list(seeds)}")
     return tuple(seeds)
@@ -209,7 +209,8 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
 
     # The base run (with pretrain, if any), checked whole; then one run per task.
     base = load_run_config(config, all_overrides)
-    out = Path(out) if out else Path("runs") / base.name
+    # A file there, or no right to write, fails now, not after the pretraining.
+    out = check_output_dir(Path(out) if out else Path("runs") / base.name)
     weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
     task_runs = {}
     for t in tasks:
@@ -311,7 +312,7 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
         p.requires_grad_(True)
     data_config = resolve_data_config(model)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
     optimizer = build_optimizer(model.named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
@@ -322,7 +323,9 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
                               f"full fine-tuning epoch {epoch + 1}/{cfg.epochs}", progress)
     # The test split is built and read only now, once, after the last epoch.
     test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
-    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed), device, num_classes, cfg.amp)
+    # In fp32 whatever ``amp`` trained with, as retrain scores the PEFT rows: one precision per table.
+    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device), device,
+                    num_classes, amp=False)
     trainable = sum(p.numel() for p in model.parameters())
     head = sum(p.numel() for p in model.get_classifier().parameters())
     return {"test_accuracy": test["accuracy"], "test_images": test["n"], "params": trainable - head,

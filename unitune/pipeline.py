@@ -73,9 +73,9 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     if abs(evaluation["accuracy"] - retrained["test_accuracy"]) > 1e-9:
         raise UniTuneError(f"{out / EXPORT_DIR}: the export scores {evaluation['accuracy']:.4f} on test, "
                            f"but retrain recorded {retrained['test_accuracy']:.4f}")
-    from unitune.search import best_ties, best_trial
+    from unitune.search import best_ties
 
-    best = best_trial(result.study)  # after the re-rank: its winner, as best_subnet.yaml holds
+    best = result.best_trial  # after the re-rank: its winner, as best_subnet.yaml holds
     ties = best_ties(result.study)
     params = retrained["params"]
     summary = {
@@ -86,11 +86,14 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         "per_method": params["per_method"],
         "search_trials": result.n_complete,
         "search_best_val_accuracy": best.user_attrs["val_accuracy"],
-        # Which trial best_subnet.yaml took (the re-rank's winner, else Optuna's best_trial), and
-        # the trials that tie with it on val accuracy, fewest parameters first.
+        # Which trial best_subnet.yaml took (search/export.py's one rule: the re-rank's winner,
+        # else Optuna's best_trial, what the dashboard marks), and the trials that tie with it on
+        # val accuracy, fewest parameters first.
         "search_best_trial": best.number,
         "search_best_params": best.user_attrs["n_params"],
         "search_ties": [[t.number, t.user_attrs["n_params"]] for t in ties],
+        # search.rerank picked it by stand-alone val accuracy (then the ties above do not decide).
+        "search_reranked": (result.study.user_attrs.get("rerank") or {}).get("winner") == best.number,
         "test_accuracy": retrained["test_accuracy"],
         "test_images": retrained["test_images"],
         "export": str(out / EXPORT_DIR),
@@ -185,6 +188,8 @@ def _best_line(s: dict[str, Any]) -> str:
     if "search_best_trial" not in s:  # a summary written before unitune recorded it
         return ""
     line = f"best trial             {s['search_best_trial']} ({s['search_best_params']:,} parameters)"
+    if s.get("search_reranked"):
+        return line + "; the re-rank's winner (best stand-alone val accuracy, search.rerank)"
     ties = s.get("search_ties") or []
     if len(ties) > 1:
         smallest = min(ties, key=lambda t: (t[1], t[0]))

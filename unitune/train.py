@@ -263,13 +263,13 @@ def all_reduce_gradients(params: list[nn.Parameter], world: Dist) -> None:
         offset += g.numel()
 
 
-@torch.no_grad()
 def round_metric(value: float) -> float:
     """A reported accuracy: 6 decimal places, enough to tell 1 image in 100,000 apart, without
     float noise in the JSON a person reads."""
     return round(float(value), 6)
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_classes: int,
              amp: bool = False) -> dict[str, Any]:
     """Top-1 accuracy, mean loss and the confusion matrix (rows: true class) over ``batches``."""
