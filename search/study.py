@@ -15,7 +15,8 @@ How the count stays exact with several workers and killed ones:
 - a trial failed by a non-finite accuracy, or failed unevaluated as a ``duplicate`` of a subnet
   another trial holds (:mod:`.dedup`), leaves its slot free, so some worker runs another.
 
-So the study reaches exactly ``n_trials`` COMPLETE trials once every worker has stopped and no
+So the study reaches exactly ``n_trials`` finished trials (COMPLETE, or PRUNED with a pruner:
+:mod:`.pruning`) once every worker has stopped and no
 RUNNING trial of a dead worker is left unrecovered (a worker killed on another host without
 heartbeats needs one more run of the search from any host after its death is known, or a
 server database with heartbeats).
@@ -42,9 +43,10 @@ from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
 from .budget import check_budget, parse_budget
-from .dedup import DUPLICATE
+from .dedup import DUPLICATE, FINISHED
 from .encoding import SubnetEncoding
 from .objective import SubnetObjective
+from .pruning import make_pruner
 from .sampler import make_sampler
 from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
 from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock, worker_token
@@ -189,10 +191,11 @@ def _register_worker(study: optuna.Study, base_seed: int) -> tuple[int, int]:
 
 
 def count_states(study: optuna.Study) -> tuple[int, int]:
-    """(COMPLETE, RUNNING) trials of the study, all workers included."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    return complete, len(trials) - complete
+    """(finished, RUNNING) trials of the study, all workers included; finished is COMPLETE or
+    PRUNED (a pruned trial was evaluated, only more cheaply: it takes its slot of ``n_trials``)."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    finished = sum(t.state in FINISHED for t in trials)
+    return finished, len(trials) - finished
 
 
 @contextmanager
@@ -250,6 +253,7 @@ def run_search(
     stale_after: float = 300.0,
     max_retries: int = 3,
     single_methods: bool = True,
+    pruner: str = "none",
 ) -> SearchResult:
     """Search subnets of ``space`` on a backbone ``dims`` under ``budget`` until the study holds
     ``n_trials`` COMPLETE trials.
@@ -263,6 +267,8 @@ def run_search(
     sampler seed is offset by their count so a restarted worker does not replay its proposals.
     ``study_attrs`` (e.g. ``backbone``, ``supernet``) are recorded on a new study; ``backbone``
     must match on an existing one.
+
+    ``pruner``: ``none``, ``sha`` or ``hyperband`` (:mod:`.pruning`), for a fitness with ``staged``.
 
     Everything the user gives is validated before the storage is touched, so bad input stores
     nothing.
@@ -311,6 +317,8 @@ def run_search(
         base_seed = seed if seed is not None else int(study.user_attrs["seed"])
         index, own_seed = _register_worker(study, base_seed)
     study.sampler = make_sampler(sampler, encoding, budget, seed=own_seed, n_objectives=len(objectives), **options)
+    # ``evaluate.n_stages``: how many fidelities a staged fitness reports (see .pruning).
+    study.pruner = make_pruner(pruner, getattr(evaluate, "n_stages", 1))
 
     objective = SubnetObjective(evaluate, encoding, budget, objectives, n_trials, seed=own_seed, worker_index=index)
 
@@ -354,7 +362,7 @@ def run_search(
     from .export import best_trial  # export imports study helpers; import late
 
     best = best_trial(study, required=False)
-    complete, _ = count_states(study)
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return SearchResult(
         study=study,
         storage=url,

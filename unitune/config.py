@@ -212,6 +212,14 @@ class SearchConfig:
     objectives: str = "acc"  # acc | acc,params
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
     rerank: dict = field(default_factory=dict)  # {top_k: K, epochs: E}: see search/rerank.py; {} is off
+    fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
+    pruner: str = "auto"  # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
+    standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
+
+    def validate(self, where: str) -> None:
+        from unitune.search.pruning import check_fitness_pruner
+
+        check_fitness_pruner(self.fitness, self.pruner, self.objectives, where)
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,11 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
         build_dataset(run.data, split, None)
     check_search_stage(run, out)
 
-    def stage(name: str, done: bool, work) -> Any:
+    def stage(name: str, done: bool, work, why: str = "complete") -> Any:
         if done:
-            seconds[name] = "skipped (complete)"
+            seconds[name] = f"skipped ({why})"
             if progress:
-                print(f"[{name}] already complete, skipped")
+                print(f"[{name}] skipped ({why})")
             return None
         if progress:
             print(f"[{name}]")
@@ -51,8 +51,11 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
 
     if run.pretrain is not None:
         stage("pretrain", (out / PRETRAIN_DIR / WEIGHTS_FILE).is_file(), lambda: pretrain(run, out, progress))
-    stage("supernet", (out / SUPERNET_FILE).is_file(),
-          lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress))
+    # The standalone fitness trains each trial's subnet itself: no supernet to train.
+    standalone = run.search.fitness == "standalone"
+    stage("supernet", (out / SUPERNET_FILE).is_file() or standalone,
+          lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress),
+          why="search.fitness is standalone" if standalone else "complete")
     result, _ = stage("search", False, lambda: search_stage(run, out, progress=progress))
     exported = (out / EXPORT_DIR / "unitune.json").is_file() and (out / RESULT_FILE).is_file()
     stage("retrain", exported, lambda: retrain(run, out / "best_subnet.yaml", out,
