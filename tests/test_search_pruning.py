@@ -189,3 +189,19 @@ def test_standalone_search_needs_no_supernet_and_never_reads_test(tmp_path, guar
     assert not (tmp_path / "out" / "supernet.safetensors").exists()
     assert (tmp_path / "out" / "best_subnet.yaml").is_file()
     assert "test" not in guarded_splits
+
+
+def test_unitune_run_with_the_standalone_fitness_trains_no_supernet(tmp_path):
+    from unitune.pipeline import run_all
+
+    cfg = {**TINY_RUN, "pretrain": {"data": {"source": "digits", "classes": [0, 1, 2], "batch_size": 64,
+                                             "num_workers": 0}, "epochs": 1, "lr": 0.003},
+           "search": {**TINY_RUN["search"], "standalone_epochs": 1, "pruner": "auto",
+                      "rerank": {"top_k": 2, "epochs": 1}},
+           "retrain": {"epochs": 1, "lr": 0.005}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    summary = run_all(load_run_config(path), tmp_path / "out", progress=False)
+    assert summary["seconds"]["supernet"] == "skipped (search.fitness is standalone)"
+    assert not (tmp_path / "out" / "supernet.safetensors").exists() and not (tmp_path / "out" / "supernet_ckpt").exists()
+    assert summary["search_trials"] == 3 and 0 <= summary["test_accuracy"] <= 1
