@@ -43,8 +43,9 @@ from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
 class SubnetObjective:
     """The callable given to ``study.optimize``.
 
-    ``n_trials`` is the study-wide cap on finished (COMPLETE or PRUNED) trials: a trial that finds the study already
-    holds ``n_trials`` complete trials plus RUNNING ones started before it is surplus (another
+    ``n_trials`` is the study-wide cap on finished (COMPLETE or PRUNED) trials: a trial that
+    finds the study already holds ``n_trials`` finished trials plus RUNNING ones started before
+    it is surplus (another
     worker raced it to the last slot); it fails at once, before sampling anything, hands back
     any enqueued parameters it had popped, and stops this worker.
     """
