@@ -144,6 +144,8 @@ TINY_RUN = {
 @pytest.fixture
 def guarded_splits(monkeypatch):
     import unitune.data
+    import unitune.retrain.evaluate  # noqa: F401  imported first: they bind build_dataset by name, and
+    import unitune.retrain.train  # noqa: F401  must not keep the guarded one after this test
 
     real = unitune.data.build_dataset
     splits = []
