@@ -219,8 +219,9 @@ class _Progress:
         self.bar = tqdm(total=total, disable=not enabled, desc="search", unit="trial", dynamic_ncols=True)
 
     def update(self, study: optuna.Study) -> None:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        self.bar.n = min(len(complete), self.bar.total)
+        finished = study.get_trials(deepcopy=False, states=FINISHED)  # pruned trials take a slot too
+        complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        self.bar.n = min(len(finished), self.bar.total)
         if complete:
             best = max(t.values[0] for t in complete)  # every stored trial is within budget
             self.bar.set_postfix_str(f"best acc {best:.4f}", refresh=False)

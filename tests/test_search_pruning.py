@@ -207,3 +207,14 @@ def test_unitune_run_with_the_standalone_fitness_trains_no_supernet(tmp_path):
     assert summary["seconds"]["supernet"] == "skipped (search.fitness is standalone)"
     assert not (tmp_path / "out" / "supernet.safetensors").exists() and not (tmp_path / "out" / "supernet_ckpt").exists()
     assert summary["search_trials"] == 3 and 0 <= summary["test_accuracy"] <= 1
+
+
+def test_a_low_rerank_tau_recommends_the_standalone_fitness(tmp_path, caplog):
+    from unitune.search.rerank import rerank
+
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 10, sampler="random", seed=0,
+                       study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+    record = rerank(None, tmp_path, study, top_k=3, epochs=1,
+                    train=lambda run, out, subnet, epochs, progress: -synthetic_accuracy(subnet))
+    assert record["kendall"]["tau"] == pytest.approx(-1.0)
+    assert "search.fitness: standalone" in caplog.text
