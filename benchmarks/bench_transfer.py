@@ -11,7 +11,7 @@ is the demo search's ``best_subnet.yaml`` (searched on train/val with the supern
 weights; the test split is not used before this table).
 
 Rows (all through ``unitune.retrain.train.retrain`` with hand-written subnet files, except full
-fine-tuning, which needs every weight trainable and has a small loop below on the same recipe):
+fine-tuning, which needs every weight trainable: ``unitune.compare.full_finetune``, same recipe):
 
 - linear probe: the all-zero subnet (only the head trains);
 - full fine-tuning: every parameter of the backbone and the head;
@@ -36,12 +36,11 @@ import torch
 from common import add_common_args, default_workdir, demo_overrides, demo_run, demo_search, mean_std, setup
 from unitune.backbone import create_backbone
 from unitune.config import load_run_config
-from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-from unitune.pretrain import PRETRAIN_DIR, pretrained_weights
+from unitune.compare import full_finetune  # the same loop as `unitune compare`'s full fine-tuning rows
+from unitune.pretrain import PRETRAIN_DIR
 from unitune.retrain.train import retrain
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.train import SUPERNET_FILE
-from unitune.train import Criterion, autocast, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything
 
 SINGLE = ("lora", "adapter", "vpt", "ssf")
 
@@ -59,42 +58,6 @@ def closest_uniform(method: str, target: int, space: SearchSpace, dims: Backbone
             options.append((abs(count_params(subnet, dims, space).total - target), subnet))
     _, best = min(options, key=lambda o: o[0])
     return best, count_params(best, dims, space).total
-
-
-def full_finetune(run, out: Path) -> dict:
-    """Every weight trainable, the retrain recipe, trainval / last-epoch test: the same protocol."""
-    cfg = run.retrain
-    device = pick_device(run.device)
-    seed_everything(cfg.seed)
-    num_classes = build_dataset(run.data, "trainval", None).num_classes
-    model = create_backbone(run.model.backbone, num_classes, weights=pretrained_weights(run, out),
-                            kwargs=run.model.kwargs).to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    data_config = resolve_data_config(model)
-    train_set = build_dataset(run.data, "trainval", build_transform(data_config, train=True, cfg=run.data))
-    test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
-    optimizer = build_optimizer(model.named_parameters(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
-    criterion = Criterion(cfg, num_classes)
-    step = 0
-    for epoch in range(cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        model.train()
-        for images, labels in loader:
-            images, target = criterion.prepare(images.to(device), labels.to(device))
-            with autocast(device, cfg.amp):
-                loss = criterion(model(images).float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
-    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed), device, num_classes, cfg.amp)
-    trainable = sum(p.numel() for p in model.parameters())
-    head = sum(p.numel() for p in model.get_classifier().parameters())
-    return {"test_accuracy": test["accuracy"], "params": trainable - head, "params_with_head": trainable}
 
 
 def link_pretrain(src: Path, dst: Path) -> None:

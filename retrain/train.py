@@ -19,6 +19,7 @@ from unitune.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
+from unitune.progress import StageProgress
 from unitune.pretrain import pretrained_weights
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.model import check_vit
@@ -26,7 +27,7 @@ from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.train import (
     Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device,
-    refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state, train_epoch,
+    refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
 from .export import export_model
@@ -48,11 +49,31 @@ def _fingerprint(run: RunConfig) -> dict[str, Any]:
             for name in ("model", "data", "space", "retrain")}
 
 
+def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = None) -> str | None:
+    """The pretrained backbone's weights file: ``backbone`` (a weights file, or a run folder whose
+    ``pretrain/backbone.safetensors`` is taken) or this run's (:func:`pretrained_weights`)."""
+    if backbone is None:
+        return pretrained_weights(run, out)
+    from unitune.checks import check_safetensors_file
+    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE
+
+    path = Path(backbone)
+    if path.is_dir():
+        path = path / PRETRAIN_DIR / WEIGHTS_FILE
+        if not path.is_file():
+            raise UniTuneError(f"--backbone {backbone}: a folder without {PRETRAIN_DIR}/{WEIGHTS_FILE}; give a run "
+                               f"folder that pretrained its backbone or a .safetensors weights file")
+    elif not path.is_file():
+        raise UniTuneError(f"--backbone {backbone}: no such file or run folder")
+    check_safetensors_file(path, "pretrained backbone")
+    return str(path)
+
+
 def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
-                       init: str, supernet_file: Path | None) -> PeftViT:
+                       init: str, supernet_file: Path | None, backbone: str | Path | None = None) -> PeftViT:
     """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's
     trained weights (sliced to the subnet's sizes, head included)."""
-    weights = pretrained_weights(run, out)
+    weights = backbone_weights(run, out, backbone)
     if init == "supernet":
         supernet_file = supernet_file or out / SUPERNET_FILE
         tensors, meta = read_supernet(supernet_file)
@@ -64,8 +85,12 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
     return PeftViT(vit, SearchSpace.from_dict(run.space), sizes=subnet).to(device)
 
 
-def load_subnet(path: str | Path, run: RunConfig) -> Subnet:
-    subnet = Subnet.load(path)
+def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> Subnet:
+    """The subnet of a subnet file, or one entry of an ``export-subnet --top/--pareto`` list
+    (``FILE#N``, ``FILE#trial-T`` or ``index``: see :func:`unitune.search.select_subnet`)."""
+    from unitune.search.export import select_subnet
+
+    subnet, _, path = select_subnet(path, index)
     if subnet.backbone and subnet.backbone != run.model.backbone:
         raise UniTuneError(f"{path}: a subnet for backbone {subnet.backbone!r}, but the config uses "
                            f"{run.model.backbone!r}")
@@ -73,14 +98,22 @@ def load_subnet(path: str | Path, run: RunConfig) -> Subnet:
 
 
 def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str | None = None,
-            supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``subnet_path``'s subnet on trainval, test it once, merge and export it."""
+            supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True,
+            subnet_index: int | None = None, backbone: str | Path | None = None) -> dict[str, Any]:
+    """Train ``subnet_path``'s subnet on trainval, test it once, merge and export it.
+
+    ``subnet_path`` may name one entry of a list file (``FILE#N``; or ``subnet_index``);
+    ``backbone``: the pretrained weights from another run folder or a weights file."""
     out = Path(out)
     cfg = run.retrain
     init = init or cfg.init
     if init not in ("pretrained", "supernet"):
         raise UniTuneError(f"--init: expected 'pretrained' or 'supernet', got {init!r}")
-    subnet = load_subnet(subnet_path, run)
+    subnet = load_subnet(subnet_path, run, subnet_index)
+    if subnet_index is not None:
+        subnet_path = f"{subnet_path}#{subnet_index}"  # what the result and provenance record
+    if backbone is not None:
+        backbone_weights(run, out, backbone)  # checked before any work
     device = pick_device(run.device)
     ckpt_dir = out / CKPT_DIR
     refuse_unasked_resume(ckpt_dir, resume)
@@ -95,7 +128,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     subnet.check(len(shapes.blocks), space, source=str(subnet_path))  # before any weight is loaded
     check_vit(shapes, f"backbone {run.model.backbone!r}", sizes=subnet)  # SSF only where the merge can fold it
     model = build_subnet_model(run, subnet, num_classes, device, out, init,
-                               Path(supernet_file) if supernet_file else None)
+                               Path(supernet_file) if supernet_file else None, backbone)
     dims = BackboneDims.from_model(model)
     count = count_params(subnet, dims, space)
     materialised = sum(p.numel() for _, p in model.peft_named_parameters())
@@ -136,25 +169,35 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
 
     started = time.perf_counter()
     global_step = start_epoch * steps
-    for epoch in range(start_epoch, cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        loss, global_step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, global_step,
-                                        f"retrain epoch {epoch + 1}/{cfg.epochs}", progress)
-        log.write({"epoch": epoch, "loss": loss, "lr": optimizer.param_groups[0]["lr"]})
-        save_checkpoint(ckpt_dir, model.trainable_state_dict(),
-                        {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": rng_state(), "fingerprint": fingerprint})
+    # Retrain has no val split (it trains on train+val, and test is scored once, at the end), so
+    # its per-epoch metric is the accuracy on the batches it trains on.
+    bar = StageProgress("retrain", cfg.epochs, loader.sampler.num_rank_items, enabled=progress,
+                        start_epoch=start_epoch, metric="train_acc")
+    with bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            loader.sampler.set_epoch(epoch)
+            stats: dict[str, float] = {}
+            loss, global_step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, global_step,
+                                            f"retrain epoch {epoch + 1}/{cfg.epochs}", bar, stats)
+            log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"],
+                       "lr": optimizer.param_groups[0]["lr"]})
+            save_checkpoint(ckpt_dir, model.trainable_state_dict(),
+                            {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "rng": rng_state(), "fingerprint": fingerprint})
+            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"])
 
     # The test split is scored once, after the last epoch: the number reported. In fp32 whatever
     # ``amp`` trained with: bf16 is a training-speed choice, not part of the model, and the
     # export is evaluated (and used) in fp32, so bf16 rounding would make the two disagree.
     test = evaluate(model, test_loader, device, num_classes, amp=False)
+    test["accuracy"] = round_metric(test["accuracy"])  # as `unitune evaluate` reports it
     result = {
         "test_accuracy": test["accuracy"], "test_images": test["n"], "test_precision": "float32",
         "epochs": cfg.epochs, "init": init,
         "subnet_file": str(subnet_path), "params": count.to_dict(), "seconds": time.perf_counter() - started,
     }
     provenance = {"config": run.raw, "config_file": run.source, "subnet_file": str(subnet_path), "init": init,
+                  "backbone_file": backbone_weights(run, out, backbone),
                   "supernet_file": str(supernet_file or out / SUPERNET_FILE) if init == "supernet" else None,
                   "test_accuracy": test["accuracy"], "test_split": "test", "test_precision": "float32",
                   "data": run.data.to_dict()}

@@ -10,12 +10,14 @@ from .dashboard import dashboard_app, dashboard_storage, serve_dashboard
 from .encoding import SubnetEncoding, param_name
 from .evolution import EvolutionSampler
 from .export import (
+    best_ties,
     best_trial,
     export_best,
     export_subnets,
     load_subnets,
     pareto_trials,
     ranked_trials,
+    select_subnet,
     trial_subnet,
     write_outputs,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "RepairSampler",
     "SearchResult",
     "SubnetEncoding",
+    "best_ties",
     "best_trial",
     "budget_bounds",
     "check_budget",
@@ -55,6 +58,7 @@ __all__ = [
     "resolve_storage",
     "run_search",
     "save_plots",
+    "select_subnet",
     "serve_dashboard",
     "storage_lock",
     "study_encoding",

@@ -1,8 +1,8 @@
 """Turn a study into subnet files that retrain reads directly.
 
-- ``best_subnet.yaml``: the best feasible trial (highest val accuracy; ties: fewer parameters,
-  then the earlier trial) in the plain :class:`Subnet` file format, with ``meta`` holding the
-  study, trial number, val accuracy, parameter counts and budget. ``Subnet.load`` reads it.
+- ``best_subnet.yaml``: the best trial (see *One rule for "best"* below) in the plain
+  :class:`Subnet` file format, with ``meta`` holding the study, trial number, val accuracy,
+  parameter counts and budget. ``Subnet.load`` reads it.
 - :func:`export_subnets` with ``top_k`` or ``pareto``: one YAML file ::
 
       study: cifar100
@@ -17,6 +17,24 @@
 
 Every trial in the storage is within budget (the sampler repairs before storing), so "best"
 needs no feasibility filter beyond the COMPLETE state.
+
+One rule for "best", so that optuna-dashboard, ``best_subnet.yaml``, ``export-subnet`` and the
+run summary name the same trial:
+
+- one objective (``acc``): Optuna's own ``study.best_trial``, which is what optuna-dashboard
+  marks. Among trials that tie on val accuracy Optuna takes the one its storage returns first
+  (in practice the earliest; Optuna documents no tie rule). unitune once preferred the tied
+  trial with fewer parameters, and the dashboard then showed another "best" than the file; a
+  hidden rule that differs from the one on screen costs more than a few parameters, and a
+  search that should trade accuracy for size has ``acc,params`` for that.
+  :func:`best_ties` lists the ties, and the run summary says how many there were.
+- after ``search.rerank`` (one objective): the re-rank's winner, the candidate with the best
+  stand-alone val accuracy (stored on the study as the ``rerank`` attribute). The dashboard still
+  marks Optuna's best by inherited accuracy; the study's note and its ``best_trial`` attribute
+  name the re-ranked one, as ``best_subnet.yaml``, ``export-subnet`` and the summary do.
+- two objectives (``acc,params``): Optuna has no single best; the dashboard shows the Pareto
+  front. The best is the front's most accurate point, i.e. the highest accuracy, then the fewest
+  parameters, then the earliest trial, which is always on the front.
 """
 
 from __future__ import annotations
@@ -31,9 +49,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from unitune.errors import UniTuneError
 from unitune.io import read_yaml, write_yaml_atomic
-from unitune.supernet import Subnet
+from unitune.supernet import BackboneDims, Subnet
 
 from .encoding import SubnetEncoding
+
+RERANK_ATTR = "rerank"  # the study attribute search.rerank writes (its figures and its winner)
 
 
 def _accuracy(trial: FrozenTrial) -> float:
@@ -44,19 +64,47 @@ def _n_params(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get("n_params", 0))
 
 
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials, best first: accuracy down, then parameters up, then trial number up."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(trials, key=lambda t: (-_accuracy(t), _n_params(t), t.number))
+def _key(t: FrozenTrial) -> tuple:
+    return -_accuracy(t), _n_params(t), t.number
+
+
+def ranked_trials(study: optuna.Study, reranked: bool = True) -> list[FrozenTrial]:
+    """COMPLETE trials, best first: :func:`best_trial`, then the others by accuracy down, then
+    parameters up, then trial number up. ``reranked=False``: by inherited accuracy alone (what
+    the re-rank itself draws its candidates from)."""
+    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_key)
+    if len(study.directions) == 1 and trials:
+        best = _reranked_winner(study, trials) if reranked else None
+        if best is None:
+            best = study.best_trial.number  # Optuna's (and the dashboard's) choice leads
+        trials.sort(key=lambda t: t.number != best)  # stable: the rest keep their order
+    return trials
+
+
+def _reranked_winner(study: optuna.Study, complete: list[FrozenTrial]) -> int | None:
+    """The trial ``search.rerank`` picked by stand-alone val accuracy, if it ran (see rerank.py)."""
+    winner = (study.user_attrs.get(RERANK_ATTR) or {}).get("winner")
+    return winner if any(t.number == winner for t in complete) else None
 
 
 def best_trial(study: optuna.Study, required: bool = True) -> FrozenTrial | None:
+    """The best COMPLETE trial by the module's one rule (the re-rank's winner, else Optuna's
+    ``best_trial`` for one objective)."""
     ranked = ranked_trials(study)
     if not ranked:
         if required:
             raise UniTuneError(f"study {study.study_name!r}: has no complete trial yet")
         return None
     return ranked[0]
+
+
+def best_ties(study: optuna.Study) -> list[FrozenTrial]:
+    """The COMPLETE trials with the best trial's val accuracy (itself included), fewest parameters first."""
+    best = best_trial(study, required=False)
+    if best is None:
+        return []
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted((t for t in trials if _accuracy(t) == _accuracy(best)), key=_key)
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -131,7 +179,7 @@ def export_subnets(
     else:
         from .study import open_existing_study
 
-        study = open_existing_study(storage, study_name)
+        study = open_existing_study(run_folder_storage(storage), study_name)
     if top_k is None and not pareto:
         return export_best(study, out)
     trials = pareto_trials(study) if pareto else ranked_trials(study)[:top_k]
@@ -153,6 +201,18 @@ def export_subnets(
     return Path(out)
 
 
+def run_folder_storage(spec: Any) -> Any:
+    """A run folder means its ``study.db`` (or ``study.log``), as for ``unitune dashboard``."""
+    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_dir():
+        from .dashboard import RUN_FOLDER_STORAGES
+
+        for name in RUN_FOLDER_STORAGES:
+            if (Path(spec) / name).is_file():
+                return Path(spec) / name
+        raise UniTuneError(f"{spec}: folder holds no study storage (expected one of {list(RUN_FOLDER_STORAGES)})")
+    return spec
+
+
 def load_subnets(path: str | os.PathLike) -> list[tuple[Subnet, dict[str, Any]]]:
     """Read a subnet file or a top-k / Pareto list file: ``[(subnet, meta), ...]`` in file order."""
     data = read_yaml(path)
@@ -168,11 +228,60 @@ def load_subnets(path: str | os.PathLike) -> list[tuple[Subnet, dict[str, Any]]]
     return [(subnet, dict(data.get("meta") or {}))]
 
 
-def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: int = 10) -> dict[str, Path]:
-    """``DIR/best_subnet.yaml`` and the plots in ``DIR/plots/``; what was written, by name."""
+def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: int = 10,
+                  dims: BackboneDims | None = None) -> dict[str, Path]:
+    """``DIR/best_subnet.yaml`` and the plots in ``DIR/plots/``; what was written, by name. The
+    chosen trial is also marked on the study for optuna-dashboard (a note and ``best_trial``);
+    ``dims`` (the backbone's shapes) adds per-block parameter counts to that note."""
     from .plots import save_plots
+
+    from unitune.supernet import count_params
+
+    from .notes import mark_best
 
     out_dir = Path(out_dir)
     written = {"best_subnet": export_best(study, out_dir / "best_subnet.yaml")}
+    best = best_trial(study)
+    subnet = trial_subnet(best, _encoding(study))
+    mark_best(study, best, subnet, count_params(subnet, dims, _encoding(study).space) if dims else None)
     written.update(save_plots(study, out_dir / "plots", top=top_heatmap))
     return written
+
+
+def select_subnet(spec: str | os.PathLike, index: int | None = None) -> tuple[Subnet, dict[str, Any], str]:
+    """One subnet from a subnet file or from a top-k / Pareto list of ``export-subnet``.
+
+    ``spec`` is ``FILE``, ``FILE#N`` (the N-th entry, counted from 1: rank N of a top-k list) or
+    ``FILE#trial-T`` (the entry of study trial T); ``index`` (``--subnet-index``) is the same N.
+    A list file needs one of them unless it holds a single entry. Returns the subnet, its meta
+    and a label for messages (``top.yaml#2``)."""
+    text = str(spec)
+    path, pick = text, ""
+    if "#" in text and not Path(text).exists():  # a file whose name holds '#' is read as is
+        path, pick = text.rsplit("#", 1)
+    if pick and index is not None:
+        raise UniTuneError(f"{text}: give the entry either after '#' or with --subnet-index, not both")
+    entries = load_subnets(path)
+    data = read_yaml(path)
+    is_list = isinstance(data, Mapping) and "subnets" in data
+    if index is not None:
+        pick = str(index)
+    if not pick:
+        if is_list and len(entries) > 1:
+            raise UniTuneError(f"{path}: holds {len(entries)} subnets ({data.get('selection', 'a list')}); pick one "
+                               f"as {path}#N (N = 1..{len(entries)}), {path}#trial-T or with --subnet-index N")
+        subnet, meta = entries[0]
+        return subnet, meta, str(path)
+    if pick.startswith("trial-") and pick[6:].isdigit():
+        trial = int(pick[6:])
+        chosen = [(s, m) for s, m in entries if m.get("trial") == trial]
+        if not chosen:
+            trials = [m.get("trial") for _, m in entries]
+            raise UniTuneError(f"{path}: no entry of trial {trial} (trials: {trials})")
+        subnet, meta = chosen[0]
+        return subnet, meta, f"{path}#{pick}"
+    if not pick.isdigit() or not 1 <= int(pick) <= len(entries):
+        raise UniTuneError(f"{path}: entry {pick!r} does not exist; expected a number 1..{len(entries)} "
+                           f"or trial-T")
+    subnet, meta = entries[int(pick) - 1]
+    return subnet, meta, f"{path}#{int(pick)}"

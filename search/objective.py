@@ -14,6 +14,8 @@ User attributes of every trial (shown by optuna-dashboard):
 - ``sampler_seed`` and ``worker_index``: the seed of the worker's sampler and repair, and its
   number in the study (:mod:`.seeds`); ``source: single-method`` and ``single_method`` for the
   single-method seeds;
+- a markdown note (optuna-dashboard's note API, :mod:`.notes`) with the per-block sizes and
+  parameter counts and the per-method totals, once evaluated;
 - ``fail_reason`` when the trial failed (a non-finite accuracy, an error, the global trial cap,
   or ``duplicate``: another trial holds the same subnet, so this one was not evaluated, see
   :mod:`.dedup`).
@@ -37,6 +39,7 @@ from .dedup import DUPLICATE, FINISHED, duplicate_of
 from .encoding import SubnetEncoding, sizes_summary
 from .pruning import PRUNED_AT_ATTR
 from .seeds import SINGLE_SOURCE
+from .notes import save_trial_note
 from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
 
 
@@ -139,6 +142,7 @@ class SubnetObjective:
             trial.set_user_attr("val_accuracy", str(accuracy))
             return self._fail(trial, f"non-finite accuracy {accuracy}")
         trial.set_user_attr("val_accuracy", accuracy)
+        save_trial_note(trial, subnet, count, self.budget, accuracy)  # sizes, not indices, for the dashboard
         if self.objectives == ("acc",):
             return accuracy
         return accuracy, float(count.total)

@@ -4,7 +4,8 @@
 - ``pareto.png``: accuracy against trainable parameters for every complete trial, the Pareto
   front drawn over them and the budget as a vertical line (single- and multi-objective);
 - ``sizes_heatmap.png``: the chosen size of every method in every block for the top trials,
-  one panel per method (rows: trials best first; columns: blocks).
+  one panel per method (rows: trials best first; columns: blocks), a column per global method
+  (``ssf_global``) and each row's parameter count.
 """
 
 from __future__ import annotations
@@ -38,6 +39,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _legend_outside(ax) -> None:
+    """The legend right of the axes, where it covers no point (inside, "best" still hid some)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+
+
+def _thousands():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda x, _: f"{x:,.0f}")
+
+
 def plot_history(study: optuna.Study, path: str | os.PathLike) -> Path:
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     fig = _figure(figsize=(7, 4))
@@ -50,7 +62,7 @@ def plot_history(study: optuna.Study, path: str | os.PathLike) -> Path:
     ax.set_xlabel("trial")
     ax.set_ylabel("val accuracy")
     ax.set_title(f"{study.study_name}: optimisation history")
-    ax.legend(loc="lower right")
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     return _save(fig, Path(path))
 
@@ -68,36 +80,66 @@ def plot_pareto(study: optuna.Study, path: str | os.PathLike) -> Path:
     budget = study.user_attrs.get("budget")
     if budget:
         ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"budget {budget:,}")
+    if trials:  # the trial best_subnet.yaml took (ranked_trials puts it first)
+        best = trials[0]
+        ax.scatter([best.user_attrs.get("n_params", 0)], [best.values[0]], marker="*", s=160, color="gold",
+                   edgecolor="k", zorder=5, label=f"chosen: trial {best.number}")
     ax.set_xlabel("trainable parameters (head excluded)")
     ax.set_ylabel("val accuracy")
     ax.set_title(f"{study.study_name}: accuracy vs parameters")
-    ax.legend(loc="lower right")
+    ax.xaxis.set_major_formatter(_thousands())
+    _legend_outside(ax)
     ax.grid(alpha=0.3)
     return _save(fig, Path(path))
 
 
 def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 10) -> Path:
+    """The top trials' sizes: one panel per method (columns: blocks), a column for every global
+    method (``ssf_global``), and each row's parameter count (and share of the budget) on the right."""
+    return _save(sizes_heatmap_figure(study, top), Path(path))
+
+
+def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
     from .study import study_encoding
 
     encoding = study_encoding(study)
     trials = ranked_trials(study)[:top]
     subnets = [encoding.decode(t.params) for t in trials]
-    methods = [m for m in METHODS if len(encoding.space.choices(m)) > 1 or any(encoding.space.choices(m))]
-    fig = _figure(figsize=(2.2 + 0.45 * encoding.depth * len(methods), 1.2 + 0.35 * max(1, len(trials))))
-    for k, method in enumerate(methods):
-        ax = fig.add_subplot(1, len(methods), k + 1)
-        grid = np.array([s.sizes(method) for s in subnets], dtype=float).reshape(len(subnets), encoding.depth)
-        vmax = max(encoding.space.choices(method)) or 1
-        ax.imshow(grid, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=7, color="w" if v < vmax / 2 else "k")
-        ax.set_title(method)
-        ax.set_xlabel("block")
-        ax.set_xticks(range(encoding.depth))
+    space = encoding.space
+    methods = [m for m in METHODS if len(space.choices(m)) > 1 or any(space.choices(m))]
+    globals_ = [g for g in ("ssf_global",) if len(space.choices(g)) > 1 or any(space.choices(g))]
+    depth, rows = encoding.depth, max(1, len(trials))
+    widths = [depth] * len(methods) + [1] * len(globals_) + [2.4]
+    cell = 0.42
+    fig = _figure(figsize=(2.0 + cell * sum(widths) + 0.3 * len(widths), 1.6 + cell * rows))
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.12)
+    panels = [(m, [s.sizes(m) for s in subnets], space.choices(m), range(depth)) for m in methods]
+    panels += [(g, [[s.ssf_global] for s in subnets], space.choices(g), ["on"]) for g in globals_]
+    budget = study.user_attrs.get("budget")
+    for k, (name, sizes, choices, columns) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, k])
+        values = np.array(sizes, dtype=float).reshape(len(subnets), len(columns))
+        vmax = max(choices) or 1
+        ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=8, color="w" if v < vmax / 2 else "k")
+        ax.set_title("global SSF" if name == "ssf_global" else name, fontsize=10)
+        ax.set_xlabel("block" if name != "ssf_global" else "")
+        ax.set_xticks(range(len(columns)), [str(c) for c in columns], fontsize=8)
         ax.set_yticks(range(len(trials)))
-        ax.set_yticklabels([f"#{t.number} {t.values[0]:.3f}" for t in trials] if k == 0 else [])
-    fig.suptitle(f"{study.study_name}: sizes of the top {len(trials)} trials")
-    return _save(fig, Path(path))
+        ax.set_yticklabels([f"#{t.number}  acc {t.values[0]:.3f}" for t in trials] if k == 0 else [], fontsize=8)
+    ax = fig.add_subplot(grid[0, -1])  # the parameter count of each row
+    ax.set_xlim(0, 1)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.set_axis_off()
+    ax.set_title("parameters", fontsize=10)
+    for i, t in enumerate(trials):
+        n = int(t.user_attrs.get("n_params", 0))
+        share = f" ({n / budget:.0%})" if budget else ""
+        ax.text(0.05, i, f"{n:,}{share}", ha="left", va="center", fontsize=8)
+    fig.suptitle(f"{study.study_name}: sizes of the top {len(trials)} trials (best first)"
+                 + (f", budget {budget:,}" if budget else ""), fontsize=11)
+    return fig
 
 
 def save_plots(study: optuna.Study, out_dir: str | os.PathLike, top: int = 10) -> dict[str, Path]:

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,18 +32,23 @@ import optuna
 from unitune.config import RunConfig
 from unitune.errors import UniTuneError
 
-from .export import ranked_trials, trial_meta, trial_subnet
+from .export import RERANK_ATTR, ranked_trials, trial_meta, trial_subnet
+from .notes import mark_best
 from .seeds import SINGLE_SOURCE
 
 _logger = logging.getLogger("unitune.search")
 
-RERANK_ATTR = "rerank"
+# On by default (issue 15): the supernet's inherited accuracy alone picked worse subnets than
+# the single methods it was meant to beat; five short stand-alone trainings plus the single
+# methods cost little next to the supernet, and they measure how far to trust it (tau).
+DEFAULT_RERANK = {"top_k": 5, "epochs": 5}
 LOW_TAU = 0.3  # below this (or a CI reaching 0) the supernet's ranking is not to be trusted
 PLOT = "rerank_tau.png"
 
 
 def check_rerank(value: Any, where: str = "search.rerank") -> tuple[int, int]:
-    """(top_k, epochs) from the config value; ``{}`` / None / top_k 0 turn re-ranking off."""
+    """(top_k, epochs) from the config value; a missing key takes its default (on: top 5, 5
+    epochs); None or top_k 0 turn re-ranking off."""
     if value is None:
         return 0, 0
     if not isinstance(value, dict):
@@ -51,7 +57,7 @@ def check_rerank(value: Any, where: str = "search.rerank") -> tuple[int, int]:
     if unknown:
         raise UniTuneError(f"{where}.{sorted(unknown)[0]}: unknown key, expected one of ['epochs', 'top_k']")
     out = []
-    for key, default in (("top_k", 0), ("epochs", 1)):
+    for key, default in DEFAULT_RERANK.items():
         v = value.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise UniTuneError(f"{where}.{key}: expected a non-negative integer, got {v!r}")
@@ -66,7 +72,7 @@ def check_rerank(value: Any, where: str = "search.rerank") -> tuple[int, int]:
 
 def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:
     """The ``top_k`` best COMPLETE trials, then the single-method seeds not among them."""
-    ranked = ranked_trials(study)
+    ranked = ranked_trials(study, reranked=False)
     chosen = ranked[:top_k]
     numbers = {t.number for t in chosen}
     chosen += [t for t in ranked if t.user_attrs.get("source") == SINGLE_SOURCE and t.number not in numbers]
@@ -131,7 +137,7 @@ def standalone_epochs(run: RunConfig, out: Path, subnet, epochs: int, progress: 
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         _, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
-                              f"stand-alone epoch {epoch + 1}/{epochs}", progress)
+                              f"stand-alone epoch {epoch + 1}/{epochs}", False)
         result = evaluate(model, val_loader, device, num_classes, cfg.amp)
         cost["train_images"] = cost.get("train_images", 0) + len(train_set)
         cost["val_images_seen"] = cost.get("val_images_seen", 0) + result["n"]
@@ -151,10 +157,18 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
 
     encoding = study_encoding(study)
     backbone = study.user_attrs.get("backbone")
+    # A rerun (a resumed `unitune run`, more trials added) trains only candidates it has not
+    # trained yet with these epochs: the stand-alone figures are deterministic given the seed.
+    earlier = study.user_attrs.get(RERANK_ATTR) or {}
+    known = ({r["trial"]: r["standalone_val_accuracy"] for r in earlier.get("candidates", [])}
+             if earlier.get("epochs") == epochs else {})
     rows = []
     for t in chosen:
         subnet = trial_subnet(t, encoding, backbone)
-        acc = train(run, out, subnet, epochs, progress)
+        acc = known[t.number] if t.number in known else train(run, out, subnet, epochs, progress)
+        if progress:  # one line per candidate (the trainings are short: no bar of their own)
+            print(f"[re-rank] {len(rows) + 1}/{len(chosen)}  trial {t.number}  inherited val "
+                  f"{float(t.values[0]):.4f}  stand-alone val {acc:.4f}", file=sys.stderr, flush=True)
         rows.append({"trial": t.number, "inherited_val_accuracy": float(t.values[0]), "standalone_val_accuracy": acc,
                      "n_params": t.user_attrs.get("n_params"), "single_method": t.user_attrs.get("single_method")})
     stats = kendall([r["inherited_val_accuracy"] for r in rows], [r["standalone_val_accuracy"] for r in rows])
@@ -169,7 +183,9 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
             "inherited_val_accuracy": best["inherited_val_accuracy"],
             "standalone_val_accuracy": best["standalone_val_accuracy"],
             "kendall_tau": stats["tau"], "kendall_n": stats["n"], "kendall_ci95": stats["ci95"]}
-    trial_subnet(winner, encoding, backbone).save(out / "best_subnet.yaml", meta=meta)
+    winner_subnet = trial_subnet(winner, encoding, backbone)
+    winner_subnet.save(out / "best_subnet.yaml", meta=meta)
+    mark_best(study, winner, winner_subnet, None)  # the dashboard's study note names the new pick
     plot_rerank(rows, stats, out / "plots" / PLOT)
 
     tau, ci = stats["tau"], stats["ci95"]

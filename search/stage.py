@@ -89,7 +89,7 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         pruner=pruner,
         **settings,
     )
-    written = write_outputs(result.study, out)
+    written = write_outputs(result.study, out, dims=dims)
     top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")
     if top_k and cfg.fitness == "standalone":
         # The search already ranked by stand-alone val accuracy; there is no inherited figure to check.

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from unitune.supernet import BackboneDims, SearchSpace, Subnet
 from .budget import check_budget, parse_budget
 from .dedup import DUPLICATE, FINISHED
 from .encoding import SubnetEncoding
+from .notes import set_metric_names
 from .objective import SubnetObjective
 from .pruning import make_pruner
 from .sampler import make_sampler
@@ -211,21 +213,44 @@ def _quiet_optuna() -> Iterator[None]:
 
 
 class _Progress:
-    """A tqdm bar over the study's COMPLETE trials, with the best feasible accuracy so far."""
+    """A tqdm bar over the study's COMPLETE trials, with the best feasible accuracy so far.
+
+    Trials already in the study when this worker starts (a rerun, another worker's) count as the
+    bar's start, not as work done here, or a rerun would report thousands of trials a second.
+    Not on a terminal: no bar, a line every tenth of the trials (the style of
+    :mod:`unitune.progress`)."""
 
     def __init__(self, total: int, enabled: bool):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
-        self.bar = tqdm(total=total, disable=not enabled, desc="search", unit="trial", dynamic_ncols=True)
+        from unitune.progress import is_terminal
+
+        self.bar_shown = enabled and is_terminal()
+        self.enabled = enabled
+        self.every = max(1, total // 10)
+        self.last_line: int | None = None
+        self.bar = tqdm(total=total, disable=not self.bar_shown, desc="search", unit="trial", dynamic_ncols=True,
+                        leave=False)
+        self.started: int | None = None
 
     def update(self, study: optuna.Study) -> None:
         finished = study.get_trials(deepcopy=False, states=FINISHED)  # pruned trials take a slot too
         complete = [t for t in finished if t.state == TrialState.COMPLETE]
-        self.bar.n = min(len(finished), self.bar.total)
-        if complete:
-            best = max(t.values[0] for t in complete)  # every stored trial is within budget
+        n = min(len(finished), self.bar.total)
+        best = max((t.values[0] for t in complete), default=None)  # every stored trial is within budget
+        if self.started is None:  # the first look: what was there before this worker
+            self.started = n
+            self.bar.reset(total=self.bar.total)
+            self.bar.initial = n
+        self.bar.n = n
+        if best is not None:
             self.bar.set_postfix_str(f"best acc {best:.4f}", refresh=False)
         self.bar.refresh()
+        if self.enabled and not self.bar_shown and n != self.last_line \
+                and (n % self.every == 0 or n == self.bar.total) and n > self.started:
+            self.last_line = n
+            print(f"[search] {n}/{self.bar.total} trials"
+                  + (f"  best acc {best:.4f}" if best is not None else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()
@@ -305,6 +330,7 @@ def run_search(
                 load_if_exists=True,
             )
             _check_or_record_attrs(study, attrs, url)
+            set_metric_names(study, objectives)  # 'val_accuracy' in the dashboard, not 'Objective 0'
         except UniTuneError:
             close_storage(backend)  # refused: leave the storage files as they were
             raise

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from unitune.backbone import create_backbone
 from unitune.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
+from unitune.progress import StageProgress
 from unitune.train import (
     Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, check_finite,
     check_loss, clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
@@ -183,6 +183,10 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
 
     largest, smallest = Subnet.largest(model.space, dims.depth), Subnet.smallest(model.space, dims.depth)
     global_step = start_epoch * steps + start_step
+    per_epoch = loader.sampler.num_rank_items * world.world_size
+    bar = StageProgress("supernet", cfg.epochs, per_epoch, enabled=progress and world.is_main, start_epoch=start_epoch,
+                        start_images=min(per_epoch, start_step * loader.sampler.batch_size * world.world_size),
+                        metric="val_acc_largest")
     for epoch in range(start_epoch, cfg.epochs):
         first = start_step if epoch == start_epoch else 0
         loader.sampler.set_epoch(epoch, first)
@@ -190,9 +194,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         started, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
         if loaded is not None and epoch == start_epoch:
             loss_sum, n_loss = resumed_loss
-        bar = tqdm(loader, total=steps, initial=first, desc=f"supernet {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (progress and world.is_main), leave=False)
-        for step, (images, labels) in enumerate(bar, start=first):
+        for step, (images, labels) in enumerate(loader, start=first):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             images, target = criterion.prepare(images, labels)
             optimizer.zero_grad(set_to_none=True)
@@ -211,8 +213,8 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
             global_step += 1
             scheduler.step_update(global_step)
             seen += images.shape[0] * world.world_size
-            if not cfg.log_every or step % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{loss_sum / max(n_loss, 1):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.step(images.shape[0] * world.world_size,
+                     loss_sum / max(n_loss, 1) if not cfg.log_every or step % cfg.log_every == 0 else None)
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step + 1 < steps:
                 checkpoint(epoch, step + 1, loss_sum, n_loss)
         seconds = time.perf_counter() - started
@@ -225,11 +227,10 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         record.update(images_per_s=seen / max(seconds, 1e-9), seconds=seconds, peak_mem_mb=peak_memory_mb(device))
         if log is not None:
             log.write(record)
-            if progress:
-                tqdm.write(f"supernet epoch {epoch + 1}/{cfg.epochs}: loss {record['loss']:.4f}  "
-                           f"val acc largest {record['val_acc_largest']:.3f} smallest {record['val_acc_smallest']:.3f}"
-                           f"  {record['images_per_s']:.0f} img/s")
+        bar.epoch_end(epoch, loss=record["loss"], val_acc_largest=record["val_acc_largest"],
+                      val_acc_smallest=record["val_acc_smallest"])
         checkpoint(epoch + 1, 0)
+    bar.close()
 
     path = out / SUPERNET_FILE
     if world.is_main:

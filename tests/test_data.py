@@ -81,7 +81,7 @@ def test_config_defaults_and_round_trip():
     ({"source": "digits", "classes": [3, 10]}, "cfg.yaml: data.classes: digits has classes 0..9, got 10"),
     ({"source": "digits", "classes": []}, "cfg.yaml: data.classes: expected a non-empty list"),
     ({"source": "digits", "classes": "0,1"}, "cfg.yaml: data.classes: expected a non-empty list"),
-    ({"source": "digits", "task": "cifar"}, "cfg.yaml: data.task: only used by source vtab, not 'digits'"),
+    ({"source": "digits", "task": "cifar"}, "cfg.yaml: data.task: only used by source vtab / minivtab, not 'digits'"),
     ({"source": "imagefolder"}, "cfg.yaml: data.root: source 'imagefolder' needs the data folder"),
     ({"source": "vtab", "root": "/d"}, "cfg.yaml: data.task: source 'vtab' needs"),
     ({"source": "vtab", "root": 3, "task": "x"}, "cfg.yaml: data.root: expected a string"),

@@ -95,3 +95,27 @@ def test_real_process_prints_no_traceback(tmp_path):
         f"unitune: error: {path}: lists have 11 entries, but the backbone has 12 blocks"
     ]
     assert proc.stdout == ""
+
+
+def test_every_option_of_every_command_has_help_and_version_prints(capsys):
+    """Help on every option (dashboard --port, evaluate --split/--device/--json, predict --top-k
+    had none), each command's own override example, and --version."""
+    import argparse
+
+    from unitune import __version__
+    from unitune.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    examples = set()
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+            if action.dest == "overrides" and "e.g." in action.help:
+                examples.add(action.help)
+    assert len(examples) >= 6  # run, compare, pretrain, supernet, search, retrain: each its own
+    try:
+        main(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert capsys.readouterr().out.strip() == f"unitune {__version__}"

@@ -214,12 +214,16 @@ def test_killed_run_resumes_without_redoing_the_supernet(tmp_path):
     supernet = out / "supernet.safetensors"
     stamp, log = supernet.stat().st_mtime_ns, (out / "supernet_log.jsonl").read_text()
     assert not (out / "export").exists()
+    partial = json.loads((out / "run_summary.json").read_text())  # written as each stage ended
+    assert partial["complete"] is False and isinstance(partial["seconds"]["supernet"], float)
 
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert supernet.stat().st_mtime_ns == stamp and (out / "supernet_log.jsonl").read_text() == log
     summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["seconds"]["supernet"] == "skipped (complete)"
+    # Skipped now, with the duration the killed run recorded (was "skipped (complete)", no time).
+    assert "supernet" in summary["skipped"] and summary["seconds"]["supernet"] == partial["seconds"]["supernet"]
+    assert summary["complete"] is True
     assert summary["search_trials"] == 40 == _complete_trials(out / "study.db")
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
     finished = [t.params for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

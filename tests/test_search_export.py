@@ -125,3 +125,106 @@ def test_dashboard_lists_the_study_and_trial_attributes(searched):
 def test_dashboard_on_a_folder_without_storage_is_an_error(tmp_path):
     with pytest.raises(UniTuneError, match="folder holds no study storage"):
         dashboard_app(tmp_path)
+
+
+def test_one_best_trial_for_dashboard_file_and_export(tmp_path):
+    """Six-way ties on val accuracy happen (the demo has them): optuna-dashboard marks the
+    storage's ``get_best_trial``, and best_subnet.yaml, export-subnet's first entry and
+    ``run_search``'s result must name that same trial, read back through Optuna's API."""
+    import optuna
+
+    def coarse(subnet):  # accuracies on a 0.05 grid: many trials tie
+        return round(synthetic_accuracy(subnet) * 20) / 20
+
+    result = run_search(coarse, SearchSpace(), tiny_dims(), BUDGET, 20, storage=tmp_path / "study.db",
+                        study_name="ties", sampler="random", seed=0, progress=False)
+    study = optuna.load_study(study_name="ties", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    dashboard_best = study._storage.get_best_trial(study._study_id)  # what optuna-dashboard serves
+    top = study.best_value
+    tied = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.value == top]
+    # The case that used to disagree: a tie where another trial has fewer parameters.
+    assert len(tied) > 1 and min(t.user_attrs["n_params"] for t in tied) < dashboard_best.user_attrs["n_params"]
+
+    written = write_outputs(result.study, tmp_path / "out")
+    (_, meta), = load_subnets(written["best_subnet"])
+    first, *_ = load_subnets(export_subnets(tmp_path / "study.db", "ties", out=tmp_path / "top.yaml", top_k=3))
+    assert meta["trial"] == first[1]["trial"] == result.best_trial.number == study.best_trial.number \
+        == dashboard_best.number
+    from unitune.search import best_ties
+
+    assert sorted(t.number for t in best_ties(study)) == sorted(t.number for t in tied)
+
+
+def _note(study, trial=None) -> str:
+    """A note as optuna-dashboard reads it from the storage (its own reader)."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id),
+                                      None if trial is None else trial._trial_id)["body"]
+
+
+def test_dashboard_reads_names_sizes_and_the_chosen_subnet(searched, tmp_path):
+    """Stock optuna-dashboard shows metric names, each trial's sizes (not indices) and per-method
+    counts in its note, and the budget and chosen trial on the study's note."""
+    import optuna
+
+    folder, result = searched
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{folder / 'study.db'}")
+    assert study.metric_names == ["val_accuracy", "n_params"]
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        subnet = decode_independently(trial.params, SearchSpace(), 4)
+        body = _note(study, trial)
+        assert body.startswith(f"### Trial {trial.number}: val accuracy **{trial.values[0]:.4f}**")
+        rows = [line.split("|")[1:-1] for line in body.splitlines() if line.startswith("| ")]
+        blocks = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}
+        per_block = 0
+        for i in range(4):  # sizes, read back against an independent decoder; then the block's count
+            sizes = [int(c) for c in blocks[str(i)][:4]]
+            assert sizes == [subnet.lora[i], subnet.adapter[i], subnet.vpt[i], subnet.ssf[i]]
+            per_block += int(blocks[str(i)][4].replace(",", ""))
+        for m in ("lora", "adapter", "vpt", "ssf"):
+            assert int(blocks[m][0].replace(",", "")) == trial.user_attrs[f"params_{m}"]
+        total = int(blocks["**total** (head excluded)"][0].strip("*").replace(",", ""))
+        assert total == trial.user_attrs["n_params"] == per_block + (256 if subnet.ssf_global else 0)
+
+    written = write_outputs(study, tmp_path, dims=tiny_dims())
+    (_, meta), = load_subnets(written["best_subnet"])
+    assert study.user_attrs["best_trial"] == meta["trial"]
+    note = _note(study)
+    assert f"**budget**: {BUDGET:,} trainable PEFT parameters" in note
+    assert f"### Chosen subnet: trial {meta['trial']}, val accuracy {meta['val_accuracy']:.4f}" in note
+
+    single = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 2, storage=tmp_path / "one.db",
+                        study_name="one", sampler="random", seed=0, progress=False)
+    assert optuna.load_study(study_name="one", storage=f"sqlite:///{tmp_path / 'one.db'}").metric_names \
+        == ["val_accuracy"]
+    assert single.n_complete == 2
+
+
+def test_heatmap_shows_every_method_global_ones_and_each_rows_parameters(searched):
+    from unitune.search.export import ranked_trials
+    from unitune.search.plots import sizes_heatmap_figure
+
+    _, result = searched
+    fig = sizes_heatmap_figure(result.study, top=5)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["lora", "adapter", "vpt", "ssf", "global SSF", "parameters"]
+    trials = ranked_trials(result.study)[:5]
+    assert [t.get_text() for t in fig.axes[-1].texts] == \
+        [f"{t.user_attrs['n_params']:,} ({t.user_attrs['n_params'] / BUDGET:.0%})" for t in trials]
+    shown = [int(t.get_text()) for t in fig.axes[4].texts]  # the global SSF column, best first
+    assert shown == [decode_independently(t.params, SearchSpace(), 4).ssf_global for t in trials]
+
+
+def test_confusion_png_grows_with_the_class_count(tmp_path):
+    import torch
+    from PIL import Image
+
+    from unitune.retrain.evaluate import _plot_confusion
+
+    sizes = {}
+    for n in (5, 40):
+        _plot_confusion(torch.eye(n, dtype=torch.long) * 7, [f"c{i}" for i in range(n)], tmp_path / f"{n}.png", "t")
+        sizes[n] = Image.open(tmp_path / f"{n}.png").size
+    assert min(sizes[5]) >= 600  # was 375 x 345 with 7-pt numbers
+    assert min(sizes[40]) >= 1400  # about 0.3 inch a cell

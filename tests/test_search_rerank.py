@@ -75,7 +75,31 @@ def test_bad_rerank_settings_are_one_line_errors(value, fragment):
     with pytest.raises(UniTuneError) as e:
         check_rerank(value)
     assert fragment in str(e.value) and "\n" not in str(e.value)
-    assert check_rerank({}) == (0, 0) and check_rerank({"top_k": 2, "epochs": 3}) == (2, 3)
+    assert check_rerank({"top_k": 2, "epochs": 3}) == (2, 3)
+    # On by default: missing keys take their defaults; top_k 0 (or null) turns it off.
+    assert check_rerank({}) == (5, 5) and check_rerank({"epochs": 2}) == (5, 2)
+    assert check_rerank({"top_k": 0}) == (0, 0) and check_rerank(None) == (0, 0)
+    from unitune.config import SearchConfig
+    assert check_rerank(SearchConfig().rerank) == (5, 5)
+
+
+def test_a_rerun_reuses_the_standalone_figures_it_has(tmp_path):
+    """A resumed run does not train a re-rank candidate again (same epochs): only new ones."""
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 10, sampler="random", seed=2,
+                       study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+    calls = []
+
+    def train(run, out, subnet, epochs, progress):
+        calls.append((subnet, epochs))
+        return 0.5 + 0.001 * sum(subnet.lora) - 0.001 * sum(subnet.vpt)
+
+    first = rerank(None, tmp_path, study, top_k=3, epochs=2, train=train)
+    n = len(calls)
+    assert n == len(first["candidates"])
+    again = rerank(None, tmp_path, study, top_k=3, epochs=2, train=train)
+    assert len(calls) == n and again == first  # nothing trained again, same record
+    rerank(None, tmp_path, study, top_k=3, epochs=3, train=train)  # other epochs: trained anew
+    assert len(calls) == 2 * n and {e for _, e in calls[n:]} == {3}
 
 
 def test_standalone_training_reads_train_and_val_never_test(tmp_path, monkeypatch):
@@ -121,3 +145,34 @@ def test_a_bad_rerank_setting_stops_unitune_run_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"unitune: error: {path}: search.rerank.top_k: expected a non-negative integer, got -2"]
     assert not (tmp_path / "out").exists()
+
+
+def test_after_rerank_every_reader_names_the_reranked_winner(tmp_path):
+    """One rule for "best" (issue 12) holds after a re-rank: best_subnet.yaml, export-subnet's
+    first entry, best_trial() and the study's note and attribute all name the re-rank's winner,
+    even where it is not Optuna's best by inherited accuracy."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    from unitune.search.export import best_trial, export_subnets, load_subnets
+
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 12, sampler="random", seed=1,
+                       study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+    optuna_best = study.best_trial.number
+
+    def train(run, out, subnet, epochs, progress):  # Optuna's best scores worst stand-alone
+        return 0.1 if subnet == chosen_subnets[optuna_best] else 0.5 + 0.001 * sum(subnet.lora)
+
+    from unitune.search.export import trial_subnet
+    from unitune.search.study import study_encoding
+
+    chosen_subnets = {t.number: trial_subnet(t, study_encoding(study)) for t in study.trials if t.values}
+    record = rerank(None, tmp_path, study, top_k=3, epochs=1, train=train)
+    winner = record["winner"]
+    assert winner != optuna_best
+    assert best_trial(study).number == winner
+    assert yaml.safe_load((tmp_path / "best_subnet.yaml").read_text())["meta"]["trial"] == winner
+    top = export_subnets(study, out=tmp_path / "top.yaml", top_k=3)
+    assert load_subnets(top)[0][1]["trial"] == winner
+    assert study.user_attrs["best_trial"] == winner
+    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
+    assert f"### Chosen subnet: trial {winner}," in note and "re-rank's winner" in note

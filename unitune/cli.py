@@ -25,27 +25,72 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UniTuneError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
 
 
-def _inspect(args: argparse.Namespace) -> int:
-    from unitune.backbone import create_backbone
-    from unitune.io import read_yaml
-    from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
-    from unitune.supernet.space import METHODS
+def _inspect_source(args: argparse.Namespace):
+    """(subnet, its label, backbone name, model kwargs, space, classes or None) from the options:
+    ``--subnet`` / the positional SUBNET is a subnet file, an entry of a list file (``FILE#N``) or
+    a run folder (its ``best_subnet.yaml``, and its config when ``--config`` is not given);
+    ``--config`` gives the run config's model, kwargs, space and class count."""
+    from unitune.io import read_json, read_yaml
+    from unitune.search.export import select_subnet
+    from unitune.supernet import SearchSpace
 
-    subnet = Subnet.load(args.subnet)
-    name = args.backbone or subnet.backbone
-    if not name:
-        raise UniTuneError(f"{args.subnet}: names no backbone; give --backbone NAME")
+    if args.subnet and args.subnet_pos and args.subnet != args.subnet_pos:
+        raise UniTuneError("inspect: give the subnet once, as SUBNET or --subnet")
+    spec = args.subnet or args.subnet_pos
+    if not spec:
+        raise UniTuneError("inspect: give a subnet file or run folder (SUBNET or --subnet)")
+    config = args.config
+    if Path(spec).is_dir():
+        folder = Path(spec)
+        spec = folder / "best_subnet.yaml"
+        if not spec.is_file():
+            raise UniTuneError(f"{folder}: a folder without best_subnet.yaml; give a run folder after its search "
+                               f"or a subnet file")
+        summary = folder / "run_summary.json"
+        if config is None and summary.is_file():
+            config = read_json(summary).get("config")  # the run's own config, as `unitune run` recorded it
+    subnet, _, label = select_subnet(spec, args.subnet_index)
+    kwargs: dict = {}
     space = None
+    classes = None
+    name = args.backbone or subnet.backbone
+    if config:
+        from unitune.config import load_run_config
+        from unitune.data import build_dataset
+
+        run = load_run_config(config, args.overrides)
+        if args.backbone and args.backbone != run.model.backbone:
+            raise UniTuneError(f"--backbone {args.backbone}: the config {config} uses {run.model.backbone!r}")
+        name, kwargs = run.model.backbone, dict(run.model.kwargs or {})
+        space = SearchSpace.from_dict(run.space, source=f"{config}: space")
+        if args.num_classes is None:
+            classes = build_dataset(run.data, "train", None).num_classes  # indexed, no image decoded
+    elif args.overrides:
+        raise UniTuneError(f"inspect: overrides ({' '.join(args.overrides)}) need --config")
+    if config and subnet.backbone and subnet.backbone != name:
+        raise UniTuneError(f"{label}: a subnet of {subnet.backbone!r}, but the backbone is {name!r}")
+    if not name:
+        raise UniTuneError(f"{label}: names no backbone; give --backbone NAME or --config CFG")
     if args.space:
         data = read_yaml(args.space)
         section = data.get("space") if isinstance(data, dict) and "space" in data else data
         space = SearchSpace.from_dict(section, source=f"{args.space}: space")
-    num_classes = _default_classes(name) if args.num_classes is None else args.num_classes
+    return subnet, label, name, kwargs, space, classes
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from unitune.backbone import create_backbone
+    from unitune.supernet import BackboneDims, count_params
+    from unitune.supernet.space import METHODS
+
+    subnet, label, name, kwargs, space, classes = _inspect_source(args)
+    num_classes = args.num_classes if args.num_classes is not None else classes
+    num_classes = _default_classes(name) if num_classes is None else num_classes
     if num_classes < 0:
         raise UniTuneError(f"--num-classes: expected a non-negative integer, got {num_classes}")
-    vit = create_backbone(name, num_classes=num_classes, meta=True)
+    vit = create_backbone(name, num_classes=num_classes, kwargs=kwargs, meta=True)
     dims = BackboneDims.from_model(vit)
-    subnet.check(dims.depth, space, source=str(args.subnet))
+    subnet.check(dims.depth, space, source=label)
     count = count_params(subnet, dims, space)
     if args.json:
         out = {"backbone": name, "num_classes": dims.num_classes, **count.to_dict(), "subnet": subnet.to_dict()["subnet"]}
@@ -137,7 +182,7 @@ def _retrain(args: argparse.Namespace) -> int:
     run = _load_run(args)
     out = _out_dir(args, run)
     retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
-            resume=args.resume, progress=not args.quiet)
+            resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index, backbone=args.backbone)
     return 0
 
 
@@ -174,8 +219,31 @@ def _run(args: argparse.Namespace) -> int:
     from unitune.pipeline import format_summary, run_all
 
     run = _load_run(args)
-    print(format_summary(run_all(run, _out_dir(args, run), progress=not args.quiet)))
+    print(format_summary(run_all(run, _out_dir(args, run), progress=not args.quiet, headers=True)))
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from unitune.compare import parse_names, parse_seeds, plan_compare, run_compare
+
+    plan = plan_compare(
+        args.config, args.out, overrides=args.overrides, quick=args.quick,
+        tasks=None if args.tasks is None else parse_names(args.tasks, "tasks"),
+        seeds=None if args.seeds is None else parse_seeds(args.seeds),
+        methods=None if args.methods is None else parse_names(args.methods, "methods"),
+    )
+    if args.jobs < 1:
+        raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    report = run_compare(plan, jobs=args.jobs, progress=not args.quiet)
+    print(report["table"], end="")
+    print(f"compare: {report['csv']}, {report['table_file']}, {report['plot']} ({report['seconds']} s)")
+    return 0
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _default_classes(name: str) -> int:
@@ -191,33 +259,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search a per-layer mix of Adapter, LoRA, VPT and SSF for a timm ViT under a parameter budget.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=f"unitune {_version()}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("inspect", help="per-layer table and exact parameter counts of a subnet")
-    p.add_argument("--backbone", help="timm model name (default: the subnet file's 'backbone')")
-    p.add_argument("--subnet", required=True, help="subnet YAML file")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the model's)")
-    p.add_argument("--space", help="YAML with a 'space' section to check the sizes against")
+    p = sub.add_parser("inspect", help="per-layer table and exact parameter counts of a subnet",
+                       epilog="examples: unitune inspect --config configs/demo.yaml --subnet runs/demo/best_subnet.yaml\n"
+                              "          unitune inspect runs/demo            (the run's best subnet and config)\n"
+                              "          unitune inspect top5.yaml#2 --config configs/demo.yaml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("subnet_pos", nargs="?", metavar="SUBNET",
+                   help="subnet file, FILE#N (an entry of an export-subnet --top/--pareto list) or run folder")
+    p.add_argument("--subnet", help="the same as SUBNET")
+    p.add_argument("--subnet-index", type=int, metavar="N", help="entry N (from 1) of a multi-subnet file")
+    p.add_argument("--config", help="run config: its model (name and kwargs), space and class count")
+    p.add_argument("--backbone", help="timm model name (default: the config's, or the subnet file's 'backbone')")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the head (default: the config's data, else the model's)")
+    p.add_argument("--space", help="YAML with a 'space' section to check the sizes against (default: the config's)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("run", help="every stage: (pretrain), supernet, search, retrain, export, evaluate")
-    _run_args(p)
+    _run_args(p, "supernet.epochs=3 search.trials=20 retrain.epochs=3")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("compare", help="every method on every task and seed: CSV, VTAB-style table, plot")
+    _run_args(p, "retrain.epochs=5")
+    p.add_argument("--tasks", help="comma-separated data.task values (default: compare.tasks or data.task)")
+    p.add_argument("--seeds", help="comma-separated integers (default: compare.seeds or retrain.seed)")
+    p.add_argument("--methods", help="comma-separated, from linear,lora,adapter,vpt,ssf,full,search (default: all)")
+    p.add_argument("--quick", action="store_true", help="apply the config's compare.quick settings (minutes)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at once, one process and thread each")
+    p.set_defaults(func=_compare)
+
     p = sub.add_parser("pretrain", help="fully train the backbone on the config's source task (offline demo)")
-    _run_args(p)
+    _run_args(p, "pretrain.epochs=5 pretrain.lr=0.001")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("supernet", help="train the weight-sharing supernet")
-    _run_args(p)
+    _run_args(p, "supernet.epochs=3 supernet.sampler=sandwich")
     p.add_argument("--resume", action="store_true", help="continue from DIR/supernet_ckpt")
     p.set_defaults(func=_supernet)
 
     p = sub.add_parser("search", help="Optuna search for the best subnet within a parameter budget")
-    _run_args(p)
+    _run_args(p, "search.seed=1 search.sampler=random")
     p.add_argument("--budget", help="PEFT parameters, head excluded: 400000, 0.4M, 400k or 0.5%% (of the backbone)")
-    p.add_argument("--trials", type=int, help="complete trials the study should hold (a global cap)")
+    p.add_argument("--trials", type=int, metavar="TOTAL",
+                   help="complete trials the STUDY should hold in all, earlier runs and other workers included "
+                        "(a global cap, not 'this many more'; default: search.trials)")
     p.add_argument("--sampler", help="tpe (default), cmaes, gp, nsga2, random, evolution")
     p.add_argument("--storage", help="SQLAlchemy URL, SQLite path or journal:PATH (default: DIR/study.db)")
     p.add_argument("--study", help="study name (default: the config's name)")
@@ -227,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_search)
 
     p = sub.add_parser("export-subnet", help="write the best, top-k or Pareto subnets of a study to YAML")
-    p.add_argument("--storage", required=True, help="the study's storage (URL or file)")
+    p.add_argument("--storage", required=True,
+                   help="the study's storage: a run folder (its study.db), a SQLite file, journal:PATH or a URL")
     p.add_argument("--study", help="study name (default: the only study in the storage)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--top", type=int, metavar="K", help="the K best feasible subnets")
@@ -236,8 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export_subnet)
 
     p = sub.add_parser("retrain", help="train the chosen subnet on train+val, test it once, merge and export")
-    _run_args(p)
-    p.add_argument("--subnet", help="subnet YAML (default: DIR/best_subnet.yaml)")
+    _run_args(p, "retrain.epochs=10 retrain.lr=0.001")
+    p.add_argument("--subnet", metavar="FILE[#N]",
+                   help="subnet YAML, or entry N (from 1) / #trial-T of an export-subnet --top/--pareto list "
+                        "(default: DIR/best_subnet.yaml)")
+    p.add_argument("--subnet-index", type=int, metavar="N", help="entry N (from 1) of a multi-subnet --subnet file")
+    p.add_argument("--backbone", metavar="PATH",
+                   help="pretrained backbone: a weights file or another run folder (its pretrain/backbone.safetensors)"
+                        "; default: this run's")
     p.add_argument("--init", choices=("pretrained", "supernet"), help="PEFT weights start fresh or from the supernet")
     p.add_argument("--supernet", help="supernet file for --init supernet (default: DIR/supernet.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/retrain_ckpt")
@@ -246,24 +343,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of an export")
     p.add_argument("export", help="export folder (DIR/export)")
     p.add_argument("--config", help="take the data section from this config (default: the one retrain recorded)")
-    p.add_argument("--split", default="test", choices=("train", "val", "trainval", "test"))
+    p.add_argument("--split", default="test", choices=("train", "val", "trainval", "test"),
+                   help="the data split to score (default: test)")
     p.add_argument("--out", help="folder for metrics.json, confusion.csv/png (default: DIR/eval_<split>)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides (with --config), e.g. data.batch_size=16")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels of image files with an export")
     p.add_argument("export", help="export folder")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image, most probable first (default: 5)")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on a run folder's study or a storage URL")
     p.add_argument("target", help="run folder (uses DIR/study.db) or storage URL")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a non-loopback --host: the dashboard API is unauthenticated and can delete studies")
@@ -271,12 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    """What every stage command takes: the run config, the run folder, overrides."""
+def _run_args(p: argparse.ArgumentParser, example: str) -> None:
+    """What every stage command takes: the run config, the run folder, overrides (``example``: the
+    command's own override example)."""
     p.add_argument("--config", required=True, help="run config YAML (see configs/)")
     p.add_argument("--out", help="run folder (default: runs/<name>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. supernet.epochs=3")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or per-epoch lines (stage headers and results still print)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

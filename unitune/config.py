@@ -211,7 +211,8 @@ class SearchConfig:
     study: str | None = None  # default: the config's name
     objectives: str = "acc"  # acc | acc,params
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
-    rerank: dict = field(default_factory=dict)  # {top_k: K, epochs: E}: see search/rerank.py; {} is off
+    # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
+    rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
     fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
     pruner: str = "auto"  # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
@@ -240,7 +241,8 @@ class PretrainConfig(TrainConfig):
     data: dict = field(default_factory=dict)
 
 
-RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain")
+# ``compare`` belongs to `unitune compare` (unitune/compare.py checks it); the stages ignore it.
+RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare")
 
 
 @dataclass(frozen=True)

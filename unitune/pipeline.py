@@ -18,7 +18,10 @@ from .io import read_json, write_json_atomic
 SUMMARY_FILE = "run_summary.json"
 
 
-def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: bool | None = None) -> dict[str, Any]:
+    """Every stage into ``out``; the summary. ``progress``: bars (or, off a terminal, a line per
+    epoch); ``headers`` (default: ``progress``): one line as each stage starts, kept by ``--quiet``."""
+    headers = progress if headers is None else headers
     from unitune.data import build_dataset
     from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
     from unitune.retrain.evaluate import evaluate_export
@@ -29,24 +32,32 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
     from unitune.supernet.train import SUPERNET_FILE, train_supernet
 
     out = Path(out)
-    seconds: dict[str, float | str] = {}
+    seconds: dict[str, float | None] = {}
+    skipped: list[str] = []
     # Before the first stage: what later stages would reject after hours of training. The data
     # splits are indexed (no image decoded) and the search settings checked on a meta backbone.
     for split in ("train", "val", "trainval", "test"):
         build_dataset(run.data, split, None)
     check_search_stage(run, out)
+    earlier = _earlier_seconds(out)
 
     def stage(name: str, done: bool, work, why: str = "complete") -> Any:
         if done:
-            seconds[name] = f"skipped ({why})"
-            if progress:
-                print(f"[{name}] skipped ({why})")
+            # A resumed run reports what the stage cost when it ran (recorded as each stage ends).
+            seconds[name] = earlier.get(name)
+            skipped.append(name)
+            if headers:
+                print(f"[{name}] already complete, skipped" if why == "complete" else f"[{name}] skipped ({why})",
+                      flush=True)
             return None
-        if progress:
-            print(f"[{name}]")
+        if headers:
+            print(f"[{name}]", flush=True)
         started = time.perf_counter()
         value = work()
         seconds[name] = round(time.perf_counter() - started, 1)
+        # Recorded now, so a run killed in a later stage still knows what this one took.
+        write_json_atomic(out / SUMMARY_FILE, {"config": run.source, "complete": False, "seconds": seconds,
+                                               "skipped": skipped})
         return value
 
     if run.pretrain is not None:
@@ -66,7 +77,10 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
     if abs(evaluation["accuracy"] - retrained["test_accuracy"]) > 1e-9:
         raise UniTuneError(f"{out / EXPORT_DIR}: the export scores {evaluation['accuracy']:.4f} on test, "
                            f"but retrain recorded {retrained['test_accuracy']:.4f}")
-    best = result.best_trial
+    from unitune.search import best_ties, best_trial
+
+    best = best_trial(result.study)  # after the re-rank: its winner, as best_subnet.yaml holds
+    ties = best_ties(result.study)
     params = retrained["params"]
     summary = {
         "config": run.source,
@@ -76,25 +90,108 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True) -> dict[str,
         "per_method": params["per_method"],
         "search_trials": result.n_complete,
         "search_best_val_accuracy": best.user_attrs["val_accuracy"],
+        # Which trial best_subnet.yaml took (the re-rank's winner, else Optuna's best_trial), and
+        # the trials that tie with it on val accuracy, fewest parameters first.
+        "search_best_trial": best.number,
+        "search_best_params": best.user_attrs["n_params"],
+        "search_ties": [[t.number, t.user_attrs["n_params"]] for t in ties],
         "test_accuracy": retrained["test_accuracy"],
         "test_images": retrained["test_images"],
         "export": str(out / EXPORT_DIR),
+        "complete": True,
         "seconds": seconds,
+        "skipped": skipped,
+        "artefacts": _artefacts(out, run, evaluation),
+        "next": _next_commands(out, run),
+        # Resume state only: a complete run never reads it again.
+        "checkpoints": [str(out / d) + "/" for d in (SUPERNET_CKPT, RETRAIN_CKPT) if (out / d).is_dir()],
     }
     write_json_atomic(out / SUMMARY_FILE, summary)
     return summary
 
 
+def _earlier_seconds(out: Path) -> dict[str, float]:
+    """Stage durations a previous run recorded in ``run_summary.json`` (numbers only)."""
+    path = out / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        recorded = read_json(path).get("seconds") or {}
+    except (UniTuneError, AttributeError):  # unreadable: the durations are only for show
+        return {}
+    return {k: v for k, v in recorded.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _artefacts(out: Path, run: RunConfig, evaluation: dict[str, Any]) -> dict[str, str]:
+    """What the run wrote, by what a person looks for (files that exist only)."""
+    from unitune.retrain.train import EXPORT_DIR
+
+    found = {
+        "best subnet": out / "best_subnet.yaml",
+        "study (Optuna)": out / "study.db",
+        "plots": out / "plots",
+        "export": out / EXPORT_DIR,
+        "evaluation": Path(evaluation["out"]),
+        "summary": out / SUMMARY_FILE,
+    }
+    return {k: str(v) + ("/" if v.is_dir() else "") for k, v in found.items() if v.exists()}
+
+
+def _next_commands(out: Path, run: RunConfig) -> list[str]:
+    from unitune.retrain.train import EXPORT_DIR
+
+    export = out / EXPORT_DIR
+    return [
+        f"unitune dashboard {out}",
+        f"unitune evaluate {export} --split test",
+        f"unitune predict {export} IMAGE...",
+        f"unitune inspect --config {run.source} --subnet {out / 'best_subnet.yaml'}",
+        f"unitune export-subnet --storage {out} --top 5 --out {out / 'top5.yaml'}",
+    ]
+
+
+def _times(s: dict[str, Any]) -> list[str]:
+    """``pretrain 12.3 s``, ``supernet 40.1 s (earlier run)``: at most three stages a line, so a
+    120-column terminal never wraps the line."""
+    skipped = set(s.get("skipped") or ())
+    parts = []
+    for name, v in s["seconds"].items():
+        if isinstance(v, (int, float)):
+            parts.append(f"{name} {v:,.1f} s" + (" (earlier run)" if name in skipped else ""))
+        else:  # skipped, and no duration was ever recorded (a summary of an older unitune)
+            parts.append(f"{name} skipped")
+    return [", ".join(parts[i:i + 3]) for i in range(0, len(parts), 3)]
+
+
 def format_summary(s: dict[str, Any]) -> str:
     per_method = ", ".join(f"{m} {n:,}" for m, n in s["per_method"].items())
-    times = ", ".join(f"{k} {v}s" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in s["seconds"].items())
-    return "\n".join([
+    times = _times(s)
+    artefacts = [f"  {k:<20} {v}" for k, v in (s.get("artefacts") or {}).items()]
+    nxt = [f"  {c}" for c in s.get("next") or ()]
+    return "\n".join(line for line in [
         "── unitune run summary " + "─" * 40,
         f"budget                 {s['budget']:,} PEFT parameters (head excluded)",
         f"parameters used        {s['trainable_params']:,} ({s['trainable_params_with_head']:,} with head)",
         f"per method             {per_method}",
         f"search                 {s['search_trials']} trials, best val accuracy {s['search_best_val_accuracy']:.4f}",
+        _best_line(s),
         f"test accuracy          {s['test_accuracy']:.4f} on {s['test_images']} images (retrained, last epoch)",
-        f"export                 {s['export']}",
-        f"time per stage         {times}",
-    ])
+        f"time per stage         {times[0] if times else ''}",
+        *[f"                       {t}" for t in times[1:]],
+        "artefacts" if artefacts else "", *artefacts,
+        f"  {'checkpoints':<20} {', '.join(s['checkpoints'])} (only for --resume; safe to delete now)"
+        if s.get("checkpoints") else "",
+        "next" if nxt else "", *nxt,
+    ] if line)
+
+
+def _best_line(s: dict[str, Any]) -> str:
+    if "search_best_trial" not in s:  # a summary written before unitune recorded it
+        return ""
+    line = f"best trial             {s['search_best_trial']} ({s['search_best_params']:,} parameters)"
+    ties = s.get("search_ties") or []
+    if len(ties) > 1:
+        smallest = min(ties, key=lambda t: (t[1], t[0]))
+        line += (f"; {len(ties)} trials tie on val accuracy, Optuna's best_trial is taken "
+                 f"(the smallest is trial {smallest[0]}, {smallest[1]:,})")
+    return line

@@ -19,6 +19,7 @@ from .config import RunConfig
 from .data import build_dataset, build_loader, build_transform, resolve_data_config
 from .errors import UniTuneError
 from .io import atomic_path
+from .progress import StageProgress
 from .train import Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
     train_epoch
 
@@ -67,12 +68,16 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
     criterion = Criterion(cfg, train_set.num_classes)
     log = JsonlLog(path.parent / "log.jsonl")
     step = 0
-    for epoch in range(cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        loss, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
-                                 f"pretrain epoch {epoch + 1}/{cfg.epochs}", progress)
-        val = evaluate(model, val_loader, device, train_set.num_classes, cfg.amp)
-        log.write({"epoch": epoch, "loss": loss, "val_acc": val["accuracy"]})
+    bar = StageProgress("pretrain", cfg.epochs, loader.sampler.num_rank_items, enabled=progress, metric="val_acc")
+    with bar:
+        for epoch in range(cfg.epochs):
+            loader.sampler.set_epoch(epoch)
+            stats: dict[str, float] = {}
+            loss, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
+                                     f"pretrain epoch {epoch + 1}/{cfg.epochs}", bar, stats)
+            val = evaluate(model, val_loader, device, train_set.num_classes, cfg.amp)
+            log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"], "val_acc": val["accuracy"]})
+            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], val_acc=val["accuracy"])
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     if progress:

@@ -3,7 +3,7 @@
 ::
 
     data:
-      source: vtab              # imagefolder | vtab | fewshot | digits | synthetic
+      source: vtab              # imagefolder | vtab | fewshot | digits | synthetic | fractal | minivtab
       root: data/vtab-1k        # folder of the data set (imagefolder, vtab, fewshot)
       task: cifar               # VTAB-1k task folder under root (vtab)
       batch_size: 64            # global batch size (split over ranks under torchrun)
@@ -35,7 +35,7 @@ from typing import Any, Mapping
 from unitune.checks import check_seed
 from unitune.errors import UniTuneError
 
-SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic")
+SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic", "fractal", "minivtab")
 RESIZE_MODES = ("squash", "crop")
 AUGMENTS = ("none", "randaugment")
 SPLITS = ("train", "val", "trainval", "test")
@@ -51,15 +51,16 @@ FEWSHOT_LISTS = {
 # worth reporting (a `task:` on an imagefolder run is a config copied from elsewhere).
 _ONLY_FOR = {
     "root": ("imagefolder", "vtab", "fewshot"),
-    "task": ("vtab",),
+    "task": ("vtab", "minivtab"),
     "shots": ("fewshot",),
     "train_list": ("fewshot",),
     "val_list": ("fewshot",),
     "trainval_list": ("fewshot",),
     "test_list": ("fewshot",),
-    "num_classes": ("vtab", "fewshot", "synthetic"),
-    "samples_per_class": ("synthetic",),
-    "image_size": ("synthetic",),
+    "num_classes": ("vtab", "fewshot", "synthetic", "fractal"),
+    "samples_per_class": ("synthetic", "fractal"),
+    "image_size": ("synthetic", "fractal", "minivtab"),
+    "split_sizes": ("minivtab",),
 }
 
 
@@ -83,7 +84,8 @@ class DataConfig:
     # synthetic: how many classes to generate.
     num_classes: int | None = None
     samples_per_class: int | None = None  # synthetic; default 20
-    image_size: int | None = None  # synthetic; default 32
+    image_size: int | None = None  # synthetic, fractal, minivtab; default 32
+    split_sizes: tuple[int, ...] | None = None  # minivtab: [train, val, test] images; default 800, 200, 1000
     batch_size: int = 64
     eval_batch_size: int | None = None
     num_workers: int = 4
@@ -151,7 +153,18 @@ class DataConfig:
                     raise UniTuneError(
                         f"{w}.{key}: {template!r} may only use the placeholders {{shots}} and {{seed}} ({e})"
                     ) from None
-        if self.source == "synthetic":
+        if self.split_sizes is not None:
+            z = self.split_sizes
+            if (isinstance(z, (str, bytes)) or not isinstance(z, (list, tuple)) or len(z) != 3
+                    or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in z)):
+                raise UniTuneError(f"{w}.split_sizes: expected three integers >= 1 [train, val, test], got {z!r}")
+            object.__setattr__(self, "split_sizes", tuple(z))
+        if self.source == "minivtab":
+            from .minivtab import TASKS
+
+            if self.task not in TASKS:
+                raise UniTuneError(f"{w}.task: source 'minivtab' has the tasks {list(TASKS)}, got {self.task!r}")
+        if self.source in ("synthetic", "fractal"):
             for key, default in (("num_classes", 10), ("samples_per_class", 20), ("image_size", 32)):
                 if getattr(self, key) is None:
                     object.__setattr__(self, key, default)
@@ -181,6 +194,8 @@ class DataConfig:
         out.pop("where")
         if self.classes is not None:
             out["classes"] = list(self.classes)
+        if self.split_sizes is not None:
+            out["split_sizes"] = list(self.split_sizes)
         return out
 
     def list_template(self, key: str) -> str | None:

@@ -35,7 +35,9 @@ from unitune.errors import UniTuneError
 
 from .config import SPLITS, DataConfig
 from .datasets import DataError, FileDataset, ImageDataset
+from .fractal import fractal_dataset
 from .generated import digits_dataset, synthetic_dataset
+from .minivtab import minivtab_dataset
 
 # Class counts beyond this are a label typo, not a data set (ImageNet-21k has 21,843): without a
 # classes.txt the count is inferred as 1 + the largest label, and 10**12 would size a head by it.
@@ -63,6 +65,10 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
         ds = digits_dataset(split)
     elif cfg.source == "synthetic":
         ds = synthetic_dataset(cfg.num_classes, cfg.samples_per_class, cfg.image_size, cfg.seed, split)
+    elif cfg.source == "fractal":
+        ds = fractal_dataset(cfg.num_classes, cfg.samples_per_class, cfg.image_size, cfg.seed, split)
+    elif cfg.source == "minivtab":
+        ds = minivtab_dataset(cfg.task, split, cfg.split_sizes, cfg.image_size, cfg.seed)
     else:  # DataConfig already rejects other names
         raise AssertionError(cfg.source)
     if cfg.classes is not None:

@@ -1,0 +1,278 @@
+"""``unitune compare`` on the offline mini VTAB suite (``configs/minivtab.yaml --quick``, tiny sizes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import unitune.compare as compare
+from unitune.cli import main
+from unitune.data import DataConfig, build_dataset
+from unitune.data.minivtab import MiniVtabDataset
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "minivtab.yaml"
+TASKS = ("count", "terrain")  # one structured, one specialized: two groups
+METHODS = compare.METHODS
+QUICK_TEST = 32  # compare.quick's data.split_sizes test size
+
+
+def load_events(monkeypatch) -> list[tuple]:
+    """Record every image a minivtab dataset renders (task, split of the item, index) and every
+    cell result written, in order."""
+    events: list[tuple] = []
+    real_load, real_write = MiniVtabDataset.load, compare.write_json_atomic
+
+    def load(self, index):
+        events.append(("load", self.task, self.items[index][0], self.items[index][1]))
+        return real_load(self, index)
+
+    def write(path, data):
+        real_write(path, data)
+        if Path(path).parent.parent.name == "cells":
+            events.append(("cell", data["task"], data["method"], data["seed"]))
+
+    monkeypatch.setattr(MiniVtabDataset, "load", load)
+    monkeypatch.setattr(compare, "write_json_atomic", write)
+    return events
+
+
+def test_reads_of_test(events: list[tuple], n_test: int) -> None:
+    """The test split is read only at the end of each cell: in the events up to a cell's result,
+    no test image before the cell's training is over, then the cell's task's test images, each
+    exactly once, then nothing but the result."""
+    segment: list[tuple] = []
+    for e in events:
+        if e[0] != "cell":
+            segment.append(e)
+            continue
+        tests = [i for i, s in enumerate(segment) if s[2] == "test"]
+        assert tests, f"cell {e[1:]} scored without reading its test split"
+        first = tests[0]
+        assert all(s[2] == "test" for s in segment[first:]), f"cell {e[1:]}: train/val read after the test split"
+        assert {s[1] for s in segment[first:]} == {e[1]}, f"cell {e[1:]} read another task's test split"
+        indices = [s[3] for s in segment[first:]]
+        assert sorted(indices) == list(range(n_test)), f"cell {e[1:]}: test images read {len(indices)} times"
+        segment = []
+    assert not [s for s in segment if s[2] == "test"], "the test split was read after the last cell"
+
+
+test_reads_of_test.__test__ = False  # a checker, not a test
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick comparison of two tasks, every method, seed 0, with every image read recorded."""
+    mp = pytest.MonkeyPatch()
+    events = load_events(mp)
+    out = tmp_path_factory.mktemp("compare") / "run"
+    try:
+        code = main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", ",".join(TASKS),
+                     "--quiet"])
+    finally:
+        mp.undo()
+    assert code == 0
+    return out, events
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_quick_writes_csv_table_and_plot(quick_run):
+    out, _ = quick_run
+    rows = read_csv(out / "results.csv")
+    assert [(r["task"], r["method"], r["seed"]) for r in rows] == [(t, m, "0") for t in TASKS for m in METHODS]
+    assert list(rows[0]) == list(compare.CSV_COLUMNS)
+    by = {(r["task"], r["method"]): r for r in rows}
+    for r in rows:
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0
+        assert int(r["test_images"]) == QUICK_TEST
+        assert int(r["epochs"]) == 1
+        assert int(r["params_with_head"]) > int(r["params"]) >= 0
+    # Parameter counts against the formulas of DESIGN.md on the 4-block, width-64 backbone (budget 6k):
+    # the largest uniform size within it per method.
+    d, depth = 64, 4
+    assert int(by["count", "linear"]["params"]) == 0
+    assert int(by["count", "lora"]["params"]) == 4 * d * 4 * depth  # r=4 (r=8: 8,192 > 6k)
+    assert int(by["count", "adapter"]["params"]) == (2 * d * 8 + 8 + d) * depth  # k=8: 4,384
+    assert int(by["count", "vpt"]["params"]) == 8 * d * depth  # p=8
+    assert int(by["count", "ssf"]["params"]) == 22 * d * depth + 4 * d  # all blocks + global: 5,888
+    assert int(by["count", "search"]["params"]) <= 6000
+    heads = {"count": 8, "terrain": 4}  # classes; the head is d*K + K
+    for t, k in heads.items():
+        assert int(by[t, "linear"]["params_with_head"]) == d * k + k
+        full = by[t, "full"]
+        assert int(full["params_with_head"]) - int(full["params"]) == d * k + k
+    # The table's mean of group means, recomputed from the CSV (one seed: the mean of the two tasks).
+    table = (out / "table.md").read_text()
+    for m in METHODS:
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {m} |"))
+        expected = statistics.fmean(100 * float(by[t, m]["test_accuracy"]) for t in TASKS)
+        assert f"**{expected:.1f} ± 0.0**" in line, (m, line)
+    assert "structured mean" in table and "specialized mean" in table
+    with Image.open(out / "accuracy_vs_params.png") as img:
+        assert img.format == "PNG" and img.size[0] > 300
+    pre = json.loads((out / "pretrain" / "pretrain_result.json").read_text())
+    assert pre["source"]["source"] == "fractal" and 0.0 <= pre["source_val_accuracy"] <= 1.0 and pre["seconds"] > 0
+    # Each task's resolved config loads the one pretrained backbone.
+    for t in TASKS:
+        assert str((out / "pretrain" / "backbone.safetensors").resolve()) in (out / "tasks" / t / "config.yaml").read_text()
+
+
+def test_test_split_is_read_only_at_the_end_of_each_cell(quick_run):
+    _, events = quick_run
+    assert sum(e[0] == "cell" for e in events) == len(TASKS) * len(METHODS)
+    assert any(e[0] == "load" and e[2] == "train" for e in events)
+    test_reads_of_test(events, QUICK_TEST)
+
+
+def test_the_checker_catches_an_early_test_read():
+    """The instrument above fails on what it must catch: a test image read during training, twice,
+    or before any cell (a search scoring subnets on test)."""
+    train = [("load", "count", "train", i) for i in range(2)]
+    test = [("load", "count", "test", i) for i in range(2)]
+    cell = [("cell", "count", "lora", 0)]
+    test_reads_of_test(train + test + cell, 2)
+    for bad in (test[:1] + train + test + cell, train + test + test[:1] + cell, train + test + train + cell,
+                train + test + cell + test[:1]):
+        with pytest.raises(AssertionError):
+            test_reads_of_test(bad, 2)
+
+
+KILL_AFTER_CELLS = r"""
+import os, signal, sys
+from pathlib import Path
+import unitune.compare as compare
+real, written = compare.write_json_atomic, []
+def write(path, data):
+    real(path, data)
+    if Path(path).parent.parent.name == "cells":
+        written.append(path)
+        if len(written) == int(os.environ["KILL_AFTER"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+compare.write_json_atomic = write
+from unitune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    args = ["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "location",
+            "--methods", "linear,lora,full", "--seeds", "0,1", "--quiet"]
+    env = {**os.environ, "KILL_AFTER": "2", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_CELLS, *args], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    done = sorted((out / "cells").rglob("*.json"))
+    assert [p.name for p in done] == ["linear-seed0.json", "linear-seed1.json"]
+    before = {p: p.read_bytes() for p in done}
+    assert not (out / "results.csv").exists()
+
+    ran = []
+    real_cell = compare.run_cell
+    monkeypatch.setattr(compare, "run_cell", lambda plan, *cell, **kw: ran.append(cell) or real_cell(plan, *cell, **kw))
+    assert main(args) == 0
+    assert ran == [("location", m, s) for m in ("lora", "full") for s in (0, 1)]
+    assert {p: p.read_bytes() for p in done} == before  # finished cells untouched
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 6
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("linear", "lora", "full") for s in "01"}
+    ran.clear()
+    assert main(args) == 0 and ran == []  # a third run only rewrites the report
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "linear,prompt"], "--methods: unknown method 'prompt', expected some of"),
+    (["--tasks", ","], "--tasks: expected a comma-separated list, got an empty one"),
+    (["--tasks", ""], "--tasks: expected a comma-separated list, got an empty one"),
+    (["--seeds", "0,one"], "--seeds: expected integers like 0,1,2, got 'one'"),
+    (["--seeds", "0.5"], "--seeds: expected integers like 0,1,2, got '0.5'"),
+    (["--tasks", "count,kitti"], "data (task 'kitti').task: source 'minivtab' has the tasks"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unitune: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_rerun_with_another_config_into_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "orientation",
+            "--methods", "linear", "--quiet"]
+    assert main(base) == 0
+    assert main([*base, "retrain.lr=0.01"]) == 2
+    assert "holds a comparison of another config" in capsys.readouterr().err
+
+
+# ---- the data sources --------------------------------------------------------------------------
+
+def pixels(cfg: DataConfig, split: str, n: int) -> np.ndarray:
+    ds = build_dataset(cfg, split)
+    return np.stack([np.asarray(ds.load(i)) for i in range(n)])
+
+
+def test_fractal_source_is_deterministic_and_seeded():
+    cfg = dict(source="fractal", num_classes=5, samples_per_class=4, image_size=32)
+    a = pixels(DataConfig.from_dict(cfg), "train", 10)
+    assert np.array_equal(a, pixels(DataConfig.from_dict(cfg), "train", 10))
+    assert not np.array_equal(a, pixels(DataConfig.from_dict({**cfg, "seed": 1}), "train", 10))
+    ds = build_dataset(DataConfig.from_dict(cfg), "train")
+    assert len(ds) == 20 and ds.num_classes == 5 and np.bincount(ds.targets).tolist() == [4] * 5
+    assert len(build_dataset(DataConfig.from_dict(cfg), "test")) == 10  # max(2, 4 // 10) per class
+    assert a.shape == (10, 32, 32, 3) and a.std() > 5  # not blank
+
+
+def test_minivtab_tasks_have_vtab_sizes_and_disjoint_sources():
+    from unitune.data.minivtab import TASKS, _digit_index
+
+    for task in TASKS:
+        cfg = DataConfig.from_dict({"source": "minivtab", "task": task})
+        sizes = [len(build_dataset(cfg, s)) for s in ("train", "val", "trainval", "test")]
+        assert sizes == [800, 200, 1000, 1000], task
+    # The digits of the test split are scans that no train or val item uses.
+    used = {s: {_digit_index(s, k) for k in range(n)} for s, n in (("train", 800), ("val", 200), ("test", 1000))}
+    assert not used["test"] & (used["train"] | used["val"]) and not used["train"] & used["val"]
+    with pytest.raises(compare.UniTuneError, match="split_sizes: expected three integers"):
+        DataConfig.from_dict({"source": "minivtab", "task": "count", "split_sizes": [800, 200]})
+
+
+def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
+    """``configs/vtab/cifar100.yaml`` as it is (only the data folder, an offline tiny backbone and
+    a short schedule overridden): the task comes from data.task and falls in VTAB's natural group."""
+    root = tmp_path / "vtab-1k" / "cifar"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = {}
+    for split, n in (("train800", 8), ("val200", 4), ("test", 6)):
+        lines[split] = []
+        for i in range(n):
+            name = f"images/{split}_{i}.png"
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / name)
+            lines[split].append(f"{name} {i % 2}")
+    lines["train800val200"] = lines["train800"] + lines["val200"]
+    for split, ls in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(ls) + "\n")
+    out = tmp_path / "run"
+    tiny = json.dumps({"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4})
+    assert main(["compare", "--config", str(REPO / "configs" / "vtab" / "cifar100.yaml"), "--out", str(out),
+                 "--methods", "linear,vpt", "--quiet", f"data.root={tmp_path / 'vtab-1k'}", "model.pretrained=false",
+                 f"model.kwargs={tiny}", "data.num_workers=0", "retrain.epochs=1", "retrain.warmup_epochs=0"]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [(r["task"], r["group"], r["method"], r["test_images"]) for r in rows] == \
+        [("cifar", "natural", "linear", "6"), ("cifar", "natural", "vpt", "6")]
+    assert int(rows[1]["params"]) == 10 * 64 * 4  # NOAH's largest VPT size, 10 tokens, within 0.43M

@@ -1,0 +1,570 @@
+"""``unitune compare``: the VTAB-style table of every method on many tasks and seeds.
+
+For each task and seed, with one and the same retrain recipe (the config's ``retrain:``), each
+trained on ``trainval`` and scored once on ``test`` after its last epoch:
+
+- ``linear``: the linear probe (only the head trains);
+- ``lora`` / ``adapter`` / ``vpt`` / ``ssf``: one method at the same size in every block, the
+  largest size of the search space whose count fits the run's budget (``search.budget``);
+- ``full``: full fine-tuning (every weight of the backbone and the head);
+- ``search``: the searched subnet: supernet on train, search on val (``unitune run``'s stages),
+  then retrained per seed. The supernet and search run once per task (seed ``supernet.seed`` /
+  ``search.seed``); the seeds vary the retraining (PEFT and head init, data order), as for the
+  other rows.
+
+A ``pretrain:`` section pretrains the backbone once into ``OUT/pretrain/`` and every task starts
+from it. The run folder holds one JSON file per finished cell (``cells/<task>/<method>-seed<k>.json``,
+written atomically): a rerun skips those and resumes an interrupted retrain from its checkpoint.
+Outputs: ``results.csv`` (one row per task x method x seed), ``table.md`` (mean +- std over seeds
+per task, the group means and the mean of the group means, as VTAB papers report) and
+``accuracy_vs_params.png``.
+
+The ``compare:`` section of a config (optional; ``configs/vtab/*.yaml`` have none and compare
+``data.task``, or the tasks given with ``--tasks``)::
+
+    compare:
+      tasks: [count, location, digits]        # values of data.task
+      groups: {natural: [digits], structured: [count, location]}
+      seeds: [0, 1, 2]
+      methods: [linear, lora, adapter, vpt, ssf, full, search]
+      quick:                                  # what --quick changes: a run of minutes
+        overrides: {retrain.epochs: 1, data.split_sizes: [40, 20, 40]}
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import RunConfig, load_config_dict, load_run_config
+from .errors import UniTuneError
+from .io import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+
+METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")
+SINGLE = ("lora", "adapter", "vpt", "ssf")
+SECTION_KEYS = ("tasks", "groups", "seeds", "methods", "quick")
+QUICK_KEYS = ("overrides", "tasks", "seeds", "methods")
+# VTAB-1k's task folders (NOAH's names) by group.
+VTAB_GROUPS = {
+    "natural": ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
+    "specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),
+    "structured": ("clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
+                   "smallnorb_azi", "smallnorb_ele"),
+}
+GROUP_ORDER = ("natural", "specialized", "structured")
+META_FILE = "compare.json"
+PRETRAIN_RESULT = "pretrain_result.json"
+SEARCH_RESULT = "search_result.json"
+CSV_FILE, TABLE_FILE, PLOT_FILE = "results.csv", "table.md", "accuracy_vs_params.png"
+CSV_COLUMNS = ("task", "group", "method", "seed", "test_accuracy", "test_images", "params", "params_with_head",
+               "epochs", "seconds", "cpu_seconds", "sizes", "stage_seconds")
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+@dataclass
+class Plan:
+    """Everything checked before any work: the task configs, seeds, methods and the folder."""
+
+    base: RunConfig
+    out: Path
+    tasks: tuple[str, ...]
+    groups: dict[str, str]  # task -> group
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    task_runs: dict[str, RunConfig]
+    fingerprint: str
+
+    @property
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(t, m, s) for t in self.tasks for m in self.methods for s in self.seeds]
+
+    def cell_file(self, task: str, method: str, seed: int) -> Path:
+        return self.out / "cells" / task / f"{method}-seed{seed}.json"
+
+    def cell_dir(self, task: str, method: str, seed: int) -> Path:
+        return self.out / "tasks" / task / method / f"seed{seed}"
+
+    def search_dir(self, task: str) -> Path:
+        return self.out / "tasks" / task / "search"
+
+
+def parse_names(text: str, what: str) -> tuple[str, ...]:
+    """``'a,b'`` -> ``('a', 'b')``; an empty list is a mistake."""
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    if not names:
+        raise UniTuneError(f"--{what}: expected a comma-separated list, got an empty one ({text!r})")
+    return names
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    seeds = []
+    for part in parse_names(text, "seeds"):
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise UniTuneError(f"--seeds: expected integers like 0,1,2, got {part!r}") from None
+    return _check_seeds(seeds, "--seeds")
+
+
+def _check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
+        raise UniTuneError(f"{where}: expected a non-empty list of integer seeds, got {seeds!r}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise UniTuneError(f"{where}: seeds are integers >= 0, got {s!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UniTuneError(f"{where}: duplicate seed in {list(seeds)}")
+    return tuple(seeds)
+
+
+def _check_names(names: Any, where: str, known: Sequence[str] | None = None) -> tuple[str, ...]:
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)) or not names:
+        raise UniTuneError(f"{where}: expected a non-empty list, got {names!r}")
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise UniTuneError(f"{where}: expected names, got {n!r}")
+        if known is not None and n not in known:
+            raise UniTuneError(f"{where}: unknown method {n!r}, expected some of {list(known)}")
+    if len(set(names)) != len(names):
+        raise UniTuneError(f"{where}: duplicate in {list(names)}")
+    return tuple(names)
+
+
+def _overrides(mapping: Any, where: str) -> list[str]:
+    if not isinstance(mapping, dict):
+        raise UniTuneError(f"{where}: expected a mapping of dotted keys to values, got {mapping!r}")
+    return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]  # JSON is YAML: read back as written
+
+
+def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, methods: Sequence[str] | None = None, quick: bool = False,
+                 overrides: Sequence[str] = ()) -> Plan:
+    """Read and check everything a comparison needs; nothing is written, no weight is loaded."""
+    from unitune.data import DataConfig, build_dataset
+    from unitune.data.minivtab import GROUPS as MINIVTAB_GROUPS
+
+    src = str(config)
+    raw = load_config_dict(config, overrides)
+    section = raw.pop("compare", None) or {}
+    if not isinstance(section, dict):
+        raise UniTuneError(f"{src}: compare: expected a mapping, got {section!r}")
+    for key in section:
+        if key not in SECTION_KEYS:
+            raise UniTuneError(f"{src}: compare.{key}: unknown key, expected one of {list(SECTION_KEYS)}")
+    defaults = dict(section)
+    quick_overrides: list[str] = []
+    if quick:
+        q = section.get("quick")
+        if not isinstance(q, dict):
+            raise UniTuneError(f"{src}: --quick needs a compare.quick section (overrides for a short run)")
+        for key in q:
+            if key not in QUICK_KEYS:
+                raise UniTuneError(f"{src}: compare.quick.{key}: unknown key, expected one of {list(QUICK_KEYS)}")
+        quick_overrides = _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
+        defaults.update({k: v for k, v in q.items() if k != "overrides"})
+    all_overrides = [*quick_overrides, *overrides]
+    raw = load_config_dict(config, all_overrides)
+    raw.pop("compare", None)
+
+    # The method, task and seed lists: command line, then compare.quick, then compare, then data.task.
+    if methods is not None:
+        methods = _check_names(list(methods), "--methods", METHODS)
+    else:
+        methods = _check_names(defaults.get("methods", list(METHODS)), f"{src}: compare.methods", METHODS)
+    if seeds is not None:
+        seeds = _check_seeds(list(seeds), "--seeds")
+    else:
+        seeds = _check_seeds(defaults.get("seeds", [raw.get("retrain", {}).get("seed", 0)]), f"{src}: compare.seeds")
+    data_raw = raw.get("data") or {}
+    if tasks is not None:
+        tasks = _check_names(list(tasks), "--tasks")
+    elif "tasks" in defaults:
+        tasks = _check_names(defaults["tasks"], f"{src}: compare.tasks")
+    elif isinstance(data_raw, dict) and data_raw.get("task"):
+        tasks = (str(data_raw["task"]),)
+    else:
+        raise UniTuneError(f"{src}: no tasks: give --tasks, compare.tasks or data.task")
+
+    groups: dict[str, str] = {}
+    configured = defaults.get("groups") or {}
+    if not isinstance(configured, dict):
+        raise UniTuneError(f"{src}: compare.groups: expected a mapping of group to task list, got {configured!r}")
+    for group, names in configured.items():
+        for t in _check_names(names, f"{src}: compare.groups.{group}"):
+            groups[t] = str(group)
+    for t in tasks:
+        if t not in groups:
+            vtab = next((g for g, names in VTAB_GROUPS.items() if t in names), None)
+            groups[t] = vtab or MINIVTAB_GROUPS.get(t, "other")
+
+    # The base run (with pretrain, if any), checked whole; then one run per task.
+    base = load_run_config(config, all_overrides)
+    out = Path(out) if out else Path("runs") / base.name
+    weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
+    task_runs = {}
+    for t in tasks:
+        traw = copy.deepcopy(raw)
+        traw["name"] = f"{base.name}-{t}"
+        traw.setdefault("data", {})["task"] = t
+        if weights is not None:
+            traw.pop("pretrain", None)
+            traw.setdefault("model", {})["weights"] = weights
+        data = DataConfig.from_dict(traw["data"], source=f"{src}: data (task {t!r})")
+        run = dataclasses.replace(base, name=traw["name"], data=data, raw=traw, pretrain=None, pretrain_data=None,
+                                  model=dataclasses.replace(base.model, weights=weights or base.model.weights),
+                                  source=str(out / "tasks" / t / "config.yaml"))
+        for split in ("train", "val", "trainval", "test"):  # indexed, not read: a missing list fails now
+            build_dataset(run.data, split, None)
+        task_runs[t] = run
+    if "search" in methods:
+        from unitune.search.stage import check_search_stage
+
+        check_search_stage(task_runs[tasks[0]], out)
+    elif any(m in SINGLE for m in methods):
+        _budget(task_runs[tasks[0]])  # a malformed budget fails now, not after the pretraining
+    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint)
+
+
+# ------------------------------------------------------------------------------ running the cells
+
+def _dims(run: RunConfig):
+    from unitune.backbone import create_backbone
+    from unitune.data import build_dataset
+    from unitune.supernet import BackboneDims
+
+    num_classes = build_dataset(run.data, "trainval", None).num_classes
+    vit = create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True)
+    return BackboneDims.from_model(vit), vit
+
+
+def _budget(run: RunConfig) -> int | None:
+    from unitune.supernet.params import parse_budget
+
+    if run.search.budget is None:
+        return None
+    dims, vit = _dims(run)
+    head = {id(p) for p in vit.get_classifier().parameters()}
+    frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
+    return parse_budget(run.search.budget, frozen, source=f"{run.source}: search.budget")
+
+
+def largest_uniform(method: str, run: RunConfig):
+    """The one-method subnet, same size in every block, with the most parameters within the
+    budget (without a budget: the largest); when even the smallest size is over budget, the
+    smallest (the row's parameter count shows it)."""
+    from unitune.supernet import SearchSpace, Subnet, count_params
+
+    space = SearchSpace.from_dict(run.space)
+    dims, _ = _dims(run)
+    budget = _budget(run)
+    options = []
+    for size in space.choices(method):
+        if size == 0:
+            continue
+        for g in (space.choices("ssf_global") if method == "ssf" else (0,)):
+            subnet = Subnet.uniform(dims.depth, **{method: size}, ssf_global=g)
+            options.append((count_params(subnet, dims, space).total, subnet))
+    if not options:
+        raise UniTuneError(f"{run.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
+    fitting = [o for o in options if budget is None or o[0] <= budget]
+    return (max(fitting, key=lambda o: o[0]) if fitting else min(options, key=lambda o: o[0]))[1]
+
+
+def describe(subnet) -> str:
+    parts = []
+    for m in SINGLE:
+        sizes = subnet.sizes(m)
+        if any(sizes):
+            parts.append(f"{m} {sizes[0]}" if len(set(sizes)) == 1 else f"{m} {'/'.join(map(str, sizes))}")
+    if subnet.ssf_global:
+        parts.append("ssf_global")
+    return "; ".join(parts) or "head only"
+
+
+def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Every weight trainable, the retrain recipe, trainval, scored once on test after the last epoch."""
+    from unitune.backbone import create_backbone
+    from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+    from unitune.pretrain import pretrained_weights
+    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
+        train_epoch
+
+    cfg = run.retrain
+    device = pick_device(run.device)
+    seed_everything(cfg.seed)
+    train_set = build_dataset(run.data, "trainval", None)
+    num_classes = train_set.num_classes
+    model = create_backbone(run.model.backbone, num_classes, pretrained=run.model.pretrained and not run.model.weights,
+                            weights=pretrained_weights(run, out), kwargs=run.model.kwargs).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    data_config = resolve_data_config(model)
+    train_set.transform = build_transform(data_config, train=True, cfg=run.data)
+    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed)
+    optimizer = build_optimizer(model.named_parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
+    criterion = Criterion(cfg, num_classes)
+    step = 0
+    for epoch in range(cfg.epochs):
+        loader.sampler.set_epoch(epoch)
+        _, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
+                              f"full fine-tuning epoch {epoch + 1}/{cfg.epochs}", progress)
+    # The test split is built and read only now, once, after the last epoch.
+    test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
+    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed), device, num_classes, cfg.amp)
+    trainable = sum(p.numel() for p in model.parameters())
+    head = sum(p.numel() for p in model.get_classifier().parameters())
+    return {"test_accuracy": test["accuracy"], "test_images": test["n"], "params": trainable - head,
+            "params_with_head": trainable}
+
+
+def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = False) -> dict[str, Any]:
+    """Train and score one cell; its JSON file is written (atomically) only once it is complete."""
+    from unitune.retrain.train import CKPT_DIR, retrain
+    from unitune.supernet import Subnet
+    from unitune.supernet.train import SUPERNET_FILE
+
+    base = plan.task_runs[task]
+    run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
+                              raw={**base.raw, "retrain": {**base.raw.get("retrain", {}), "seed": seed}})
+    out = plan.cell_dir(task, method, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    started, cpu = time.perf_counter(), time.process_time()
+    stage_seconds = None
+    if method == "full":
+        r = full_finetune(run, out, progress)
+        params, with_head, sizes, images = r["params"], r["params_with_head"], "all weights", r["test_images"]
+    else:
+        if method == "search":
+            search_dir = plan.search_dir(task)
+            path = search_dir / "best_subnet.yaml"
+            stage_seconds = read_json(search_dir / SEARCH_RESULT)["seconds"]
+        else:
+            subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
+            path = subnet.save(out / "subnet.yaml")
+        r = retrain(run, path, out, supernet_file=plan.search_dir(task) / SUPERNET_FILE if method == "search" else None,
+                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress)
+        params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
+        sizes, images = describe(Subnet.load(path)), r["test_images"]
+    row = {"task": task, "group": plan.groups[task], "method": method, "seed": seed,
+           "test_accuracy": r["test_accuracy"], "test_images": images, "params": params,
+           "params_with_head": with_head, "epochs": run.retrain.epochs,
+           "seconds": round(time.perf_counter() - started, 2),
+           "cpu_seconds": round(time.process_time() - cpu, 2), "sizes": sizes, "stage_seconds": stage_seconds,
+           "fingerprint": plan.fingerprint}
+    write_json_atomic(plan.cell_file(task, method, seed), row)
+    return row
+
+
+def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
+    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+
+    if plan.base.pretrain is None:
+        return None
+    folder = plan.out / PRETRAIN_DIR
+    result = folder / PRETRAIN_RESULT
+    if (folder / WEIGHTS_FILE).is_file() and result.is_file():
+        return read_json(result)
+    started, cpu = time.perf_counter(), time.process_time()
+    pretrain(plan.base, plan.out, progress=progress)
+    log = [json.loads(ln) for ln in (folder / "log.jsonl").read_text().splitlines() if ln.strip()]
+    data = plan.base.pretrain_data
+    info = {"source": data.to_dict(), "epochs": plan.base.pretrain.epochs, "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1), "source_val_accuracy": log[-1]["val_acc"] if log else None}
+    write_json_atomic(result, info)
+    return info
+
+
+def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
+    """Supernet on train, search on val, once per task: ``best_subnet.yaml`` for the search rows."""
+    from unitune.search.stage import search_stage
+    from unitune.supernet.train import CKPT_DIR, SUPERNET_FILE, train_supernet
+
+    folder = plan.search_dir(task)
+    result = folder / SEARCH_RESULT
+    if result.is_file():
+        return read_json(result)
+    run = plan.task_runs[task]
+    started, cpu = time.perf_counter(), time.process_time()
+    if not (folder / SUPERNET_FILE).is_file():
+        train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
+    supernet_seconds = time.perf_counter() - started
+    found, _ = search_stage(run, folder, progress=progress)
+    best = found.best_trial
+    info = {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+            "supernet_seconds": round(supernet_seconds, 1),
+            "trials": found.n_complete, "best_val_accuracy": best.user_attrs["val_accuracy"],
+            "params": best.user_attrs["n_params"]}
+    write_json_atomic(result, info)
+    return info
+
+
+def _worker(job: tuple) -> Any:
+    """One unit of work in a worker process (``--jobs`` > 1): a search stage or a cell."""
+    import torch
+
+    plan, kind, args, threads = job
+    torch.set_num_threads(threads)
+    if kind == "search":
+        return _search_stage(plan, *args, progress=False)
+    return run_cell(plan, *args, progress=False)
+
+
+def _check_folder(plan: Plan) -> None:
+    """A run folder belongs to one config: refuse to mix cells of another one into its table."""
+    meta = plan.out / META_FILE
+    if meta.is_file():
+        saved = read_json(meta).get("fingerprint")
+        if saved != plan.fingerprint:
+            raise UniTuneError(f"{meta}: this folder holds a comparison of another config (or of --quick / "
+                               f"overrides that differ); use another --out or remove the folder")
+
+
+def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Pretrain (once), search (once per task), then every missing cell; then the CSV, table and plot."""
+    from tqdm import tqdm
+
+    _check_folder(plan)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan.out / META_FILE, {"fingerprint": plan.fingerprint, "config": plan.base.source,
+                                             "tasks": list(plan.tasks), "seeds": list(plan.seeds),
+                                             "methods": list(plan.methods)})
+    for t, run in plan.task_runs.items():  # the resolved config of each task, for `unitune retrain --config`
+        write_yaml_atomic(plan.out / "tasks" / t / "config.yaml", run.raw)
+    started = time.perf_counter()
+    pre = _pretrain_stage(plan, progress)
+    if pre is not None and progress:
+        print(f"pretrain: source val accuracy {pre['source_val_accuracy']:.4f} in {pre['seconds']} s")
+
+    searches = [t for t in plan.tasks if "search" in plan.methods]
+    todo = [c for c in plan.cells if not plan.cell_file(*c).is_file()]
+    if progress:
+        print(f"compare: {len(plan.cells)} cells ({len(plan.tasks)} tasks x {len(plan.methods)} methods x "
+              f"{len(plan.seeds)} seeds), {len(plan.cells) - len(todo)} already complete")
+    bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), desc="compare", unit="cell",
+               disable=not progress)
+    if jobs <= 1:  # task by task, so an interrupted suite leaves whole tasks done
+        for t in plan.tasks:
+            if t in searches:
+                bar.set_postfix_str(f"{t}: supernet + search")
+                _search_stage(plan, t, progress=False)
+            for cell in [c for c in todo if c[0] == t]:
+                bar.set_postfix_str("/".join(map(str, cell)))
+                run_cell(plan, *cell, progress=False)
+                bar.update()
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
+                f.result()
+            for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
+                f.result()
+                bar.update()
+    bar.close()
+    report = write_report(plan, pretrain_info=pre)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+# ---------------------------------------------------------------------------------- the report
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(rows: list[dict[str, Any]], tasks: Sequence[str], groups: dict[str, str], seeds: Sequence[int],
+              methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method: mean +- std over seeds per task, per group, and of the mean of group means
+    (computed per seed, then averaged: its std is the seed-to-seed spread of the headline number)."""
+    by = {(r["task"], r["method"], r["seed"]): r for r in rows}
+    used = {groups[t] for t in tasks}
+    present = [g for g in GROUP_ORDER if g in used] + sorted(used - set(GROUP_ORDER))
+    out = {}
+    for m in methods:
+        per_task = {t: _mean_std([100 * by[t, m, s]["test_accuracy"] for s in seeds]) for t in tasks}
+        per_group, headline = {}, []
+        for g in present:
+            members = [t for t in tasks if groups[t] == g]
+            per_group[g] = _mean_std([statistics.fmean(100 * by[t, m, s]["test_accuracy"] for t in members)
+                                      for s in seeds])
+        for s in seeds:
+            headline.append(statistics.fmean(
+                statistics.fmean(100 * by[t, m, s]["test_accuracy"] for t in tasks if groups[t] == g) for g in present))
+        out[m] = {"tasks": per_task, "groups": per_group, "mean_of_groups": _mean_std(headline),
+                  "params": statistics.fmean(by[t, m, s]["params"] for t in tasks for s in seeds),
+                  "params_with_head": statistics.fmean(by[t, m, s]["params_with_head"] for t in tasks for s in seeds),
+                  "seconds": statistics.fmean(by[t, m, s]["seconds"] for t in tasks for s in seeds)}
+    return out
+
+
+def format_table(summary: dict[str, dict[str, Any]], tasks: Sequence[str], groups: dict[str, str]) -> str:
+    first = next(iter(summary.values()))
+    group_names = list(first["groups"])
+    head = ["method", "params (no head)", "with head"] + [f"{t} ({groups[t][:4]}.)" for t in tasks] + \
+        [f"{g} mean" for g in group_names] + ["mean of groups"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, s in summary.items():
+        cells = [m, f"{s['params']:,.0f}", f"{s['params_with_head']:,.0f}"]
+        cells += [f"{s['tasks'][t][0]:.1f} ± {s['tasks'][t][1]:.1f}" for t in tasks]
+        cells += [f"{s['groups'][g][0]:.1f} ± {s['groups'][g][1]:.1f}" for g in group_names]
+        cells.append(f"**{s['mean_of_groups'][0]:.1f} ± {s['mean_of_groups'][1]:.1f}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_plot(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for m, s in summary.items():
+        mean, std = s["mean_of_groups"]
+        ax.errorbar(s["params_with_head"], mean, yerr=std, fmt="o", capsize=4, label=m)
+        ax.annotate(m, (s["params_with_head"], mean), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (head included, mean over tasks)")
+    ax.set_ylabel("test accuracy %, mean of group means (± std over seeds)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    rows = [read_json(plan.cell_file(*c)) for c in plan.cells]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(plan.out / CSV_FILE, buf.getvalue())
+    summary = summarise(rows, plan.tasks, plan.groups, plan.seeds, plan.methods)
+    table = format_table(summary, plan.tasks, plan.groups)
+    notes = [f"Test accuracy % after the last epoch, mean ± std over seeds {list(plan.seeds)}; "
+             f"{plan.base.retrain.epochs} epochs on trainval for every row ({plan.base.source})."]
+    if pretrain_info:
+        notes.append(f"Backbone pretrained once on {pretrain_info['source'].get('source')} "
+                     f"(source val accuracy {100 * pretrain_info['source_val_accuracy']:.1f}%, "
+                     f"{pretrain_info['seconds']} s).")
+    write_text_atomic(plan.out / TABLE_FILE, table + "\n" + "\n".join(notes) + "\n")
+    save_plot(summary, plan.out / PLOT_FILE, f"{plan.base.name}: {len(plan.tasks)} tasks, {len(plan.seeds)} seeds")
+    return {"summary": summary, "table": table, "csv": plan.out / CSV_FILE, "table_file": plan.out / TABLE_FILE,
+            "plot": plan.out / PLOT_FILE, "pretrain": pretrain_info}
