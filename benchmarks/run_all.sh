@@ -21,6 +21,7 @@ bench trial_vitb bench_trial.py --backbone vit_base_patch16_224 --threads 1
 bench memory_tiny bench_memory.py --threads 1
 bench memory_vitb bench_memory.py --backbone vit_base_patch16_224 --threads 1
 bench samplers bench_samplers.py --threads 1 $RUNARG
+bench pruning bench_pruning.py --threads 1 --seeds 0,1,2,3,4 --extra 2 --route-seeds 0,1,2 $RUNARG
 bench transfer bench_transfer.py --threads 1 --epochs 20 $RUNARG
 bench transfer_e40 bench_transfer.py --threads 1 $RUNARG
 bench inference_tiny bench_inference.py --tiny --threads 1

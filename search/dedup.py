@@ -5,7 +5,7 @@ workers sample at the same time, so without a check a study spends trials on sub
 already evaluated. Two checks, both through Optuna's public trial API (``study.get_trials``):
 
 1. **Before** a proposal is stored, :class:`~.sampler.RepairSampler` asks again when the
-   repaired subnet is already held by a COMPLETE, RUNNING or WAITING trial (see there). We ask
+   repaired subnet is already held by a COMPLETE, PRUNED, RUNNING or WAITING trial (see there). We ask
    again rather than reuse the stored value: a trial that reused a value would be a second
    COMPLETE trial of one subnet, which teaches the sampler nothing new and spends a slot of
    ``n_trials``; asking again costs a few sampler calls and keeps distinct subnets == COMPLETE
@@ -33,7 +33,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 DUPLICATE = "duplicate"
-HOLDING = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+# A PRUNED trial holds its subnet too: its partial evaluation is final (the fitness is
+# deterministic, so a second try would report the same figures), and it is never the best.
+HOLDING = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+# Trials that count towards ``n_trials``: evaluated, to the end or until pruned.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 Key = tuple[tuple[str, int], ...]
 
@@ -57,7 +61,7 @@ def is_enqueued(trial: FrozenTrial) -> bool:
 
 
 def held_keys(study: optuna.Study, names: tuple[str, ...], exclude: int | None = None) -> set[Key]:
-    """Keys of the subnets held by COMPLETE, RUNNING or WAITING trials (other than ``exclude``)."""
+    """Keys of the subnets held by COMPLETE, PRUNED, RUNNING or WAITING trials (other than ``exclude``)."""
     keys = set()
     for t in study.get_trials(deepcopy=False, states=HOLDING):
         if t.number != exclude:

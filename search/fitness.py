@@ -1,5 +1,6 @@
-"""The search's fitness: validation accuracy of a subnet with the weights it inherits from the
-trained supernet. Never the test split.
+"""The search's fitness (``search.fitness``): validation accuracy of a subnet with the weights it
+inherits from the trained supernet (``supernet``), or after training it alone for a few epochs
+(``standalone``, no supernet needed). Never the test split.
 
 The validation images are decoded and transformed once (the same pipeline, from the same timm
 data config, as in supernet training) and kept as tensors, so a trial costs only its forward
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -53,6 +55,8 @@ class SupernetFitness:
         self.batches = [(x.to(self.device), y.to(self.device))
                         for x, y in build_loader(val, run.data, train=False, seed=0)]
         self.amp = run.supernet.amp
+        self._parts: list | None = None
+        self.last_cost: dict = {}
 
     @property
     def num_images(self) -> int:
@@ -60,4 +64,61 @@ class SupernetFitness:
 
     def __call__(self, subnet: Subnet) -> float:
         self.model.set_subnet(subnet)
-        return evaluate(self.model, self.batches, self.device, self.num_classes, self.amp)["accuracy"]
+        accuracy = evaluate(self.model, self.batches, self.device, self.num_classes, self.amp)["accuracy"]
+        self.last_cost = {"val_images_seen": self.num_images}
+        return accuracy
+
+    n_stages = 4  # fidelities of ``staged``: 1/4, 1/2, 3/4 and all of the val images
+
+    def staged(self, subnet: Subnet) -> Iterator[tuple[int, float]]:
+        """``(step, accuracy on the first step/4 of the val images)`` for steps 1..4, counted
+        cumulatively (each image is scored once), for Optuna's pruners (:mod:`.pruning`). The
+        images are in a fixed seeded order: the val split is often sorted by class, and a
+        quarter of it would then hold a class or two."""
+        if self._parts is None:
+            self._parts = growing_parts(self.batches, self.n_stages, self.batches[0][0].shape[0])
+        self.model.set_subnet(subnet)
+        correct = seen = 0
+        for step, part in enumerate(self._parts, 1):
+            result = evaluate(self.model, part, self.device, self.num_classes, self.amp)
+            correct += int(result["confusion"].diag().sum())
+            seen += result["n"]
+            self.last_cost = {"val_images_seen": seen}
+            yield step, correct / max(seen, 1)
+
+
+def growing_parts(batches: list[tuple[torch.Tensor, torch.Tensor]], n_parts: int, batch_size: int,
+                  seed: int = 0) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The images of ``batches`` in a seeded random order, cut into ``n_parts`` near-equal parts,
+    each re-batched: the first k parts together are the fidelity-k subset."""
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(y.device)
+    x, y = x[order], y[order]
+    bounds = [round(len(y) * k / n_parts) for k in range(n_parts + 1)]
+    return [[(x[i:min(i + batch_size, hi)], y[i:min(i + batch_size, hi)]) for i in range(lo, hi, batch_size)]
+            for lo, hi in zip(bounds, bounds[1:])]
+
+
+class StandaloneFitness:
+    """``fitness(subnet) -> val accuracy`` after training the subnet alone, from the pretrained
+    backbone with fresh PEFT weights, for ``epochs`` on the **train** split (the ``retrain``
+    recipe cut to ``epochs``: :func:`.rerank.standalone_epochs`, the code re-ranking uses). Needs
+    no supernet. ``staged`` yields the val accuracy after each epoch, for Hyperband /
+    successive halving (:mod:`.pruning`). The test split is never built."""
+
+    def __init__(self, run: RunConfig, out: str | Path, epochs: int, progress: bool = False):
+        self.run, self.out, self.n_stages, self.progress = run, Path(out), int(epochs), progress
+        self.last_cost: dict = {}
+
+    def staged(self, subnet: Subnet) -> Iterator[tuple[int, float]]:
+        from .rerank import standalone_epochs
+
+        cost = self.last_cost = {"train_images": 0, "val_images_seen": 0}
+        yield from standalone_epochs(self.run, self.out, subnet, self.n_stages, self.progress, cost=cost)
+
+    def __call__(self, subnet: Subnet) -> float:
+        accuracy = float("nan")
+        for _, accuracy in self.staged(subnet):
+            pass
+        return accuracy

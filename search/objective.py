@@ -6,7 +6,9 @@ User attributes of every trial (shown by optuna-dashboard):
 - ``n_params`` (what the budget constrains, head excluded), ``n_params_with_head``,
   ``params_lora``, ``params_adapter``, ``params_vpt``, ``params_ssf`` (global SSF included);
 - ``sizes_lora`` ... ``sizes_ssf`` (per-block sizes, e.g. ``'10 5 0 1'``), ``sizes_ssf_global``;
-- ``val_accuracy`` and ``eval_seconds`` once evaluated;
+- ``val_accuracy`` and ``eval_seconds`` once evaluated; ``pruned_at_step`` for a trial Optuna's
+  pruner stopped (state PRUNED, see :mod:`.pruning`), and what the evaluation cost
+  (``val_images_seen``; ``train_images`` for the standalone fitness);
 - ``repair_steps`` (set by the sampler: how many one-index cuts the repair made), ``source``
   (``seed`` for an enqueued seed subnet) and ``retry_of`` for a re-run of a dead worker's trial;
 - ``sampler_seed`` and ``worker_index``: the seed of the worker's sampler and repair, and its
@@ -33,8 +35,10 @@ from optuna.trial import TrialState
 
 from unitune.supernet import Subnet, count_params
 
-from .dedup import DUPLICATE, duplicate_of
+from .dedup import DUPLICATE, FINISHED, duplicate_of
 from .encoding import SubnetEncoding, sizes_summary
+from .pruning import PRUNED_AT_ATTR
+from .seeds import SINGLE_SOURCE
 from .notes import save_trial_note
 from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
 
@@ -42,8 +46,9 @@ from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
 class SubnetObjective:
     """The callable given to ``study.optimize``.
 
-    ``n_trials`` is the study-wide cap on COMPLETE trials: a trial that finds the study already
-    holds ``n_trials`` complete trials plus RUNNING ones started before it is surplus (another
+    ``n_trials`` is the study-wide cap on finished (COMPLETE or PRUNED) trials: a trial that
+    finds the study already holds ``n_trials`` finished trials plus RUNNING ones started before
+    it is surplus (another
     worker raced it to the last slot); it fails at once, before sampling anything, hands back
     any enqueued parameters it had popped, and stops this worker.
     """
@@ -82,8 +87,8 @@ class SubnetObjective:
         return nan if len(self.objectives) == 1 else (nan,) * len(self.objectives)
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
-        trials = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        complete = sum(t.state == TrialState.COMPLETE for t in trials)
+        trials = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        complete = sum(t.state in FINISHED for t in trials)
         ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
         return complete + ahead >= self.n_trials
 
@@ -121,11 +126,18 @@ class SubnetObjective:
 
         start = time.perf_counter()
         try:
-            accuracy = float(self.evaluate(subnet))
+            accuracy, pruned_at = self._evaluate(trial, subnet)
         except Exception as e:
             trial.set_user_attr(FAIL_REASON_ATTR, f"{type(e).__name__}: {e}"[:500])
             raise
-        trial.set_user_attr("eval_seconds", round(time.perf_counter() - start, 4))
+        finally:
+            for key, value in getattr(self.evaluate, "last_cost", {}).items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("eval_seconds", round(time.perf_counter() - start, 4))
+        if pruned_at is not None:
+            # Outside the try: TrialPruned is an Exception, and a pruned trial is no failure.
+            trial.set_user_attr(PRUNED_AT_ATTR, pruned_at)
+            raise optuna.TrialPruned(f"pruned at step {pruned_at} (val accuracy {accuracy:.4f})")
         if not math.isfinite(accuracy):
             trial.set_user_attr("val_accuracy", str(accuracy))
             return self._fail(trial, f"non-finite accuracy {accuracy}")
@@ -134,3 +146,22 @@ class SubnetObjective:
         if self.objectives == ("acc",):
             return accuracy
         return accuracy, float(count.total)
+
+    def _evaluate(self, trial: optuna.Trial, subnet: Subnet) -> tuple[float, int | None]:
+        """(accuracy, step it was pruned at or None). A fitness with ``staged`` reports each
+        fidelity to Optuna's pruner (:mod:`.pruning`); seeds report but are never pruned."""
+        staged = getattr(self.evaluate, "staged", None)
+        if staged is None:
+            return float(self.evaluate(subnet)), None
+        report = self.objectives == ("acc",)  # Optuna's trial.report is single-objective only
+        prunable = report and trial.user_attrs.get("source") not in ("seed", SINGLE_SOURCE)
+        last = getattr(self.evaluate, "n_stages", None) or float("inf")
+        accuracy = float("nan")
+        for step, value in staged(subnet):
+            accuracy = float(value)
+            if report and math.isfinite(accuracy):
+                trial.report(accuracy, step)
+                # Never at the last fidelity: the trial is fully evaluated by then, nothing to save.
+                if prunable and step < last and trial.should_prune():
+                    return accuracy, step
+        return accuracy, None

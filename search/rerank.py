@@ -25,7 +25,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import optuna
@@ -103,6 +103,17 @@ def kendall(x: list[float], y: list[float]) -> dict[str, Any]:
 
 def standalone_val_accuracy(run: RunConfig, out: Path, subnet, epochs: int, progress: bool = False) -> float:
     """Train ``subnet`` from the pretrained backbone for ``epochs`` on the train split; its val accuracy."""
+    accuracy = float("nan")
+    for _, accuracy in standalone_epochs(run, out, subnet, epochs, progress):
+        pass
+    return accuracy
+
+
+def standalone_epochs(run: RunConfig, out: Path, subnet, epochs: int, progress: bool = False,
+                      cost: dict | None = None) -> Iterator[tuple[int, float]]:
+    """Train ``subnet`` as :func:`standalone_val_accuracy` does, yielding ``(epoch, val accuracy)``
+    after each epoch (the search's ``standalone`` fitness reports them to Optuna's pruner).
+    ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far."""
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
     from unitune.retrain.train import build_subnet_model
     from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, train_epoch
@@ -122,12 +133,16 @@ def standalone_val_accuracy(run: RunConfig, out: Path, subnet, epochs: int, prog
     optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
+    cost = {} if cost is None else cost
     step = 0
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         _, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
-                              f"re-rank epoch {epoch + 1}/{epochs}", False)
-    return float(evaluate(model, val_loader, device, num_classes, cfg.amp)["accuracy"])
+                              f"stand-alone epoch {epoch + 1}/{epochs}", False)
+        result = evaluate(model, val_loader, device, num_classes, cfg.amp)
+        cost["train_images"] = cost.get("train_images", 0) + len(train_set)
+        cost["val_images_seen"] = cost.get("val_images_seen", 0) + result["n"]
+        yield epoch + 1, float(result["accuracy"])
 
 
 def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: int, epochs: int,
@@ -184,7 +199,8 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
         _warn(f"re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy "
               f"is {tau:.2f} (95% CI {_ci_text(ci)}, n={stats['n']}): the supernet ranks subnets poorly, so its "
               "search is close to a random one. Train the supernet longer (supernet.epochs) or use a larger val "
-              "set; the pick above is by stand-alone val accuracy.")
+              "set, or search without the supernet (search.fitness: standalone); the pick above is by "
+              "stand-alone val accuracy.")
     elif ci is not None and ci[0] <= 0:
         _warn(f"re-rank: Kendall tau {tau:.2f} (95% CI {_ci_text(ci)}, n={stats['n']}): too few subnets to show "
               "that the supernet ranks them better than chance; re-rank more (search.rerank.top_k) or use a "

@@ -48,6 +48,7 @@ from unitune.errors import UniTuneError
 from .dedup import held_keys, params_key
 from .encoding import SubnetEncoding
 from .repair import repair_params
+from .storage import WORKER_ATTR, worker_token
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
 SINGLE_OBJECTIVE = ("cmaes", "evolution")
@@ -122,6 +123,11 @@ class RepairSampler(BaseSampler):
         return self.base.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        # The worker's token, first thing: the parameters are stored while the trial is sampled,
+        # before the objective runs, and a RUNNING trial with parameters but no token can never
+        # be proven dead, so a worker killed in between would hold a slot of --trials for good.
+        # (A sampler hook gets a FrozenTrial: writing its attributes needs the storage itself.)
+        study._storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, worker_token())
         self.base.before_trial(study, trial)
 
     def after_trial(

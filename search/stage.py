@@ -6,6 +6,7 @@ training (:mod:`.rerank`)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,10 +17,13 @@ from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace
 
 from .export import best_trial, trial_subnet, write_outputs
-from .fitness import SupernetFitness
+from .fitness import StandaloneFitness, SupernetFitness
 from .plots import save_plots
+from .pruning import check_fitness_pruner
 from .rerank import check_rerank, forget_rerank, rerank
 from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
+
+_logger = logging.getLogger("unitune.search")
 
 
 def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
@@ -63,29 +67,43 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
     cfg = run.search
     budget, settings, frozen = check_search_stage(run, out, budget=budget, trials=trials, sampler=sampler,
                                                   storage=storage, objectives=objectives, seed_subnets=seed_subnets)
-    fitness = SupernetFitness(run, out, supernet_file)
-    model = fitness.model
-    attrs: dict[str, Any] = {"backbone": run.model.backbone, "supernet": fitness.meta["path"],
-                             "config": run.source, "val_images": fitness.num_images}
-    backbone_params = sum(p.numel() for p in model.vit.parameters() if not p.requires_grad)
-    assert backbone_params == frozen, (backbone_params, frozen)
+    pruner = check_fitness_pruner(cfg.fitness, cfg.pruner, settings["objectives"], f"{run.source}: search")
+    if cfg.fitness == "standalone":  # no supernet: each trial trains its subnet (search/pruning.py)
+        fitness: Any = StandaloneFitness(run, out, cfg.standalone_epochs)
+        space, dims = SearchSpace.from_dict(run.space), BackboneDims.from_model(
+            create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True))
+        attrs: dict[str, Any] = {"backbone": run.model.backbone, "config": run.source,
+                                 "fitness": f"standalone, {cfg.standalone_epochs} epochs"}
+    else:
+        fitness = SupernetFitness(run, out, supernet_file)
+        space, dims = fitness.model.space, BackboneDims.from_model(fitness.model)
+        attrs = {"backbone": run.model.backbone, "supernet": fitness.meta["path"],
+                 "config": run.source, "val_images": fitness.num_images}
+        backbone_params = sum(p.numel() for p in fitness.model.vit.parameters() if not p.requires_grad)
+        assert backbone_params == frozen, (backbone_params, frozen)
+    attrs["pruner"] = pruner
     result = run_search(
-        fitness, model.space, BackboneDims.from_model(model), budget,
+        fitness, space, dims, budget,
         study_name=study or cfg.study or run.name,
         study_attrs=attrs,
         progress=progress,
-        backbone_params=backbone_params,
+        backbone_params=frozen,
+        pruner=pruner,
         **settings,
     )
     top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")
+    if top_k and cfg.fitness == "standalone":
+        # The search already ranked by stand-alone val accuracy; there is no inherited figure to check.
+        _logger.info("search.rerank skipped: search.fitness is standalone")
+        top_k = 0
     if not top_k and forget_rerank(result.study):
         best = best_trial(result.study)
         result = dataclasses.replace(result, best_trial=best,
                                      best_subnet=trial_subnet(best, study_encoding(result.study)))
-    written = write_outputs(result.study, out, dims=BackboneDims.from_model(model))
+    written = write_outputs(result.study, out, dims=dims)
     if top_k:
         # Frees the supernet first: re-ranking trains fresh subnets from the pretrained backbone.
-        del fitness, model
+        del fitness
         rerank(run, out, result.study, top_k, epochs, progress=progress)
         written["rerank_plot"] = out / "plots" / "rerank_tau.png"
         # The result names the re-rank's winner, as best_subnet.yaml does: `unitune search` and the

@@ -15,7 +15,8 @@ How the count stays exact with several workers and killed ones:
 - a trial failed by a non-finite accuracy, or failed unevaluated as a ``duplicate`` of a subnet
   another trial holds (:mod:`.dedup`), leaves its slot free, so some worker runs another.
 
-So the study reaches exactly ``n_trials`` COMPLETE trials once every worker has stopped and no
+So the study reaches exactly ``n_trials`` finished trials (COMPLETE, or PRUNED with a pruner:
+:mod:`.pruning`) once every worker has stopped and no
 RUNNING trial of a dead worker is left unrecovered (a worker killed on another host without
 heartbeats needs one more run of the search from any host after its death is known, or a
 server database with heartbeats).
@@ -43,10 +44,11 @@ from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
 from .budget import check_budget, parse_budget
-from .dedup import DUPLICATE
+from .dedup import DUPLICATE, FINISHED
 from .encoding import SubnetEncoding
 from .notes import set_metric_names
 from .objective import SubnetObjective
+from .pruning import make_pruner
 from .sampler import make_sampler
 from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
 from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock, worker_token
@@ -191,10 +193,11 @@ def _register_worker(study: optuna.Study, base_seed: int) -> tuple[int, int]:
 
 
 def count_states(study: optuna.Study) -> tuple[int, int]:
-    """(COMPLETE, RUNNING) trials of the study, all workers included."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    return complete, len(trials) - complete
+    """(finished, RUNNING) trials of the study, all workers included; finished is COMPLETE or
+    PRUNED (a pruned trial was evaluated, only more cheaply: it takes its slot of ``n_trials``)."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    finished = sum(t.state in FINISHED for t in trials)
+    return finished, len(trials) - finished
 
 
 @contextmanager
@@ -231,8 +234,9 @@ class _Progress:
         self.started: int | None = None
 
     def update(self, study: optuna.Study) -> None:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        n = min(len(complete), self.bar.total)
+        finished = study.get_trials(deepcopy=False, states=FINISHED)  # pruned trials take a slot too
+        complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        n = min(len(finished), self.bar.total)
         best = max((t.values[0] for t in complete), default=None)  # every stored trial is within budget
         if self.started is None:  # the first look: what was there before this worker
             self.started = n
@@ -275,6 +279,7 @@ def run_search(
     stale_after: float = 300.0,
     max_retries: int = 3,
     single_methods: bool = True,
+    pruner: str = "none",
 ) -> SearchResult:
     """Search subnets of ``space`` on a backbone ``dims`` under ``budget`` until the study holds
     ``n_trials`` COMPLETE trials.
@@ -288,6 +293,8 @@ def run_search(
     sampler seed is offset by their count so a restarted worker does not replay its proposals.
     ``study_attrs`` (e.g. ``backbone``, ``supernet``) are recorded on a new study; ``backbone``
     must match on an existing one.
+
+    ``pruner``: ``none``, ``sha`` or ``hyperband`` (:mod:`.pruning`), for a fitness with ``staged``.
 
     Everything the user gives is validated before the storage is touched, so bad input stores
     nothing.
@@ -337,6 +344,8 @@ def run_search(
         base_seed = seed if seed is not None else int(study.user_attrs["seed"])
         index, own_seed = _register_worker(study, base_seed)
     study.sampler = make_sampler(sampler, encoding, budget, seed=own_seed, n_objectives=len(objectives), **options)
+    # ``evaluate.n_stages``: how many fidelities a staged fitness reports (see .pruning).
+    study.pruner = make_pruner(pruner, getattr(evaluate, "n_stages", 1))
 
     objective = SubnetObjective(evaluate, encoding, budget, objectives, n_trials, seed=own_seed, worker_index=index)
 
@@ -380,7 +389,7 @@ def run_search(
     from .export import best_trial  # export imports study helpers; import late
 
     best = best_trial(study, required=False)
-    complete, _ = count_states(study)
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return SearchResult(
         study=study,
         storage=url,

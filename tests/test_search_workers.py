@@ -323,3 +323,34 @@ def test_heartbeat_storage_fails_and_retries_a_stale_trial(tmp_path):
     assert len(complete) == 3
     (retry,) = [t for t in complete if t.user_attrs.get("retry_of") == remote.number]
     assert retry.params == trials[remote.number].params
+
+
+def test_a_worker_killed_after_sampling_before_its_objective_is_recovered(tmp_path):
+    """The sampler stores a trial's parameters before the objective runs; a worker that dies in
+    between left a RUNNING trial with parameters and no worker token, which no rule could prove
+    dead, so it held a slot of --trials for good (a resumed `unitune run` then ended one trial
+    short). The token is now written before sampling."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 1, storage=storage, sampler="random",
+               progress=False)
+    child = f"""
+import os, optuna
+from search_util import tiny_dims
+from unitune.search import SubnetEncoding, make_sampler
+from unitune.supernet import SearchSpace
+enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
+study = optuna.load_study(study_name="unitune", storage={storage!r}, sampler=make_sampler("random", enc, {BUDGET}))
+trial = study.ask()
+for name, d in enc.distributions.items():
+    trial.suggest_int(name, d.low, d.high)
+os._exit(0)  # dies before any objective code runs
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    subprocess.run([sys.executable, "-c", child], env=env, check=True, timeout=300)
+    study = optuna.load_study(study_name="unitune", storage=storage)
+    (orphan,) = study.get_trials(states=(TrialState.RUNNING,))
+    assert orphan.params and orphan.user_attrs.get("worker")
+    enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
+    assert recover_dead_trials(study, enc.distributions) == [orphan.number]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].params == orphan.params

@@ -213,6 +213,14 @@ class SearchConfig:
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
     # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
     rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
+    fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
+    pruner: str = "auto"  # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
+    standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
+
+    def validate(self, where: str) -> None:
+        from unitune.search.pruning import check_fitness_pruner
+
+        check_fitness_pruner(self.fitness, self.pruner, self.objectives, where)
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,14 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     check_search_stage(run, out)
     earlier = _earlier_seconds(out)
 
-    def stage(name: str, done: bool, work) -> Any:
+    def stage(name: str, done: bool, work, why: str = "complete") -> Any:
         if done:
             # A resumed run reports what the stage cost when it ran (recorded as each stage ends).
             seconds[name] = earlier.get(name)
             skipped.append(name)
             if headers:
-                print(f"[{name}] already complete, skipped", flush=True)
+                print(f"[{name}] already complete, skipped" if why == "complete" else f"[{name}] skipped ({why})",
+                      flush=True)
             return None
         if headers:
             print(f"[{name}]", flush=True)
@@ -61,8 +62,11 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
 
     if run.pretrain is not None:
         stage("pretrain", (out / PRETRAIN_DIR / WEIGHTS_FILE).is_file(), lambda: pretrain(run, out, progress))
-    stage("supernet", (out / SUPERNET_FILE).is_file(),
-          lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress))
+    # The standalone fitness trains each trial's subnet itself: no supernet to train.
+    standalone = run.search.fitness == "standalone"
+    stage("supernet", (out / SUPERNET_FILE).is_file() or standalone,
+          lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress),
+          why="search.fitness is standalone" if standalone else "complete")
     result, _ = stage("search", False, lambda: search_stage(run, out, progress=progress))
     exported = (out / EXPORT_DIR / "unitune.json").is_file() and (out / RESULT_FILE).is_file()
     stage("retrain", exported, lambda: retrain(run, out / "best_subnet.yaml", out,
