@@ -386,13 +386,18 @@ def recover_dead_trials(
     *,
     stale_after: float = 300.0,
     max_retries: int = 3,
+    idle_token: str | None = None,
 ) -> list[int]:
     """Fail the RUNNING trials whose worker provably died and re-enqueue them; their numbers.
 
-    Run it under :func:`storage_lock` for file storages.
+    ``idle_token``: the calling worker, when it runs no trial right now (between two trials). A
+    trial without a worker token (its worker died between taking it from the storage and
+    recording itself) is then provably orphaned when every worker the study registered is dead
+    or is the caller. Run it under :func:`storage_lock` for file storages.
     """
     failed = []
     now = datetime.datetime.now()
+    orphans_provable: bool | None = None  # computed once, for the first token-less trial
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         token = trial.user_attrs.get(WORKER_ATTR)
         if token:
@@ -400,10 +405,18 @@ def recover_dead_trials(
                 continue
             reason = f"worker {token} died while running this trial"
         else:
+            if orphans_provable is None:
+                registered = [v.get("worker") for k, v in study.user_attrs.items()
+                              if k.startswith("worker.") and isinstance(v, dict)]
+                orphans_provable = idle_token is not None and all(
+                    tok == idle_token or (tok and worker_is_dead(str(tok))) for tok in registered)
             started = trial.datetime_start
-            if trial.params or started is None or (now - started).total_seconds() < stale_after:
+            if orphans_provable:
+                reason = "its worker died before recording itself (no worker of the study runs)"
+            elif trial.params or started is None or (now - started).total_seconds() < stale_after:
                 continue
-            reason = f"no worker started this trial within {stale_after:.0f} s"
+            else:
+                reason = f"no worker started this trial within {stale_after:.0f} s"
         storage = study._storage
         try:
             storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)

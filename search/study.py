@@ -355,7 +355,9 @@ def run_search(
             # Heartbeat storages: Optuna fails stale trials before each trial it runs, but a
             # worker that finds the cap reached runs none, so do it here too (no-op otherwise).
             optuna.storages.fail_stale_trials(study)
-            recover_dead_trials(study, encoding.distributions, stale_after=stale_after, max_retries=max_retries)
+            # Called between trials only: this worker runs none, so an orphan cannot be its own.
+            recover_dead_trials(study, encoding.distributions, stale_after=stale_after, max_retries=max_retries,
+                                idle_token=worker_token())
 
     def cap_reached() -> bool:
         complete, running = count_states(study)

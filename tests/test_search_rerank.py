@@ -202,12 +202,13 @@ def test_search_stage_result_names_the_reranked_winner(tmp_path, monkeypatch):
         return rerank(run, out, study, top_k, epochs, train=train)
 
     model = SimpleNamespace(vit=tiny_vit(), space=SearchSpace())
-    monkeypatch.setattr(stage, "check_search_stage", lambda run, out, **kw: (BUDGET, {}, 0))
+    monkeypatch.setattr(stage, "check_search_stage", lambda run, out, **kw: (BUDGET, {"objectives": "acc"}, 0))
     monkeypatch.setattr(stage, "SupernetFitness", lambda run, out, file: SimpleNamespace(
         model=model, meta={"path": "supernet.safetensors"}, num_images=10))
     monkeypatch.setattr(stage, "run_search", fake_run_search)
     monkeypatch.setattr(stage, "rerank", fake_rerank)
-    run = SimpleNamespace(search=SimpleNamespace(rerank={"top_k": 3, "epochs": 1}, study=None),
+    run = SimpleNamespace(search=SimpleNamespace(rerank={"top_k": 3, "epochs": 1}, study=None, fitness="supernet",
+                                                 pruner="auto"),
                           model=SimpleNamespace(backbone="vit_tiny_patch16_224"), source="cfg.yaml", name="tiny")
     import unitune.search.plots as plots
 

@@ -354,3 +354,24 @@ os._exit(0)  # dies before any objective code runs
     assert recover_dead_trials(study, enc.distributions) == [orphan.number]
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].params == orphan.params
+
+
+def test_a_trial_taken_by_a_worker_that_died_before_recording_itself_is_recovered(tmp_path):
+    """Killed between taking a trial from the storage and its first hook, a worker leaves a
+    RUNNING trial with no token. When every worker the study registered is dead or is the
+    caller (idle between trials), that trial is provably orphaned: failed and re-enqueued, not
+    left holding a slot of --trials (a resumed run ended one trial short)."""
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 1, storage=storage, sampler="random",
+                       progress=False).study
+    enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
+    orphan = study._storage.create_new_trial(study._study_id)  # RUNNING, no token, no params
+    number = study._storage.get_trial(orphan).number
+    assert recover_dead_trials(study, enc.distributions) == []  # the caller's state unknown: kept
+    study.set_user_attr("worker.001", {"worker": worker_token(1), "seed": 0, "study_seed": 0})  # pid 1 lives
+    assert recover_dead_trials(study, enc.distributions, idle_token=worker_token()) == []
+    study.set_user_attr("worker.001", {"worker": "nohost:1:1", "seed": 0, "study_seed": 0})  # elsewhere: unknown
+    assert recover_dead_trials(study, enc.distributions, idle_token=worker_token()) == []
+    study.set_user_attr("worker.001", {"worker": f"{socket.gethostname()}:999999999:1", "seed": 0, "study_seed": 0})
+    assert recover_dead_trials(study, enc.distributions, idle_token=worker_token()) == [number]
+    assert study._storage.get_trial(orphan).state == TrialState.FAIL
