@@ -446,6 +446,28 @@ def test_squash_is_a_straight_resize():
     assert torch.allclose(crop, (ref_crop - 0.5) / 0.5, atol=1e-6)
 
 
+def test_shift_augment_translates_and_flips_the_evaluation_image():
+    """``augment: shift``: each training view is the evaluation view moved by at most 32 // 8 = 4
+    pixels (reflect padding) and maybe mirrored; the views differ between draws; eval is untouched."""
+    dc = resolve_data_config(tiny_vit())
+    grid = np.zeros((32, 32, 3), np.uint8)
+    grid[14, 11] = 255  # one bright pixel, off-centre so a flip shows
+    img = Image.fromarray(grid)
+    c = cfg(source="digits", augment="shift")
+    assert torch.equal(build_transform(dc, False, c)(img), build_transform(dc, False, cfg(source="digits"))(img))
+    train = build_transform(dc, True, c)
+    torch.manual_seed(0)
+    where = set()
+    for _ in range(40):
+        out = train(img)
+        assert out.shape == (3, 32, 32)
+        ys, xs = torch.nonzero(out[0] > 0).T.tolist()  # background is -1 after normalisation
+        assert len(ys) == 1, (ys, xs)
+        y, x = ys[0], xs[0]
+        assert abs(y - 14) <= 4 and (abs(x - 11) <= 4 or abs(x - (31 - 11)) <= 4)
+        where.add((y, x))
+    assert len(where) > 5 and any(x > 16 for _, x in where) and any(x < 16 for _, x in where)
+
 def test_data_config_survives_json(tmp_path):
     dc = resolve_data_config(tiny_vit())
     back = json.loads(json.dumps(dc))

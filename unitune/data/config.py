@@ -9,7 +9,7 @@
       batch_size: 64            # global batch size (split over ranks under torchrun)
       num_workers: 4
       resize: squash            # squash: straight to the input size (VTAB) | crop: timm's resize + center crop
-      augment: none             # none | randaugment (few-shot recipes)
+      augment: none             # none | randaugment (few-shot recipes) | shift (pad-crop + flip: small images)
       val_subset: 200           # use a fixed subset of this many val images (fast search fitness)
 
 Few-shot lists follow NOAH's naming by default (``{shots}`` and ``{seed}`` are filled in)::
@@ -37,7 +37,7 @@ from unitune.errors import UniTuneError
 
 SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic", "fractal", "minivtab")
 RESIZE_MODES = ("squash", "crop")
-AUGMENTS = ("none", "randaugment")
+AUGMENTS = ("none", "randaugment", "shift")
 SPLITS = ("train", "val", "trainval", "test")
 
 FEWSHOT_LISTS = {

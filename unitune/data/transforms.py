@@ -16,7 +16,10 @@ size, interpolation, mean and std cannot drift apart. Two traps this module hand
 Without augmentation the training transform *is* the evaluation transform (the VTAB recipe trains
 on exactly what it evaluates). ``augment: randaugment`` (few-shot recipes) is timm's training
 pipeline: random-resized crop, horizontal flip, RandAugment ``rand-m9-mstd0.5-inc1``, ending in
-the same normalisation. Mixup, cutmix and label smoothing act on batches and live in the trainer.
+the same normalisation. ``augment: shift`` is the small-image recipe (CIFAR's): a random
+translation by up to an eighth of the side (reflect-padded, then cropped back) and a horizontal
+flip, before the evaluation pipeline; the suite's fractal pretraining uses it so that the same
+cached image is seen at a new position each epoch. Mixup, cutmix and label smoothing act on batches and live in the trainer.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 from typing import Any, Callable, Mapping
 
 import timm.data
+import torchvision.transforms as T
 from torch import nn
 
 from unitune.errors import UniTuneError
@@ -119,4 +123,17 @@ def build_transform(data_config: Mapping[str, Any], train: bool, cfg: DataConfig
     common = dict(input_size=dc["input_size"], interpolation=dc["interpolation"], mean=dc["mean"], std=dc["std"])
     if train and cfg.augment == "randaugment":
         return timm.data.create_transform(is_training=True, auto_augment=RANDAUGMENT, hflip=0.5, re_prob=0.0, **common)
-    return timm.data.create_transform(is_training=False, crop_pct=dc["crop_pct"], crop_mode=dc["crop_mode"], **common)
+    evaluation = timm.data.create_transform(is_training=False, crop_pct=dc["crop_pct"], crop_mode=dc["crop_mode"],
+                                            **common)
+    if train and cfg.augment == "shift":
+        return T.Compose([_RandomShift(), T.RandomHorizontalFlip(), evaluation])
+    return evaluation
+
+
+class _RandomShift:
+    """Translate by up to an eighth of the image's side: reflect-pad, then crop at random (the
+    padding follows each image's own size, which may differ from the model's input size)."""
+
+    def __call__(self, img):
+        pad = max(1, min(img.size) // 8)
+        return T.RandomCrop((img.size[1], img.size[0]), padding=pad, padding_mode="reflect")(img)
