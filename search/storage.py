@@ -226,11 +226,16 @@ def _init_sqlite_wal(path: Path) -> None:
 
 @contextlib.contextmanager
 def storage_lock(spec: str | os.PathLike | BaseStorage | None) -> Iterator[None]:
-    """An inter-process lock for a file storage (no-op for others or where fcntl is missing)."""
+    """An inter-process lock for a file storage, and across machines for PostgreSQL / MySQL (an
+    advisory lock on the server); a no-op for others or where fcntl is missing."""
     if isinstance(spec, BaseStorage):
         yield
         return
     info = resolve_storage(spec)
+    if info.kind == "rdb":
+        with _server_lock(str(spec)):
+            yield
+        return
     if info.path is None:
         yield
         return
@@ -263,6 +268,45 @@ def storage_lock(spec: str | os.PathLike | BaseStorage | None) -> Iterator[None]
         lock_path.unlink(missing_ok=True)
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         f.close()
+
+
+# One advisory-lock key for unitune's short critical sections (joining a study, taking a worker
+# number, recovering dead trials): the server-side counterpart of the lock file.
+_SERVER_LOCK_KEY = 0x756E6974756E65  # "unitune"
+
+
+@contextlib.contextmanager
+def _server_lock(url: str) -> Iterator[None]:
+    """Hold PostgreSQL's ``pg_advisory_lock`` (MySQL's ``GET_LOCK``) for the block: workers on
+    several machines that start together otherwise race for the same worker number (Optuna has
+    no atomic counter). A server that cannot be reached here is left to ``open_storage``, which
+    says so in one line."""
+    import sqlalchemy
+
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        dialect = engine.dialect.name
+        conn = engine.connect() if dialect in ("postgresql", "mysql") else None
+    except Exception:  # unreachable server, missing driver: no lock, and open_storage reports it
+        conn = None
+    if conn is None:
+        if engine is not None:
+            engine.dispose()
+        yield
+        return
+    lock, unlock = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)") if dialect == "postgresql"
+                    else ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"))
+    key = _SERVER_LOCK_KEY if dialect == "postgresql" else "unitune"
+    try:
+        conn.execute(sqlalchemy.text(lock), {"k": key})
+        yield
+    finally:
+        try:
+            conn.execute(sqlalchemy.text(unlock), {"k": key})
+        finally:
+            conn.close()  # closing the session releases the lock in any case
+            engine.dispose()
 
 
 def close_storage(storage: BaseStorage) -> None:
