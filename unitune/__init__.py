@@ -1,10 +1,41 @@
 """unitune: search a per-layer mix of Adapter, LoRA, VPT and SSF for a timm ViT under a parameter budget.
 
 The core package holds what the supernet, search and retrain stages share: errors, safe file
-I/O, configuration and the command line.
+I/O, configuration and the command line. The Python API (``unitune.get_peft_model`` and the
+names below, see :mod:`unitune.api`) is imported on first use: ``import unitune`` alone (the
+CLI, ``unitune.errors``) does not load torch and timm.
 """
 
 from .errors import UniTuneError
 
 __version__ = "0.1.0"
-__all__ = ["UniTuneError", "__version__"]
+
+# Public name -> the module that defines it.
+_API = {
+    "get_peft_model": "unitune.api",
+    "make_optimizer": "unitune.api",
+    "from_pretrained": "unitune.api",
+    "save_pretrained": "unitune.api",
+    "merge_and_unload": "unitune.api",
+    "PeftViT": "unitune.supernet",
+    "SearchSpace": "unitune.supernet",
+    "Subnet": "unitune.supernet",
+    "count_params": "unitune.supernet",
+    "BackboneDims": "unitune.supernet",
+}
+
+__all__ = ["UniTuneError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value  # resolved once
+        return value
+    raise AttributeError(f"module 'unitune' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -1,0 +1,348 @@
+"""The Python API: what a researcher in a notebook uses, named after HF PEFT's.
+
+    import timm, unitune
+    vit = timm.create_model("vit_base_patch16_224.augreg_in21k", pretrained=True, num_classes=100)
+    model = unitune.get_peft_model(vit, subnet={"lora": 8, "ssf": 1})   # or space={"lora": [0, 4, 8]}
+    model.print_trainable_parameters()
+    optimizer = unitune.make_optimizer(model, lr=1e-3)                   # inactive-slice guard attached
+    ...                                                                  # any training loop
+    model.save_pretrained("peft")                                        # PEFT weights + head only
+    model = unitune.from_pretrained(timm.create_model(..., num_classes=100), "peft")
+    merged = model.merge_and_unload()                                    # a plain timm VisionTransformer
+
+The functions here only assemble the pieces the command-line stages use (``PeftViT``,
+``SearchSpace``, ``Subnet``, ``build_optimizer``, ``InactiveGuard``, ``count_params``,
+``merge``); they add no second implementation of any of them.
+
+The ``save_pretrained`` folder holds ``peft_weights.safetensors`` (every PEFT parameter at its
+allocated size, and the classifier head, under :meth:`PeftViT.trainable_named_parameters`'
+names) and ``peft_config.json``::
+
+    format: "unitune-peft", format_version: 1
+    backbone: timm architecture name or null (what ``vit.pretrained_cfg`` says, for people)
+    num_classes: the head's classes
+    space: SearchSpace.to_dict();  allocated: the allocated sizes;  subnet: the active subnet
+        (both in the subnet file format, ``Subnet.to_dict``)
+    params: {peft, head, active_peft}: counts, for people
+    weights: {file, sha256, bytes}
+
+The weights are written first and the config last, each atomically; the config names the
+weights' sha256, so a folder whose two files come from different saves is refused on loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import safetensors.torch
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from unitune.config import TrainConfig, check_ranges
+from unitune.errors import UniTuneError
+from unitune.io import atomic_path, read_json, write_json_atomic
+from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
+from unitune.supernet.guard import InactiveGuard
+from unitune.supernet.model import _strip
+from unitune.supernet.space import METHODS, SIZE_KEYS
+from unitune.train import build_optimizer
+
+PRETRAINED_FORMAT = "unitune-peft"
+PRETRAINED_VERSION = 1
+CONFIG_FILE = "peft_config.json"
+WEIGHTS_FILE = "peft_weights.safetensors"
+
+# Keys of peft_config.json and their JSON types (backbone may be null).
+CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "format_version": int,
+    "backbone": (str, type(None)),
+    "num_classes": int,
+    "space": dict,
+    "allocated": dict,
+    "subnet": dict,
+    "weights": dict,
+}
+
+
+# ---- wrapping ----------------------------------------------------------------------------------
+
+
+def get_peft_model(
+    vit: VisionTransformer,
+    space: SearchSpace | Mapping[str, Any] | None = None,
+    subnet: Subnet | Mapping[str, Any] | str | os.PathLike | None = None,
+) -> PeftViT:
+    """Wrap a timm ViT (in place, as HF PEFT's ``get_peft_model`` does) with PEFT layers.
+
+    - ``space`` alone: the weight-sharing supernet over it (every layer at the space's largest
+      size, the largest subnet active). A dict names the size lists of the methods it uses, e.g.
+      ``{"lora": [0, 4, 8], "ssf": [0, 1]}``, plus any option (``lora_targets``, ``lora_scale``,
+      ``adapter_style``, ...); **a method it leaves out is off** (``[0]``), unlike a config file's
+      ``space:`` section, where it gets the default choices.
+    - ``subnet``: a fixed model with exactly these sizes. A dict gives one size per method for
+      every block (``{"lora": 8, "ssf": 1}``) or a list per block (``{"lora": [8, 8, 0, 0]}``);
+      ``ssf_global`` is 0 or 1. A :class:`Subnet`, a subnet file's path or its dict
+      (``{"subnet": {...}}``) work too. With ``space`` as well, the sizes must be in it and its
+      options (``lora_targets``, scales, adapter style) shape the layers.
+
+    Only the PEFT parameters and the classifier head are trainable; the backbone is frozen.
+    """
+    check_vit(vit)
+    depth = len(vit.blocks)
+    if space is None and subnet is None:
+        raise UniTuneError("get_peft_model: give space= (a supernet over it) or subnet= (a fixed subnet), "
+                           "e.g. subnet={'lora': 8}")
+    if subnet is None:
+        return PeftViT(vit, _as_space(space, None))
+    sizes = _as_subnet(subnet, depth).check(depth, source="get_peft_model: subnet")
+    space = _as_space(space, sizes)
+    sizes.check(depth, space, source="get_peft_model: subnet")
+    return PeftViT(vit, space, sizes=sizes)
+
+
+def _size_values(subnet: Subnet, key: str) -> set[int]:
+    sizes = subnet.sizes(key)
+    return set(sizes) if isinstance(sizes, (tuple, list)) else {sizes}
+
+
+def _as_space(space: SearchSpace | Mapping[str, Any] | None, subnet: Subnet | None) -> SearchSpace:
+    """A :class:`SearchSpace` from an object or a dict; the size lists a dict leaves out are
+    ``[0]`` (or, for a fixed subnet, ``[0]`` plus the subnet's sizes)."""
+    if isinstance(space, SearchSpace):
+        return space
+    if space is not None and not isinstance(space, Mapping):
+        raise UniTuneError(f"get_peft_model: space must be a SearchSpace or a dict like {{'lora': [0, 8]}}, "
+                           f"got {type(space).__name__}")
+    data = dict(space or {})
+    for key in SIZE_KEYS:
+        if key not in data:
+            data[key] = sorted({0} | (_size_values(subnet, key) if subnet is not None else set()))
+    return SearchSpace.from_dict(data, source="get_peft_model: space")
+
+
+def _as_subnet(subnet: Subnet | Mapping[str, Any] | str | os.PathLike, depth: int) -> Subnet:
+    if isinstance(subnet, Subnet):
+        return subnet
+    if isinstance(subnet, (str, os.PathLike)):
+        return Subnet.load(subnet)
+    if not isinstance(subnet, Mapping):
+        raise UniTuneError(f"get_peft_model: subnet must be a Subnet, a subnet file or a dict like {{'lora': 8}}, "
+                           f"got {type(subnet).__name__}")
+    if "subnet" in subnet:  # the subnet file's own layout
+        return Subnet.from_dict(dict(subnet), source="get_peft_model: subnet")
+    body = {}
+    for key, value in subnet.items():
+        # One integer for a per-block method means that size in every block; ssf_global is one
+        # model-wide switch and stays an integer.
+        uniform = isinstance(value, int) and not isinstance(value, bool) and key != "ssf_global"
+        body[key] = [value] * depth if uniform else list(value) if isinstance(value, tuple) else value
+    return Subnet.from_dict({"subnet": body}, source="get_peft_model")
+
+
+# ---- counting ----------------------------------------------------------------------------------
+
+
+def _head_params(model: PeftViT) -> int:
+    peft = {id(p) for _, p in model.peft_named_parameters()}
+    return sum(p.numel() for _, p in model.trainable_named_parameters() if id(p) not in peft)
+
+
+def nb_trainable_parameters(model: PeftViT, head: bool = True) -> tuple[int, int]:
+    """``(trainable, all)``: every allocated PEFT parameter (plus the head unless ``head=False``),
+    and every parameter of the model, frozen backbone included (HF PEFT's
+    ``get_nb_trainable_parameters``)."""
+    _check_model(model, "get_nb_trainable_parameters")
+    peft = sum(p.numel() for _, p in model.peft_named_parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return peft + (_head_params(model) if head else 0), total
+
+
+def trainable_parameters_line(model: PeftViT) -> str:
+    """HF PEFT's ``print_trainable_parameters`` line, with the head apart (the budget excludes it)
+    and, for a supernet, what its active subnet uses."""
+    with_head, total = nb_trainable_parameters(model)
+    peft, _ = nb_trainable_parameters(model, head=False)
+    line = (f"trainable params: {with_head:,} (PEFT {peft:,} + head {with_head - peft:,}) || all params: {total:,}"
+            f" || trainable%: {100 * with_head / total:.4f} (without head: {100 * peft / total:.4f})")
+    if model.subnet != model.capacity:
+        active = count_params(model.subnet, BackboneDims.from_model(model), model.space).total
+        line += f" || active subnet: {active:,} PEFT params"
+    return line
+
+
+# ---- optimizer ---------------------------------------------------------------------------------
+
+
+def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4) -> torch.optim.AdamW:
+    """AdamW over the model's PEFT parameters and head (the stages' grouping: no weight decay on
+    1-d parameters and prompts), with the inactive-slice guard attached.
+
+    Without the guard, AdamW's weight decay and momentum move the slices of a supernet's layers
+    that the active subnet does not use (they get a zero gradient, not none), so the weights
+    other subnets share drift. With it, ``step()`` leaves those slices and their moments as they
+    were. ``optimizer.inactive_guard.remove()`` detaches it. For a fixed subnet it costs nothing.
+    """
+    _check_model(model, "make_optimizer")
+    cfg = TrainConfig(lr=lr, weight_decay=weight_decay)
+    check_ranges(cfg, "make_optimizer")  # the config file's own limits: lr > 0, weight_decay >= 0
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    optimizer.inactive_guard = InactiveGuard(model, optimizer)
+    return optimizer
+
+
+# ---- save / load -------------------------------------------------------------------------------
+
+
+def _backbone_arch(vit: VisionTransformer) -> str | None:
+    arch = (getattr(vit, "pretrained_cfg", None) or {}).get("architecture")
+    return arch if isinstance(arch, str) else None
+
+
+def save_pretrained(model: PeftViT, folder: str | os.PathLike) -> Path:
+    """Write ``model``'s PEFT weights and head and the config that rebuilds them to ``folder``
+    (see the module doc); return the folder. The frozen backbone is not written."""
+    _check_model(model, "save_pretrained")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UniTuneError(f"{folder}: exists and is not a folder; save_pretrained writes a folder")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.trainable_state_dict().items()}
+    data = safetensors.torch.save(state, metadata={"format": "pt"})
+    peft, _ = nb_trainable_parameters(model, head=False)
+    config = {
+        "format": PRETRAINED_FORMAT,
+        "format_version": PRETRAINED_VERSION,
+        "backbone": _backbone_arch(model.vit),
+        "num_classes": int(model.vit.num_classes),
+        "space": model.space.to_dict(),
+        "allocated": model.capacity.to_dict(),
+        "subnet": model.subnet.to_dict(),
+        "params": {
+            "peft": peft,
+            "head": _head_params(model),
+            "active_peft": count_params(model.subnet, BackboneDims.from_model(model), model.space).total,
+        },
+        "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+    }
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        tmp.write_bytes(data)
+    write_json_atomic(folder / CONFIG_FILE, config)  # last: it names the weights it goes with
+    return folder
+
+
+def read_pretrained_config(folder: str | os.PathLike) -> tuple[dict[str, Any], SearchSpace, Subnet, Subnet]:
+    """The validated ``peft_config.json`` of ``folder``: the dict, space, allocated sizes, active subnet."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UniTuneError(f"{folder}: folder not found; expected what save_pretrained writes "
+                           f"({CONFIG_FILE} and {WEIGHTS_FILE})")
+    path = folder / CONFIG_FILE
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise UniTuneError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    for key, kind in CONFIG_KEYS.items():
+        if key not in config:
+            raise UniTuneError(f"{path}: missing key {key!r}")
+        if not isinstance(config[key], kind) or isinstance(config[key], bool):
+            raise UniTuneError(f"{path}: {key!r} has the wrong type ({type(config[key]).__name__})")
+    if config["format"] != PRETRAINED_FORMAT:
+        raise UniTuneError(f"{path}: 'format' is {config['format']!r}, expected {PRETRAINED_FORMAT!r}")
+    if config["format_version"] != PRETRAINED_VERSION:
+        raise UniTuneError(f"{path}: format_version {config['format_version']} is not supported "
+                           f"(this unitune reads {PRETRAINED_VERSION})")
+    sha = config["weights"].get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        raise UniTuneError(f"{path}: 'weights.sha256' must be a 64-character hex digest")
+    space = SearchSpace.from_dict(config["space"], source=f"{path}: space")
+    allocated = Subnet.from_dict(config["allocated"], source=f"{path}: allocated")
+    active = Subnet.from_dict(config["subnet"], source=f"{path}: subnet")
+    return config, space, allocated, active
+
+
+def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> PeftViT:
+    """Wrap ``vit`` (in place) with the layers ``folder``'s config records, load the saved PEFT
+    weights and head, and set the saved active subnet. ``vit`` must be the backbone they were
+    trained on, created with the same ``num_classes``. Nothing is unpickled (JSON and
+    safetensors); on any error ``vit`` is left as it was."""
+    folder = Path(folder)
+    config, space, allocated, active = read_pretrained_config(folder)
+    path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    check_vit(vit)
+    depth = len(vit.blocks)
+    allocated.check(depth, space, source=f"{path}: allocated")
+    active.check(depth, source=f"{path}: subnet")
+    if vit.num_classes != config["num_classes"]:
+        raise UniTuneError(f"{path}: saved with a {config['num_classes']}-class head, but the base model has "
+                           f"{vit.num_classes} classes; create it with num_classes={config['num_classes']}")
+    data = _read_weights(weights, config["weights"]["sha256"])
+    try:
+        state = safetensors.torch.load(data)
+    except Exception as e:  # reachable only when weights and config were both rewritten
+        raise UniTuneError(f"{weights}: not a valid safetensors file ({e})") from None
+    flags = [(p, p.requires_grad) for p in vit.parameters()]
+    try:
+        model = PeftViT(vit, space, sizes=allocated)
+        model.set_subnet(active)
+        model.load_trainable_state_dict(state, source=str(weights))
+    except BaseException:
+        # Leave the caller's model as it came: no PEFT wrapper, its own requires_grad flags.
+        _strip(vit)
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        raise
+    return model
+
+
+def _read_weights(path: Path, sha256: str) -> bytes:
+    from unitune.checks import check_input_file
+
+    data = check_input_file(path, "safetensors file").read_bytes()  # hash and parse the same bytes
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise UniTuneError(f"{path}: sha256 {got[:12]}... does not match {CONFIG_FILE}'s {sha256[:12]}... "
+                           f"(the file was modified, or the folder holds parts of two saves)")
+    return data
+
+
+# ---- merge -------------------------------------------------------------------------------------
+
+
+def merge_and_unload(model: PeftViT) -> VisionTransformer:
+    """The active subnet with LoRA and SSF folded into the weights, as a plain timm
+    ``VisionTransformer`` (eval mode, frozen; ``model`` itself is untouched).
+
+    A method that does not fold (Adapter, VPT) is a one-line error naming it and its blocks:
+    ``unitune.retrain.merge(model).model`` keeps such layers as the smallest modules that run
+    them. When folding had to create biases timm builds only on request (SSF on a
+    ``qkv_bias=False`` model), a warning names the ``timm.create_model`` keywords that rebuild
+    the merged structure (also in ``merge(model).model_kwargs``).
+    """
+    from unitune.retrain.merge import merge  # retrain sits above the model package
+
+    _check_model(model, "merge_and_unload")
+    merged = merge(model)
+    if not isinstance(merged.model, VisionTransformer):
+        kept = []
+        for m in METHODS:
+            blocks = [str(i) for i, s in enumerate(merged.unmerged.sizes(m)) if s]
+            if blocks:
+                kept.append(f"{m} (block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)})")
+        raise UniTuneError(f"merge_and_unload: the active subnet's {' and '.join(kept)} "
+                           f"{'does' if len(kept) == 1 else 'do'} not fold into the weights; "
+                           f"unitune.retrain.merge(model).model keeps them as modules")
+    if merged.model_kwargs or merged.added_params:
+        what = f"timm.create_model(..., {', '.join(f'{k}={v!r}' for k, v in merged.model_kwargs.items())})" \
+            if merged.model_kwargs else "no timm keyword"
+        extra = f"; parameters timm does not build: {list(merged.added_params)}" if merged.added_params else ""
+        warnings.warn(f"merge_and_unload: folding SSF created biases; the merged structure is {what}{extra}",
+                      stacklevel=3)
+    return merged.model
+
+
+def _check_model(model: Any, where: str) -> None:
+    if not isinstance(model, PeftViT):
+        raise UniTuneError(f"{where}: expected a PeftViT (from unitune.get_peft_model), got {type(model).__name__}")
