@@ -33,6 +33,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def sub(**sizes) -> Subnet:
+    """A subnet by method name, in the subnet file's layout (methods left out are off)."""
+    return Subnet.from_dict({"subnet": sizes})
+
+
+# A mix of every method on the tiny ViT (4 blocks), inside the supernets below.
+MIX = sub(lora=[2, 0, 8, 2], adapter=[4, 0, 0, 4], vpt=[0, 3, 3, 0], ssf=[1, 0, 1, 0], ssf_global=1)
+
+
 def perturb(model: PeftViT, seed: int = 0, std: float = 0.2) -> None:
     """Non-trivial PEFT weights and head (LoRA's B starts at zero, SSF at identity)."""
     g = torch.Generator().manual_seed(seed)
@@ -52,10 +61,10 @@ def test_subnet_dict_forms_build_the_same_fixed_model():
     uniform = unitune.get_peft_model(tiny_vit(), subnet={"lora": 8, "ssf": 1})
     assert uniform.subnet == uniform.capacity == Subnet.uniform(DEPTH, lora=8, ssf=1)
     # The space a fixed subnet gets: 0 and its own sizes for each method, the rest off.
-    assert uniform.space.lora == (0, 8) and uniform.space.ssf == (0, 1)
-    assert uniform.space.adapter == uniform.space.vpt == (0,)
+    assert uniform.space.choices("lora") == (0, 8) and uniform.space.choices("ssf") == (0, 1)
+    assert uniform.space.choices("adapter") == uniform.space.choices("vpt") == (0,)
     per_block = unitune.get_peft_model(tiny_vit(), subnet={"lora": [8, 0, 2, 8], "vpt": 3, "ssf_global": 1})
-    assert per_block.subnet == Subnet((8, 0, 2, 8), (0,) * 4, (3,) * 4, (0,) * 4, ssf_global=1)
+    assert per_block.subnet == sub(lora=[8, 0, 2, 8], vpt=[3] * 4, ssf_global=1)
     assert sorted(per_block.named_layers)[:2] == ["blocks.0.lora.qkv", "blocks.0.vpt"]
     assert "blocks.1.lora.qkv" not in per_block.named_layers
     as_object = unitune.get_peft_model(tiny_vit(), subnet=Subnet.uniform(DEPTH, lora=8, ssf=1))
@@ -66,7 +75,7 @@ def test_subnet_dict_forms_build_the_same_fixed_model():
 def test_space_dict_builds_a_supernet_with_the_methods_it_names():
     model = unitune.get_peft_model(tiny_vit(), space={"lora": [0, 2, 8], "ssf": [0, 1], "lora_targets": ["qkv", "fc1"]})
     assert model.capacity == model.subnet == Subnet.uniform(DEPTH, lora=8, ssf=1)
-    assert model.space.lora_targets == ("qkv", "fc1") and model.space.adapter == (0,)
+    assert model.space.lora_targets == ("qkv", "fc1") and model.space.choices("adapter") == (0,)
     assert {n.split(".")[2] for n in model.named_layers} == {"lora", "ssf"}
     space = SearchSpace(lora=(0, 4), adapter=(0, 2))
     assert unitune.get_peft_model(tiny_vit(), space=space).space is space
@@ -95,6 +104,16 @@ def test_bad_arguments_are_one_line_errors(kwargs, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_vit_wrapped_once_is_not_wrapped_again(tmp_path):
+    vit = tiny_vit()
+    model = unitune.get_peft_model(vit, subnet={"lora": 8})
+    message = r"^get_peft_model: this ViT already holds PEFT layers \(it is wrapped by a PeftViT\); pass a fresh timm model"
+    with pytest.raises(UniTuneError, match=message):
+        unitune.get_peft_model(vit, subnet={"lora": 8})
+    with pytest.raises(UniTuneError, match=message.replace("get_peft_model", "from_pretrained")):
+        unitune.from_pretrained(vit, model.save_pretrained(tmp_path / "peft"))
+
+
 def test_not_a_vit_is_refused():
     with pytest.raises(UniTuneError, match="is not a timm VisionTransformer"):
         unitune.get_peft_model(nn.Linear(2, 2), subnet={"lora": 8})
@@ -109,7 +128,7 @@ def test_trainable_counts_equal_count_params_and_numel(variant, how, capsys):
     if how == "supernet":
         model = unitune.get_peft_model(tiny_vit(variant), space={"lora": [0, 2, 8], "adapter": [0, 4], "vpt": [0, 3],
                                                                  "ssf": [0, 1], "ssf_global": [0, 1]})
-        model.set_subnet(Subnet((2, 0, 8, 2), (4, 0, 0, 4), (0, 3, 3, 0), (1, 0, 1, 0), ssf_global=1))
+        model.set_subnet(MIX)
     else:
         model = unitune.get_peft_model(tiny_vit(variant), subnet={"lora": [8, 0, 2, 8], "ssf": [1, 1, 0, 1],
                                                                   "ssf_global": 1})
@@ -160,7 +179,7 @@ def test_make_optimizer_leaves_inactive_slices_and_moments_bit_identical():
     def build():
         model = unitune.get_peft_model(tiny_vit(), space={"lora": [0, 2, 8], "adapter": [0, 2, 6], "ssf": [0, 1]})
         perturb(model)  # non-zero everywhere, so weight decay would move every idle entry
-        model.set_subnet(Subnet((2, 2, 0, 8), (2, 0, 6, 2), (0,) * 4, (1, 0, 1, 0)))
+        model.set_subnet(sub(lora=[2, 2, 0, 8], adapter=[2, 0, 6, 2], ssf=[1, 0, 1, 0]))
         return model
 
     model = build()
@@ -206,7 +225,7 @@ def _supernet(variant: str = "cls") -> PeftViT:
     model = unitune.get_peft_model(tiny_vit(variant), space={"lora": [0, 2, 8], "adapter": [0, 4], "vpt": [0, 3],
                                                              "ssf": [0, 1], "ssf_global": [0, 1]})
     perturb(model)
-    model.set_subnet(Subnet((2, 0, 8, 2), (4, 0, 0, 4), (0, 3, 3, 0), (1, 0, 1, 0), ssf_global=1))
+    model.set_subnet(MIX)
     return model.eval()
 
 
@@ -225,7 +244,8 @@ def test_save_pretrained_round_trips_bit_for_bit(tmp_path, variant):
     saved = safetensors.torch.load_file(folder / "peft_weights.safetensors")
     assert saved.keys() == dict(model.trainable_named_parameters()).keys()
 
-    restored = PeftViT.from_pretrained(tiny_vit(variant), folder).eval()  # same seed: the same "pretrained" backbone
+    restored = PeftViT.from_pretrained(tiny_vit(variant), folder)  # same seed: the same "pretrained" backbone
+    assert not restored.training  # as HF PEFT's from_pretrained: ready for inference
     assert restored.subnet == model.subnet and restored.capacity == model.capacity and restored.space == model.space
     mine, theirs = model.trainable_state_dict(), restored.trainable_state_dict()
     assert mine.keys() == theirs.keys()
@@ -309,8 +329,9 @@ def test_merge_and_unload_gives_a_plain_timm_model(variant, ssf_global):
 
     model = unitune.get_peft_model(tiny_vit(variant), space={"lora": [0, 2, 8], "ssf": [0, 1], "ssf_global": [0, 1]})
     perturb(model)
-    model.set_subnet(Subnet((8, 2, 0, 8), (0,) * 4, (0,) * 4, (1, 0, 1, 1), ssf_global=ssf_global))
+    model.set_subnet(sub(lora=[8, 2, 0, 8], ssf=[1, 0, 1, 1], ssf_global=ssf_global))
     model.eval()
+    active = model.subnet
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -328,7 +349,7 @@ def test_merge_and_unload_gives_a_plain_timm_model(variant, ssf_global):
         assert (fresh.eval()(images()) - expected).abs().max() <= 1e-5
         assert (merged(images()) - expected).abs().max() <= 1e-5
     # The PeftViT is untouched: same weights, same active subnet.
-    assert model.subnet.ssf_global == ssf_global
+    assert model.subnet == active
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 

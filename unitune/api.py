@@ -10,9 +10,11 @@
     model = unitune.from_pretrained(timm.create_model(..., num_classes=100), "peft")
     merged = model.merge_and_unload()                                    # a plain timm VisionTransformer
 
-The functions here only assemble the pieces the command-line stages use (``PeftViT``,
-``SearchSpace``, ``Subnet``, ``build_optimizer``, ``InactiveGuard``, ``count_params``,
-``merge``); they add no second implementation of any of them.
+This module sits on top of the packages, beside the CLI: it imports the model package (and,
+for merging, ``unitune.retrain``), and nothing below imports it except lazily, from the
+``PeftViT`` methods of the same names. The functions here only assemble the pieces the
+command-line stages use (``PeftViT``, ``SearchSpace``, ``Subnet``, ``build_optimizer``,
+``InactiveGuard``, ``count_params``, ``merge``); they add no second implementation of any of them.
 
 The ``save_pretrained`` folder holds ``peft_weights.safetensors`` (every PEFT parameter at its
 allocated size, and the classifier head, under :meth:`PeftViT.trainable_named_parameters`'
@@ -47,6 +49,7 @@ from unitune.errors import UniTuneError
 from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
 from unitune.supernet.guard import InactiveGuard
+from unitune.supernet.layers import PeftLayer
 from unitune.supernet.model import _strip
 from unitune.supernet.space import METHODS, SIZE_KEYS
 from unitune.train import build_optimizer
@@ -92,7 +95,7 @@ def get_peft_model(
 
     Only the PEFT parameters and the classifier head are trainable; the backbone is frozen.
     """
-    check_vit(vit)
+    _check_plain(vit, "get_peft_model")
     depth = len(vit.blocks)
     if space is None and subnet is None:
         raise UniTuneError("get_peft_model: give space= (a supernet over it) or subnet= (a fixed subnet), "
@@ -271,7 +274,7 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> PeftVi
     folder = Path(folder)
     config, space, allocated, active = read_pretrained_config(folder)
     path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    check_vit(vit)
+    _check_plain(vit, "from_pretrained")
     depth = len(vit.blocks)
     allocated.check(depth, space, source=f"{path}: allocated")
     active.check(depth, source=f"{path}: subnet")
@@ -294,7 +297,7 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> PeftVi
         for p, flag in flags:
             p.requires_grad_(flag)
         raise
-    return model
+    return model.eval()
 
 
 def _read_weights(path: Path, sha256: str) -> bytes:
@@ -341,6 +344,15 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
         warnings.warn(f"merge_and_unload: folding SSF created biases; the merged structure is {what}{extra}",
                       stacklevel=3)
     return merged.model
+
+
+def _check_plain(vit: Any, where: str) -> None:
+    """A timm ViT without PEFT layers: wrapping one twice would stack a second set of layers on
+    the first, which would stay in the computation, frozen and invisible to the new model."""
+    check_vit(vit)
+    if any(isinstance(m, PeftLayer) for m in vit.modules()):
+        raise UniTuneError(f"{where}: this ViT already holds PEFT layers (it is wrapped by a PeftViT); pass a fresh "
+                           f"timm model, or change the existing one with set_subnet / materialize")
 
 
 def _check_model(model: Any, where: str) -> None:
