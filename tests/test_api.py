@@ -418,3 +418,22 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.strip()
     assert f"# {printed}\n" in code, f"the README shows a different count line than the code prints: {printed}"
     assert '{"lora": 8, "ssf": 1}' in code  # the LoRA+SSF model the issue asks the example to show
+
+
+def test_save_pretrained_round_trips_bfloat16(tmp_path):
+    model = _supernet().to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "peft")
+    restored = unitune.from_pretrained(tiny_vit().to(torch.bfloat16), tmp_path / "peft")
+    for name, value in model.trainable_state_dict().items():
+        got = restored.trainable_state_dict()[name]
+        assert got.dtype == torch.bfloat16 and torch.equal(got, value), name
+
+
+def test_import_unitune_alone_loads_no_torch():
+    """The API names resolve on first use, so the CLI's and errors' imports stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys, unitune; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert unitune.get_peft_model.__module__ == 'unitune.api'; assert 'get_peft_model' in dir(unitune)")
+    subprocess.run([sys.executable, "-c", code], check=True)
