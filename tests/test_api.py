@@ -300,6 +300,28 @@ def test_from_pretrained_errors_name_the_file_and_leave_the_vit_as_it_was(tmp_pa
         unitune.from_pretrained(tiny_vit(), tmp_path / "nowhere")
 
 
+def test_a_failed_load_leaves_the_head_as_it_was(tmp_path):
+    """The head is copied before a later tensor is found not to fit: the load puts it back."""
+    import hashlib
+
+    import safetensors.torch
+
+    folder = _supernet().save_pretrained(tmp_path / "peft")
+    weights, config_path = folder / "peft_weights.safetensors", folder / "peft_config.json"
+    state = safetensors.torch.load_file(weights)
+    state["head.bias"] = torch.zeros(6)  # head.weight fits, head.bias (loaded after it) does not
+    weights.write_bytes(safetensors.torch.save(state))
+    config = json.loads(config_path.read_text())
+    config["weights"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    config_path.write_text(json.dumps(config))
+    vit = tiny_vit()
+    head = vit.head.weight.detach().clone()
+    flags = [p.requires_grad for p in vit.parameters()]
+    with pytest.raises(UniTuneError, match=rf"^{re.escape(str(weights))}: head\.bias has shape \(6,\), expected \(5,\)$"):
+        unitune.from_pretrained(vit, folder)
+    assert torch.equal(vit.head.weight, head) and _untouched(vit, flags)
+
+
 def test_save_pretrained_refuses_a_file_and_writes_nothing(tmp_path):
     target = tmp_path / "peft"
     target.write_text("not a folder")

@@ -50,7 +50,7 @@ from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
 from unitune.supernet.guard import InactiveGuard
 from unitune.supernet.layers import PeftLayer
-from unitune.supernet.model import _strip
+from unitune.supernet.model import _strip, classifier_heads
 from unitune.supernet.space import METHODS, SIZE_KEYS
 from unitune.train import build_optimizer
 
@@ -287,13 +287,18 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> PeftVi
     except Exception as e:  # reachable only when weights and config were both rewritten
         raise UniTuneError(f"{weights}: not a valid safetensors file ({e})") from None
     flags = [(p, p.requires_grad) for p in vit.parameters()]
+    heads = [(p, p.detach().clone()) for head in classifier_heads(vit).values() for p in head.parameters()]
     try:
         model = PeftViT(vit, space, sizes=allocated)
         model.set_subnet(active)
         model.load_trainable_state_dict(state, source=str(weights))
     except BaseException:
-        # Leave the caller's model as it came: no PEFT wrapper, its own requires_grad flags.
+        # Leave the caller's model as it came: no PEFT wrapper, its own requires_grad flags and
+        # head weights (the load may have copied the head before a later tensor did not fit).
         _strip(vit)
+        with torch.no_grad():
+            for p, value in heads:
+                p.copy_(value)
         for p, flag in flags:
             p.requires_grad_(flag)
         raise
