@@ -123,6 +123,18 @@ def test_quick_writes_csv_table_and_plot(quick_run):
         expected = statistics.fmean(100 * float(by[t, m]["test_accuracy"]) for t in TASKS)
         assert f"**{expected:.1f} ± 0.0**" in line, (m, line)
     assert "structured mean" in table and "specialized mean" in table
+    # Search minus each single method, recomputed from the CSV, and the re-rank's tau per task.
+    paired = table[table.index("Search minus each single method"):]
+    for m in ("lora", "adapter", "vpt", "ssf"):
+        diffs = [100 * (float(by[t, "search"]["test_accuracy"]) - float(by[t, m]["test_accuracy"])) for t in TASKS]
+        line = next(ln for ln in paired.splitlines() if ln.startswith(f"| {m} | "))
+        assert f"| {statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} | {sum(d > 0 for d in diffs)}/2 |" \
+            in line, (m, line)
+    for t in TASKS:
+        meta = yaml.safe_load((out / "tasks" / t / "search" / "best_subnet.yaml").read_text())["meta"]
+        line = next(ln for ln in paired.splitlines() if ln.startswith(f"| {t} | "))
+        assert line.startswith(f"| {t} | {meta['kendall_tau']:.2f} (n={meta['kendall_n']}, 95% CI"), line
+        assert line.endswith(f"| {by[t, 'search']['sizes']} |"), line
     with Image.open(out / "accuracy_vs_params.png") as img:
         assert img.format == "PNG" and img.size[0] > 300
     pre = json.loads((out / "pretrain" / "pretrain_result.json").read_text())

@@ -552,6 +552,77 @@ def save_plot(summary: dict[str, dict[str, Any]], path: Path, title: str) -> Non
     plt.close(fig)
 
 
+def paired_vs_single(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
+                     methods: Sequence[str]) -> list[dict[str, Any]]:
+    """``search`` minus each single method, paired by task and seed (the same retrain seed, data
+    and test split on both sides), the strongest single method first.
+
+    "Strongest" is the one with the highest mean test accuracy over every task and seed: picked on
+    test, which favours the baseline, never the search, so it is a fair bar to clear.
+    """
+    if "search" not in methods:
+        return []
+    by = {(r["task"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
+    pairs = [(t, s) for t in tasks for s in seeds]
+    out = []
+    for m in [m for m in SINGLE if m in methods]:
+        diffs = [by[t, "search", s] - by[t, m, s] for t, s in pairs]
+        mean, std = _mean_std(diffs)
+        out.append({"method": m, "baseline_mean": statistics.fmean(by[t, m, s] for t, s in pairs),
+                    "mean_diff": mean, "std_diff": std, "n": len(diffs),
+                    "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+                    "per_task": {t: statistics.fmean(by[t, "search", s] - by[t, m, s] for s in seeds)
+                                 for t in tasks}})
+    return sorted(out, key=lambda r: -r["baseline_mean"])
+
+
+def search_trust(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Per task, what the search's re-rank measured (``best_subnet.yaml``'s meta): Kendall's tau
+    between the supernet's inherited val accuracy and stand-alone val accuracy, and the pick."""
+    from unitune.io import read_yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for t in plan.tasks:
+        path = plan.search_dir(t) / "best_subnet.yaml"
+        if "search" in plan.methods and path.is_file():
+            from unitune.supernet import Subnet
+
+            meta = read_yaml(path).get("meta") or {}
+            out[t] = {k: meta.get(k) for k in ("kendall_tau", "kendall_n", "kendall_ci95", "inherited_val_accuracy",
+                                               "standalone_val_accuracy", "n_params")}
+            out[t]["pick"] = describe(Subnet.load(path))
+    return out
+
+
+def format_paired(paired: list[dict[str, Any]], trust: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    if paired:
+        lines += ["Search minus each single method, paired by task and seed (test accuracy points; the "
+                  "strongest single method first):", "",
+                  "| vs | its mean | search - it, mean ± std | search wins | " +
+                  " | ".join(paired[0]["per_task"]) + " |", "|" + "---|" * (4 + len(paired[0]["per_task"]))]
+        for r in paired:
+            lines.append(f"| {r['method']} | {r['baseline_mean']:.1f} | {r['mean_diff']:+.1f} ± {r['std_diff']:.1f} "
+                         f"| {r['wins']}/{r['n']} | " + " | ".join(f"{v:+.1f}" for v in r["per_task"].values()) + " |")
+    if trust:
+        lines += ["", "The search's pick per task, and how far the supernet's ranking held (its re-rank, on val: "
+                  "Kendall tau between inherited and stand-alone val accuracy):", "",
+                  "| task | tau (n, 95% CI) | pick's inherited val | pick's stand-alone val | pick |", "|---|---|---|---|---|"]
+        for t, v in trust.items():
+            acc = [f"{100 * v[k]:.1f}" if v.get(k) is not None else "-"
+                   for k in ("inherited_val_accuracy", "standalone_val_accuracy")]
+            lines.append(f"| {t} | {_tau_text(v)} | {acc[0]} | {acc[1]} | {v['pick']} |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _tau_text(v: dict[str, Any]) -> str:
+    if v.get("kendall_tau") is None:
+        return "n/a (no re-rank)"
+    ci = v.get("kendall_ci95")
+    ci = f", 95% CI [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    return f"{v['kendall_tau']:.2f} (n={v['kendall_n']}{ci})"
+
+
 def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = [read_json(plan.cell_file(*c)) for c in plan.cells]
     buf = io.StringIO()
@@ -567,7 +638,9 @@ def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dic
         notes.append(f"Backbone pretrained once on {pretrain_info['source'].get('source')} "
                      f"(source val accuracy {100 * pretrain_info['source_val_accuracy']:.1f}%, "
                      f"{pretrain_info['seconds']} s).")
-    write_text_atomic(plan.out / TABLE_FILE, table + "\n" + "\n".join(notes) + "\n")
+    paired = paired_vs_single(rows, plan.tasks, plan.seeds, plan.methods)
+    trust = search_trust(plan)
+    write_text_atomic(plan.out / TABLE_FILE, table + "\n" + "\n".join(notes) + "\n\n" + format_paired(paired, trust))
     save_plot(summary, plan.out / PLOT_FILE, f"{plan.base.name}: {len(plan.tasks)} tasks, {len(plan.seeds)} seeds")
-    return {"summary": summary, "table": table, "csv": plan.out / CSV_FILE, "table_file": plan.out / TABLE_FILE,
+    return {"summary": summary, "table": table, "paired": paired, "trust": trust, "csv": plan.out / CSV_FILE, "table_file": plan.out / TABLE_FILE,
             "plot": plan.out / PLOT_FILE, "pretrain": pretrain_info}
