@@ -1,0 +1,310 @@
+"""BitFit, DoRA and Adapter+ as layers: each against a second, explicit computation of its formula,
+fresh and size-0 layers against timm, prefix slicing, folding and exact parameter counts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tiny import TINY, tiny_vit
+from unitune.errors import UniTuneError
+from unitune.retrain.merge import _match_timm_bias_kwargs
+from unitune.supernet.layers import prefix_slice
+from unitune.supernet.methods.adapter_plus import AdapterPlus
+from unitune.supernet.methods.bitfit import BitFit, fold_bias
+from unitune.supernet.methods.dora import DoRALinear, fold_dora
+from unitune.supernet.model import LORA_PATHS, SSF_POINTS, _get, _out_dim, _set, _strip, unwrap
+
+VARIANTS = ("cls", "no_qkv_bias")  # the variant every bias-creating fold must survive, and the plain one
+
+
+def _images(n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, TINY["img_size"], TINY["img_size"], generator=torch.Generator().manual_seed(seed))
+
+
+def _randomize(layers, seed: int = 2) -> None:
+    """Give every PEFT parameter non-trivial values, so a test sees each term of a formula."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            for _, p in layer.peft_named_parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _peft_numel(layers) -> int:
+    return sum(p.numel() for layer in layers for _, p in layer.peft_named_parameters())
+
+
+# ---- BitFit -----------------------------------------------------------------------------------
+
+
+def _inject_bitfit(vit: nn.Module) -> list[BitFit]:
+    layers = []
+    for block in vit.blocks:
+        for path in SSF_POINTS:
+            module = _get(block, path)
+            layer = BitFit(module, _out_dim(unwrap(module), vit.embed_dim))
+            _set(block, path, layer)
+            layers.append(layer)
+    return layers
+
+
+def test_bitfit_formula_linear_and_layernorm():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6)
+    lin, norm = nn.Linear(6, 9), nn.LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    for op, out in ((lin, 9), (norm, 6)):
+        layer = BitFit(op, out)
+        with torch.no_grad():
+            layer.bias_delta.normal_()
+        if op is lin:
+            expected = x @ lin.weight.T + lin.bias + layer.bias_delta
+        else:
+            mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+            expected = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias + layer.bias_delta
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        layer.set_size(0)
+        assert torch.equal(layer(x), op(x))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bitfit_on_tiny_vit(variant):
+    vit = tiny_vit(variant).eval()
+    ref = copy.deepcopy(vit)
+    x = _images()
+    with torch.no_grad():
+        base = ref(x)
+    layers = _inject_bitfit(vit)
+    d, depth = vit.embed_dim, len(vit.blocks)
+    # Count: the points' output widths, 11·d per block (d + 3d + d + d + 4d + d).
+    assert _peft_numel(layers) == depth * 11 * d == depth * (d + 3 * d + d + d + 4 * d + d)
+    with torch.no_grad():
+        assert torch.equal(vit(x), base)  # a fresh layer adds an exact zero
+        _randomize(layers)
+        unmerged = vit(x)
+        assert (unmerged - base).abs().max() > 1e-2  # the deltas do change the logits
+        for layer in layers:
+            layer.set_size(0)
+        assert torch.equal(vit(x), base)
+        for layer in layers:
+            layer.set_size(1)
+
+    # Fold every delta into a wrapper-free copy, then make the created biases timm keywords.
+    merged = copy.deepcopy(vit)
+    _strip(merged)
+    created = []
+    for i in range(depth):
+        for path in SSF_POINTS:
+            layer = _get(vit.blocks[i], path)
+            created += [f"blocks.{i}.{path}.{p}" for p in fold_bias(merged.get_submodule(f"blocks.{i}.{path}"),
+                                                                     layer.bias_delta)]
+    assert created == ([f"blocks.{i}.attn.qkv.bias" for i in range(depth)] if variant == "no_qkv_bias" else [])
+    kwargs, added = _match_timm_bias_kwargs(merged, created)
+    assert added == []
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), unmerged, rtol=0, atol=1e-5)
+    # The merged model is a plain timm model of the recorded structure: it loads strictly.
+    from tiny import VARIANTS as TV
+    plain = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5,
+                              **{**TINY, **TV[variant], **kwargs})
+    plain.load_state_dict(merged.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), unmerged, rtol=0, atol=1e-5)
+
+
+def test_bitfit_fold_refuses_an_op_without_a_bias_slot():
+    rms = nn.RMSNorm(4)
+    with pytest.raises(UniTuneError, match="cannot fold BitFit into a RMSNorm; expected Linear, Conv2d or a LayerNorm"):
+        fold_bias(rms, torch.zeros(4))
+
+
+def test_bitfit_fold_creates_a_layernorm_bias():
+    norm = nn.LayerNorm(4, elementwise_affine=False)
+    delta = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    x = torch.randn(3, 4)
+    expected = norm(x) + delta
+    assert fold_bias(norm, delta) == ["bias"]
+    torch.testing.assert_close(norm(x), expected)
+
+
+# ---- DoRA -------------------------------------------------------------------------------------
+
+
+def _dora_reference(x, weight, bias, A, B, m, scale):
+    """DoRA written out in float64: W' = m ⊙ (W + s·B A) / ‖W + s·B A‖ per output row."""
+    w = weight.double() + scale * B.double() @ A.double()
+    w = m.double()[:, None] * w / w.pow(2).sum(dim=1, keepdim=True).sqrt()
+    y = x.double() @ w.T
+    return y + bias.double() if bias is not None else y
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_dora_formula_fresh_and_size0(bias):
+    torch.manual_seed(0)
+    lin = nn.Linear(12, 20, bias=bias)
+    layer = DoRALinear(lin, max_rank=4, scale=0.5)
+    x = torch.randn(3, 7, 12)
+    assert torch.equal(layer(x), lin(x))  # fresh: m / ‖W‖ is exactly 1 and B is 0
+    torch.testing.assert_close(layer.magnitude, lin.weight.norm(dim=1))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.magnitude.mul_(torch.rand(20) + 0.5)
+    for r in (1, 3, 4):
+        layer.set_size(r)
+        expected = _dora_reference(x, lin.weight, lin.bias, layer.lora_A[:r], layer.lora_B[:, :r], layer.magnitude, 0.5)
+        torch.testing.assert_close(layer(x).double(), expected, rtol=1e-5, atol=1e-5)
+        # The count: r·(in + out) + out.
+        assert sum(p[tuple(slice(0, s) for s in layer.active_shape(n))].numel()
+                   for n, p in layer.peft_named_parameters()) == r * (12 + 20) + 20
+    layer.set_size(0)
+    assert torch.equal(layer(x), lin(x))
+
+
+def test_dora_prefix_slice_equals_a_smaller_layer():
+    torch.manual_seed(0)
+    lin = nn.Linear(8, 24)
+    big = DoRALinear(lin, max_rank=6, scale=2.0)
+    with torch.no_grad():
+        big.lora_B.normal_()
+        big.magnitude.add_(0.3)
+    big.set_size(3)
+    small = DoRALinear(lin, max_rank=3, scale=2.0)
+    with torch.no_grad():
+        for name, p in small.peft_named_parameters():
+            p.copy_(prefix_slice(getattr(big, name), big.active_shape(name)))
+    assert small.lora_A.shape == (3, 8) and small.lora_B.shape == (24, 3) and small.magnitude.shape == (24,)
+    x = torch.randn(5, 8)
+    assert torch.equal(big(x), small(x))
+
+
+def test_dora_norm_is_detached_from_the_gradient():
+    """The chosen training treatment (paper §4.3, HF PEFT): ‖W + s·B A‖ is a constant in backward."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 10)
+    layer = DoRALinear(lin, max_rank=2)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(4, 6)
+    layer(x).square().sum().backward()
+
+    A = layer.lora_A.detach().clone().requires_grad_(True)
+    B = layer.lora_B.detach().clone().requires_grad_(True)
+    w = lin.weight + B @ A
+    for detach in (True, False):
+        norm = w.norm(dim=1)
+        c = layer.magnitude.detach() / (norm.detach() if detach else norm)
+        gA, gB = torch.autograd.grad((x @ (w * c[:, None]).T + lin.bias).square().sum(), (A, B), retain_graph=True)
+        close = torch.allclose(layer.lora_B.grad, gB, atol=1e-6) and torch.allclose(layer.lora_A.grad, gA, atol=1e-6)
+        assert close == detach
+
+
+def _inject_dora(vit: nn.Module, rank: int, targets=("qkv",)) -> list[DoRALinear]:
+    layers = []
+    for block in vit.blocks:
+        for t in targets:
+            layer = DoRALinear(_get(block, LORA_PATHS[t]), rank, scale=1.0)
+            _set(block, LORA_PATHS[t], layer)
+            layers.append(layer)
+    return layers
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dora_on_tiny_vit(variant):
+    vit = tiny_vit(variant).eval()
+    ref = copy.deepcopy(vit)
+    x = _images()
+    with torch.no_grad():
+        base = ref(x)
+    targets = tuple(LORA_PATHS)
+    layers = _inject_dora(vit, 4, targets)
+    d, depth = vit.embed_dim, len(vit.blocks)
+    # r·(in + out) + out per target: qkv d→3d, proj d→d, fc1 d→4d, fc2 4d→d.
+    per_block = sum(4 * (i + o) + o for i, o in ((d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)))
+    assert _peft_numel(layers) == depth * per_block
+    with torch.no_grad():
+        assert torch.equal(vit(x), base)
+        g = torch.Generator().manual_seed(3)
+        for layer in layers:
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.05)
+            layer.magnitude.mul_(1 + 0.1 * torch.randn(layer.magnitude.shape, generator=g))
+            layer.set_size(3)
+        unmerged = vit(x)
+        assert (unmerged - base).abs().max() > 1e-2
+        merged = copy.deepcopy(vit)
+        _strip(merged)
+        for i in range(depth):
+            for t in targets:
+                fold_dora(merged.get_submodule(f"blocks.{i}.{LORA_PATHS[t]}"), _get(vit.blocks[i], LORA_PATHS[t]))
+        torch.testing.assert_close(merged(x), unmerged, rtol=0, atol=1e-5)
+        if variant == "no_qkv_bias":
+            assert merged.blocks[0].attn.qkv.bias is None  # DoRA leaves the bias (here: none) alone
+        for layer in layers:
+            layer.set_size(0)
+        assert torch.equal(vit(x), base)
+
+
+# ---- Adapter+ ---------------------------------------------------------------------------------
+
+
+def _inject_adapter_plus(vit: nn.Module, width: int) -> list[AdapterPlus]:
+    layers = []
+    for i in range(len(vit.blocks)):
+        layer = AdapterPlus(vit.blocks[i], vit.embed_dim, width)
+        vit.blocks[i] = layer
+        layers.append(layer)
+    return layers
+
+
+def test_adapter_plus_init_follows_houlsby():
+    torch.manual_seed(0)
+    layer = AdapterPlus(nn.Identity(), 64, 16)
+    for w in (layer.down_weight, layer.up_weight):
+        assert w.abs().max() <= 0.02 and 0.005 < w.std() < 0.012  # N(0, 0.01²) cut at ±2σ: std ≈ 0.0088
+    assert torch.equal(layer.adapter_scale, torch.ones(64))
+    assert not layer.down_bias.any() and not layer.up_bias.any()
+
+
+@pytest.mark.parametrize("variant", ("cls", "reg_layerscale", "no_qkv_bias"))
+def test_adapter_plus_on_tiny_vit(variant):
+    vit = tiny_vit(variant).eval()
+    ref = copy.deepcopy(vit)
+    x = _images()
+    d, depth, k = vit.embed_dim, len(vit.blocks), 8
+    layers = _inject_adapter_plus(vit, k)
+    assert _peft_numel(layers) == depth * (2 * d * k + k + d + d)
+    _randomize(layers)
+    with torch.no_grad():
+        base = ref(x)
+        for layer in layers:
+            layer.set_size(0)
+        assert torch.equal(vit(x), base)
+        for layer in layers:
+            layer.set_size(5)
+        # Second computation: timm's own blocks, then the post-adapter written out, block by block.
+        h = ref.norm_pre(ref._pos_embed(ref.patch_embed(x)))
+        for block, layer in zip(ref.blocks, layers):
+            z = block(h)  # after the FFN's residual add (and LayerScale)
+            a = F.gelu(z @ layer.down_weight[:5].T + layer.down_bias[:5]) @ layer.up_weight[:, :5].T + layer.up_bias
+            h = z + layer.adapter_scale * a
+        expected = ref.forward_head(ref.norm(h))
+        torch.testing.assert_close(vit(x), expected, rtol=1e-5, atol=1e-5)
+        assert (expected - base).abs().max() > 1e-2
+
+        # Prefix slicing: width 5 of a width-8 layer is a width-5 layer with the sliced weights.
+        small = [AdapterPlus(unwrap(layer), d, 5) for layer in layers]
+        for s, layer in zip(small, layers):
+            for name, p in s.peft_named_parameters():
+                p.copy_(prefix_slice(getattr(layer, name), layer.active_shape(name)))
+        vit_small = copy.deepcopy(ref)
+        for i, s in enumerate(small):
+            vit_small.blocks[i] = s
+        assert _peft_numel(small) == depth * (2 * d * 5 + 5 + d + d)
+        assert torch.equal(vit_small(x), vit(x))
