@@ -308,3 +308,92 @@ def test_adapter_plus_on_tiny_vit(variant):
             vit_small.blocks[i] = s
         assert _peft_numel(small) == depth * (2 * d * 5 + 5 + d + d)
         assert torch.equal(vit_small(x), vit(x))
+
+
+# ---- through the registry: every method at once ------------------------------------------------
+
+ALL_ON = dict(lora=(0, 2, 3), adapter=(0, 2, 3), vpt=(0, 2), ssf=(0, 1), ssf_global=(0, 1), bitfit=(0, 1),
+              dora=(0, 2, 4), adapter_plus=(0, 3, 5))
+
+
+def _all_on_model(variant: str, folding_only: bool = False):
+    from unitune.supernet import PeftViT, SearchSpace, Subnet
+
+    choices = {m: c for m, c in ALL_ON.items() if not folding_only or m in ("lora", "ssf", "ssf_global", "bitfit", "dora")}
+    # LoRA and DoRA both on qkv (LoRA wraps DoRA), DoRA on fc1 as well.
+    space = SearchSpace(**{"adapter": (0,), "vpt": (0,), **choices}, dora_targets=["qkv", "fc1"],
+                        dora_scale=0.5, lora_scale=2.0)
+    plain = tiny_vit(variant).eval()
+    model = PeftViT(copy.deepcopy(plain), space).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, p in model.peft_named_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    sizes = {m: (c[-1], 0, c[1], c[-1]) for m, c in choices.items() if m != "ssf_global"}
+    subnet = Subnet.uniform(4, ssf_global=1 if "ssf_global" in choices else 0).replace(**sizes)
+    model.set_subnet(subnet)
+    return plain, model, space, subnet
+
+
+@pytest.mark.parametrize("variant", ("cls", "reg_layerscale", "no_qkv_bias"))
+def test_all_methods_together_materialise_count_and_merge(variant):
+    from unitune.retrain.merge import merge
+    from unitune.supernet import BackboneDims, count_params
+
+    plain, model, space, subnet = _all_on_model(variant)
+    x = _images()
+    dims = BackboneDims.from_model(model)
+    counted = count_params(subnet, dims, space)
+    d = dims.dim
+    # The three new methods' per-method totals, by their formulas (blocks 0, 2, 3 on; block 2 smaller).
+    assert counted.per_method["bitfit"] == 3 * 11 * d
+    assert counted.per_method["dora"] == sum(r * (i + o) + o for r in (4, 2, 4) for i, o in ((d, 3 * d), (d, 4 * d)))
+    assert counted.per_method["adapter_plus"] == sum(2 * d * k + k + 2 * d for k in (5, 3, 5))
+    small = model.materialize(subnet)
+    assert sum(p.numel() for _, p in small.peft_named_parameters()) == counted.total
+    with torch.no_grad():
+        unmerged = model(x)
+        torch.testing.assert_close(small(x), unmerged, atol=1e-6, rtol=0)
+        merged = merge(model)
+        torch.testing.assert_close(merged.model(x), unmerged, atol=1e-5, rtol=0)
+    # What stays a module: Adapter, VPT and Adapter+; LoRA, DoRA, SSF and BitFit folded away.
+    left = {m for m in ALL_ON if m != "ssf_global" and any(merged.unmerged[m])}
+    assert left == {"adapter", "vpt", "adapter_plus"} and merged.unmerged["ssf_global"] == 0
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_lora_ssf_bitfit_dora_merge_to_a_strict_timm_model(variant):
+    from tiny import VARIANTS as TV
+    from unitune.retrain.merge import merge
+
+    _, model, _, _ = _all_on_model(variant, folding_only=True)
+    x = _images()
+    merged = merge(model)
+    assert merged.is_plain_timm
+    assert merged.model_kwargs == ({"qkv_bias": True} if variant == "no_qkv_bias" else {})
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5,
+                            **{**TINY, **TV[variant], **merged.model_kwargs})
+    vit.load_state_dict(merged.model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.eval()(x), model(x), atol=1e-5, rtol=0)
+
+
+D = 768  # ViT-B/16
+
+
+@pytest.mark.parametrize(
+    "sizes, expected, formula",
+    [
+        (dict(bitfit=1), 101_376, 12 * 11 * D),  # the six points' output widths, 11·d per block
+        (dict(dora=8), 322_560, 12 * (8 * (D + 3 * D) + 3 * D)),  # r·(in + out) + out on qkv
+        (dict(adapter_plus=8), 165_984, 12 * (2 * D * 8 + 8 + D + D)),  # 2·d·k + k + d + d
+    ],
+)
+def test_vit_b16_figures_of_the_new_methods(sizes, expected, formula):
+    """The README's figures, on ViT-B/16 built on the meta device (no weights)."""
+    from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
+
+    with torch.device("meta"):
+        dims = BackboneDims.from_model(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100))
+    count = count_params(Subnet.uniform(12, **sizes), dims, SearchSpace())
+    assert count.total == count.per_method[next(iter(sizes))] == expected == formula

@@ -64,12 +64,18 @@ from .adapter import Adapter  # noqa: E402
 from .vpt import VPT  # noqa: E402
 from .ssf import BlockSSF  # noqa: E402
 from .ssf_global import GlobalSSF  # noqa: E402
+from .bitfit import BitFitMethod  # noqa: E402
+from .dora import DoRA  # noqa: E402
+from .adapter_plus import AdapterPlusMethod  # noqa: E402
 
 register_method(LoRA())
 register_method(Adapter())
 register_method(VPT())
 register_method(BlockSSF())
 register_method(GlobalSSF())
+register_method(BitFitMethod())
+register_method(DoRA())
+register_method(AdapterPlusMethod())
 
 __all__ = ["METHODS", "Method", "Option", "register_method", "get_method", "block_methods", "model_methods",
            "option_names"]

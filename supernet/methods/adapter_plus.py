@@ -31,29 +31,46 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapter import MlpAdapter
+from .adapter import MlpAdapter
+from .base import Method
 
 HOULSBY_STD = 0.01
 
 
 class AdapterPlus(MlpAdapter):
-    """Wraps a transformer block (held where MlpAdapter holds its MLP, as its first child, so
-    ``unwrap`` and the merge's stripping find it) with an Adapter+ of width up to ``max_width``."""
+    """Wraps a transformer block with an Adapter+ of width up to ``max_width``."""
 
     def __init__(self, block: nn.Module, dim: int, max_width: int, device=None, dtype=None):
         super().__init__(block, dim, max_width, style="post", scale=1.0, device=device, dtype=dtype)
+        # MlpAdapter calls what it wraps ``mlp``; here it is a block. Re-registered as ``block``
+        # (still the only child module, which is what ``unwrap`` and the merge's stripping take).
+        del self.mlp
+        self.block = block
         self.adapter_scale = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         with torch.no_grad():
             for w in (self.down_weight, self.up_weight):
                 nn.init.trunc_normal_(w, std=HOULSBY_STD, a=-2 * HOULSBY_STD, b=2 * HOULSBY_STD)
 
-    @property
-    def block(self) -> nn.Module:
-        return self.mlp
-
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        z = self.mlp(x, *args, **kwargs)
+        z = self.block(x, *args, **kwargs)
         if self.size == 0:
             return z
         # γ in the activation's dtype, as SSF's scale: under bf16 autocast it would promote z.
         return z + self.adapter(z) * self.adapter_scale.to(z.dtype)
+
+
+class AdapterPlusMethod(Method):
+    name = "adapter_plus"
+    label = "Adapter+"
+    # Wraps the whole block: outside LoRA / SSF / BitFit / the MLP adapter (which wrap modules
+    # inside it), inside VPT's prompt insertion (per token, either order gives the same outputs).
+    inject_rank = 35
+
+    def params(self, size, block, dims, space):
+        d = block.dim
+        return 2 * d * size + size + d + d  # down, down bias, up, up bias, channel scale γ
+
+    def inject(self, vit, space, block, size, dd):
+        layer = AdapterPlus(vit.blocks[block], vit.embed_dim, size, **dd)
+        vit.blocks[block] = layer
+        return [("", layer)]

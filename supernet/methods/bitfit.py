@@ -19,7 +19,10 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer
+from ..layers import PeftLayer, get_path, out_dim, set_path, unwrap
+from .base import Method, foldable_op
+from .fold import new_param
+from .ssf import SSF_POINTS
 
 
 class BitFit(PeftLayer):
@@ -40,10 +43,6 @@ class BitFit(PeftLayer):
         return y + self.bias_delta.to(y.dtype)
 
 
-def _new_bias(like: torch.Tensor, shape) -> nn.Parameter:
-    return nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device), requires_grad=False)
-
-
 @torch.no_grad()
 def fold_bias(op: nn.Module, delta: torch.Tensor) -> list[str]:
     """``b ← b + δ`` (in float64, written back in the bias's dtype); return the created parameter names.
@@ -61,7 +60,7 @@ def fold_bias(op: nn.Module, delta: torch.Tensor) -> list[str]:
         raise UniTuneError(f"merge: cannot fold BitFit into a {type(op).__name__}; "
                            "expected Linear, Conv2d or a LayerNorm over the last dimension")
     if op.bias is None:
-        op.bias = _new_bias(like, shape)
+        op.bias = new_param(like, shape, 0.0)
         created.append("bias")
         if isinstance(op, nn.LayerNorm):
             # F.layer_norm takes a bias without a weight; the flag only records that a
@@ -69,3 +68,42 @@ def fold_bias(op: nn.Module, delta: torch.Tensor) -> list[str]:
             op.elementwise_affine = True
     op.bias.copy_((op.bias.double() + delta.detach().double()).to(op.bias.dtype))
     return created
+
+
+class BitFitMethod(Method):
+    name = "bitfit"
+    label = "BitFit"
+    on_off = True
+    foldable = True
+    # Between LoRA (innermost) and SSF on the same op: SSF(BitFit(LoRA(op))) computes
+    # γ ⊙ (W'x + b + δ) + β, so the folds go LoRA, then the shift, then the scale.
+    inject_rank = 15
+    fold_rank = 15
+
+    def params(self, size, block, dims, space):
+        return sum(block.ssf.values())  # the same six points as SSF, one value per output channel
+
+    def inject(self, vit, space, block, size, dd):
+        b, out = vit.blocks[block], []
+        for path in SSF_POINTS:
+            module = get_path(b, path)
+            layer = BitFit(module, out_dim(unwrap(module), vit.embed_dim), **dd)
+            set_path(b, path, layer)
+            out.append((path, layer))
+        return out
+
+    def fold(self, vit, block, suffix, layer):
+        path = f"blocks.{block}.{suffix}"
+        return [f"{path}.{p}" for p in fold_bias(vit.get_submodule(path), layer.bias_delta)]
+
+    def check_backbone(self, vit, name, sizes):
+        for i, on in enumerate(sizes):
+            if not on:
+                continue
+            block = unwrap(vit.blocks[i])
+            for path in SSF_POINTS:
+                op = unwrap(get_path(block, path))
+                if not foldable_op(op):
+                    raise UniTuneError(f"{name}: BitFit after block {i}'s {path} (a {type(op).__name__}) could not be "
+                                       f"merged into the backbone (BitFit folds only into the bias of a Linear, "
+                                       f"Conv2d or LayerNorm); BitFit must stay off on this backbone (space.bitfit: [0])")

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PeftLayer
+from ..layers import PeftLayer, get_path, set_path
+from .base import Method, Option, finite_number, subset_of
+from .lora import LORA_PATHS, LORA_TARGETS
 
 
 def _row_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -90,3 +92,33 @@ class DoRALinear(PeftLayer):
 def fold_dora(linear: nn.Linear, layer: DoRALinear) -> None:
     """``W ← m ⊙ (W + s·B A) / ‖W + s·B A‖_row`` at the layer's active rank; the bias stays."""
     linear.weight.copy_(layer.merged_weight().to(linear.weight.dtype))
+
+
+class DoRA(Method):
+    name = "dora"
+    label = "DoRA"
+    # Options mirror LoRA's: which block linears, and the fixed scale s.
+    options = (
+        Option("dora_targets", ("qkv",), subset_of(*LORA_TARGETS), dump=list),
+        Option("dora_scale", 1.0, finite_number),
+    )
+    foldable = True
+    # Innermost, below LoRA: DoRA needs the plain linear's weight, and LoRA on the same linear
+    # then adds s·B A to DoRA's output, which folds as W ← W'_DoRA + s·B A (DoRA folds first).
+    inject_rank = 5
+    fold_rank = 5
+
+    def params(self, size, block, dims, space):
+        return sum(size * (block.lora[t][0] + block.lora[t][1]) + block.lora[t][1] for t in space.dora_targets)
+
+    def inject(self, vit, space, block, size, dd):
+        out = []
+        for target in space.dora_targets:
+            layer = DoRALinear(get_path(vit.blocks[block], LORA_PATHS[target]), size, space.dora_scale, **dd)
+            set_path(vit.blocks[block], LORA_PATHS[target], layer)
+            out.append((target, layer))
+        return out
+
+    def fold(self, vit, block, suffix, layer):
+        fold_dora(vit.get_submodule(f"blocks.{block}.{LORA_PATHS[suffix]}"), layer)
+        return []
