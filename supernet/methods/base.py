@@ -146,12 +146,6 @@ class Method:
             raise UniTuneError(f"{where}: {self.label} is off (0) or on (1), got {list(sizes)}")
         return tuple(sizes)
 
-    def check_size(self, value: Any, where: str) -> int:
-        """One size in a subnet (per block, or the model-level one)."""
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UniTuneError(f"{where}: expected a non-negative integer, got {value!r}")
-        return value
-
     # ---- what a method implements ----------------------------------------------------------
 
     def params(self, size: int, block: BlockDims | None, dims: BackboneDims, space: SearchSpace) -> int:
