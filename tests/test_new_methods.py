@@ -397,3 +397,34 @@ def test_vit_b16_figures_of_the_new_methods(sizes, expected, formula):
         dims = BackboneDims.from_model(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100))
     count = count_params(Subnet.uniform(12, **sizes), dims, SearchSpace())
     assert count.total == count.per_method[next(iter(sizes))] == expected == formula
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"bitfit": [0, 2]}, "space.bitfit: BitFit is off (0) or on (1), got [0, 2]"),
+        ({"dora_targets": ["qkv", "xx"]}, "space.dora_targets: unknown target 'xx', expected one of "
+                                          "['qkv', 'proj', 'fc1', 'fc2']"),
+        ({"dora_scale": "a"}, "space.dora_scale: expected a finite number, got 'a'"),
+        ({"adapter_plus": [0, -1]}, "space.adapter_plus: sizes must be non-negative integers, got -1"),
+    ],
+)
+def test_bad_space_values_of_the_new_methods(values, message):
+    from unitune.supernet import SearchSpace
+
+    with pytest.raises(UniTuneError) as err:
+        SearchSpace.from_dict(values)
+    assert str(err.value) == message
+
+
+def test_bitfit_is_refused_up_front_where_it_could_not_fold():
+    from unitune.supernet import PeftViT, SearchSpace
+
+    vit = tiny_vit("cls", norm_layer="rmsnorm")
+    with pytest.raises(UniTuneError) as err:
+        PeftViT(vit, SearchSpace(ssf=(0,), ssf_global=(0,), bitfit=(0, 1)))
+    assert str(err.value) == (
+        "backbone 'vit_tiny_patch16_224': BitFit after block 0's norm1 (a RmsNorm) could not be merged into the "
+        "backbone (BitFit folds only into the bias of a Linear, Conv2d or LayerNorm); BitFit must stay off on this "
+        "backbone (space.bitfit: [0])")
+    PeftViT(vit, SearchSpace(ssf=(0,), ssf_global=(0,), dora=(0, 2), adapter_plus=(0, 2)))  # these need no bias
