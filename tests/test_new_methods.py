@@ -428,3 +428,44 @@ def test_bitfit_is_refused_up_front_where_it_could_not_fold():
         "backbone (BitFit folds only into the bias of a Linear, Conv2d or LayerNorm); BitFit must stay off on this "
         "backbone (space.bitfit: [0])")
     PeftViT(vit, SearchSpace(ssf=(0,), ssf_global=(0,), dora=(0, 2), adapter_plus=(0, 2)))  # these need no bias
+
+
+def test_a_small_subnet_step_leaves_the_new_methods_inactive_entries_alone():
+    """The inactive-slice guard with DoRA (A rows, B columns; m whole or nothing), Adapter+ (γ whole
+    or nothing) and BitFit (whole or nothing): after a step of a small subnet, AdamW (weight decay,
+    momentum from an earlier full-size step) moved every entry that subnet used and nothing else."""
+    from unitune.config import TrainConfig
+    from unitune.supernet import PeftViT, SearchSpace, Subnet
+    from unitune.supernet.guard import InactiveGuard, active_masks
+    from unitune.train import build_optimizer
+
+    space = SearchSpace(lora=(0,), adapter=(0,), vpt=(0,), ssf=(0,), ssf_global=(0,), bitfit=(0, 1),
+                        dora=(0, 2, 6), adapter_plus=(0, 3, 6), dora_targets=("qkv", "fc2"))
+    model = PeftViT(tiny_vit("cls"), space)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for _, p in model.peft_named_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.2)
+    optimizer = build_optimizer(model.trainable_named_parameters(), TrainConfig(lr=1e-2, weight_decay=0.05))
+    InactiveGuard(model, optimizer)
+    x, labels = _images(4), torch.tensor([0, 1, 2, 3])
+    model.train()
+    F.cross_entropy(model(x), labels).backward()  # the largest subnet: every entry gets moments
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    model.set_subnet(Subnet.uniform(4).replace(bitfit=(1, 0, 0, 1), dora=(2, 0, 6, 2), adapter_plus=(3, 6, 0, 3)))
+    F.cross_entropy(model(x), labels).backward()
+    used = active_masks(model)
+    params = dict(model.peft_named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    state = {n: {k: v.clone() for k, v in optimizer.state[p].items() if k != "step"} for n, p in params.items()}
+    optimizer.step()
+    idle = sum(int((~m).sum()) for m in used.values())
+    assert idle > 10_000  # whole DoRA, BitFit, Adapter+ layers and the tails of the larger ones
+    for name, p in params.items():
+        m = used[name]
+        assert torch.equal(p.detach()[~m], before[name][~m]), f"{name} moved outside the subnet"
+        assert not (p.detach()[m] == before[name][m]).any(), f"{name}: a used entry did not move"
+        for key, value in state[name].items():
+            assert torch.equal(optimizer.state[p][key][~m], value[~m]), f"{name}: {key} changed outside"
