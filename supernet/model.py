@@ -67,7 +67,7 @@ def check_vit(model: nn.Module, name: str | None = None, sizes: Subnet | None = 
         if not isinstance(unwrap(_get(block, "attn.qkv")), nn.Linear):
             raise UniTuneError(f"{name}: block {i} has no fused nn.Linear 'attn.qkv'")
     if sizes is not None:
-        _check_ssf_folds(model, name, sizes)
+        _check_methods(model, name, sizes)
     return model
 
 
@@ -76,7 +76,7 @@ def _backbone_name(vit: nn.Module) -> str:
     return f"backbone {arch!r}" if arch else "backbone"
 
 
-def _check_ssf_folds(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
+def _check_methods(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
     """Refuse, before training rather than after it, what a method's merge could not fold
     (SSF after an op that has no bias to take its shift): each method's own backbone check."""
     for method in METHODS.values():
@@ -115,7 +115,7 @@ class PeftViT(nn.Module):
         check_vit(vit)
         depth = len(vit.blocks)
         sizes = (sizes or Subnet.largest(space, depth)).check(depth)
-        _check_ssf_folds(vit, _backbone_name(vit), sizes)  # SSF only where the merge can fold it
+        _check_methods(vit, _backbone_name(vit), sizes)  # e.g. SSF only where the merge can fold it
         self.vit = vit
         self.space = space
         self.capacity = sizes
