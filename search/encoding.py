@@ -24,8 +24,6 @@ from unitune.supernet import BackboneDims, SearchSpace, Subnet, cost_table
 from unitune.supernet.methods import METHODS
 from unitune.supernet.params import positions
 
-GLOBAL = "ssf_global"  # old import path: the name of the one model-level method of the original five
-
 
 @dataclass(frozen=True)
 class Position:
