@@ -17,6 +17,11 @@ recorded by parameter name in :attr:`MergedModel.added_params` for the loader to
 
 Adapters and VPT are not mergeable; they stay as a :class:`PeftViT` with exactly the chosen
 sizes and nothing else.
+
+Which methods fold, and how, each method declares in the registry (``Method.foldable``,
+``Method.fold``, ``Method.fold_rank``; the primitives are in ``unitune.supernet.methods.fold``):
+this module runs the folds in order, turns created biases into timm keywords and keeps what
+does not fold.
 """
 
 from __future__ import annotations
