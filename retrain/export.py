@@ -12,7 +12,7 @@ structure :func:`~unitune.retrain.merge.merge` produced and loads the weights st
     backbone: timm model name;  model_kwargs: timm create keywords incl. the merge's overrides
     merge_overrides: e.g. {"qkv_bias": true};  added_params: parameters timm does not build
     num_classes, class_names (or null);  plain_timm: true when timm alone loads the weights
-    subnet: Subnet.to_dict();  space: SearchSpace.to_dict();  unmerged: {adapter: [...], vpt: [...]}
+    subnet: Subnet.to_dict();  space: SearchSpace.to_dict();  unmerged: {adapter: [...], vpt: [...]} (methods that do not fold)
     params: {trained: count_params(...), unmerged_peft, model};  data_config: timm data config
     provenance: free-form (config, supernet file, study, test accuracy, ...)
     weights: {file: "model.safetensors", sha256, bytes}
@@ -43,6 +43,7 @@ from unitune.data.transforms import check_data_config
 from unitune.errors import UniTuneError
 from unitune.io import read_json, remove_stale_temps, stale_temps, temp_prefix
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
+from unitune.supernet.methods import METHODS
 
 from .merge import MergedModel, add_params, merge, unmerged_subnet
 
@@ -111,7 +112,7 @@ def build_manifest(
         "plain_timm": merged.is_plain_timm,
         "subnet": merged.subnet.to_dict(),
         "space": merged.space.to_dict(),
-        "unmerged": {"adapter": list(merged.unmerged.adapter), "vpt": list(merged.unmerged.vpt)},
+        "unmerged": unmerged_record(merged.unmerged),
         "added_params": list(merged.added_params),
         "params": {
             "trained": trained,
@@ -121,6 +122,17 @@ def build_manifest(
         "data_config": dict(data_config),
         "provenance": dict(provenance or {}),
     }
+
+
+def unmerged_record(unmerged: Subnet) -> dict[str, Any]:
+    """The manifest's ``unmerged`` entry: the sizes of every method that does not fold (``adapter``
+    and ``vpt`` always, as format version 1 has them; a later non-folding method when it is on)."""
+    out: dict[str, Any] = {}
+    for name in unmerged.shown_methods():
+        if not METHODS[name].foldable:
+            sizes = unmerged.sizes(name)
+            out[name] = list(sizes) if isinstance(sizes, tuple) else sizes
+    return out
 
 
 def model_data_config(vit: nn.Module) -> dict[str, Any]:
@@ -295,8 +307,9 @@ def _parse_structure(manifest: Mapping[str, Any], path: Path) -> tuple[Subnet, S
     space = SearchSpace.from_dict(manifest["space"], source=f"{path}: space")
     unmerged = unmerged_subnet(subnet)
     recorded = manifest["unmerged"]
-    if recorded != {"adapter": list(unmerged.adapter), "vpt": list(unmerged.vpt)}:
-        raise UniTuneError(f"{path}: 'unmerged' {recorded} does not match the subnet's adapter and vpt sizes")
+    if recorded != unmerged_record(unmerged):
+        raise UniTuneError(f"{path}: 'unmerged' {recorded} does not match the subnet's sizes of the methods that do "
+                           f"not fold ({unmerged_record(unmerged)})")
     return subnet, space, unmerged
 
 

@@ -17,6 +17,11 @@ recorded by parameter name in :attr:`MergedModel.added_params` for the loader to
 
 Adapters and VPT are not mergeable; they stay as a :class:`PeftViT` with exactly the chosen
 sizes and nothing else.
+
+Which methods fold, and how, each method declares in the registry (``Method.foldable``,
+``Method.fold``, ``Method.fold_rank``; the primitives are in ``unitune.supernet.methods.fold``):
+this module runs the folds in order, turns created biases into timm keywords and keeps what
+does not fold.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 from unitune.supernet import PeftViT, SearchSpace, Subnet
-from unitune.supernet.lora import LoRALinear
-from unitune.supernet.model import LORA_PATHS
-from unitune.supernet.ssf import SSF
+from unitune.supernet.methods import METHODS
+from unitune.supernet.methods.fold import assign as _assign  # noqa: F401 (old import path)
+from unitune.supernet.methods.fold import fold_into_input as _fold_head  # noqa: F401 (old import path)
+from unitune.supernet.methods.fold import fold_scale_shift, fold_weight_delta
+from unitune.supernet.methods.fold import new_param as _new_param
+from unitune.supernet.methods.lora import LoRALinear
 
 # timm create_model keyword -> the block linears whose bias it switches on.
 BIAS_KWARGS = {"qkv_bias": ("attn.qkv",), "proj_bias": ("attn.proj", "mlp.fc1", "mlp.fc2")}
@@ -66,90 +74,16 @@ class MergedModel:
 
 
 def unmerged_subnet(subnet: Subnet) -> Subnet:
-    """What stays as modules after a merge: the Adapter and VPT sizes; LoRA and SSF off."""
-    zeros = (0,) * subnet.depth
-    return Subnet(lora=zeros, adapter=subnet.adapter, vpt=subnet.vpt, ssf=zeros, ssf_global=0)
-
-
-# ---- folding primitives (in float64, written back in the parameter's dtype) --------------------
-
-
-def _new_param(like: torch.Tensor, shape: torch.Size | tuple[int, ...], value: float) -> nn.Parameter:
-    return nn.Parameter(torch.full(shape, value, dtype=like.dtype, device=like.device), requires_grad=False)
-
-
-def _assign(param: torch.Tensor, value: torch.Tensor) -> None:
-    param.copy_(value.to(param.dtype))
+    """What stays as modules after a merge: the sizes of methods that do not fold (Adapter, VPT);
+    every foldable method (LoRA, SSF) off."""
+    return Subnet(**{m: subnet.sizes(m) for m, method in METHODS.items() if not method.foldable},
+                  **{m: (0,) * subnet.depth if method.site == "block" else 0
+                     for m, method in METHODS.items() if method.foldable})
 
 
 def fold_lora(linear: nn.Linear, lora: LoRALinear) -> None:
     """``W ← W + s·B A`` at the layer's active rank."""
-    _assign(linear.weight, linear.weight.double() + lora.delta_weight().double())
-
-
-def fold_scale_shift(op: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> list[str]:
-    """Fold ``y ← scale ⊙ y + shift`` (on the output channels) into ``op``; return created parameter names."""
-    ssf_param = scale
-    scale, shift = scale.detach().double(), shift.detach().double()
-    created = []
-    if isinstance(op, (nn.Linear, nn.Conv2d)):
-        w = op.weight
-        _assign(w, w.double() * scale.view(-1, *([1] * (w.dim() - 1))))
-        if op.bias is None:
-            op.bias = _new_param(w, (w.shape[0],), 0.0)
-            created.append("bias")
-        _assign(op.bias, op.bias.double() * scale + shift)
-    elif isinstance(op, nn.LayerNorm):
-        if len(op.normalized_shape) != 1:
-            raise UniTuneError(f"merge: cannot fold SSF into a LayerNorm over {tuple(op.normalized_shape)}")
-        # A norm without parameters: the new ones take the SSF's device and dtype (the backbone's).
-        like = next(iter(op.parameters()), ssf_param)
-        if op.weight is None:
-            op.weight = _new_param(like, op.normalized_shape, 1.0)
-            created.append("weight")
-        if op.bias is None:
-            op.bias = _new_param(like, op.normalized_shape, 0.0)
-            created.append("bias")
-        op.elementwise_affine = True
-        _assign(op.weight, op.weight.double() * scale)
-        _assign(op.bias, op.bias.double() * scale + shift)
-    else:
-        raise UniTuneError(f"merge: cannot fold SSF into a {type(op).__name__}; expected Linear, Conv2d or LayerNorm")
-    return created
-
-
-# ---- merge -------------------------------------------------------------------------------------
-
-
-def _fold_target(vit: VisionTransformer, name: str) -> str:
-    """The path in the plain timm model that the PEFT layer called ``name`` folds into."""
-    parts = name.split(".")
-    if parts[0] == "blocks":
-        i, method, rest = parts[1], parts[2], ".".join(parts[3:])
-        return f"blocks.{i}.{LORA_PATHS[rest] if method == 'lora' else rest}"
-    # Global SSF: after patch-embed it wraps patch_embed.norm, at the end the final norm.
-    where = parts[1]
-    if where == "patch_embed":
-        return "patch_embed.norm" if not isinstance(vit.patch_embed.norm, nn.Identity) else "patch_embed.proj"
-    if isinstance(vit.get_submodule(where), nn.Identity):
-        # Neither norm nor fc_norm exists: the op after the pooled features is the head, and
-        # head(γ⊙x + β) = (W diag γ) x + (W β + b) folds there instead (exact in eval mode).
-        return "head"
-    return where
-
-
-def _fold_head(head: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> list[str]:
-    if not isinstance(head, nn.Linear):
-        raise UniTuneError("merge: the final global SSF has no norm to fold into and the head is not an nn.Linear")
-    scale, shift = scale.detach().double(), shift.detach().double()
-    created = []
-    w = head.weight.double()
-    if head.bias is None:
-        head.bias = _new_param(head.weight, (head.out_features,), 0.0)
-        created.append("bias")
-    _assign(head.bias, head.bias.double() + w @ shift)
-    _assign(head.weight, w * scale)
-    return created
+    fold_weight_delta(linear, lora.delta_weight())
 
 
 def _match_timm_bias_kwargs(vit: VisionTransformer, created: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -180,19 +114,13 @@ def merge(model: PeftViT) -> MergedModel:
     subnet = model.subnet
     vit = model.backbone()  # a deep copy without any PEFT wrapper
     created: list[str] = []
-    # LoRA first: SSF on the same linear scales the LoRA-updated weight.
-    for kind in (LoRALinear, SSF):
+    # Each foldable method folds its active layers, in fold_rank order: LoRA before SSF, since an
+    # SSF on the same linear scales the LoRA-updated weight.
+    for method in sorted((m for m in METHODS.values() if m.foldable), key=lambda m: m.fold_rank):
         for name, layer in model.named_layers.items():
-            if not isinstance(layer, kind) or layer.size == 0:
-                continue
-            path = _fold_target(vit, name)
-            op = vit.get_submodule(path)
-            if kind is LoRALinear:
-                fold_lora(op, layer)
-            elif path == "head":
-                created += [f"head.{p}" for p in _fold_head(op, layer.ssf_scale, layer.ssf_shift)]
-            else:
-                created += [f"{path}.{p}" for p in fold_scale_shift(op, layer.ssf_scale, layer.ssf_shift)]
+            m, block, suffix = model.layer_sites[name]
+            if m == method.name and layer.size:
+                created += method.fold(vit, block, suffix, layer)
     kwargs, added = _match_timm_bias_kwargs(vit, created)
 
     unmerged = unmerged_subnet(subnet)

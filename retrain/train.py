@@ -139,7 +139,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     test_set.transform = build_transform(data_config, train=False, cfg=run.data)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
     test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device)
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
     criterion = Criterion(cfg, num_classes)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import warnings
 
 from unitune.errors import UniTuneError
-from unitune.supernet import BackboneDims, SearchSpace, Subnet
+from unitune.supernet import BackboneDims, SearchSpace, cost_table
 from unitune.supernet.params import block_params, parse_budget  # noqa: F401 (part of this module's API)
-from unitune.supernet.space import METHODS
+
 
 def budget_bounds(space: SearchSpace, dims: BackboneDims) -> tuple[int, int]:
     """(parameters of the smallest non-empty subnet, parameters of the largest subnet) of ``space``.
@@ -21,22 +21,12 @@ def budget_bounds(space: SearchSpace, dims: BackboneDims) -> tuple[int, int]:
     (a method whose only choices are non-zero), else the cheapest single non-zero choice in one
     block (or the global SSF) on top of it.
     """
-    from unitune.supernet import count_params
-
-    smallest = count_params(Subnet.smallest(space, dims.depth), dims, space).total
-    largest = count_params(Subnet.largest(space, dims.depth), dims, space).total
+    table = cost_table(space, dims)  # choices are increasing: the first is the smallest
+    smallest = sum(costs[0] for costs in table.values())
+    largest = sum(costs[-1] for costs in table.values())
     if smallest > 0:
         return smallest, largest
-    steps = [
-        block_params(m, size, block, space)
-        for m in METHODS
-        for block in dims.blocks
-        for size in space.choices(m)
-        if size > 0
-    ]
-    if max(space.ssf_global) > 0:
-        steps.append(4 * dims.dim)
-    steps = [s for s in steps if s > 0]
+    steps = [c for costs in table.values() for c in costs if c > 0]
     if not steps:
         raise UniTuneError(f"{space.source}: every choice is 0, so the space holds no subnet with parameters")
     return min(steps), largest

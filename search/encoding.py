@@ -1,14 +1,14 @@
 """A subnet as Optuna parameters: one integer index per (method, block) into the ordered choices.
 
 Parameter names are ``lora.03``, ``adapter.03``, ``vpt.03``, ``ssf.03`` (block 3) and
-``ssf_global``; each is an ``IntDistribution(0, len(choices) - 1)``. Encoding the index rather
+``ssf_global`` (a model-level method: its name), in the registry's order; each is an ``IntDistribution(0, len(choices) - 1)``. Encoding the index rather
 than the size keeps the order (a larger index is a larger module) so TPE, CMA-ES and GP see an
 ordinal variable, and keeps the distribution static across trials (Optuna forbids dynamic
 choices within a study). A method whose space has a single choice is not searched: it takes
 that choice in every block and has no parameter.
 
-The encoding also holds a cost table (parameters of every choice at every position), from
-which the repair and the budget figures are computed quickly; the analytic
+The encoding also holds the cost table (:func:`~unitune.supernet.params.cost_table`: parameters
+of every choice at every position), from which the repair and the budget figures are computed quickly; the analytic
 :func:`count_params` stays the reference and the tests compare the two.
 """
 
@@ -20,16 +20,14 @@ from typing import Any, Mapping
 from optuna.distributions import IntDistribution
 
 from unitune.errors import UniTuneError
-from unitune.supernet import BackboneDims, SearchSpace, Subnet
-from unitune.supernet.params import block_params
-from unitune.supernet.space import METHODS, SIZE_KEYS
-
-GLOBAL = "ssf_global"
+from unitune.supernet import BackboneDims, SearchSpace, Subnet, cost_table
+from unitune.supernet.methods import METHODS
+from unitune.supernet.params import positions
 
 
 @dataclass(frozen=True)
 class Position:
-    """One searched (or fixed) choice: ``method`` in ``block`` (None for the global SSF)."""
+    """One searched (or fixed) choice: ``method`` in ``block`` (None for a model-level method)."""
 
     name: str
     method: str
@@ -39,7 +37,7 @@ class Position:
 
 def param_name(method: str, block: int | None, depth: int) -> str:
     if block is None:
-        return GLOBAL
+        return method  # a model-level method: one parameter, its name (``ssf_global``)
     width = max(2, len(str(depth - 1)))
     return f"{method}.{block:0{width}d}"
 
@@ -57,13 +55,13 @@ class SubnetEncoding:
         self.space = space
         self.depth = depth
         self.dims = dims
-        positions = [
-            Position(param_name(m, i, depth), m, i, space.choices(m)) for m in METHODS for i in range(depth)
-        ]
-        positions.append(Position(GLOBAL, GLOBAL, None, space.choices(GLOBAL)))
-        self.all_positions: tuple[Position, ...] = tuple(positions)
+        # Registry order: lora.00 .. lora.NN, adapter.*, vpt.*, ssf.*, ssf_global, then methods
+        # registered later (a method the space does not hold has one choice and no parameter).
+        self.all_positions: tuple[Position, ...] = tuple(
+            Position(param_name(m.name, i, depth), m.name, i, space.choices(m.name)) for m, i in positions(depth)
+        )
         # Only positions with a real choice are Optuna parameters.
-        self.positions: tuple[Position, ...] = tuple(p for p in positions if len(p.choices) > 1)
+        self.positions: tuple[Position, ...] = tuple(p for p in self.all_positions if len(p.choices) > 1)
         self.names: tuple[str, ...] = tuple(p.name for p in self.positions)
         self.distributions: dict[str, IntDistribution] = {
             p.name: IntDistribution(0, len(p.choices) - 1) for p in self.positions
@@ -72,13 +70,8 @@ class SubnetEncoding:
         # cost[name][index]: parameters that choice adds (head excluded).
         self.cost: dict[str, tuple[int, ...]] | None = None
         if dims is not None:
-            self.cost = {p.name: tuple(self._choice_params(p, s) for s in p.choices) for p in self.all_positions}
-
-    def _choice_params(self, p: Position, size: int) -> int:
-        assert self.dims is not None
-        if p.block is None:
-            return 4 * self.dims.dim if size else 0
-        return block_params(p.method, size, self.dims.blocks[p.block], self.space)
+            table = cost_table(space, dims)
+            self.cost = {p.name: table[p.method, p.block] for p in self.all_positions}
 
     # ---- Subnet <-> params ---------------------------------------------------------------------
 
@@ -87,8 +80,8 @@ class SubnetEncoding:
         unknown = set(params) - set(self.names)
         if unknown:
             raise UniTuneError(f"{source}: unknown parameter(s) {sorted(unknown)}, expected names like {self.names[:2]}")
-        sizes: dict[str, list[int]] = {m: [0] * self.depth for m in METHODS}
-        ssf_global = 0
+        sizes: dict[str, list[int] | int] = {m: [0] * self.depth if method.site == "block" else 0
+                                             for m, method in METHODS.items()}
         for p in self.all_positions:
             if len(p.choices) == 1:
                 index = 0
@@ -99,10 +92,10 @@ class SubnetEncoding:
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(p.choices):
                 raise UniTuneError(f"{source}: {p.name} = {index!r} is not an index into {list(p.choices)}")
             if p.block is None:
-                ssf_global = p.choices[index]
+                sizes[p.method] = p.choices[index]
             else:
                 sizes[p.method][p.block] = p.choices[index]
-        return Subnet(**{m: tuple(sizes[m]) for m in METHODS}, ssf_global=ssf_global)
+        return Subnet(**{m: tuple(v) if isinstance(v, list) else v for m, v in sizes.items()})
 
     def encode(self, subnet: Subnet, source: str = "subnet") -> dict[str, int]:
         """The params dict of a subnet; raises unless it fits the depth and space."""
@@ -111,7 +104,7 @@ class SubnetEncoding:
 
     @staticmethod
     def _size(subnet: Subnet, p: Position) -> int:
-        return subnet.ssf_global if p.block is None else subnet.sizes(p.method)[p.block]
+        return subnet.block_size(p.method, p.block)
 
     def full_indices(self, params: Mapping[str, int]) -> dict[str, int]:
         """Index of every position, fixed ones included (index 0 of a single choice)."""
@@ -130,10 +123,10 @@ class SubnetEncoding:
 
 
 def sizes_summary(subnet: Subnet) -> dict[str, str]:
-    """Compact per-block sizes for people reading the dashboard: ``{'sizes_lora': '10 5 0 1', ...}``."""
-    out = {f"sizes_{m}": " ".join(str(s) for s in subnet.sizes(m)) for m in METHODS}
-    out["sizes_ssf_global"] = str(subnet.ssf_global)
+    """Compact per-block sizes for people reading the dashboard: ``{'sizes_lora': '10 5 0 1', ...,
+    'sizes_ssf_global': '1'}``: the original methods always, a later one when it is on."""
+    out = {}
+    for m in subnet.shown_methods():
+        sizes = subnet.sizes(m)
+        out[f"sizes_{m}"] = " ".join(map(str, sizes)) if isinstance(sizes, tuple) else str(sizes)
     return out
-
-
-assert SIZE_KEYS == (*METHODS, GLOBAL)

@@ -41,9 +41,9 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from unitune.errors import UniTuneError
-from unitune.supernet.space import METHODS
+from unitune.supernet.methods import METHODS
 
-from .encoding import GLOBAL, SubnetEncoding
+from .encoding import SubnetEncoding
 from .repair import repair_params
 
 ROLE_ATTR = "unitune:evolution"
@@ -172,12 +172,13 @@ class EvolutionSampler(BaseSampler):
 
     def _mutate(self, parent: dict[str, int]) -> dict[str, int]:
         child = {name: int(parent[name]) for name in self.encoding.names}
-        for method in (*METHODS, GLOBAL):
+        for method, declared in METHODS.items():  # registry order
             names = self._groups.get(method, [])
             if not names or self._rng.rand() >= self.mutation_prob:
                 continue
             for name in names:
-                if method == GLOBAL or self._rng.rand() < self.resample_prob:
+                # a model-level method (ssf_global) is one choice: resampled whenever its group is
+                if declared.site == "model" or self._rng.rand() < self.resample_prob:
                     child[name] = int(self._rng.randint(self._sizes[name]))
         return child
 

@@ -127,7 +127,7 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
 def trial_subnet(trial: FrozenTrial, encoding: SubnetEncoding, backbone: str | None = None) -> Subnet:
     subnet = encoding.decode(trial.params, source=f"trial {trial.number}")
     if backbone:
-        subnet = Subnet(subnet.lora, subnet.adapter, subnet.vpt, subnet.ssf, subnet.ssf_global, backbone=backbone)
+        subnet = subnet.replace(backbone=backbone)
     return subnet
 
 

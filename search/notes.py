@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from unitune.supernet import ParamCount, Subnet
-from unitune.supernet.space import METHODS
+from unitune.supernet.methods import METHODS
 
 METRIC_NAMES = {"acc": "val_accuracy", "params": "n_params"}
 
@@ -29,19 +29,29 @@ def subnet_table(subnet: Subnet, count: ParamCount | None, per_method: dict[str,
 
     Without ``count`` (a study read back without the backbone's shapes) the per-block parameter
     column is left out and the per-method totals come from ``per_method``."""
-    depth = len(subnet.lora)
-    head = "| block | " + " | ".join(METHODS) + (" | parameters |" if count else " |")
-    rows = [head, "|" + "---:|" * (len(METHODS) + 1 + bool(count))]
+    depth = subnet.depth
+    shown = subnet.shown_methods()
+    columns = [m for m in shown if METHODS[m].site == "block"]
+    head = "| block | " + " | ".join(columns) + (" | parameters |" if count else " |")
+    rows = [head, "|" + "---:|" * (len(columns) + 1 + bool(count))]
     for i in range(depth):
-        sizes = " | ".join(str(subnet.sizes(m)[i]) for m in METHODS)
+        sizes = " | ".join(str(subnet.sizes(m)[i]) for m in columns)
         rows.append(f"| {i} | {sizes} |" + (f" {sum(count.per_block[i].values()):,} |" if count else ""))
-    if subnet.ssf_global:
-        rows.append("| global SSF | | | | on |" + (f" {count.ssf_global:,} |" if count else ""))
+    for g in (m for m in shown if METHODS[m].site == "model" and subnet.is_on(m)):
+        # a model-level method's row: its size under the column of the method it reports as
+        method = METHODS[g]
+        value = "on" if method.on_off else str(subnet.sizes(g))
+        cells = [value if c == method.report_key else "" for c in columns]
+        if method.report_key not in columns:
+            cells[-1] = value
+        rows.append(f"| {method.heading} | " + " | ".join(cells) + " |"
+                    + (f" {count.per_model.get(g, 0):,} |" if count else ""))
     totals = dict(count.per_method) if count else dict(per_method or {})
     rows += ["", "| method | parameters | blocks used |", "|---|---:|---:|"]
-    for m in METHODS:
+    for m in columns:
         used = sum(1 for s in subnet.sizes(m) if s)
-        extra = " (+ global)" if m == "ssf" and subnet.ssf_global else ""
+        joined = [g for g in shown if METHODS[g].site == "model" and METHODS[g].report_key == m and subnet.is_on(g)]
+        extra = " (+ global)" if joined else ""
         n = totals.get(m)
         rows.append(f"| {m} | {'?' if n is None else f'{n:,}'} | {used}/{depth}{extra} |")
     if totals:

@@ -5,7 +5,7 @@
   front drawn over them and the budget as a vertical line (single- and multi-objective);
 - ``sizes_heatmap.png``: the chosen size of every method in every block for the top trials,
   one panel per method (rows: trials best first; columns: blocks), a column per global method
-  (``ssf_global``) and each row's parameter count.
+  (a model-level method such as ``ssf_global``) and each row's parameter count.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from unitune.io import atomic_path
-from unitune.supernet.space import METHODS
+from unitune.supernet.methods import METHODS
 
 from .export import pareto_trials, ranked_trials
 
@@ -95,7 +95,7 @@ def plot_pareto(study: optuna.Study, path: str | os.PathLike) -> Path:
 
 def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 10) -> Path:
     """The top trials' sizes: one panel per method (columns: blocks), a column for every global
-    method (``ssf_global``), and each row's parameter count (and share of the budget) on the right."""
+    method (``ssf_global``, any model-level method), and each row's parameter count (and share of the budget) on the right."""
     return _save(sizes_heatmap_figure(study, top), Path(path))
 
 
@@ -106,15 +106,17 @@ def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
     trials = ranked_trials(study)[:top]
     subnets = [encoding.decode(t.params) for t in trials]
     space = encoding.space
-    methods = [m for m in METHODS if len(space.choices(m)) > 1 or any(space.choices(m))]
-    globals_ = [g for g in ("ssf_global",) if len(space.choices(g)) > 1 or any(space.choices(g))]
+    shown = [m for m in METHODS.values() if len(space.choices(m.name)) > 1 or any(space.choices(m.name))]
+    methods = [m.name for m in shown if m.site == "block"]
+    globals_ = [m.name for m in shown if m.site == "model"]
     depth, rows = encoding.depth, max(1, len(trials))
     widths = [depth] * len(methods) + [1] * len(globals_) + [2.4]
     cell = 0.42
     fig = _figure(figsize=(2.0 + cell * sum(widths) + 0.3 * len(widths), 1.6 + cell * rows))
     grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.12)
     panels = [(m, [s.sizes(m) for s in subnets], space.choices(m), range(depth)) for m in methods]
-    panels += [(g, [[s.ssf_global] for s in subnets], space.choices(g), ["on"]) for g in globals_]
+    panels += [(g, [[s.sizes(g)] for s in subnets], space.choices(g), ["on" if METHODS[g].on_off else "size"])
+               for g in globals_]
     budget = study.user_attrs.get("budget")
     for k, (name, sizes, choices, columns) in enumerate(panels):
         ax = fig.add_subplot(grid[0, k])
@@ -123,8 +125,8 @@ def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
         ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=8, color="w" if v < vmax / 2 else "k")
-        ax.set_title("global SSF" if name == "ssf_global" else name, fontsize=10)
-        ax.set_xlabel("block" if name != "ssf_global" else "")
+        ax.set_title(METHODS[name].heading, fontsize=10)
+        ax.set_xlabel("block" if METHODS[name].site == "block" else "")
         ax.set_xticks(range(len(columns)), [str(c) for c in columns], fontsize=8)
         ax.set_yticks(range(len(trials)))
         ax.set_yticklabels([f"#{t.number}  acc {t.values[0]:.3f}" for t in trials] if k == 0 else [], fontsize=8)

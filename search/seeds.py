@@ -20,17 +20,15 @@ enqueued trials with the user attributes ``source: single-method`` and ``single_
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
 from unitune.supernet import Subnet
-from unitune.supernet.space import METHODS
+from unitune.supernet.methods import METHODS
 
 from .encoding import SubnetEncoding
 
 SINGLE_SOURCE = "single-method"
-SIZE_NAMES = {"lora": "r", "adapter": "dim", "vpt": "tokens", "ssf": "on"}
 
 
 def worker_seed(seed: int, index: int) -> int:
@@ -53,19 +51,22 @@ def single_method_subnets(encoding: SubnetEncoding, budget: int) -> list[tuple[s
     space, depth = encoding.space, encoding.depth
     base = Subnet.smallest(space, depth)
     out = []
-    for method in METHODS:
-        choices = space.choices(method)
-        if len(choices) < 2:
+    for method in METHODS.values():
+        choices = space.choices(method.name)
+        if method.site != "block" or len(choices) < 2:
             continue
+        # model-level methods reported with this one (the global SSF with SSF) join it if they fit
+        companions = [g.name for g in METHODS.values()
+                      if g.site == "model" and g.report_key == method.name and len(space.choices(g.name)) > 1]
         for size in sorted(choices[1:], reverse=True):
-            subnet = dataclasses.replace(base, **{method: (size,) * depth})
+            subnet = base.replace(**{method.name: (size,) * depth})
             params = encoding.encode(subnet)
             if encoding.n_params(params) > budget:
                 continue
-            if method == "ssf" and len(space.ssf_global) > 1:
-                on = encoding.encode(dataclasses.replace(subnet, ssf_global=max(space.ssf_global)))
+            if companions:
+                on = encoding.encode(subnet.replace(**{g: space.max_size(g) for g in companions}))
                 if encoding.n_params(on) <= budget:
                     params = on
-            out.append((f"{method} {SIZE_NAMES[method]}={size}", params))
+            out.append((f"{method.name} {method.size_word}={size}", params))
             break
     return out

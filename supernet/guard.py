@@ -26,7 +26,6 @@ from __future__ import annotations
 import torch
 
 from .model import PeftViT
-from .space import METHODS
 from .subnet import Subnet
 
 
@@ -34,14 +33,7 @@ def _layer_sizes(model: PeftViT, subnet: Subnet | None = None) -> dict[int, int]
     """Per PEFT layer (by ``id``), its size under ``subnet`` (default: the active sizes)."""
     if subnet is None:
         return {id(layer): layer.size for layer in model.named_layers.values()}
-    sizes = {}
-    for i, per_method in enumerate(model.layers):
-        for m in METHODS:
-            for layer in per_method[m]:
-                sizes[id(layer)] = subnet.sizes(m)[i]
-    for layer in model.global_ssf:
-        sizes[id(layer)] = subnet.ssf_global
-    return sizes
+    return {id(layer): subnet.block_size(m, i) for (m, i), layers in model.groups.items() for layer in layers}
 
 
 def active_masks(model: PeftViT, sizes: dict[int, int] | None = None) -> dict[str, torch.Tensor]:

@@ -57,3 +57,44 @@ def prefix_slice(src: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if len(src.shape) != len(shape) or any(s > t for s, t in zip(shape, src.shape)):
         raise ValueError(f"cannot slice {tuple(shape)} out of {tuple(src.shape)}")
     return src[tuple(slice(0, s) for s in shape)]
+
+
+# ---- paths inside a block (PEFT wrappers nest, so lookups look through them) -----------------
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The backbone module under any PEFT wrappers."""
+    while isinstance(module, PeftLayer):
+        module = next(iter(module.children()))
+    return module
+
+
+def get_path(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at ``path``, looking through PEFT wrappers on the way (not at the end)."""
+    module = root
+    for part in path.split("."):
+        module = getattr(unwrap(module), part, None)
+        if module is None:
+            return None
+    return module
+
+
+def set_path(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(get_path(root, parent) if parent else root, name, value)
+
+
+def out_dim(module: nn.Module, fallback: int) -> int:
+    """The width of ``module``'s output (a linear's, a norm's or a conv's), else ``fallback``."""
+    for attr in ("out_features", "normalized_shape", "out_channels"):
+        value = getattr(module, attr, None)
+        if value is not None:
+            return int(value[-1]) if isinstance(value, (tuple, list)) else int(value)
+    return fallback
+
+
+def backbone_dd(vit: nn.Module) -> dict:
+    """Device and dtype of the backbone: new layers live where it lives, in its dtype, so a model
+    built on (or moved to) a GPU before injection, or a deep copy of one, stays there whole."""
+    ref = next((p for p in vit.parameters() if p.is_floating_point()), None)
+    return dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}

@@ -20,17 +20,18 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from .adapter import MlpAdapter
-from .layers import PeftLayer, prefix_slice
-from .lora import LoRALinear
-from .space import METHODS, SearchSpace
-from .ssf import SSF
+from .layers import PeftLayer, backbone_dd, prefix_slice
+from .layers import get_path as _get
+from .layers import out_dim as _out_dim  # noqa: F401 (old import path)
+from .layers import set_path as _set  # noqa: F401 (old import path)
+from .layers import unwrap
+from .methods import METHODS
+from .methods.base import foldable_op as _foldable  # noqa: F401 (old import path)
+from .methods.lora import LORA_PATHS  # noqa: F401 (old import path)
+from .methods.ssf import SSF_POINTS  # noqa: F401 (old import path)
+from .space import SearchSpace
 from .subnet import Subnet
-from .vpt import PromptedBlock
 
-# Where SSF goes in each block: after these modules (paths relative to the block).
-SSF_POINTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
-LORA_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 REQUIRED = ("norm1", "norm2", "attn", "attn.qkv", "attn.proj", "mlp", "mlp.fc1", "mlp.fc2")
 
 
@@ -68,7 +69,7 @@ def check_vit(model: nn.Module, name: str | None = None, sizes: Subnet | None = 
         if not isinstance(unwrap(_get(block, "attn.qkv")), nn.Linear):
             raise UniTuneError(f"{name}: block {i} has no fused nn.Linear 'attn.qkv'")
     if sizes is not None:
-        _check_ssf_folds(model, name, sizes)
+        _check_methods(model, name, sizes)
     return model
 
 
@@ -77,35 +78,11 @@ def _backbone_name(vit: nn.Module) -> str:
     return f"backbone {arch!r}" if arch else "backbone"
 
 
-def _foldable(op: nn.Module) -> bool:
-    """What merge can fold an SSF into (see ``unitune.retrain.merge.fold_scale_shift``)."""
-    if isinstance(op, nn.LayerNorm):
-        return len(op.normalized_shape) == 1
-    return isinstance(op, (nn.Linear, nn.Conv2d))
-
-
-def _check_ssf_folds(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
-    """Refuse SSF where the merge could not fold it, before training rather than after it."""
-    hint = "SSF folds only into Linear, Conv2d and LayerNorm"
-    for i, on in enumerate(sizes.ssf):
-        if not on:
-            continue
-        block = unwrap(vit.blocks[i])
-        for path in SSF_POINTS:
-            op = unwrap(_get(block, path))
-            if not _foldable(op):
-                raise UniTuneError(f"{name}: SSF after block {i}'s {path} (a {type(op).__name__}) could not be merged "
-                                   f"into the backbone ({hint}); SSF must stay off on this backbone (space.ssf: [0])")
-    if sizes.ssf_global:
-        embed_norm = unwrap(vit.patch_embed.norm)
-        first = vit.patch_embed.proj if isinstance(embed_norm, nn.Identity) else embed_norm
-        final = unwrap(vit.norm) if not isinstance(unwrap(vit.norm), nn.Identity) else unwrap(vit.fc_norm)
-        last = vit.head if isinstance(final, nn.Identity) and not hasattr(vit, "head_dist") else final
-        for where, op in (("patch_embed", first), ("final norm", last)):
-            if not _foldable(op):
-                raise UniTuneError(f"{name}: the global SSF at the {where} (a {type(op).__name__}) could not be merged "
-                                   f"into the backbone ({hint}); the global SSF must stay off on this backbone "
-                                   f"(space.ssf_global: [0])")
+def _check_methods(vit: VisionTransformer, name: str, sizes: Subnet) -> None:
+    """Refuse, before training rather than after it, what a method's merge could not fold
+    (SSF after an op that has no bias to take its shift): each method's own backbone check."""
+    for method in METHODS.values():
+        method.check_backbone(vit, name, sizes.sizes(method.name))
 
 
 def classifier_heads(vit: VisionTransformer) -> dict[str, nn.Module]:
@@ -118,36 +95,6 @@ def classifier_heads(vit: VisionTransformer) -> dict[str, nn.Module]:
     return heads
 
 
-def _get(root: nn.Module, path: str) -> nn.Module | None:
-    """The module at ``path``, looking through PEFT wrappers on the way (not at the end)."""
-    module = root
-    for part in path.split("."):
-        module = getattr(unwrap(module), part, None)
-        if module is None:
-            return None
-    return module
-
-
-def _set(root: nn.Module, path: str, value: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(_get(root, parent) if parent else root, name, value)
-
-
-def _out_dim(module: nn.Module, fallback: int) -> int:
-    for attr in ("out_features", "normalized_shape", "out_channels"):
-        value = getattr(module, attr, None)
-        if value is not None:
-            return int(value[-1]) if isinstance(value, (tuple, list)) else int(value)
-    return fallback
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The backbone module under any PEFT wrappers."""
-    while isinstance(module, PeftLayer):
-        module = next(iter(module.children()))
-    return module
-
-
 def _strip(module: nn.Module) -> None:
     """Replace every PEFT wrapper below ``module`` by the backbone module it wraps."""
     for name, child in list(module.named_children()):
@@ -158,7 +105,8 @@ def _strip(module: nn.Module) -> None:
 
 
 class PeftViT(nn.Module):
-    """A timm ViT with Adapter / LoRA / VPT / SSF layers of given maximum sizes in every block.
+    """A timm ViT with the registered methods' layers (LoRA, Adapter, VPT, SSF, ...) of given
+    maximum sizes in every block.
 
     ``sizes`` gives each layer's allocated size; ``None`` means the space's largest everywhere
     (the supernet). Only PEFT parameters and the classifier head are trainable.
@@ -169,16 +117,17 @@ class PeftViT(nn.Module):
         check_vit(vit)
         depth = len(vit.blocks)
         sizes = (sizes or Subnet.largest(space, depth)).check(depth)
-        _check_ssf_folds(vit, _backbone_name(vit), sizes)  # SSF only where the merge can fold it
+        _check_methods(vit, _backbone_name(vit), sizes)  # e.g. SSF only where the merge can fold it
         self.vit = vit
         self.space = space
         self.capacity = sizes
-        # Per block and method, the layers a subnet size is set on; and every layer under a
-        # canonical name ("blocks.3.lora.qkv", "ssf_global.norm") that does not depend on how
-        # wrappers happen to nest, so supernet, materialised model and checkpoints agree.
-        self.layers: list[dict[str, list[PeftLayer]]] = [{m: [] for m in METHODS} for _ in range(depth)]
-        self.global_ssf: list[SSF] = []
+        # Per position (method, block; block None for a model-level method) the layers a subnet
+        # size is set on; and every layer under a canonical name ("blocks.3.lora.qkv",
+        # "ssf_global.norm") that does not depend on how wrappers happen to nest, so supernet,
+        # materialised model and checkpoints agree. ``layer_sites`` names each layer's position.
+        self.groups: dict[tuple[str, int | None], list[PeftLayer]] = {}
         self.named_layers: dict[str, PeftLayer] = {}
+        self.layer_sites: dict[str, tuple[str, int | None, str]] = {}
         for p in vit.parameters():
             p.requires_grad_(False)
         self._inject(sizes)
@@ -191,56 +140,31 @@ class PeftViT(nn.Module):
     # ---- construction ------------------------------------------------------------------------
 
     def _inject(self, sizes: Subnet) -> None:
+        """Each registered method wraps its modules: per block, in ``inject_rank`` order (LoRA
+        innermost on a linear, SSF around it, the adapter around the MLP, VPT around the block),
+        then the model-level methods."""
         vit, space = self.vit, self.space
-        dim = vit.embed_dim
-        # New layers live where the backbone lives, in its dtype: a model built on (or moved to)
-        # a GPU before injection, or a deep copy of one (materialize, merge), stays there whole.
-        ref = next((p for p in vit.parameters() if p.is_floating_point()), None)
-        dd = dict(device=ref.device, dtype=ref.dtype) if ref is not None else {}
-        for i in range(len(vit.blocks)):
-            block = vit.blocks[i]
-            layers = self.layers[i]
-            if sizes.lora[i]:
-                for target in space.lora_targets:
-                    layer = LoRALinear(_get(block, LORA_PATHS[target]), sizes.lora[i], space.lora_scale, **dd)
-                    _set(block, LORA_PATHS[target], layer)
-                    self._register(f"blocks.{i}.lora.{target}", layers["lora"], layer)
-            if sizes.ssf[i]:
-                for path in SSF_POINTS:
-                    module = _get(block, path)
-                    layer = SSF(module, _out_dim(unwrap(module), dim), **dd)
-                    _set(block, path, layer)
-                    self._register(f"blocks.{i}.ssf.{path}", layers["ssf"], layer)
-            if sizes.adapter[i]:
-                layer = MlpAdapter(block.mlp, dim, sizes.adapter[i], space.adapter_style, space.adapter_scale, **dd)
-                block.mlp = layer
-                self._register(f"blocks.{i}.adapter", layers["adapter"], layer)
-            if sizes.vpt[i]:
-                patch = vit.patch_embed.proj
-                patch_numel = patch.weight[0].numel() if isinstance(patch, nn.Conv2d) else 0
-                layer = PromptedBlock(block, dim, sizes.vpt[i], vit.num_prefix_tokens, patch_numel, **dd)
-                vit.blocks[i] = layer
-                self._register(f"blocks.{i}.vpt", layers["vpt"], layer)
-        if sizes.ssf_global:
-            # After patch-embed: wrap its (usually Identity) output norm, so the PatchEmbed module
-            # and the attributes timm reads from it stay in place.
-            embed_norm = SSF(vit.patch_embed.norm, dim, **dd)
-            vit.patch_embed.norm = embed_norm
-            final = "norm" if not isinstance(vit.norm, nn.Identity) else "fc_norm"
-            final_norm = SSF(getattr(vit, final), dim, **dd)
-            setattr(vit, final, final_norm)
-            self._register("ssf_global.patch_embed", self.global_ssf, embed_norm)
-            self._register(f"ssf_global.{final}", self.global_ssf, final_norm)
-
-    def _register(self, name: str, group: list[PeftLayer], layer: PeftLayer) -> None:
-        group.append(layer)
-        self.named_layers[name] = layer
+        dd = backbone_dd(vit)
+        by_rank = sorted(METHODS.values(), key=lambda m: m.inject_rank)
+        sites = [(m, i) for i in range(len(vit.blocks)) for m in by_rank if m.site == "block"]
+        sites += [(m, None) for m in by_rank if m.site == "model"]
+        for method, i in sites:
+            group = self.groups.setdefault((method.name, i), [])
+            size = sizes.block_size(method.name, i)
+            if not size:
+                continue
+            prefix = method.name if i is None else f"blocks.{i}.{method.name}"
+            for suffix, layer in method.inject(vit, space, i, size, dd):
+                name = f"{prefix}.{suffix}" if suffix else prefix
+                group.append(layer)
+                self.named_layers[name] = layer
+                self.layer_sites[name] = (method.name, i, suffix)
 
     # ---- the active subnet -------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
-        return len(self.layers)
+        return len(self.vit.blocks)
 
     @property
     def subnet(self) -> Subnet:
@@ -249,18 +173,14 @@ class PeftViT(nn.Module):
     def set_subnet(self, subnet: Subnet) -> None:
         """Make ``subnet`` the active one; every size must fit the allocated layers."""
         subnet.check(self.depth)
-        for m in METHODS:
-            for i, size in enumerate(subnet.sizes(m)):
-                if size > self.capacity.sizes(m)[i]:
-                    raise UniTuneError(
-                        f"subnet: {m}[{i}] = {size} exceeds this model's allocated size {self.capacity.sizes(m)[i]}"
-                    )
-                for layer in self.layers[i][m]:
-                    layer.set_size(size)
-        if subnet.ssf_global > self.capacity.ssf_global:
-            raise UniTuneError("subnet: ssf_global = 1 but this model has no global SSF layers")
-        for layer in self.global_ssf:
-            layer.set_size(subnet.ssf_global)
+        for (m, i), layers in self.groups.items():
+            size, cap = subnet.block_size(m, i), self.capacity.block_size(m, i)
+            if size > cap:
+                where = m if i is None else f"{m}[{i}]"
+                raise UniTuneError(f"subnet: {where} = {size} exceeds this model's allocated size {cap}")
+        for (m, i), layers in self.groups.items():
+            for layer in layers:
+                layer.set_size(subnet.block_size(m, i))
         self._subnet = subnet
 
     # ---- parameters --------------------------------------------------------------------------
@@ -291,6 +211,12 @@ class PeftViT(nn.Module):
         for hname, head in classifier_heads(self.vit).items():
             for pname, p in head.named_parameters():
                 yield f"{hname}.{pname}", p
+
+    def no_weight_decay(self) -> set[str]:
+        """Names (as :meth:`trainable_named_parameters` gives them) that AdamW must not decay
+        beyond timm's 1-d rule: what each method declares (VPT's prompts)."""
+        return {f"{name}.{pname}" for name, (m, _, _) in self.layer_sites.items()
+                for pname in METHODS[m].no_weight_decay}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.trainable_named_parameters()}

@@ -9,6 +9,8 @@ For ViT-B/16 (d = 768, MLP 3072, 12 blocks):
 - VPT-deep, p tokens: ``p·d``.
 - SSF in a block: ``2·(d + 3d + d + d + 4d + d) = 22·d``; global SSF: ``2·(d + d)``.
 
+Each method's formula lives with the method (``supernet/methods/<name>.py``, ``Method.params``).
+
 The budget excludes the classifier head (as NOAH counts); ``with_head`` adds it.
 """
 
@@ -16,15 +18,22 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from unitune.errors import UniTuneError
 
-from .model import LORA_PATHS, SSF_POINTS, _get, _out_dim, check_vit, classifier_heads, unwrap
-from .space import METHODS, SearchSpace
+from .layers import get_path, out_dim, unwrap
+from .methods import METHODS, Method
+from .methods.lora import LORA_PATHS
+from .methods.ssf import SSF_POINTS
+from .model import REQUIRED, check_vit, classifier_heads
+from .space import SearchSpace
 from .subnet import Subnet
+
+
+BLOCK_OPS = tuple(p for p in REQUIRED if p not in ("attn", "mlp"))  # the block's norms and linears
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,10 @@ class BlockDims:
     dim: int
     lora: dict[str, tuple[int, int]]  # target -> (in_features, out_features)
     ssf: dict[str, int]  # SSF point -> output width
+    # Every op of timm's standard block (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2) ->
+    # its own backbone parameters' shapes ({"weight": (192, 64), "bias": (192,)}; no bias key
+    # when it has none): what a method that counts from the ops themselves reads (e.g. biases).
+    ops: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def ssf_width(self) -> int:
@@ -60,20 +73,28 @@ class BackboneDims:
             block = unwrap(block)
             lora = {}
             for target, path in LORA_PATHS.items():
-                linear = unwrap(_get(block, path))
+                linear = unwrap(get_path(block, path))
                 lora[target] = (linear.in_features, linear.out_features)
-            ssf = {path: _out_dim(unwrap(_get(block, path)), dim) for path in SSF_POINTS}
-            blocks.append(BlockDims(dim, lora, ssf))
+            ssf = {path: out_dim(unwrap(get_path(block, path)), dim) for path in SSF_POINTS}
+            ops = {path: {n: tuple(p.shape) for n, p in unwrap(get_path(block, path)).named_parameters(recurse=False)}
+                   for path in BLOCK_OPS}
+            blocks.append(BlockDims(dim, lora, ssf, ops))
         head_params = sum(p.numel() for head in classifier_heads(vit).values() for p in head.parameters())
         return cls(dim, tuple(blocks), head_params, vit.num_classes)
 
 
 @dataclass(frozen=True)
 class ParamCount:
-    per_method: dict[str, int]  # lora, adapter, vpt, ssf (global SSF included in ssf)
-    per_block: tuple[dict[str, int], ...]
-    ssf_global: int
+    per_method: dict[str, int]  # by report key: lora, adapter, vpt, ssf (global SSF included in ssf)
+    per_block: tuple[dict[str, int], ...]  # block methods, per block
+    per_model: dict[str, int]  # model-level methods (ssf_global)
     head: int
+
+    def __getattr__(self, name: str) -> int:
+        # ``count.ssf_global``: a model-level method's parameters (0 when off or not shown).
+        if not name.startswith("_") and name in METHODS and METHODS[name].site == "model":
+            return self.per_model.get(name, 0)
+        raise AttributeError(name)
 
     @property
     def total(self) -> int:
@@ -90,36 +111,48 @@ class ParamCount:
             "head_params": self.head,
             "trainable_params_with_head": self.with_head,
             "per_method": dict(self.per_method),
-            "ssf_global": self.ssf_global,
+            **{name: n for name, n in self.per_model.items()},
             "per_block": [dict(b) for b in self.per_block],
         }
 
 
-def block_params(method: str, size: int, block: BlockDims, space: SearchSpace) -> int:
-    if size == 0:
-        return 0
-    d = block.dim
-    if method == "lora":
-        return sum(size * (block.lora[t][0] + block.lora[t][1]) for t in space.lora_targets)
-    if method == "adapter":
-        return 2 * d * size + size + d
-    if method == "vpt":
-        return size * d
-    if method == "ssf":
-        return 2 * block.ssf_width
-    raise KeyError(method)
+# ---- the one cost table ------------------------------------------------------------------------
+
+def positions(depth: int) -> list[tuple[Method, int | None]]:
+    """Every (method, block) a subnet sets, in registry order: ``lora`` in blocks 0..depth-1, ...,
+    ``ssf`` in every block, then ``ssf_global`` (block ``None``): the Optuna parameter order."""
+    return [(m, i) for m in METHODS.values() for i in (range(depth) if m.site == "block" else (None,))]
+
+
+def cost_table(space: SearchSpace, dims: BackboneDims) -> dict[tuple[str, int | None], tuple[int, ...]]:
+    """Parameters each choice of ``space`` adds at each position, head excluded: the one table the
+    repair (through the encoding), the supernet's samplers and the budget bounds read.
+    :func:`count_params` computes the same numbers subnet by subnet; the tests compare the two."""
+    return {
+        (m.name, i): tuple(m.count(s, None if i is None else dims.blocks[i], dims, space) for s in space.choices(m.name))
+        for m, i in positions(dims.depth)
+    }
+
+
+def block_params(method: str, size: int, block: BlockDims, space: SearchSpace, dims: BackboneDims | None = None) -> int:
+    """Parameters of ``method`` at ``size`` in one block (kept for old callers; see the registry)."""
+    return METHODS[method].count(size, block, dims, space)
 
 
 def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None = None) -> ParamCount:
     space = space or SearchSpace()
     subnet.check(dims.depth)
+    shown = [METHODS[name] for name in subnet.shown_methods(space)]
     per_block = tuple(
-        {m: block_params(m, subnet.sizes(m)[i], block, space) for m in METHODS} for i, block in enumerate(dims.blocks)
+        {m.name: m.count(subnet.sizes(m.name)[i], block, dims, space) for m in shown if m.site == "block"}
+        for i, block in enumerate(dims.blocks)
     )
-    ssf_global = 4 * dims.dim if subnet.ssf_global else 0
-    per_method = {m: sum(b[m] for b in per_block) for m in METHODS}
-    per_method["ssf"] += ssf_global
-    return ParamCount(per_method, per_block, ssf_global, dims.head_params)
+    per_model = {m.name: m.count(subnet.sizes(m.name), None, dims, space) for m in shown if m.site == "model"}
+    per_method: dict[str, int] = {}
+    for m in shown:
+        n = sum(b[m.name] for b in per_block) if m.site == "block" else per_model[m.name]
+        per_method[m.report_key] = per_method.get(m.report_key, 0) + n
+    return ParamCount(per_method, per_block, per_model, dims.head_params)
 
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}

@@ -18,8 +18,9 @@ from typing import Any
 
 from unitune.errors import UniTuneError
 
-from .params import BackboneDims, block_params
-from .space import METHODS, SearchSpace
+from .methods import METHODS
+from .params import BackboneDims, cost_table
+from .space import SearchSpace
 from .subnet import Subnet
 
 STRATEGIES = ("uniform", "sandwich", "budget")
@@ -60,20 +61,18 @@ class SubnetSampler:
         return [self.uniform()]
 
     def uniform(self) -> Subnet:
-        depth, choose = self.dims.depth, self.rng.choice
-        sizes = {m: tuple(choose(self.space.choices(m)) for _ in range(depth)) for m in METHODS}
-        return Subnet(**sizes, ssf_global=choose(self.space.ssf_global))
-
-    def _cost(self, method: str, block: int, size: int) -> int:
-        if method == "ssf_global":
-            return 4 * self.dims.dim * size
-        return block_params(method, size, self.dims.blocks[block], self.space)
-
-    def _slots(self) -> list[tuple[str, int]]:
-        return [(m, i) for m in METHODS for i in range(self.dims.depth)] + [("ssf_global", 0)]
+        # In registry order, every method the space holds (a draw each, even from a single
+        # choice, so a seeded sampler draws the subnets it always drew); the others are off.
+        depth, choose, space = self.dims.depth, self.rng.choice, self.space
+        sizes = {}
+        for name, method in METHODS.items():
+            if space.holds(name):
+                draw = [choose(space.choices(name)) for _ in range(depth if method.site == "block" else 1)]
+                sizes[name] = tuple(draw) if method.site == "block" else draw[0]
+        return Subnet(**sizes)
 
     def _cost_floor(self) -> int:
-        return sum(self._cost(m, i, self.space.min_size(m)) for m, i in self._slots())
+        return sum(costs[0] for costs in cost_table(self.space, self.dims).values())  # the smallest choices
 
     def within_budget(self) -> Subnet:
         """A subnet as the search evaluates them: a uniform proposal, repaired into the budget by

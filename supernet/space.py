@@ -13,95 +13,135 @@ A space is read from the ``space:`` section of a YAML config::
       adapter_style: sequential  # after the MLP (NOAH) or parallel to it (AdaptFormer)
       adapter_scale: 1.0
 
-The size lists are ordered, so a search can encode a choice as an index into them.
+The keys come from the method registry (:mod:`unitune.supernet.methods`): one size list per
+method and each method's options, with their defaults and checks. A method the space does not
+name takes its default choices; a method registered after the original five defaults to
+``[0]`` (off). The size lists are ordered, so a search can encode a choice as an index into them.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Iterator
 
 from unitune.errors import UniTuneError
 
-METHODS = ("lora", "adapter", "vpt", "ssf")
-SIZE_KEYS = METHODS + ("ssf_global",)
-LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")
-ADAPTER_STYLES = ("sequential", "parallel")
-# A cap on every size: a rank, bottleneck or prompt count above it cannot fit any ViT's width or
-# memory, and 1e12 would otherwise reach torch.empty.
-MAX_SIZE = 4096
+from .methods import METHODS as REGISTRY
+from .methods import get_method, option_names
+from .methods.adapter import ADAPTER_STYLES  # noqa: F401 (old import path)
+from .methods.base import MAX_SIZE  # noqa: F401 (old import path)
+from .methods.lora import LORA_TARGETS  # noqa: F401 (old import path)
+
+# The block methods the default space searches (the original four): kept for old imports and
+# tests. Library code iterates the registry (``unitune.supernet.methods.METHODS``).
+METHODS = tuple(m.name for m in REGISTRY.values() if m.site == "block" and m.default_choices != (0,))
+SIZE_KEYS = tuple(m.name for m in REGISTRY.values() if m.default_choices != (0,))
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    lora: tuple[int, ...] = (0, 1, 5, 10)
-    adapter: tuple[int, ...] = (0, 1, 5, 10)
-    vpt: tuple[int, ...] = (0, 1, 5, 10)
-    ssf: tuple[int, ...] = (0, 1)
-    ssf_global: tuple[int, ...] = (0, 1)
-    lora_targets: tuple[str, ...] = ("qkv",)
-    lora_scale: float = 1.0
-    adapter_style: str = "sequential"
-    adapter_scale: float = 1.0
-    # Where the space came from, for error messages ("configs/demo.yaml: space.lora").
-    source: str = field(default="space", compare=False, repr=False)
+class SearchSpace(Mapping):
+    """Method name -> its ordered size choices; the methods' options are attributes
+    (``space.lora_targets``), as are the choices (``space.lora``)."""
 
-    def __post_init__(self):
-        for key in SIZE_KEYS:
-            sizes = getattr(self, key)
-            where = f"{self.source}.{key}"
-            if not isinstance(sizes, (list, tuple)) or not sizes:
-                raise UniTuneError(f"{where}: expected a non-empty list of sizes, got {sizes!r}")
-            for s in sizes:
-                if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                    raise UniTuneError(f"{where}: sizes must be non-negative integers, got {s!r}")
-                if s > MAX_SIZE:
-                    raise UniTuneError(f"{where}: size {s} is above {MAX_SIZE} (wider than a ViT; a typo?)")
-            if list(sizes) != sorted(set(sizes)):
-                raise UniTuneError(f"{where}: sizes must be strictly increasing, got {list(sizes)}")
-            if key in ("ssf", "ssf_global") and not set(sizes) <= {0, 1}:
-                raise UniTuneError(f"{where}: SSF is off (0) or on (1), got {list(sizes)}")
-            object.__setattr__(self, key, tuple(sizes))
-        targets = self.lora_targets
-        if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
-            raise UniTuneError(f"{self.source}.lora_targets: expected a list from {list(LORA_TARGETS)}, got {targets!r}")
-        for t in targets:
-            if t not in LORA_TARGETS:
-                raise UniTuneError(f"{self.source}.lora_targets: unknown target {t!r}, expected one of {list(LORA_TARGETS)}")
-        if len(set(targets)) != len(targets):
-            raise UniTuneError(f"{self.source}.lora_targets: duplicate target in {list(targets)}")
-        object.__setattr__(self, "lora_targets", tuple(targets))
-        if self.adapter_style not in ADAPTER_STYLES:
-            raise UniTuneError(
-                f"{self.source}.adapter_style: expected one of {list(ADAPTER_STYLES)}, got {self.adapter_style!r}"
-            )
-        for key in ("lora_scale", "adapter_scale"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UniTuneError(f"{self.source}.{key}: expected a finite number, got {value!r}")
-            object.__setattr__(self, key, float(value))
+    def __init__(self, source: str = "space", **values: Any):
+        options = option_names()
+        for key in values:
+            if key not in REGISTRY and key not in options:
+                known = sorted([*REGISTRY, *options])
+                raise UniTuneError(f"{source}.{key}: unknown key, expected one of {known}")
+        choices = {name: m.check_choices(values.get(name, m.default_choices), f"{source}.{name}")
+                   for name, m in REGISTRY.items()}
+        opts = {name: o.check(values.get(name, o.default), f"{source}.{name}") for name, (_, o) in options.items()}
+        object.__setattr__(self, "_choices", choices)
+        object.__setattr__(self, "_options", opts)
+        # Where the space came from, for error messages ("configs/demo.yaml: space.lora").
+        object.__setattr__(self, "source", source)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"SearchSpace is immutable (cannot set {name!r})")
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            if name in self._choices:
+                return self._choices[name]
+            if name in self._options:
+                return self._options[name]
+            if name in REGISTRY:  # registered after this space was made: its default
+                return REGISTRY[name].default_choices
+            if name in option_names():
+                return option_names()[name][1].default
+        raise AttributeError(f"SearchSpace has no method or option {name!r}")
+
+    def __reduce__(self):
+        return _rebuild_space, ({**self._choices, **self._options}, self.source)
+
+    # ---- the mapping: method -> choices -----------------------------------------------------
+
+    def __getitem__(self, method: str) -> tuple[int, ...]:
+        return self.choices(method)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchSpace):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return (tuple((m, self.choices(m)) for m in REGISTRY),
+                tuple((o, repr(getattr(self, o))) for o in option_names()))
+
+    def __repr__(self) -> str:
+        parts = [f"{m}={self.choices(m)}" for m in REGISTRY] + [f"{o}={getattr(self, o)!r}" for o in option_names()]
+        return f"SearchSpace({', '.join(parts)})"
+
+    def choices(self, method: str) -> tuple[int, ...]:
+        if method in self._choices:
+            return self._choices[method]
+        return get_method(method).default_choices
+
+    def max_size(self, method: str) -> int:
+        return max(self.choices(method))
+
+    def min_size(self, method: str) -> int:
+        return min(self.choices(method))
+
+    def holds(self, method: str) -> bool:
+        """Whether the space names ``method``: an original method always, a later one when its
+        choices are not its default ``[0]``. Methods it does not hold are off and unsearched."""
+        m = get_method(method)
+        return m.always_written or self.choices(method) != m.default_choices
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods the space holds, in registry order."""
+        return tuple(m for m in REGISTRY if self.holds(m))
+
+    # ---- the file format --------------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "space") -> "SearchSpace":
         data = dict(data or {})
-        known = {f.name for f in fields(cls)} - {"source"}
-        for key in data:
-            if key not in known:
-                raise UniTuneError(f"{source}.{key}: unknown key, expected one of {sorted(known)}")
-        return cls(**data, source=source)
+        if "source" in data:
+            raise UniTuneError(f"{source}.source: unknown key, expected one of {sorted([*REGISTRY, *option_names()])}")
+        return cls(source=source, **data)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: list(getattr(self, k)) for k in SIZE_KEYS}
-        out["lora_targets"] = list(self.lora_targets)
-        out.update(lora_scale=self.lora_scale, adapter_style=self.adapter_style, adapter_scale=self.adapter_scale)
+        """The ``space:`` section: the sizes of every method it holds, then their options."""
+        held = self.methods
+        out: dict[str, Any] = {m: list(self.choices(m)) for m in held}
+        for name, (method, option) in option_names().items():
+            value = getattr(self, name)
+            if method.name in held or value != option.default:
+                out[name] = option.dump(value)
         return out
 
-    def choices(self, key: str) -> tuple[int, ...]:
-        return getattr(self, key)
 
-    def max_size(self, key: str) -> int:
-        return max(getattr(self, key))
-
-    def min_size(self, key: str) -> int:
-        return min(getattr(self, key))
+def _rebuild_space(values: dict[str, Any], source: str) -> SearchSpace:
+    return SearchSpace(source=source, **values)

@@ -132,7 +132,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
                             num_random=cfg.num_random)
     named_params = list(model.trainable_named_parameters())
     params = [p for _, p in named_params]
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
     # Each step updates the union of the subnets it ran (all of a sandwich's, not just the last
     # one set) and leaves every other entry, and its AdamW moments, exactly as they were.
     InactiveGuard(model, optimizer)

@@ -201,8 +201,8 @@ class Row:
 ROWS = [
     # -- inspect: subnet files
     Row("inspect-unknown-method", ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml"],
-        ("{tmp}/s.yaml", "unknown method 'dora'"),
-        lambda x: x.subnet("s.yaml", {"lora": full(1, 12), "dora": full(1, 12)})),
+        ("{tmp}/s.yaml", "unknown method 'glora'"),  # (was 'dora', registered since issue 10)
+        lambda x: x.subnet("s.yaml", {"lora": full(1, 12), "glora": full(1, 12)})),
     Row("inspect-wrong-length", ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml"],
         "lists have 3 entries, but the backbone has 12 blocks", lambda x: x.subnet("s.yaml", {"lora": full(1, 3)})),
     Row("inspect-size-not-in-space",

@@ -81,7 +81,7 @@ def _inspect_source(args: argparse.Namespace):
 def _inspect(args: argparse.Namespace) -> int:
     from unitune.backbone import create_backbone
     from unitune.supernet import BackboneDims, count_params
-    from unitune.supernet.space import METHODS
+    from unitune.supernet.methods import METHODS
 
     subnet, label, name, kwargs, space, classes = _inspect_source(args)
     num_classes = args.num_classes if args.num_classes is not None else classes
@@ -96,19 +96,22 @@ def _inspect(args: argparse.Namespace) -> int:
         out = {"backbone": name, "num_classes": dims.num_classes, **count.to_dict(), "subnet": subnet.to_dict()["subnet"]}
         print(json.dumps(out, indent=2))
         return 0
-    header = f"{'block':>5}  " + "  ".join(f"{m:>7}" for m in METHODS) + "  | " + "  ".join(f"{m + ' #':>9}" for m in METHODS) + f"  | {'total':>9}"
+    shown = subnet.shown_methods(space)
+    columns = [m for m in shown if METHODS[m].site == "block"]
+    header = f"{'block':>5}  " + "  ".join(f"{m:>7}" for m in columns) + "  | " + "  ".join(f"{m + ' #':>9}" for m in columns) + f"  | {'total':>9}"
     print(f"{name}: {dims.depth} blocks, width {dims.dim}, {dims.num_classes} classes")
     print(header)
     print("-" * len(header))
     for i, block in enumerate(count.per_block):
-        sizes = "  ".join(f"{subnet.sizes(m)[i]:>7}" for m in METHODS)
-        params = "  ".join(f"{block[m]:>9,}" for m in METHODS)
+        sizes = "  ".join(f"{subnet.sizes(m)[i]:>7}" for m in columns)
+        params = "  ".join(f"{block[m]:>9,}" for m in columns)
         print(f"{i:>5}  {sizes}  | {params}  | {sum(block.values()):>9,}")
     print("-" * len(header))
-    if count.ssf_global:
-        print(f"global SSF (patch-embed + final norm): {count.ssf_global:,}")
-    for m in METHODS:
-        print(f"{m:<8} {count.per_method[m]:>12,}")
+    for g, n in count.per_model.items():
+        if n:
+            print(f"{METHODS[g].heading} ({g}): {n:,}")
+    for m, n in count.per_method.items():
+        print(f"{m:<8} {n:>12,}")
     print(f"{'trainable (PEFT, head excluded)':<34} {count.total:>12,}")
     print(f"{'head':<34} {count.head:>12,}")
     print(f"{'trainable with head':<34} {count.with_head:>12,}")

@@ -38,6 +38,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import statistics
 import time
@@ -269,12 +270,16 @@ def largest_uniform(method: str, run: RunConfig):
     space = SearchSpace.from_dict(run.space)
     dims, _ = _dims(run)
     budget = _budget(run)
+    from unitune.supernet.methods import METHODS
+
+    companions = [g.name for g in METHODS.values() if g.site == "model" and g.report_key == method]
     options = []
     for size in space.choices(method):
         if size == 0:
             continue
-        for g in (space.choices("ssf_global") if method == "ssf" else (0,)):
-            subnet = Subnet.uniform(dims.depth, **{method: size}, ssf_global=g)
+        # with each choice of the model-level methods reported with it (SSF: the global SSF)
+        for extra in itertools.product(*([(g, c) for c in space.choices(g)] for g in companions)):
+            subnet = Subnet.uniform(dims.depth, **{method: size}, **dict(extra))
             options.append((count_params(subnet, dims, space).total, subnet))
     if not options:
         raise UniTuneError(f"{run.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
@@ -284,12 +289,13 @@ def largest_uniform(method: str, run: RunConfig):
 
 def describe(subnet) -> str:
     parts = []
-    for m in SINGLE:
+    for m in subnet.shown_methods():
         sizes = subnet.sizes(m)
-        if any(sizes):
+        if not isinstance(sizes, tuple):  # a model-level method
+            if sizes:
+                parts.append(m)
+        elif any(sizes):
             parts.append(f"{m} {sizes[0]}" if len(set(sizes)) == 1 else f"{m} {'/'.join(map(str, sizes))}")
-    if subnet.ssf_global:
-        parts.append("ssf_global")
     return "; ".join(parts) or "head only"
 
 

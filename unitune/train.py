@@ -131,11 +131,15 @@ def peak_memory_mb(device: torch.device) -> float:
 # ---- optimisation -----------------------------------------------------------------------------
 
 
-def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms' and SSF's scale/shift, prompts (as timm does for 1-d)."""
+def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig,
+                    no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
+    """AdamW; no weight decay on 1-d parameters (biases, norms, SSF's scale and shift: as timm
+    does) nor on the names in ``no_weight_decay`` (a model's declared exceptions, e.g.
+    ``PeftViT.no_weight_decay()``: VPT's prompts)."""
+    skip = set(no_weight_decay)
     decay, no_decay = [], []
     for name, p in named_params:
-        (no_decay if p.ndim <= 1 or name.endswith("prompts") else decay).append(p)
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
