@@ -49,6 +49,7 @@ from .encoding import SubnetEncoding
 from .notes import set_metric_names
 from .objective import SubnetObjective
 from .pruning import make_pruner
+from .ranking import best_trial
 from .sampler import make_sampler
 from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
 from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock, worker_token
@@ -387,8 +388,6 @@ def run_search(
         raise
     finally:
         bar.close()
-
-    from .export import best_trial  # export imports study helpers; import late
 
     best = best_trial(study, required=False)
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
