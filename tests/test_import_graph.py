@@ -4,9 +4,10 @@ A circle of imports only works while the one that closes it stays inside a funct
 run late enough), so it breaks as soon as someone moves an import to the top of a file; it also
 says that the modules in it are one piece cut into several files. The graph is read from the source
 with ``ast``: module-level imports, imports inside functions and methods, ``try`` blocks and
-``TYPE_CHECKING`` blocks alike, relative imports resolved, and module names taken from the package
-layout pyproject.toml declares (``supernet/`` is ``unitune.supernet``, and so on), so nothing is
-imported to build it.
+``TYPE_CHECKING`` blocks alike, relative imports resolved, an import of ``a.b.c`` counted as one of
+the packages ``a`` and ``a.b`` too (Python runs their ``__init__.py`` first), and module names
+taken from the package layout pyproject.toml declares (``supernet/`` is ``unitune.supernet``, and
+so on), so nothing is imported to build it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
                     base = node.module
                 # `from pkg import name` imports the submodule pkg.name when there is one, else pkg
                 edges.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
-        graph[name] = {target for target in edges if target in modules and target != name}
+        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first: edges to those packages
+        # too, except to the importer's own packages (always mid-import while it runs).
+        edges |= {target.rsplit(".", k)[0] for target in edges for k in range(1, target.count(".") + 1)}
+        own = {name.rsplit(".", k)[0] for k in range(0, name.count(".") + 1)}
+        graph[name] = {target for target in edges if target in modules and target not in own}
     return graph
 
 
@@ -131,6 +136,8 @@ def test_the_graph_sees_every_kind_of_import():
     graph = import_graph(modules)
     assert "unitune.search.study" in graph["unitune.search"]  # relative, module level, in an __init__
     assert "unitune.retrain.train" in graph["unitune.search.rerank"]  # absolute, inside a function
+    assert "unitune.retrain" in graph["unitune.search.rerank"]  # ... which runs retrain/__init__.py first
+    assert "unitune.search" not in graph["unitune.search.rerank"]  # its own package: always mid-import
     assert "unitune.supernet" in graph["unitune.search.encoding"]  # `from pkg import name` of a class
     assert "unitune.progress" in graph["unitune.train"]  # inside `if TYPE_CHECKING:`
     assert all(not target.startswith(("optuna", "torch", "timm")) for targets in graph.values() for target in targets)
