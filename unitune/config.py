@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -94,25 +94,34 @@ def from_mapping(cls: type, data: Any, where: str):
             raise UniTuneError(f"{where}.{key}: unknown key, expected one of {sorted(names)}")
     values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**values)
-    check_ranges(obj, where)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check(where)
+    check_fields(obj, where)
     return obj
 
 
-def num(default: Any, **bounds: float) -> Any:
+# ---- the constraints, declared beside their fields ----------------------------------------------
+# A section is a frozen dataclass whose fields say their type (the annotation, checked by
+# `_coerce`) and their constraints (below, in the field's metadata); `check_fields` is the one
+# place they are enforced. A rule that involves other fields sits beside the field it reports.
+
+
+def num(default: Any, *, rule: Callable[[Any, str], None] | None = None, **bounds: float) -> Any:
     """A numeric field with its range beside it: ``lr: float = num(1e-3, gt=0)``. Every float
     must also be finite (a NaN learning rate would only die inside AdamW)."""
-    return field(default=default, metadata={"range": bounds})
+    return field(default=default, metadata={"range": bounds, **({"rule": rule} if rule else {})})
 
 
 def seed_field(default: int = 0) -> Any:
     return field(default=default, metadata={"seed": True})
 
 
-def check_ranges(obj: Any, where: str) -> None:
-    """The one place numeric config fields are range-checked: each field's ``num``/``seed_field`` metadata."""
+def choice(default: str, options: Sequence[str], *, rule: Callable[[Any, str], None] | None = None) -> Any:
+    """A field that names one of ``options``: ``sampler: str = choice("uniform", SAMPLERS)``."""
+    return field(default=default, metadata={"choices": tuple(options), **({"rule": rule} if rule else {})})
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """Enforce every field's declared constraints: ranges and seeds first, then choices and
+    cross-field rules (in field order), so a range error is reported before a rule that reads it."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if f.metadata.get("seed"):
@@ -121,6 +130,25 @@ def check_ranges(obj: Any, where: str) -> None:
             check_number(value, f"{where}.{f.name}", **f.metadata["range"])
         elif isinstance(value, float):
             check_number(value, f"{where}.{f.name}")
+    for f in dataclasses.fields(obj):
+        options = f.metadata.get("choices")
+        if options is not None and getattr(obj, f.name) not in options:
+            raise UniTuneError(f"{where}.{f.name}: expected one of {list(options)}, got {getattr(obj, f.name)!r}")
+        if "rule" in f.metadata:
+            f.metadata["rule"](obj, where)
+
+
+def _warmup_within_epochs(cfg: "TrainConfig", where: str) -> None:
+    if cfg.warmup_epochs > cfg.epochs:
+        raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
+
+
+def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
+    # The names and the rule (a pruner needs one objective) are the search package's; imported
+    # when the rule runs, so that importing this core module does not import the search stage.
+    from unitune.search.pruning import check_fitness_pruner
+
+    check_fitness_pruner(cfg.fitness, cfg.pruner, cfg.objectives, where)
 
 
 @dataclass(frozen=True)
@@ -142,7 +170,7 @@ class TrainConfig:
     epochs: int = num(10, ge=1)
     lr: float = num(1e-3, gt=0)
     weight_decay: float = num(1e-4, ge=0)  # a negative decay grows the weights
-    warmup_epochs: int = num(0, ge=0)
+    warmup_epochs: int = num(0, ge=0, rule=_warmup_within_epochs)
     min_lr: float = num(1e-6, ge=0)
     label_smoothing: float = num(0.0, ge=0, lt=1)
     mixup: float = num(0.0, ge=0)  # alpha of mixup's Beta(alpha, alpha); 0 = off
@@ -151,10 +179,6 @@ class TrainConfig:
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = seed_field()
     log_every: int = num(0, ge=0)  # steps between progress-bar postfix updates; 0 = every step
-
-    def validate(self, where: str) -> None:
-        if self.warmup_epochs > self.epochs:
-            raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({self.epochs}), got {self.warmup_epochs}")
 
 
 def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -191,15 +215,10 @@ def config_source(path: str | os.PathLike) -> str:
 class SupernetConfig(TrainConfig):
     """Supernet training: a recipe plus how each step picks the subnet(s) it trains."""
 
-    sampler: str = "uniform"  # uniform (NOAH) | sandwich | budget
+    sampler: str = choice("uniform", ("uniform", "sandwich", "budget"))  # uniform is NOAH's
     budget: str | int | None = None  # for the 'budget' sampler; defaults to search.budget
     num_random: int = num(1, ge=0)  # random subnets per sandwich step
     checkpoint_every: int = num(0, ge=0)  # steps between mid-epoch checkpoints (0: at epoch ends only)
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if self.sampler not in ("uniform", "sandwich", "budget"):
-            raise UniTuneError(f"{where}.sampler: expected one of ['uniform', 'sandwich', 'budget'], got {self.sampler!r}")
 
 
 @dataclass(frozen=True)
@@ -214,23 +233,14 @@ class SearchConfig:
     # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
     rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
     fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
-    pruner: str = "auto"  # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
+    # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py; the rule checks fitness too
+    pruner: str = field(default="auto", metadata={"rule": _fitness_and_pruner})
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
-
-    def validate(self, where: str) -> None:
-        from unitune.search.pruning import check_fitness_pruner
-
-        check_fitness_pruner(self.fitness, self.pruner, self.objectives, where)
 
 
 @dataclass(frozen=True)
 class RetrainConfig(TrainConfig):
-    init: str = "pretrained"  # pretrained | supernet: where the PEFT weights start
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if self.init not in ("pretrained", "supernet"):
-            raise UniTuneError(f"{where}.init: expected 'pretrained' or 'supernet', got {self.init!r}")
+    init: str = choice("pretrained", ("pretrained", "supernet"))  # where the PEFT weights start
 
 
 @dataclass(frozen=True)

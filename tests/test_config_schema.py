@@ -1,0 +1,45 @@
+"""The run sections declare every constraint beside its field (range, seed, choices, cross-field
+rule) and one function, ``check_fields``, enforces them: no section checks itself by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from unitune.config import PretrainConfig, RetrainConfig, SearchConfig, SupernetConfig, TrainConfig, from_mapping
+from unitune.errors import UniTuneError
+
+SECTIONS = (TrainConfig, SupernetConfig, RetrainConfig, PretrainConfig, SearchConfig)
+
+
+@pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.__name__)
+def test_no_section_checks_itself_by_hand(cls):
+    for klass in cls.__mro__[:-1]:  # object aside
+        assert "validate" not in vars(klass) and "__post_init__" not in vars(klass), klass.__name__
+
+
+def test_the_declared_choices_and_rules_are_where_their_fields_are():
+    meta = {f.name: f.metadata for f in dataclasses.fields(SupernetConfig)}
+    assert meta["sampler"]["choices"] == ("uniform", "sandwich", "budget")
+    assert callable(meta["warmup_epochs"]["rule"])
+    assert {f.name: f.metadata for f in dataclasses.fields(RetrainConfig)}["init"]["choices"] == ("pretrained", "supernet")
+    assert callable({f.name: f.metadata for f in dataclasses.fields(SearchConfig)}["pruner"]["rule"])
+
+
+@pytest.mark.parametrize("cls, data, message", [
+    (SupernetConfig, {"sampler": "greedy"}, "x.sampler: expected one of ['uniform', 'sandwich', 'budget'], got 'greedy'"),
+    (RetrainConfig, {"init": "scratch"}, "x.init: expected one of ['pretrained', 'supernet'], got 'scratch'"),
+    (RetrainConfig, {"epochs": 2, "warmup_epochs": 3}, "x.warmup_epochs: expected 0..epochs (2), got 3"),
+    # ranges come before the rules that read them: epochs 0 is reported, not warmup > epochs
+    (TrainConfig, {"epochs": 0, "warmup_epochs": 3}, "x.epochs: expected a number >= 1, got 0"),
+    (SupernetConfig, {"sampler": "greedy", "num_random": -1}, "x.num_random: expected a number >= 0, got -1"),
+    (SearchConfig, {"fitness": "inherited"}, "x.fitness: expected one of ['supernet', 'standalone'], got 'inherited'"),
+    (SearchConfig, {"objectives": "acc,params", "pruner": "sha"},
+     "x.pruner: 'sha' needs the single objective 'acc' (Optuna prunes single-objective studies only); "
+     "use pruner none with acc,params"),
+])
+def test_each_declared_constraint_gives_its_one_line_error(cls, data, message):
+    with pytest.raises(UniTuneError) as info:
+        from_mapping(cls, data, "x")
+    assert str(info.value) == message
