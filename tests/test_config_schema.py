@@ -1,5 +1,6 @@
-"""The run sections declare every constraint beside its field (range, seed, choices, cross-field
-rule) and one function, ``check_fields``, enforces them: no section checks itself by hand."""
+"""The run sections declare every constraint beside its field (range, seed, choices, counts,
+strings, flags, cross-field rules: unitune/schema.py) and one function, ``check_fields``, enforces
+them: no section checks itself by hand."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import pytest
 
 from unitune.config import PretrainConfig, RetrainConfig, SearchConfig, SupernetConfig, TrainConfig, from_mapping
+from unitune.data import DataConfig
 from unitune.errors import UniTuneError
 
 SECTIONS = (TrainConfig, SupernetConfig, RetrainConfig, PretrainConfig, SearchConfig)
@@ -43,3 +45,34 @@ def test_each_declared_constraint_gives_its_one_line_error(cls, data, message):
     with pytest.raises(UniTuneError) as info:
         from_mapping(cls, data, "x")
     assert str(info.value) == message
+
+
+def test_every_data_field_declares_its_constraint():
+    kinds = {"range", "seed", "choices", "count", "text", "flag", "rule"}
+    for f in dataclasses.fields(DataConfig):
+        if f.name != "where":  # the section's name in messages, not a setting
+            assert kinds & set(f.metadata), f"DataConfig.{f.name} declares no constraint"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"source": "digits", "seed": -1}, "d.seed: expected an integer seed in [0, 2**32 - 1], got -1"),  # as every seed
+    ({"source": "digits", "num_workers": -1}, "d.num_workers: expected an integer >= 0, got -1"),
+    ({"source": "digits", "eval_batch_size": 0}, "d.eval_batch_size: expected an integer >= 1, got 0"),
+    ({"source": "digits", "check_images": 1}, "d.check_images: expected true or false, got 1"),
+    ({"source": "fewshot", "root": 5}, "d.root: expected a string, got 5"),
+    ({"source": "minivtab", "task": "cifar"}, "d.task: source 'minivtab' has the tasks"),
+    ({"source": "minivtab", "task": "digits", "split_sizes": [1, 2]},
+     "d.split_sizes: expected three integers >= 1 [train, val, test], got [1, 2]"),
+    ({"source": "synthetic", "num_classes": 10, "classes": [9, 10]}, "d.classes: class 10 >= num_classes 10"),
+])
+def test_data_constraints_give_their_one_line_errors(data, message):
+    with pytest.raises(UniTuneError) as info:
+        DataConfig.from_dict(data, source="d")
+    assert str(info.value).startswith(message)
+
+
+def test_a_data_config_built_in_code_is_checked_and_normalised():
+    with pytest.raises(UniTuneError, match=r"^data.batch_size: expected an integer >= 1, got 0$"):
+        DataConfig(source="digits", batch_size=0)
+    c = DataConfig(source="synthetic", classes=[2, 0])
+    assert c.classes == (2, 0) and (c.num_classes, c.samples_per_class, c.image_size) == (10, 20, 32)

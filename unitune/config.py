@@ -13,13 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .checks import check_device, check_number, check_seed
+from .checks import check_device
 from .errors import UniTuneError
 from .io import read_yaml, safe_load
+from .schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
 def _type_name(tp: Any) -> str:
@@ -96,46 +97,6 @@ def from_mapping(cls: type, data: Any, where: str):
     obj = cls(**values)
     check_fields(obj, where)
     return obj
-
-
-# ---- the constraints, declared beside their fields ----------------------------------------------
-# A section is a frozen dataclass whose fields say their type (the annotation, checked by
-# `_coerce`) and their constraints (below, in the field's metadata); `check_fields` is the one
-# place they are enforced. A rule that involves other fields sits beside the field it reports.
-
-
-def num(default: Any, *, rule: Callable[[Any, str], None] | None = None, **bounds: float) -> Any:
-    """A numeric field with its range beside it: ``lr: float = num(1e-3, gt=0)``. Every float
-    must also be finite (a NaN learning rate would only die inside AdamW)."""
-    return field(default=default, metadata={"range": bounds, **({"rule": rule} if rule else {})})
-
-
-def seed_field(default: int = 0) -> Any:
-    return field(default=default, metadata={"seed": True})
-
-
-def choice(default: str, options: Sequence[str], *, rule: Callable[[Any, str], None] | None = None) -> Any:
-    """A field that names one of ``options``: ``sampler: str = choice("uniform", SAMPLERS)``."""
-    return field(default=default, metadata={"choices": tuple(options), **({"rule": rule} if rule else {})})
-
-
-def check_fields(obj: Any, where: str) -> None:
-    """Enforce every field's declared constraints: ranges and seeds first, then choices and
-    cross-field rules (in field order), so a range error is reported before a rule that reads it."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.metadata.get("seed"):
-            check_seed(value, f"{where}.{f.name}")
-        elif "range" in f.metadata:
-            check_number(value, f"{where}.{f.name}", **f.metadata["range"])
-        elif isinstance(value, float):
-            check_number(value, f"{where}.{f.name}")
-    for f in dataclasses.fields(obj):
-        options = f.metadata.get("choices")
-        if options is not None and getattr(obj, f.name) not in options:
-            raise UniTuneError(f"{where}.{f.name}: expected one of {list(options)}, got {getattr(obj, f.name)!r}")
-        if "rule" in f.metadata:
-            f.metadata["rule"](obj, where)
 
 
 def _warmup_within_epochs(cfg: "TrainConfig", where: str) -> None:
@@ -234,7 +195,7 @@ class SearchConfig:
     rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
     fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
     # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py; the rule checks fitness too
-    pruner: str = field(default="auto", metadata={"rule": _fitness_and_pruner})
+    pruner: str = rule_only("auto", _fitness_and_pruner)
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
 
 
