@@ -41,6 +41,7 @@ import random
 import socket
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -389,8 +390,13 @@ def trial_storage(study: optuna.Study, number: int) -> tuple[BaseStorage, int]:
     trial number, rather than from ``Study._study_id`` / ``FrozenTrial._trial_id``.
     """
     storage: BaseStorage = study._storage  # no public accessor: see above
-    study_id = storage.get_study_id_from_name(study.study_name)
+    study_id = _study_ids.get(study)
+    if study_id is None:  # one query per Study object (a few ms on SQLite), as Optuna's Study does itself
+        study_id = _study_ids[study] = storage.get_study_id_from_name(study.study_name)
     return storage, storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+_study_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Study -> its storage id
 
 
 # ---- failing and re-enqueueing trials ------------------------------------------------------------
