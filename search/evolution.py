@@ -45,6 +45,7 @@ from unitune.supernet.methods import METHODS
 
 from .encoding import SubnetEncoding
 from .repair import repair_params
+from .storage import trial_storage
 
 ROLE_ATTR = "unitune:evolution"
 
@@ -118,7 +119,7 @@ class EvolutionSampler(BaseSampler):
             role = "crossover"
         else:
             role = "random"
-        seen = {self._key(t.params) for t in trials if t._trial_id != trial._trial_id and self._complete(t.params)}
+        seen = {self._key(t.params) for t in trials if t.number != trial.number and self._complete(t.params)}
         # NOAH redraws a candidate the study already holds; when its role keeps producing
         # known ones (a budget-tight parent mutated and repaired back onto itself), it falls
         # back to random candidates, as NOAH fills a short generation with random ones.
@@ -129,7 +130,8 @@ class EvolutionSampler(BaseSampler):
             candidate, _ = repair_params(self.encoding, candidate, self.budget)
             if self._key(candidate) not in seen:
                 break
-        study._storage.set_trial_system_attr(trial._trial_id, ROLE_ATTR, f"{role}@{generation}")
+        storage, trial_id = trial_storage(study, trial.number)  # a FrozenTrial has no setter
+        storage.set_trial_system_attr(trial_id, ROLE_ATTR, f"{role}@{generation}")
         return candidate
 
     def sample_independent(

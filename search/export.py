@@ -1,6 +1,6 @@
 """Turn a study into subnet files that retrain reads directly.
 
-- ``best_subnet.yaml``: the best trial (see *One rule for "best"* below) in the plain
+- ``best_subnet.yaml``: the best trial (:mod:`.ranking`) in the plain
   :class:`Subnet` file format, with ``meta`` holding the study, trial number, val accuracy,
   parameter counts and budget. ``Subnet.load`` reads it.
 - :func:`export_subnets` with ``top_k`` or ``pareto``: one YAML file ::
@@ -15,26 +15,8 @@
 
   :func:`load_subnets` reads either form and returns ``[(Subnet, meta), ...]``, best first.
 
-Every trial in the storage is within budget (the sampler repairs before storing), so "best"
-needs no feasibility filter beyond the COMPLETE state.
-
-One rule for "best", so that optuna-dashboard, ``best_subnet.yaml``, ``export-subnet`` and the
-run summary name the same trial:
-
-- one objective (``acc``): Optuna's own ``study.best_trial``, which is what optuna-dashboard
-  marks. Among trials that tie on val accuracy Optuna takes the one its storage returns first
-  (in practice the earliest; Optuna documents no tie rule). unitune once preferred the tied
-  trial with fewer parameters, and the dashboard then showed another "best" than the file; a
-  hidden rule that differs from the one on screen costs more than a few parameters, and a
-  search that should trade accuracy for size has ``acc,params`` for that.
-  :func:`best_ties` lists the ties, and the run summary says how many there were.
-- after ``search.rerank`` (one objective or two): the re-rank's winner, the candidate with the best
-  stand-alone val accuracy (stored on the study as the ``rerank`` attribute). The dashboard still
-  marks Optuna's best by inherited accuracy; the study's note and its ``best_trial`` attribute
-  name the re-ranked one, as ``best_subnet.yaml``, ``export-subnet`` and the summary do.
-- two objectives (``acc,params``): Optuna has no single best; the dashboard shows the Pareto
-  front. The best is the front's most accurate point, i.e. the highest accuracy, then the fewest
-  parameters, then the earliest trial, which is always on the front.
+Which trial is "best" is :mod:`.ranking`'s one rule, so that optuna-dashboard, ``best_subnet.yaml``,
+``export-subnet`` and the run summary name the same trial.
 """
 
 from __future__ import annotations
@@ -45,84 +27,19 @@ from typing import Any, Mapping
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from unitune.errors import UniTuneError
 from unitune.io import read_yaml, write_yaml_atomic
-from unitune.supernet import BackboneDims, Subnet
+from unitune.supernet import BackboneDims, Subnet, count_params
 
+from .dashboard import RUN_FOLDER_STORAGES
 from .encoding import SubnetEncoding
-
-RERANK_ATTR = "rerank"  # the study attribute search.rerank writes (its figures and its winner)
-
-
-def _accuracy(trial: FrozenTrial) -> float:
-    return float(trial.values[0])
-
-
-def _n_params(trial: FrozenTrial) -> int:
-    return int(trial.user_attrs.get("n_params", 0))
-
-
-def _key(t: FrozenTrial) -> tuple:
-    return -_accuracy(t), _n_params(t), t.number
-
-
-def ranked_trials(study: optuna.Study, reranked: bool = True) -> list[FrozenTrial]:
-    """COMPLETE trials, best first: :func:`best_trial`, then the others by accuracy down, then
-    parameters up, then trial number up. ``reranked=False``: by inherited accuracy alone (what
-    the re-rank itself draws its candidates from)."""
-    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=_key)
-    if trials:
-        # with one objective or two: the re-rank's winner is what it wrote to best_subnet.yaml
-        best = _reranked_winner(study, trials) if reranked else None
-        if best is None and len(study.directions) == 1:
-            best = study.best_trial.number  # Optuna's (and the dashboard's) choice leads
-        if best is not None:
-            trials.sort(key=lambda t: t.number != best)  # stable: the rest keep their order
-    return trials
-
-
-def _reranked_winner(study: optuna.Study, complete: list[FrozenTrial]) -> int | None:
-    """The trial ``search.rerank`` picked by stand-alone val accuracy, if it ran (see rerank.py)."""
-    winner = (study.user_attrs.get(RERANK_ATTR) or {}).get("winner")
-    return winner if any(t.number == winner for t in complete) else None
-
-
-def best_trial(study: optuna.Study, required: bool = True) -> FrozenTrial | None:
-    """The best COMPLETE trial by the module's one rule (the re-rank's winner, else Optuna's
-    ``best_trial`` for one objective)."""
-    ranked = ranked_trials(study)
-    if not ranked:
-        if required:
-            raise UniTuneError(f"study {study.study_name!r}: has no complete trial yet")
-        return None
-    return ranked[0]
-
-
-def best_ties(study: optuna.Study) -> list[FrozenTrial]:
-    """The COMPLETE trials with the best trial's val accuracy (itself included), fewest parameters first."""
-    best = best_trial(study, required=False)
-    if best is None:
-        return []
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted((t for t in trials if _accuracy(t) == _accuracy(best)), key=_key)
-
-
-def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The accuracy / parameter Pareto front of the COMPLETE trials, fewest parameters first.
-
-    Computed from the ``n_params`` attribute, so it exists for single-objective studies too.
-    Of trials with equal (accuracy, parameters) only the earliest is kept.
-    """
-    front: list[FrozenTrial] = []
-    best_acc = float("-inf")
-    for t in sorted(ranked_trials(study), key=lambda t: (_n_params(t), -_accuracy(t), t.number)):
-        if _accuracy(t) > best_acc:
-            front.append(t)
-            best_acc = _accuracy(t)
-    return front
-
+from .notes import mark_best
+from .plots import save_plots
+# re-exported: callers of export_subnets and best_subnet.yaml have always found the ranking here
+from .ranking import RERANK_ATTR, best_ties, best_trial, pareto_trials, ranked_trials  # noqa: F401
+from .study import open_existing_study, study_encoding
 
 def trial_subnet(trial: FrozenTrial, encoding: SubnetEncoding, backbone: str | None = None) -> Subnet:
     subnet = encoding.decode(trial.params, source=f"trial {trial.number}")
@@ -136,7 +53,7 @@ def trial_meta(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "study": study.study_name,
         "trial": trial.number,
-        "val_accuracy": _accuracy(trial),
+        "val_accuracy": float(trial.values[0]),
         "n_params": attrs.get("n_params"),
         "n_params_with_head": attrs.get("n_params_with_head"),
         "budget": study.user_attrs.get("budget"),
@@ -148,8 +65,6 @@ def trial_meta(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
 
 
 def _encoding(study: optuna.Study) -> SubnetEncoding:
-    from .study import study_encoding
-
     return study_encoding(study)
 
 
@@ -179,8 +94,6 @@ def export_subnets(
     if isinstance(storage, optuna.Study):
         study = storage
     else:
-        from .study import open_existing_study
-
         study = open_existing_study(run_folder_storage(storage), study_name)
     if top_k is None and not pareto:
         return export_best(study, out)
@@ -206,8 +119,6 @@ def export_subnets(
 def run_folder_storage(spec: Any) -> Any:
     """A run folder means its ``study.db`` (or ``study.log``), as for ``unitune dashboard``."""
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_dir():
-        from .dashboard import RUN_FOLDER_STORAGES
-
         for name in RUN_FOLDER_STORAGES:
             if (Path(spec) / name).is_file():
                 return Path(spec) / name
@@ -235,12 +146,6 @@ def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: 
     """``DIR/best_subnet.yaml`` and the plots in ``DIR/plots/``; what was written, by name. The
     chosen trial is also marked on the study for optuna-dashboard (a note and ``best_trial``);
     ``dims`` (the backbone's shapes) adds per-block parameter counts to that note."""
-    from .plots import save_plots
-
-    from unitune.supernet import count_params
-
-    from .notes import mark_best
-
     out_dir = Path(out_dir)
     written = {"best_subnet": export_best(study, out_dir / "best_subnet.yaml")}
     best = best_trial(study)

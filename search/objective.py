@@ -40,7 +40,7 @@ from .encoding import SubnetEncoding, sizes_summary
 from .pruning import PRUNED_AT_ATTR
 from .seeds import SINGLE_SOURCE
 from .notes import save_trial_note
-from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, worker_token
+from .storage import FAIL_REASON_ATTR, WORKER_ATTR, requeue_trial, stored_trial, worker_token
 
 
 class SubnetObjective:
@@ -101,7 +101,7 @@ class SubnetObjective:
             trial.set_user_attr("worker_index", self.worker_index)
         if self._is_surplus(trial):
             study = trial.study
-            frozen = study._storage.get_trial(trial._trial_id)
+            frozen = stored_trial(study, trial.number)
             requeue_trial(study, frozen, self.encoding.distributions, count=False)
             study.stop()
             return self._fail(trial, f"surplus: the study already reached n_trials={self.n_trials}")

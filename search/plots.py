@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from unitune.io import atomic_path
 from unitune.supernet.methods import METHODS
 
-from .export import pareto_trials, ranked_trials
+from .ranking import pareto_trials, ranked_trials
+from .study import study_encoding
 
 
 def _figure(**kwargs):
@@ -100,8 +101,6 @@ def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 
 
 
 def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
-    from .study import study_encoding
-
     encoding = study_encoding(study)
     trials = ranked_trials(study)[:top]
     subnets = [encoding.decode(t.params) for t in trials]

@@ -33,8 +33,9 @@ import optuna
 from unitune.config import RunConfig
 from unitune.errors import UniTuneError
 
-from .export import RERANK_ATTR, ranked_trials, trial_meta, trial_subnet
+from .export import trial_meta, trial_subnet
 from .notes import mark_best
+from .ranking import RERANK_ATTR, ranked_trials
 from .seeds import SINGLE_SOURCE
 
 _logger = logging.getLogger("unitune.search")

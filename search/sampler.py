@@ -48,7 +48,7 @@ from unitune.errors import UniTuneError
 from .dedup import held_keys, params_key
 from .encoding import SubnetEncoding
 from .repair import repair_params
-from .storage import WORKER_ATTR, worker_token
+from .storage import WORKER_ATTR, trial_storage, worker_token
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
 SINGLE_OBJECTIVE = ("cmaes", "evolution")
@@ -95,10 +95,10 @@ class RepairSampler(BaseSampler):
             repaired, steps = repair_params(self.encoding, proposal, self.budget, seed=(self.seed, trial.number, attempt))
             if params_key(repaired, names) not in held:
                 break
-        # A sampler is handed a FrozenTrial, which has no public setter; Optuna's own samplers
-        # record their per-trial state through the storage the same way.
-        study._storage.set_trial_system_attr(trial._trial_id, REPAIR_STEPS_ATTR, steps)
-        study._storage.set_trial_system_attr(trial._trial_id, RESAMPLED_ATTR, attempt)
+        # A sampler is handed a FrozenTrial, which has no public setter (see trial_storage).
+        storage, trial_id = trial_storage(study, trial.number)
+        storage.set_trial_system_attr(trial_id, REPAIR_STEPS_ATTR, steps)
+        storage.set_trial_system_attr(trial_id, RESAMPLED_ATTR, attempt)
         return repaired
 
     def _base_proposal(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, int]:
@@ -127,7 +127,8 @@ class RepairSampler(BaseSampler):
         # before the objective runs, and a RUNNING trial with parameters but no token can never
         # be proven dead, so a worker killed in between would hold a slot of --trials for good.
         # (A sampler hook gets a FrozenTrial: writing its attributes needs the storage itself.)
-        study._storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, worker_token())
+        storage, trial_id = trial_storage(study, trial.number)
+        storage.set_trial_user_attr(trial_id, WORKER_ATTR, worker_token())
         self.base.before_trial(study, trial)
 
     def after_trial(

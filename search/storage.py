@@ -41,6 +41,7 @@ import random
 import socket
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -363,6 +364,41 @@ def worker_is_dead(token: str) -> bool:
     return False
 
 
+# ---- writing to a trial held only as a FrozenTrial ----------------------------------------------
+
+
+def stored_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """Trial ``number`` of ``study`` as stored now, through public calls only (a ``Study`` has no
+    lookup by number; the storage has one, but ``Study`` keeps its storage private)."""
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def trial_storage(study: optuna.Study, number: int) -> tuple[BaseStorage, int]:
+    """The storage behind ``study`` and the storage id of its trial ``number``.
+
+    For the writes Optuna has no public call for: a sampler hook is handed a ``FrozenTrial``,
+    which has no setters (and ``Trial.set_system_attr``, deprecated in Optuna 3.1 as internal,
+    https://github.com/optuna/optuna/pull/4188, is removed in 5.0), and
+    :func:`recover_dead_trials` fails another worker's trial, which this process holds only as a
+    ``FrozenTrial`` (``Study.tell`` would also run the sampler's ``after_trial`` on it and sets no
+    fail reason). Optuna's own samplers and pruners write through ``study._storage`` with
+    ``trial._trial_id`` for the same reason (e.g. ``optuna/samplers/_base.py``,
+    ``pruners/_successive_halving.py``); a public read/write view of a study for samplers was
+    proposed and closed undecided (https://github.com/optuna/optuna/pull/4378). ``Study`` keeps
+    its storage in the private ``_storage`` attribute with no public accessor, so this is the one
+    place unitune reads it; the ids come from public ``BaseStorage`` calls, by study name and
+    trial number, rather than from ``Study._study_id`` / ``FrozenTrial._trial_id``.
+    """
+    storage: BaseStorage = study._storage  # no public accessor: see above
+    study_id = _study_ids.get(study)
+    if study_id is None:  # one query per Study object (a few ms on SQLite), as Optuna's Study does itself
+        study_id = _study_ids[study] = storage.get_study_id_from_name(study.study_name)
+    return storage, storage.get_trial_id_from_study_id_trial_number(study_id, number)
+
+
+_study_ids: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Study -> its storage id
+
+
 # ---- failing and re-enqueueing trials ------------------------------------------------------------
 
 
@@ -461,14 +497,14 @@ def recover_dead_trials(
                 continue
             else:
                 reason = f"no worker started this trial within {stale_after:.0f} s"
-        storage = study._storage
+        storage, trial_id = trial_storage(study, trial.number)
         try:
-            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:  # another worker got there first
             continue
         failed.append(trial.number)
-        retried = requeue_trial(study, storage.get_trial(trial._trial_id), distributions, max_retries)
+        retried = requeue_trial(study, storage.get_trial(trial_id), distributions, max_retries)
         _logger.warning("trial %d failed: %s%s", trial.number, reason, "; re-enqueued" if retried else "")
     return failed

@@ -49,9 +49,11 @@ from .encoding import SubnetEncoding
 from .notes import set_metric_names
 from .objective import SubnetObjective
 from .pruning import make_pruner
+from .ranking import best_trial
 from .sampler import make_sampler
 from .seeds import SINGLE_SOURCE, draw_seed, single_method_subnets, worker_seed
-from .storage import close_storage, open_storage, recover_dead_trials, resolve_storage, storage_lock, worker_token
+from .storage import (close_storage, open_storage, recover_dead_trials, requeue_trial, resolve_storage, storage_lock,
+                      stored_trial, worker_token)
 
 _logger = logging.getLogger("unitune.search")
 
@@ -388,8 +390,6 @@ def run_search(
     finally:
         bar.close()
 
-    from .export import best_trial  # export imports study helpers; import late
-
     best = best_trial(study, required=False)
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     return SearchResult(
@@ -402,11 +402,9 @@ def run_search(
 
 
 def _requeue_interrupted(study: optuna.Study, objective: SubnetObjective, encoding: SubnetEncoding) -> None:
-    from .storage import requeue_trial
-
     if objective.current is None:
         return
-    trial = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, objective.current))
+    trial = stored_trial(study, objective.current)
     if trial.state == TrialState.FAIL and "val_accuracy" not in trial.user_attrs:
         requeue_trial(study, trial, encoding.distributions)
 

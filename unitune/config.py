@@ -17,9 +17,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .checks import check_device, check_number, check_seed
+from .checks import check_device
 from .errors import UniTuneError
 from .io import read_yaml, safe_load
+from .schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
 def _type_name(tp: Any) -> str:
@@ -94,33 +95,21 @@ def from_mapping(cls: type, data: Any, where: str):
             raise UniTuneError(f"{where}.{key}: unknown key, expected one of {sorted(names)}")
     values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     obj = cls(**values)
-    check_ranges(obj, where)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        check(where)
+    check_fields(obj, where)
     return obj
 
 
-def num(default: Any, **bounds: float) -> Any:
-    """A numeric field with its range beside it: ``lr: float = num(1e-3, gt=0)``. Every float
-    must also be finite (a NaN learning rate would only die inside AdamW)."""
-    return field(default=default, metadata={"range": bounds})
+def _warmup_within_epochs(cfg: "TrainConfig", where: str) -> None:
+    if cfg.warmup_epochs > cfg.epochs:
+        raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
 
 
-def seed_field(default: int = 0) -> Any:
-    return field(default=default, metadata={"seed": True})
+def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
+    # The names and the rule (a pruner needs one objective) are the search package's; imported
+    # when the rule runs, so that importing this core module does not import the search stage.
+    from unitune.search.pruning import check_fitness_pruner
 
-
-def check_ranges(obj: Any, where: str) -> None:
-    """The one place numeric config fields are range-checked: each field's ``num``/``seed_field`` metadata."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.metadata.get("seed"):
-            check_seed(value, f"{where}.{f.name}")
-        elif "range" in f.metadata:
-            check_number(value, f"{where}.{f.name}", **f.metadata["range"])
-        elif isinstance(value, float):
-            check_number(value, f"{where}.{f.name}")
+    check_fitness_pruner(cfg.fitness, cfg.pruner, cfg.objectives, where)
 
 
 @dataclass(frozen=True)
@@ -142,7 +131,7 @@ class TrainConfig:
     epochs: int = num(10, ge=1)
     lr: float = num(1e-3, gt=0)
     weight_decay: float = num(1e-4, ge=0)  # a negative decay grows the weights
-    warmup_epochs: int = num(0, ge=0)
+    warmup_epochs: int = num(0, ge=0, rule=_warmup_within_epochs)
     min_lr: float = num(1e-6, ge=0)
     label_smoothing: float = num(0.0, ge=0, lt=1)
     mixup: float = num(0.0, ge=0)  # alpha of mixup's Beta(alpha, alpha); 0 = off
@@ -151,10 +140,6 @@ class TrainConfig:
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = seed_field()
     log_every: int = num(0, ge=0)  # steps between progress-bar postfix updates; 0 = every step
-
-    def validate(self, where: str) -> None:
-        if self.warmup_epochs > self.epochs:
-            raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({self.epochs}), got {self.warmup_epochs}")
 
 
 def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -191,15 +176,10 @@ def config_source(path: str | os.PathLike) -> str:
 class SupernetConfig(TrainConfig):
     """Supernet training: a recipe plus how each step picks the subnet(s) it trains."""
 
-    sampler: str = "uniform"  # uniform (NOAH) | sandwich | budget
+    sampler: str = choice("uniform", ("uniform", "sandwich", "budget"))  # uniform is NOAH's
     budget: str | int | None = None  # for the 'budget' sampler; defaults to search.budget
     num_random: int = num(1, ge=0)  # random subnets per sandwich step
     checkpoint_every: int = num(0, ge=0)  # steps between mid-epoch checkpoints (0: at epoch ends only)
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if self.sampler not in ("uniform", "sandwich", "budget"):
-            raise UniTuneError(f"{where}.sampler: expected one of ['uniform', 'sandwich', 'budget'], got {self.sampler!r}")
 
 
 @dataclass(frozen=True)
@@ -214,23 +194,14 @@ class SearchConfig:
     # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
     rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
     fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
-    pruner: str = "auto"  # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
+    # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py; the rule checks fitness too
+    pruner: str = rule_only("auto", _fitness_and_pruner)
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
-
-    def validate(self, where: str) -> None:
-        from unitune.search.pruning import check_fitness_pruner
-
-        check_fitness_pruner(self.fitness, self.pruner, self.objectives, where)
 
 
 @dataclass(frozen=True)
 class RetrainConfig(TrainConfig):
-    init: str = "pretrained"  # pretrained | supernet: where the PEFT weights start
-
-    def validate(self, where: str) -> None:
-        super().validate(where)
-        if self.init not in ("pretrained", "supernet"):
-            raise UniTuneError(f"{where}.init: expected 'pretrained' or 'supernet', got {self.init!r}")
+    init: str = choice("pretrained", ("pretrained", "supernet"))  # where the PEFT weights start
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ anything is loaded or written.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
-from unitune.checks import check_seed
 from unitune.errors import UniTuneError
+from unitune.schema import check_fields, choice, count, flag, rule_only, seed_field, text
 
 SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic", "fractal", "minivtab")
 RESIZE_MODES = ("squash", "crop")
@@ -64,106 +64,106 @@ _ONLY_FOR = {
 }
 
 
+def _root_given(c: "DataConfig", w: str) -> None:
+    if c.source in ("imagefolder", "vtab", "fewshot") and not c.root:
+        raise UniTuneError(f"{w}.root: source {c.source!r} needs the data folder")
+
+
+def _task_known(c: "DataConfig", w: str) -> None:
+    if c.source == "vtab" and not c.task:
+        raise UniTuneError(f"{w}.task: source 'vtab' needs the VTAB-1k task (a folder under root), e.g. 'cifar'")
+    if c.source == "minivtab":
+        from .minivtab import TASKS
+
+        if c.task not in TASKS:
+            raise UniTuneError(f"{w}.task: source 'minivtab' has the tasks {list(TASKS)}, got {c.task!r}")
+
+
+def _fillable(key: str):
+    """The rule of a few-shot list name: only {shots} and {seed}, and {shots} needs shots."""
+
+    def rule(c: "DataConfig", w: str) -> None:
+        template = c.list_template(key)
+        if c.source != "fewshot" or template is None:
+            return
+        if "{shots}" in template and c.shots is None:
+            raise UniTuneError(f"{w}.shots: needed to fill {{shots}} in {key} {template!r}")
+        try:
+            template.format(shots=c.shots, seed=c.seed)
+        except (KeyError, IndexError, ValueError) as e:
+            raise UniTuneError(
+                f"{w}.{key}: {template!r} may only use the placeholders {{shots}} and {{seed}} ({e})"
+            ) from None
+
+    return rule
+
+
+def _class_indices(c: "DataConfig", w: str) -> None:
+    if c.classes is None:
+        return
+    k = c.classes
+    if isinstance(k, (str, bytes)) or not isinstance(k, (list, tuple)) or not k:
+        raise UniTuneError(f"{w}.classes: expected a non-empty list of class indices, got {k!r}")
+    for i in k:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise UniTuneError(f"{w}.classes: class indices are integers >= 0, got {i!r}")
+    if len(set(k)) != len(k):
+        raise UniTuneError(f"{w}.classes: duplicate class in {list(k)}")
+    if c.source == "digits" and max(k) > 9:
+        raise UniTuneError(f"{w}.classes: digits has classes 0..9, got {max(k)}")
+    if c.source == "synthetic" and c.num_classes is not None and max(k) >= c.num_classes:
+        raise UniTuneError(f"{w}.classes: class {max(k)} >= num_classes {c.num_classes}")
+
+
+def _three_sizes(c: "DataConfig", w: str) -> None:
+    z = c.split_sizes
+    if z is not None and (isinstance(z, (str, bytes)) or not isinstance(z, (list, tuple)) or len(z) != 3
+                          or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in z)):
+        raise UniTuneError(f"{w}.split_sizes: expected three integers >= 1 [train, val, test], got {z!r}")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: str
-    root: str | None = None
-    task: str | None = None
-    shots: int | None = None
+    """Each constraint is declared beside its field (:mod:`unitune.schema`); ``__post_init__``
+    enforces them, so a ``DataConfig`` built in code is checked as one read from YAML."""
+
+    source: str = choice(MISSING, SOURCES)
+    root: str | None = text(None, rule=_root_given)
+    task: str | None = text(None, rule=_task_known)
+    shots: int | None = count(None, ge=1)
     # The data seed: fills `{seed}` in few-shot list names, picks the val_subset images and
     # generates the synthetic set (the digits split is fixed, so its test set never changes).
     # Loader shuffling has its own seed (the run's), passed to `build_loader`.
-    seed: int = 0
-    train_list: str | None = None
-    val_list: str | None = None
-    trainval_list: str | None = None
-    test_list: str | None = None
+    seed: int = seed_field()
+    train_list: str | None = text(None, rule=_fillable("train_list"))
+    val_list: str | None = text(None, rule=_fillable("val_list"))
+    trainval_list: str | None = text(None, rule=_fillable("trainval_list"))
+    test_list: str | None = text(None, rule=_fillable("test_list"))
     # Original class indices to keep, in this order; they become labels 0..K-1.
-    classes: tuple[int, ...] | None = None
+    classes: tuple[int, ...] | None = rule_only(None, _class_indices)
     # vtab / fewshot: the class count when there is no classes.txt (else inferred from the lists);
     # synthetic: how many classes to generate.
-    num_classes: int | None = None
-    samples_per_class: int | None = None  # synthetic; default 20
-    image_size: int | None = None  # synthetic, fractal, minivtab; default 32
-    split_sizes: tuple[int, ...] | None = None  # minivtab: [train, val, test] images; default 800, 200, 1000
-    batch_size: int = 64
-    eval_batch_size: int | None = None
-    num_workers: int = 4
-    resize: str = "squash"
-    augment: str = "none"
-    val_subset: int | None = None
+    num_classes: int | None = count(None, ge=1)
+    samples_per_class: int | None = count(None, ge=1)  # synthetic; default 20
+    image_size: int | None = count(None, ge=1)  # synthetic, fractal, minivtab; default 32
+    # minivtab: [train, val, test] images; default 800, 200, 1000
+    split_sizes: tuple[int, ...] | None = rule_only(None, _three_sizes)
+    batch_size: int = count(64, ge=1)
+    eval_batch_size: int | None = count(None, ge=1)
+    num_workers: int = count(4, ge=0)
+    resize: str = choice("squash", RESIZE_MODES)
+    augment: str = choice("none", AUGMENTS)
+    val_subset: int | None = count(None, ge=1)
     # Decode every image once before training (slow on big sets; corrupt files fail on load anyway).
-    check_images: bool = False
+    check_images: bool = flag(False)
     where: str = field(default="data", compare=False, repr=False)
 
     def __post_init__(self):
-        w = self.where
-        if self.source not in SOURCES:
-            raise UniTuneError(f"{w}.source: expected one of {list(SOURCES)}, got {self.source!r}")
-        for key, kind in (
-            ("root", str), ("task", str), ("train_list", str), ("val_list", str),
-            ("trainval_list", str), ("test_list", str), ("resize", str), ("augment", str),
-        ):
-            value = getattr(self, key)
-            if value is not None and not isinstance(value, kind):
-                raise UniTuneError(f"{w}.{key}: expected a string, got {value!r}")
-        minimum = {"shots": 1, "seed": 0, "num_classes": 1, "samples_per_class": 1, "image_size": 1,
-                   "batch_size": 1, "eval_batch_size": 1, "num_workers": 0, "val_subset": 1}
-        for key, low in minimum.items():
-            value = getattr(self, key)
-            if value is None and key not in ("seed", "batch_size", "num_workers"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UniTuneError(f"{w}.{key}: expected an integer >= {low}, got {value!r}")
-        check_seed(self.seed, f"{w}.seed")
-        if not isinstance(self.check_images, bool):
-            raise UniTuneError(f"{w}.check_images: expected true or false, got {self.check_images!r}")
-        if self.resize not in RESIZE_MODES:
-            raise UniTuneError(f"{w}.resize: expected one of {list(RESIZE_MODES)}, got {self.resize!r}")
-        if self.augment not in AUGMENTS:
-            raise UniTuneError(f"{w}.augment: expected one of {list(AUGMENTS)}, got {self.augment!r}")
-        if self.classes is not None:
-            c = self.classes
-            if isinstance(c, (str, bytes)) or not isinstance(c, (list, tuple)) or not c:
-                raise UniTuneError(f"{w}.classes: expected a non-empty list of class indices, got {c!r}")
-            for i in c:
-                if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                    raise UniTuneError(f"{w}.classes: class indices are integers >= 0, got {i!r}")
-            if len(set(c)) != len(c):
-                raise UniTuneError(f"{w}.classes: duplicate class in {list(c)}")
-            if self.source == "digits" and max(c) > 9:
-                raise UniTuneError(f"{w}.classes: digits has classes 0..9, got {max(c)}")
-            if self.source == "synthetic" and self.num_classes is not None and max(c) >= self.num_classes:
-                raise UniTuneError(f"{w}.classes: class {max(c)} >= num_classes {self.num_classes}")
-            object.__setattr__(self, "classes", tuple(c))
-        if self.source in ("imagefolder", "vtab", "fewshot") and not self.root:
-            raise UniTuneError(f"{w}.root: source {self.source!r} needs the data folder")
-        if self.source == "vtab" and not self.task:
-            raise UniTuneError(f"{w}.task: source 'vtab' needs the VTAB-1k task (a folder under root), e.g. 'cifar'")
-        if self.source == "fewshot":
-            for key in FEWSHOT_LISTS:
-                template = self.list_template(key)
-                if template is None:
-                    continue
-                if "{shots}" in template and self.shots is None:
-                    raise UniTuneError(f"{w}.shots: needed to fill {{shots}} in {key} {template!r}")
-                try:
-                    template.format(shots=self.shots, seed=self.seed)
-                except (KeyError, IndexError, ValueError) as e:
-                    raise UniTuneError(
-                        f"{w}.{key}: {template!r} may only use the placeholders {{shots}} and {{seed}} ({e})"
-                    ) from None
-        if self.split_sizes is not None:
-            z = self.split_sizes
-            if (isinstance(z, (str, bytes)) or not isinstance(z, (list, tuple)) or len(z) != 3
-                    or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in z)):
-                raise UniTuneError(f"{w}.split_sizes: expected three integers >= 1 [train, val, test], got {z!r}")
-            object.__setattr__(self, "split_sizes", tuple(z))
-        if self.source == "minivtab":
-            from .minivtab import TASKS
-
-            if self.task not in TASKS:
-                raise UniTuneError(f"{w}.task: source 'minivtab' has the tasks {list(TASKS)}, got {self.task!r}")
+        check_fields(self, self.where)
+        # YAML lists become tuples (hashable, comparable); generated sets get their defaults.
+        for key in ("classes", "split_sizes"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         if self.source in ("synthetic", "fractal"):
             for key, default in (("num_classes", 10), ("samples_per_class", 20), ("image_size", 32)):
                 if getattr(self, key) is None:

@@ -1,0 +1,160 @@
+"""The unitune package's import graph has no cycle, counting every import statement.
+
+A circle of imports only works while the one that closes it stays inside a function (or happens to
+run late enough), so it breaks as soon as someone moves an import to the top of a file; it also
+says that the modules in it are one piece cut into several files. The graph is read from the source
+with ``ast``: module-level imports, imports inside functions and methods, ``try`` blocks and
+``TYPE_CHECKING`` blocks alike, relative imports resolved, an import of ``a.b.c`` counted as one of
+the packages ``a`` and ``a.b`` too (Python runs their ``__init__.py`` first), and module names
+taken from the package layout pyproject.toml declares (``supernet/`` is ``unitune.supernet``, and
+so on), so nothing is imported to build it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest itself depends on tomli there
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_modules(root: Path) -> dict[str, Path]:
+    """Every module of the distribution, by dotted name, from pyproject.toml's setuptools layout."""
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_dir = setup.get("package-dir", {})
+    modules: dict[str, Path] = {}
+    for package in setup["packages"]:
+        if package in package_dir:
+            folder = root / package_dir[package]
+        else:  # setuptools' rule: a package without an entry lies under its parent's folder
+            parent, _, leaf = package.rpartition(".")
+            folder = (root / package_dir[parent] if parent in package_dir else root / parent.replace(".", "/")) / leaf
+        for path in sorted(folder.glob("*.py")):
+            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return modules
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """``module -> modules it imports`` (inside the distribution only), from every import statement."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.stem == "__init__" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):  # walk: function bodies too
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{base}.{node.module}" if node.module else base
+                else:
+                    base = node.module
+                # `from pkg import name` imports the submodule pkg.name when there is one, else pkg
+                edges.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+        # Importing a.b.c runs a/__init__.py and a/b/__init__.py first: edges to those packages
+        # too, except to the importer's own packages (always mid-import while it runs).
+        edges |= {target.rsplit(".", k)[0] for target in edges for k in range(1, target.count(".") + 1)}
+        own = {name.rsplit(".", k)[0] for k in range(0, name.count(".") + 1)}
+        graph[name] = {target for target in edges if target in modules and target not in own}
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles (``[a, b, ..., a]``) that together name every module on some cycle: Tarjan's strongly
+    connected components, then a shortest cycle through each member not yet named."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def connect(node: str) -> None:  # Tarjan's algorithm; the graph is a few dozen modules deep at most
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph[node]):
+            if succ not in index:
+                connect(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            components.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            connect(node)
+
+    cycles = []
+    for component in components:
+        uncovered = set(component) if len(component) > 1 else set()
+        while uncovered:  # a shortest cycle through each module of the component not yet named
+            start = min(uncovered)
+            previous: dict[str, str] = {}
+            frontier = [start]
+            while start not in previous:  # breadth first, inside the component
+                following = []
+                for node in frontier:
+                    for succ in sorted(graph[node] & component):
+                        if succ not in previous:
+                            previous[succ] = node
+                            following.append(succ)
+                frontier = following
+            path = [start, previous[start]]
+            while path[-1] != start:
+                path.append(previous[path[-1]])
+            cycles.append(path[::-1])
+            uncovered -= set(path)
+    return sorted(cycles)
+
+
+def test_unitune_has_no_import_cycle():
+    modules = package_modules(ROOT)
+    cycles = find_cycles(import_graph(modules))
+    assert not cycles, "import cycles (counting imports inside functions):\n" + "\n".join(
+        " -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_graph_sees_every_kind_of_import():
+    modules = package_modules(ROOT)
+    # the layout from pyproject.toml: top-level folders under namespaced names, unitune.data by default
+    assert modules["unitune.search.study"] == ROOT / "search" / "study.py"
+    assert modules["unitune.supernet"] == ROOT / "supernet" / "__init__.py"
+    assert modules["unitune.data.loader"] == ROOT / "unitune" / "data" / "loader.py"
+    graph = import_graph(modules)
+    assert "unitune.search.study" in graph["unitune.search"]  # relative, module level, in an __init__
+    assert "unitune.retrain.train" in graph["unitune.search.rerank"]  # absolute, inside a function
+    assert "unitune.retrain" in graph["unitune.search.rerank"]  # ... which runs retrain/__init__.py first
+    assert "unitune.search" not in graph["unitune.search.rerank"]  # its own package: always mid-import
+    assert "unitune.supernet" in graph["unitune.search.encoding"]  # `from pkg import name` of a class
+    assert "unitune.progress" in graph["unitune.train"]  # inside `if TYPE_CHECKING:`
+    assert all(not target.startswith(("optuna", "torch", "timm")) for targets in graph.values() for target in targets)
+
+
+def test_a_cycle_through_a_function_level_import_is_found_and_named(tmp_path):
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.setuptools]\npackages = ["pkg", "pkg.sub"]\n[tool.setuptools.package-dir]\n"pkg" = "src"\n'
+        '"pkg.sub" = "other"\n')
+    (tmp_path / "src").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "src" / "__init__.py").write_text("")
+    (tmp_path / "src" / "a.py").write_text("from .sub import b\n")
+    (tmp_path / "other" / "__init__.py").write_text("")
+    (tmp_path / "other" / "b.py").write_text("def f():\n    from ..sub.c import g\n")
+    (tmp_path / "other" / "c.py").write_text("import os\n\ndef g():\n    import pkg.a\n")
+    (tmp_path / "other" / "d.py").write_text("from pkg.sub import c\n")  # into the cycle, not on it
+    graph = import_graph(package_modules(tmp_path))
+    assert graph["pkg.sub.d"] == {"pkg.sub.c"}
+    assert find_cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]]
