@@ -9,8 +9,6 @@ materialised subnet (every layer at exactly its chosen size, size-0 layers absen
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -263,7 +261,7 @@ class PeftViT(nn.Module):
         vit = self.backbone()
         for p in vit.parameters():
             p.requires_grad_(False)
-        model = PeftViT(vit, self.space, sizes=subnet)
+        model = type(self)(vit, self.space, sizes=subnet)  # a PeftModel stays one
         model.take_slices(dict(self.peft_named_parameters()))
         return model.train(self.training)
 
@@ -276,40 +274,3 @@ class PeftViT(nn.Module):
             for pname, p in list(layer.peft_named_parameters()):
                 value = prefix_slice(source[f"{lname}.{pname}"].detach(), p.shape).clone()
                 setattr(layer, pname, nn.Parameter(value, requires_grad=p.requires_grad))
-
-    # ---- the Python API (HF PEFT's names; the work is done in unitune.api) -------------------
-
-    def get_nb_trainable_parameters(self, head: bool = True) -> tuple[int, int]:
-        """``(trainable, all)`` parameter counts, as HF PEFT's method of this name: trainable =
-        every allocated PEFT parameter (plus the classifier head unless ``head=False``), all = every
-        parameter of the model, frozen backbone included."""
-        from unitune.api import nb_trainable_parameters  # the API sits above the model package
-
-        return nb_trainable_parameters(self, head=head)
-
-    def print_trainable_parameters(self) -> None:
-        """Print HF PEFT's line: trainable params (PEFT and head apart), all params, trainable %."""
-        from unitune.api import trainable_parameters_line
-
-        print(trainable_parameters_line(self))
-
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the PEFT weights and the head (safetensors) and the config that rebuilds them (JSON)
-        to ``folder``; :meth:`from_pretrained` reads them back onto a base ViT."""
-        from unitune.api import save_pretrained
-
-        return save_pretrained(self, folder)
-
-    @classmethod
-    def from_pretrained(cls, vit: VisionTransformer, folder: str | os.PathLike) -> "PeftViT":
-        """Wrap ``vit`` (in place) as :meth:`save_pretrained` recorded and load the saved weights."""
-        from unitune.api import from_pretrained
-
-        return from_pretrained(vit, folder)
-
-    def merge_and_unload(self) -> VisionTransformer:
-        """The active subnet folded into a plain timm ``VisionTransformer`` (this model untouched);
-        a one-line error names the active method that does not fold (Adapter, VPT)."""
-        from unitune.api import merge_and_unload
-
-        return merge_and_unload(self)

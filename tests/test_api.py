@@ -208,6 +208,17 @@ def test_make_optimizer_leaves_inactive_slices_and_moments_bit_identical():
     assert not torch.equal(moved[2:], before["blocks.0.lora.qkv.lora_A"][2:])
 
 
+def test_make_optimizer_does_not_decay_prompts_biases_or_scales():
+    """VPT's prompts are 2-d but, as every 1-d parameter, get no weight decay (the stages' rule)."""
+    model = unitune.get_peft_model(tiny_vit(), subnet={"lora": 4, "vpt": 2, "ssf": 1})
+    optimizer = unitune.make_optimizer(model, lr=1e-3, weight_decay=0.1)
+    names = {id(p): n for n, p in model.trainable_named_parameters()}
+    decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    expected = {n for n, p in model.trainable_named_parameters() if p.ndim > 1 and ".vpt." not in n}
+    assert decayed == expected and any(".lora." in n for n in decayed)
+    assert not any(".vpt." in n for n in decayed)
+
+
 def test_make_optimizer_checks_its_arguments():
     model = unitune.get_peft_model(tiny_vit(), subnet={"lora": 2})
     with pytest.raises(UniTuneError, match=r"^make_optimizer\.lr: expected a number > 0, got -0\.1$"):
@@ -244,7 +255,7 @@ def test_save_pretrained_round_trips_bit_for_bit(tmp_path, variant):
     saved = safetensors.torch.load_file(folder / "peft_weights.safetensors")
     assert saved.keys() == dict(model.trainable_named_parameters()).keys()
 
-    restored = PeftViT.from_pretrained(tiny_vit(variant), folder)  # same seed: the same "pretrained" backbone
+    restored = unitune.PeftModel.from_pretrained(tiny_vit(variant), folder)  # same seed: the same "pretrained" backbone
     assert not restored.training  # as HF PEFT's from_pretrained: ready for inference
     assert restored.subnet == model.subnet and restored.capacity == model.capacity and restored.space == model.space
     mine, theirs = model.trainable_state_dict(), restored.trainable_state_dict()
@@ -439,7 +450,12 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in (tmp_path / "my_peft").iterdir()) == ["peft_config.json", "peft_weights.safetensors"]
     printed = capsys.readouterr().out.strip()
     assert f"# {printed}\n" in code, f"the README shows a different count line than the code prints: {printed}"
-    assert '{"lora": 8, "ssf": 1}' in code  # the LoRA+SSF model the issue asks the example to show
+    # The LoRA+SSF+BitFit+DoRA model the issue asks the example to show, every block, with the
+    # count of DESIGN.md's formulas (d = 64, 4 blocks): LoRA r=8 on qkv 4dr, SSF 22d, BitFit 11d,
+    # DoRA r=4 on qkv r(d + 3d) + 3d.
+    subnet, d = namespace["model"].subnet, 64
+    assert [set(subnet.sizes(m)) for m in ("lora", "ssf", "bitfit", "dora")] == [{8}, {1}, {1}, {4}]
+    assert f"PEFT {4 * (4 * d * 8 + 22 * d + 11 * d + 4 * 4 * d + 3 * d):,} + head" in printed
 
 
 def test_save_pretrained_round_trips_bfloat16(tmp_path):

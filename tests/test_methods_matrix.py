@@ -7,7 +7,7 @@ without a class token, and ``qkv_bias=False``:
 size 0 gives timm's own logits; the method changes them when on; the materialised model equals
 the supernet; the analytic count (and the one cost table) equals ``numel``; merged equals
 unmerged within 1e-5 (and a foldable method leaves no module behind); the export round-trips;
-the subnet file and the Optuna encoding round-trip.
+the subnet file and the Optuna encoding round-trip; save_pretrained / from_pretrained round-trip bit for bit.
 """
 
 from __future__ import annotations
@@ -149,3 +149,23 @@ def test_export_and_subnet_file_round_trip(tmp_path, name, variant):
     path = subnet.replace(backbone=BACKBONE).save(tmp_path / "subnet.yaml")
     again = Subnet.load(path)
     assert again == subnet and again.backbone == BACKBONE
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+def test_save_pretrained_round_trips_bit_for_bit(tmp_path, name, variant):
+    """The API's PEFT-only checkpoint: the supernet's weights, allocated sizes and active subnet,
+    read back onto a fresh copy of the same backbone, bit for bit, outputs included."""
+    from unitune.api import from_pretrained, save_pretrained
+
+    plain, model, space, subnet = build(name, variant)
+    folder = save_pretrained(model, tmp_path / "peft")
+    restored = from_pretrained(copy.deepcopy(plain), folder)
+    assert restored.space == space and restored.capacity == model.capacity and restored.subnet == subnet
+    want = model.trainable_state_dict()
+    got = restored.trainable_state_dict()
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model(x), atol=0, rtol=0)

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _API = {
     "get_peft_model": "unitune.api",
+    "PeftModel": "unitune.api",
     "make_optimizer": "unitune.api",
     "from_pretrained": "unitune.api",
     "save_pretrained": "unitune.api",

@@ -44,14 +44,14 @@ import safetensors.torch
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from unitune.config import TrainConfig, check_ranges
+from unitune.config import TrainConfig, check_fields
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
 from unitune.supernet.guard import InactiveGuard
 from unitune.supernet.layers import PeftLayer
 from unitune.supernet.model import _strip, classifier_heads
-from unitune.supernet.space import METHODS, SIZE_KEYS
+from unitune.supernet.methods import METHODS
 from unitune.train import build_optimizer
 
 PRETRAINED_FORMAT = "unitune-peft"
@@ -72,6 +72,39 @@ CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
 }
 
 
+# ---- the model ---------------------------------------------------------------------------------
+
+
+class PeftModel(PeftViT):
+    """A :class:`PeftViT` with HF PEFT's methods, what :func:`get_peft_model` and
+    :func:`from_pretrained` return. The methods live here, above the model package, because
+    merging needs ``unitune.retrain`` and the optimizer the core's training helpers: the model
+    package imports neither. The module-level functions of the same names take any ``PeftViT``
+    (one built by the command-line stages too)."""
+
+    def get_nb_trainable_parameters(self, head: bool = True) -> tuple[int, int]:
+        """``(trainable, all)``: every allocated PEFT parameter (plus the head unless
+        ``head=False``), and every parameter of the model, frozen backbone included."""
+        return nb_trainable_parameters(self, head=head)
+
+    def print_trainable_parameters(self) -> None:
+        """Print HF PEFT's line: trainable params (PEFT and head apart), all params, trainable %."""
+        print(trainable_parameters_line(self))
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the PEFT weights and head (safetensors) and the config that rebuilds them (JSON)."""
+        return save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, vit: VisionTransformer, folder: str | os.PathLike) -> "PeftModel":
+        """Wrap ``vit`` (in place) as :meth:`save_pretrained` recorded and load the saved weights."""
+        return from_pretrained(vit, folder)
+
+    def merge_and_unload(self) -> VisionTransformer:
+        """The active subnet folded into a plain timm ``VisionTransformer`` (this model untouched)."""
+        return merge_and_unload(self)
+
+
 # ---- wrapping ----------------------------------------------------------------------------------
 
 
@@ -79,7 +112,7 @@ def get_peft_model(
     vit: VisionTransformer,
     space: SearchSpace | Mapping[str, Any] | None = None,
     subnet: Subnet | Mapping[str, Any] | str | os.PathLike | None = None,
-) -> PeftViT:
+) -> "PeftModel":
     """Wrap a timm ViT (in place, as HF PEFT's ``get_peft_model`` does) with PEFT layers.
 
     - ``space`` alone: the weight-sharing supernet over it (every layer at the space's largest
@@ -101,11 +134,11 @@ def get_peft_model(
         raise UniTuneError("get_peft_model: give space= (a supernet over it) or subnet= (a fixed subnet), "
                            "e.g. subnet={'lora': 8}")
     if subnet is None:
-        return PeftViT(vit, _as_space(space, None))
+        return PeftModel(vit, _as_space(space, None))
     sizes = _as_subnet(subnet, depth).check(depth, source="get_peft_model: subnet")
     space = _as_space(space, sizes)
     sizes.check(depth, space, source="get_peft_model: subnet")
-    return PeftViT(vit, space, sizes=sizes)
+    return PeftModel(vit, space, sizes=sizes)
 
 
 def _size_values(subnet: Subnet, key: str) -> set[int]:
@@ -122,7 +155,7 @@ def _as_space(space: SearchSpace | Mapping[str, Any] | None, subnet: Subnet | No
         raise UniTuneError(f"get_peft_model: space must be a SearchSpace or a dict like {{'lora': [0, 8]}}, "
                            f"got {type(space).__name__}")
     data = dict(space or {})
-    for key in SIZE_KEYS:
+    for key in METHODS:  # every registered method, the ones off by default (bitfit, dora, ...) too
         if key not in data:
             data[key] = sorted({0} | (_size_values(subnet, key) if subnet is not None else set()))
     return SearchSpace.from_dict(data, source="get_peft_model: space")
@@ -140,9 +173,10 @@ def _as_subnet(subnet: Subnet | Mapping[str, Any] | str | os.PathLike, depth: in
         return Subnet.from_dict(dict(subnet), source="get_peft_model: subnet")
     body = {}
     for key, value in subnet.items():
-        # One integer for a per-block method means that size in every block; ssf_global is one
-        # model-wide switch and stays an integer.
-        uniform = isinstance(value, int) and not isinstance(value, bool) and key != "ssf_global"
+        # One integer for a per-block method means that size in every block; a model-level method
+        # (ssf_global) has one size for the whole model and stays an integer.
+        per_block = key not in METHODS or METHODS[key].site == "block"  # unknown names: Subnet's error
+        uniform = isinstance(value, int) and not isinstance(value, bool) and per_block
         body[key] = [value] * depth if uniform else list(value) if isinstance(value, tuple) else value
     return Subnet.from_dict({"subnet": body}, source="get_peft_model")
 
@@ -192,8 +226,8 @@ def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4)
     """
     _check_model(model, "make_optimizer")
     cfg = TrainConfig(lr=lr, weight_decay=weight_decay)
-    check_ranges(cfg, "make_optimizer")  # the config file's own limits: lr > 0, weight_decay >= 0
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg)
+    check_fields(cfg, "make_optimizer")  # the config file's own limits: lr > 0, weight_decay >= 0
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
     optimizer.inactive_guard = InactiveGuard(model, optimizer)
     return optimizer
 
@@ -266,7 +300,7 @@ def read_pretrained_config(folder: str | os.PathLike) -> tuple[dict[str, Any], S
     return config, space, allocated, active
 
 
-def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> PeftViT:
+def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftModel":
     """Wrap ``vit`` (in place) with the layers ``folder``'s config records, load the saved PEFT
     weights and head, and set the saved active subnet. ``vit`` must be the backbone they were
     trained on, created with the same ``num_classes``. Nothing is unpickled (JSON and
@@ -289,7 +323,7 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> PeftVi
     flags = [(p, p.requires_grad) for p in vit.parameters()]
     heads = [(p, p.detach().clone()) for head in classifier_heads(vit).values() for p in head.parameters()]
     try:
-        model = PeftViT(vit, space, sizes=allocated)
+        model = PeftModel(vit, space, sizes=allocated)
         model.set_subnet(active)
         model.load_trainable_state_dict(state, source=str(weights))
     except BaseException:
@@ -335,7 +369,7 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
     merged = merge(model)
     if not isinstance(merged.model, VisionTransformer):
         kept = []
-        for m in METHODS:
+        for m in (m for m, method in METHODS.items() if method.site == "block"):
             blocks = [str(i) for i, s in enumerate(merged.unmerged.sizes(m)) if s]
             if blocks:
                 kept.append(f"{m} (block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)})")
