@@ -33,11 +33,24 @@ def main() -> int:
     while len(list(ready.iterdir())) < n_workers:
         time.sleep(0.02)
 
-    def evaluate(subnet):
-        time.sleep(SLEEP)
-        return synthetic_accuracy(subnet)
+    for k, storage in enumerate(sys.argv[6:]):
+        # Every worker evaluates at least one trial per storage, whatever the scheduler does: a
+        # worker's first evaluation waits (a barrier) until every worker holds a trial. The others
+        # hold at most N-1 of the N_TRIALS >= N slots meanwhile, so the last one always gets one.
+        # Without it, a worker the busy machine started late found the study finished.
+        started = ready.with_name(f"{ready.name}-started-{k}")  # beside READY_DIR, which the start barrier counts
+        started.mkdir(exist_ok=True)
 
-    for storage in sys.argv[6:]:
+        def evaluate(subnet, started=started):
+            mark = started / str(worker)
+            if not mark.exists():
+                mark.touch()
+                deadline = time.monotonic() + 300  # a dead sibling fails the test, not hangs it
+                while len(list(started.iterdir())) < n_workers and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            time.sleep(SLEEP)
+            return synthetic_accuracy(subnet)
+
         run_search(evaluate, SearchSpace(), dims, BUDGET, n_trials, storage=storage, study_name=study, sampler="tpe",
                    seed=0, sampler_options=dict(n_startup_trials=4), progress=False)
     return 0
