@@ -19,10 +19,10 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer, get_path, out_dim, set_path, unwrap
-from .base import Method, foldable_op
+from ..layers import PeftLayer
+from .base import Method
 from .fold import new_param
-from .ssf import SSF_POINTS
+from .ssf import unfoldable_point, wrap_points
 
 
 class BitFit(PeftLayer):
@@ -84,26 +84,16 @@ class BitFitMethod(Method):
         return sum(block.ssf.values())  # the same six points as SSF, one value per output channel
 
     def inject(self, vit, space, block, size, dd):
-        b, out = vit.blocks[block], []
-        for path in SSF_POINTS:
-            module = get_path(b, path)
-            layer = BitFit(module, out_dim(unwrap(module), vit.embed_dim), **dd)
-            set_path(b, path, layer)
-            out.append((path, layer))
-        return out
+        return wrap_points(vit, block, lambda module, width: BitFit(module, width, **dd))
 
     def fold(self, vit, block, suffix, layer):
         path = f"blocks.{block}.{suffix}"
         return [f"{path}.{p}" for p in fold_bias(vit.get_submodule(path), layer.bias_delta)]
 
     def check_backbone(self, vit, name, sizes):
-        for i, on in enumerate(sizes):
-            if not on:
-                continue
-            block = unwrap(vit.blocks[i])
-            for path in SSF_POINTS:
-                op = unwrap(get_path(block, path))
-                if not foldable_op(op):
-                    raise UniTuneError(f"{name}: BitFit after block {i}'s {path} (a {type(op).__name__}) could not be "
-                                       f"merged into the backbone (BitFit folds only into the bias of a Linear, "
-                                       f"Conv2d or LayerNorm); BitFit must stay off on this backbone (space.bitfit: [0])")
+        found = unfoldable_point(vit, sizes)
+        if found:
+            i, path, op = found
+            raise UniTuneError(f"{name}: BitFit after block {i}'s {path} (a {type(op).__name__}) could not be "
+                               f"merged into the backbone (BitFit folds only into the bias of a Linear, "
+                               f"Conv2d or LayerNorm); BitFit must stay off on this backbone (space.bitfit: [0])")

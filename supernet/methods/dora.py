@@ -15,15 +15,13 @@ It folds exactly: ``W ← W'`` (:meth:`DoRALinear.merged_weight`), bias unchange
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers import PeftLayer, get_path, set_path
 from .base import Method, Option, finite_number, subset_of
-from .lora import LORA_PATHS, LORA_TARGETS
+from .lora import LORA_PATHS, LORA_TARGETS, low_rank_factors
 
 
 def _row_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -52,9 +50,7 @@ class DoRALinear(PeftLayer):
         self.base = base
         self.scale = scale
         dd = dict(device=device or base.weight.device, dtype=dtype or base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(max_rank, base.in_features, **dd))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, max_rank, **dd))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_A, self.lora_B = low_rank_factors(base, max_rank, dd)
         # The very expression the forward pass divides by at B = 0, so m / ‖W‖ is exactly 1.
         self.magnitude = nn.Parameter(_row_norm(base.weight.detach().to(**dd)))
 

@@ -21,6 +21,14 @@ LORA_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "
 LORA_TARGETS = tuple(LORA_PATHS)
 
 
+def low_rank_factors(base: nn.Linear, max_rank: int, dd: dict) -> tuple[nn.Parameter, nn.Parameter]:
+    """LoRA's (and DoRA's) factors for ``base``: ``A`` (rank × in, Kaiming-uniform, as nn.Linear)
+    and ``B`` (out × rank, zero: a fresh layer is the base linear)."""
+    a = nn.Parameter(torch.empty(max_rank, base.in_features, **dd))
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    return a, nn.Parameter(torch.zeros(base.out_features, max_rank, **dd))
+
+
 class LoRALinear(PeftLayer):
     """Wraps an ``nn.Linear``; rank r uses the first r rows of ``lora_A`` and columns of ``lora_B``.
 
@@ -36,9 +44,7 @@ class LoRALinear(PeftLayer):
         self.scale = scale
         # The update is added to the frozen linear's output: same device and dtype by default.
         dd = dict(device=device or base.weight.device, dtype=dtype or base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(max_rank, base.in_features, **dd))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, max_rank, **dd))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_A, self.lora_B = low_rank_factors(base, max_rank, dd)
 
     @property
     def in_features(self) -> int:

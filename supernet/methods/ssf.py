@@ -18,6 +18,31 @@ from .fold import fold_scale_shift
 
 # Where SSF goes in each block: after these modules (paths relative to the block).
 SSF_POINTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+
+def wrap_points(vit, block: int, make) -> list[tuple[str, PeftLayer]]:
+    """Wrap each of block ``block``'s SSF points in ``make(module, output width)``: the sites of
+    SSF and of BitFit, which trains a bias at the same six outputs."""
+    b, out = vit.blocks[block], []
+    for path in SSF_POINTS:
+        module = get_path(b, path)
+        layer = make(module, out_dim(unwrap(module), vit.embed_dim))
+        set_path(b, path, layer)
+        out.append((path, layer))
+    return out
+
+
+def unfoldable_point(vit, sizes) -> tuple[int, str, nn.Module] | None:
+    """The first point of a block where ``sizes`` is on that no merge can fold into (an RmsNorm:
+    no bias to take a shift): ``(block, path, op)``, or None."""
+    for i, on in enumerate(sizes):
+        if on:
+            block = unwrap(vit.blocks[i])
+            for path in SSF_POINTS:
+                op = unwrap(get_path(block, path))
+                if not foldable_op(op):
+                    return i, path, op
+    return None
 FOLD_HINT = "SSF folds only into Linear, Conv2d and LayerNorm"
 
 
@@ -55,26 +80,16 @@ class BlockSSF(Method):
         return 2 * block.ssf_width
 
     def inject(self, vit, space, block, size, dd):
-        b, out = vit.blocks[block], []
-        for path in SSF_POINTS:
-            module = get_path(b, path)
-            layer = SSF(module, out_dim(unwrap(module), vit.embed_dim), **dd)
-            set_path(b, path, layer)
-            out.append((path, layer))
-        return out
+        return wrap_points(vit, block, lambda module, width: SSF(module, width, **dd))
 
     def fold(self, vit, block, suffix, layer):
         path = f"blocks.{block}.{suffix}"
         return [f"{path}.{p}" for p in fold_scale_shift(vit.get_submodule(path), layer.ssf_scale, layer.ssf_shift)]
 
     def check_backbone(self, vit, name, sizes):
-        for i, on in enumerate(sizes):
-            if not on:
-                continue
-            block = unwrap(vit.blocks[i])
-            for path in SSF_POINTS:
-                op = unwrap(get_path(block, path))
-                if not foldable_op(op):
-                    raise UniTuneError(f"{name}: SSF after block {i}'s {path} (a {type(op).__name__}) could not be "
-                                       f"merged into the backbone ({FOLD_HINT}); SSF must stay off on this backbone "
-                                       f"(space.ssf: [0])")
+        found = unfoldable_point(vit, sizes)
+        if found:
+            i, path, op = found
+            raise UniTuneError(f"{name}: SSF after block {i}'s {path} (a {type(op).__name__}) could not be "
+                               f"merged into the backbone ({FOLD_HINT}); SSF must stay off on this backbone "
+                               f"(space.ssf: [0])")
