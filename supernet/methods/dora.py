@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PeftLayer, get_path, set_path
+from ..layers import PeftLayer
 from .base import Method, Option, finite_number, subset_of
-from .lora import LORA_PATHS, LORA_TARGETS, low_rank_factors
+from .lora import LORA_PATHS, LORA_TARGETS, low_rank_factors, wrap_linears
 
 
 def _row_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -108,12 +108,7 @@ class DoRA(Method):
         return sum(size * (block.lora[t][0] + block.lora[t][1]) + block.lora[t][1] for t in space.dora_targets)
 
     def inject(self, vit, space, block, size, dd):
-        out = []
-        for target in space.dora_targets:
-            layer = DoRALinear(get_path(vit.blocks[block], LORA_PATHS[target]), size, space.dora_scale, **dd)
-            set_path(vit.blocks[block], LORA_PATHS[target], layer)
-            out.append((target, layer))
-        return out
+        return wrap_linears(vit, block, space.dora_targets, lambda linear: DoRALinear(linear, size, space.dora_scale, **dd))
 
     def fold(self, vit, block, suffix, layer):
         fold_dora(vit.get_submodule(f"blocks.{block}.{LORA_PATHS[suffix]}"), layer)

@@ -29,6 +29,17 @@ def low_rank_factors(base: nn.Linear, max_rank: int, dd: dict) -> tuple[nn.Param
     return a, nn.Parameter(torch.zeros(base.out_features, max_rank, **dd))
 
 
+def wrap_linears(vit, block: int, targets, make) -> list[tuple[str, PeftLayer]]:
+    """Wrap each target linear of block ``block`` (``qkv``, ``proj``, ``fc1``, ``fc2``) in
+    ``make(linear)``: the sites of LoRA and DoRA."""
+    out = []
+    for target in targets:
+        layer = make(get_path(vit.blocks[block], LORA_PATHS[target]))
+        set_path(vit.blocks[block], LORA_PATHS[target], layer)
+        out.append((target, layer))
+    return out
+
+
 class LoRALinear(PeftLayer):
     """Wraps an ``nn.Linear``; rank r uses the first r rows of ``lora_A`` and columns of ``lora_B``.
 
@@ -85,12 +96,7 @@ class LoRA(Method):
         return sum(size * (block.lora[t][0] + block.lora[t][1]) for t in space.lora_targets)
 
     def inject(self, vit, space, block, size, dd):
-        out = []
-        for target in space.lora_targets:
-            layer = LoRALinear(get_path(vit.blocks[block], LORA_PATHS[target]), size, space.lora_scale, **dd)
-            set_path(vit.blocks[block], LORA_PATHS[target], layer)
-            out.append((target, layer))
-        return out
+        return wrap_linears(vit, block, space.lora_targets, lambda linear: LoRALinear(linear, size, space.lora_scale, **dd))
 
     def fold(self, vit, block, suffix, layer):
         fold_weight_delta(vit.get_submodule(f"blocks.{block}.{LORA_PATHS[suffix]}"), layer.delta_weight())
