@@ -47,6 +47,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path, read_json, write_json_atomic
+from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
 from unitune.supernet.model import _strip, classifier_heads
@@ -60,16 +61,16 @@ PRETRAINED_VERSION = 1
 CONFIG_FILE = "peft_config.json"
 WEIGHTS_FILE = "peft_weights.safetensors"
 
-# Keys of peft_config.json and their JSON types (backbone may be null).
-CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
-    "format": str,
-    "format_version": int,
-    "backbone": (str, type(None)),
-    "num_classes": int,
-    "space": dict,
-    "allocated": dict,
-    "subnet": dict,
-    "weights": dict,
+# Keys of peft_config.json, their JSON types (backbone may be null) and constraints.
+CONFIG_KEYS: dict[str, Key] = {
+    "format": json_key(str, equals(PRETRAINED_FORMAT)),
+    "format_version": json_key(int, version(PRETRAINED_VERSION)),
+    "backbone": json_key((str, type(None))),
+    "num_classes": json_key(int),
+    "space": json_key(dict),
+    "allocated": json_key(dict),
+    "subnet": json_key(dict),
+    "weights": json_key(dict, digest("sha256")),
 }
 
 
@@ -215,22 +216,7 @@ def read_pretrained_config(folder: str | os.PathLike) -> tuple[dict[str, Any], S
         raise UniTuneError(f"{folder}: folder not found; expected what save_pretrained writes "
                            f"({CONFIG_FILE} and {WEIGHTS_FILE})")
     path = folder / CONFIG_FILE
-    config = read_json(path)
-    if not isinstance(config, dict):
-        raise UniTuneError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    for key, kind in CONFIG_KEYS.items():
-        if key not in config:
-            raise UniTuneError(f"{path}: missing key {key!r}")
-        if not isinstance(config[key], kind) or isinstance(config[key], bool):
-            raise UniTuneError(f"{path}: {key!r} has the wrong type ({type(config[key]).__name__})")
-    if config["format"] != PRETRAINED_FORMAT:
-        raise UniTuneError(f"{path}: 'format' is {config['format']!r}, expected {PRETRAINED_FORMAT!r}")
-    if config["format_version"] != PRETRAINED_VERSION:
-        raise UniTuneError(f"{path}: format_version {config['format_version']} is not supported "
-                           f"(this unitune reads {PRETRAINED_VERSION})")
-    sha = config["weights"].get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise UniTuneError(f"{path}: 'weights.sha256' must be a 64-character hex digest")
+    config = check_record(read_json(path), CONFIG_KEYS, str(path))
     space = SearchSpace.from_dict(config["space"], source=f"{path}: space")
     allocated = Subnet.from_dict(config["allocated"], source=f"{path}: allocated")
     active = Subnet.from_dict(config["subnet"], source=f"{path}: subnet")
