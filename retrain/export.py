@@ -42,6 +42,7 @@ from torch import nn
 from unitune.data.transforms import check_data_config
 from unitune.errors import UniTuneError
 from unitune.io import read_json, remove_stale_temps, stale_temps, temp_prefix
+from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
 from unitune.supernet.methods import METHODS
 
@@ -52,21 +53,21 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "unitune.json"
 
-# Top-level manifest keys and their JSON types (None allowed only for class_names).
-MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
-    "format": str,
-    "format_version": int,
-    "backbone": str,
-    "model_kwargs": dict,
-    "num_classes": int,
-    "class_names": (list, type(None)),
-    "subnet": dict,
-    "space": dict,
-    "unmerged": dict,
-    "added_params": list,
-    "data_config": dict,
-    "provenance": dict,
-    "weights": dict,
+# Top-level manifest keys, their JSON types (null only for class_names) and constraints.
+MANIFEST_KEYS: dict[str, Key] = {
+    "format": json_key(str, equals(FORMAT)),
+    "format_version": json_key(int, version(FORMAT_VERSION)),
+    "backbone": json_key(str),
+    "model_kwargs": json_key(dict),
+    "num_classes": json_key(int),
+    "class_names": json_key((list, type(None))),
+    "subnet": json_key(dict),
+    "space": json_key(dict),
+    "unmerged": json_key(dict),
+    "added_params": json_key(list),
+    "data_config": json_key(dict),
+    "provenance": json_key(dict),
+    "weights": json_key(dict, digest("sha256")),
 }
 
 
@@ -269,23 +270,7 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UniTuneError(f"{path}: file missing; an export folder holds {MANIFEST_FILE} and {WEIGHTS_FILE}")
     _refuse_escaping_link(folder, path)
-    manifest = read_json(path)
-    if not isinstance(manifest, dict):
-        raise UniTuneError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    for key, kind in MANIFEST_KEYS.items():
-        if key not in manifest:
-            raise UniTuneError(f"{path}: missing key {key!r}")
-        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
-            raise UniTuneError(f"{path}: {key!r} has the wrong type ({type(manifest[key]).__name__})")
-    if manifest["format"] != FORMAT:
-        raise UniTuneError(f"{path}: 'format' is {manifest['format']!r}, expected {FORMAT!r}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise UniTuneError(
-            f"{path}: format_version {manifest['format_version']} is not supported (this unitune reads {FORMAT_VERSION})"
-        )
-    sha = manifest["weights"].get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise UniTuneError(f"{path}: 'weights.sha256' must be a 64-character hex digest")
+    manifest = check_record(read_json(path), MANIFEST_KEYS, str(path))
     names = manifest["class_names"]
     if names is not None and len(names) != manifest["num_classes"]:
         raise UniTuneError(f"{path}: {len(names)} class_names for num_classes = {manifest['num_classes']}")

@@ -25,8 +25,9 @@ from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_p
 from unitune.supernet.model import check_vit
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
+from unitune.supernet.wrap import make_optimizer, wrap_vit
 from unitune.train import (
-    Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device,
+    Criterion, JsonlLog, build_scheduler, evaluate, load_checkpoint, pick_device,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
@@ -82,7 +83,7 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
         supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
         return supernet.materialize(subnet)
     vit = build_backbone(run, num_classes, weights)
-    return PeftViT(vit, SearchSpace.from_dict(run.space), sizes=subnet).to(device)
+    return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
 
 
 def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> Subnet:
@@ -139,7 +140,9 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     test_set.transform = build_transform(data_config, train=False, cfg=run.data)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
     test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device)
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
+    # The API's optimizer (unitune.make_optimizer): its guard has nothing to keep on a materialised
+    # subnet (every tensor is wholly in use), but it is the one way the PEFT optimizer is built.
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
     criterion = Criterion(cfg, num_classes)

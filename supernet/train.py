@@ -24,18 +24,18 @@ from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
 from unitune.progress import StageProgress
 from unitune.train import (
-    Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_optimizer, build_scheduler, check_finite,
+    Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_scheduler, check_finite,
     check_loss, clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-from .guard import InactiveGuard
 from .model import PeftViT, check_vit
 from .params import BackboneDims, parse_budget
 from .sampler import SubnetSampler
 from .space import SearchSpace
 from .store import save_supernet
 from .subnet import Subnet
+from .wrap import make_optimizer, wrap_vit
 
 SUPERNET_FILE = "supernet.safetensors"
 CKPT_DIR = "supernet_ckpt"
@@ -56,7 +56,7 @@ def build_model(run: RunConfig, num_classes: int, device: torch.device, weights:
     m = run.model
     shapes = create_backbone(m.backbone, num_classes, kwargs=m.kwargs, meta=True)
     check_vit(shapes, f"backbone {m.backbone!r}", sizes=Subnet.largest(space, len(shapes.blocks)))
-    return PeftViT(build_backbone(run, num_classes, weights), space).to(device)
+    return wrap_vit(build_backbone(run, num_classes, weights), space).to(device)
 
 
 def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:
@@ -132,10 +132,10 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
                             num_random=cfg.num_random)
     named_params = list(model.trainable_named_parameters())
     params = [p for _, p in named_params]
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
-    # Each step updates the union of the subnets it ran (all of a sandwich's, not just the last
-    # one set) and leaves every other entry, and its AdamW moments, exactly as they were.
-    InactiveGuard(model, optimizer)
+    # The API's optimizer, its inactive-slice guard attached: each step updates the union of the
+    # subnets it ran (all of a sandwich's, not just the last one set) and leaves every other
+    # entry, and its AdamW moments, exactly as they were.
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size,
                           device=device)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, rank=world.rank,

@@ -76,3 +76,46 @@ def test_a_data_config_built_in_code_is_checked_and_normalised():
         DataConfig(source="digits", batch_size=0)
     c = DataConfig(source="synthetic", classes=[2, 0])
     assert c.classes == (2, 0) and (c.num_classes, c.samples_per_class, c.image_size) == (10, 20, 32)
+
+
+# ---- JSON records: the export manifest and peft_config.json ----------------------------------
+
+
+def test_the_manifest_and_peft_config_declare_their_keys_on_the_one_record_checker():
+    from unitune.api import CONFIG_KEYS
+    from unitune.retrain.export import MANIFEST_KEYS
+    from unitune.schema import Key
+
+    for table in (MANIFEST_KEYS, CONFIG_KEYS):
+        assert all(isinstance(spec, Key) for spec in table.values())
+        # each constraint beside its key: the format's name, its version, the weights' digest
+        assert all(table[k].rule is not None for k in ("format", "format_version", "weights"))
+    assert MANIFEST_KEYS["class_names"].kind == (list, type(None)) and CONFIG_KEYS["backbone"].kind == (str, type(None))
+
+
+GOOD = {"format": "f", "format_version": 1, "names": None, "weights": {"sha256": "0" * 64}, "params": {}}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("weights"), "missing key 'weights'"),
+    (lambda r: r.update(format_version=True), "'format_version' has the wrong type (bool)"),
+    (lambda r: r.update(names=3), "'names' has the wrong type (int)"),
+    (lambda r: r.update(format="g"), "'format' is 'g', expected 'f'"),
+    (lambda r: r.update(format_version=2), "format_version 2 is not supported (this unitune reads 1)"),
+    (lambda r: r.update(weights={"sha256": "ab"}), "'weights.sha256' must be a 64-character hex digest"),
+    # every type is checked before any constraint: a wrong format and a wrong type name the type
+    (lambda r: r.update(format="g", weights=[]), "'weights' has the wrong type (list)"),
+])
+def test_check_record_gives_the_one_line_errors(change, message):
+    from unitune.schema import check_record, digest, equals, json_key, version
+
+    keys = {"format": json_key(str, equals("f")), "format_version": json_key(int, version(1)),
+            "names": json_key((list, type(None))), "weights": json_key(dict, digest("sha256"))}
+    record = {**GOOD, "weights": dict(GOOD["weights"])}
+    assert check_record(record, keys, "x.json") is record  # extra keys allowed, nothing changed
+    change(record)
+    with pytest.raises(UniTuneError) as e:
+        check_record(record, keys, "x.json")
+    assert str(e.value) == f"x.json: {message}"
+    with pytest.raises(UniTuneError, match=r"^x\.json: expected a JSON object, got list$"):
+        check_record([], keys, "x.json")

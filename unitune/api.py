@@ -11,10 +11,11 @@
     merged = model.merge_and_unload()                                    # a plain timm VisionTransformer
 
 This module sits on top of the packages, beside the CLI: it imports the model package (and,
-for merging, ``unitune.retrain``), and nothing below imports it except lazily, from the
-``PeftViT`` methods of the same names. The functions here only assemble the pieces the
-command-line stages use (``PeftViT``, ``SearchSpace``, ``Subnet``, ``build_optimizer``,
-``InactiveGuard``, ``count_params``, ``merge``); they add no second implementation of any of them.
+for merging, ``unitune.retrain``), and nothing below imports it. Wrapping and the optimizer live
+one floor down, in :mod:`unitune.supernet.wrap`, because the command-line stages use them too
+(``get_peft_model`` is ``wrap_vit`` building a :class:`PeftModel`; ``make_optimizer`` is
+re-exported). The rest only assembles the pieces the stages use (``PeftViT``, ``SearchSpace``,
+``Subnet``, ``count_params``, ``merge``); nothing here is a second implementation of any of them.
 
 The ``save_pretrained`` folder holds ``peft_weights.safetensors`` (every PEFT parameter at its
 allocated size, and the classifier head, under :meth:`PeftViT.trainable_named_parameters`'
@@ -44,31 +45,32 @@ import safetensors.torch
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from unitune.config import TrainConfig, check_fields
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path, read_json, write_json_atomic
-from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
-from unitune.supernet.guard import InactiveGuard
-from unitune.supernet.layers import PeftLayer
-from unitune.supernet.model import _strip, classifier_heads
+from unitune.schema import Key, check_record, digest, equals, json_key, version
+from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
-from unitune.train import build_optimizer
+from unitune.supernet.model import _strip, classifier_heads
+from unitune.supernet.wrap import check_model, check_plain, make_optimizer, wrap_vit
+
+__all__ = ["PeftModel", "get_peft_model", "make_optimizer", "nb_trainable_parameters", "trainable_parameters_line",
+           "save_pretrained", "read_pretrained_config", "from_pretrained", "merge_and_unload"]
 
 PRETRAINED_FORMAT = "unitune-peft"
 PRETRAINED_VERSION = 1
 CONFIG_FILE = "peft_config.json"
 WEIGHTS_FILE = "peft_weights.safetensors"
 
-# Keys of peft_config.json and their JSON types (backbone may be null).
-CONFIG_KEYS: dict[str, type | tuple[type, ...]] = {
-    "format": str,
-    "format_version": int,
-    "backbone": (str, type(None)),
-    "num_classes": int,
-    "space": dict,
-    "allocated": dict,
-    "subnet": dict,
-    "weights": dict,
+# Keys of peft_config.json, their JSON types (backbone may be null) and constraints.
+CONFIG_KEYS: dict[str, Key] = {
+    "format": json_key(str, equals(PRETRAINED_FORMAT)),
+    "format_version": json_key(int, version(PRETRAINED_VERSION)),
+    "backbone": json_key((str, type(None))),
+    "num_classes": json_key(int),
+    "space": json_key(dict),
+    "allocated": json_key(dict),
+    "subnet": json_key(dict),
+    "weights": json_key(dict, digest("sha256")),
 }
 
 
@@ -128,57 +130,7 @@ def get_peft_model(
 
     Only the PEFT parameters and the classifier head are trainable; the backbone is frozen.
     """
-    _check_plain(vit, "get_peft_model")
-    depth = len(vit.blocks)
-    if space is None and subnet is None:
-        raise UniTuneError("get_peft_model: give space= (a supernet over it) or subnet= (a fixed subnet), "
-                           "e.g. subnet={'lora': 8}")
-    if subnet is None:
-        return PeftModel(vit, _as_space(space, None))
-    sizes = _as_subnet(subnet, depth).check(depth, source="get_peft_model: subnet")
-    space = _as_space(space, sizes)
-    sizes.check(depth, space, source="get_peft_model: subnet")
-    return PeftModel(vit, space, sizes=sizes)
-
-
-def _size_values(subnet: Subnet, key: str) -> set[int]:
-    sizes = subnet.sizes(key)
-    return set(sizes) if isinstance(sizes, (tuple, list)) else {sizes}
-
-
-def _as_space(space: SearchSpace | Mapping[str, Any] | None, subnet: Subnet | None) -> SearchSpace:
-    """A :class:`SearchSpace` from an object or a dict; the size lists a dict leaves out are
-    ``[0]`` (or, for a fixed subnet, ``[0]`` plus the subnet's sizes)."""
-    if isinstance(space, SearchSpace):
-        return space
-    if space is not None and not isinstance(space, Mapping):
-        raise UniTuneError(f"get_peft_model: space must be a SearchSpace or a dict like {{'lora': [0, 8]}}, "
-                           f"got {type(space).__name__}")
-    data = dict(space or {})
-    for key in METHODS:  # every registered method, the ones off by default (bitfit, dora, ...) too
-        if key not in data:
-            data[key] = sorted({0} | (_size_values(subnet, key) if subnet is not None else set()))
-    return SearchSpace.from_dict(data, source="get_peft_model: space")
-
-
-def _as_subnet(subnet: Subnet | Mapping[str, Any] | str | os.PathLike, depth: int) -> Subnet:
-    if isinstance(subnet, Subnet):
-        return subnet
-    if isinstance(subnet, (str, os.PathLike)):
-        return Subnet.load(subnet)
-    if not isinstance(subnet, Mapping):
-        raise UniTuneError(f"get_peft_model: subnet must be a Subnet, a subnet file or a dict like {{'lora': 8}}, "
-                           f"got {type(subnet).__name__}")
-    if "subnet" in subnet:  # the subnet file's own layout
-        return Subnet.from_dict(dict(subnet), source="get_peft_model: subnet")
-    body = {}
-    for key, value in subnet.items():
-        # One integer for a per-block method means that size in every block; a model-level method
-        # (ssf_global) has one size for the whole model and stays an integer.
-        per_block = key not in METHODS or METHODS[key].site == "block"  # unknown names: Subnet's error
-        uniform = isinstance(value, int) and not isinstance(value, bool) and per_block
-        body[key] = [value] * depth if uniform else list(value) if isinstance(value, tuple) else value
-    return Subnet.from_dict({"subnet": body}, source="get_peft_model")
+    return wrap_vit(vit, space, subnet, model_class=PeftModel)
 
 
 # ---- counting ----------------------------------------------------------------------------------
@@ -193,7 +145,7 @@ def nb_trainable_parameters(model: PeftViT, head: bool = True) -> tuple[int, int
     """``(trainable, all)``: every allocated PEFT parameter (plus the head unless ``head=False``),
     and every parameter of the model, frozen backbone included (HF PEFT's
     ``get_nb_trainable_parameters``)."""
-    _check_model(model, "get_nb_trainable_parameters")
+    check_model(model, "get_nb_trainable_parameters")
     peft = sum(p.numel() for _, p in model.peft_named_parameters())
     total = sum(p.numel() for p in model.parameters())
     return peft + (_head_params(model) if head else 0), total
@@ -214,22 +166,8 @@ def trainable_parameters_line(model: PeftViT) -> str:
 
 # ---- optimizer ---------------------------------------------------------------------------------
 
-
-def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4) -> torch.optim.AdamW:
-    """AdamW over the model's PEFT parameters and head (the stages' grouping: no weight decay on
-    1-d parameters and prompts), with the inactive-slice guard attached.
-
-    Without the guard, AdamW's weight decay and momentum move the slices of a supernet's layers
-    that the active subnet does not use (they get a zero gradient, not none), so the weights
-    other subnets share drift. With it, ``step()`` leaves those slices and their moments as they
-    were. ``optimizer.inactive_guard.remove()`` detaches it. For a fixed subnet it costs nothing.
-    """
-    _check_model(model, "make_optimizer")
-    cfg = TrainConfig(lr=lr, weight_decay=weight_decay)
-    check_fields(cfg, "make_optimizer")  # the config file's own limits: lr > 0, weight_decay >= 0
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
-    optimizer.inactive_guard = InactiveGuard(model, optimizer)
-    return optimizer
+# make_optimizer (imported above) lives in unitune.supernet.wrap, beside the wrapping: the supernet
+# and retrain stages build their optimizers with it too, and they sit below this module.
 
 
 # ---- save / load -------------------------------------------------------------------------------
@@ -243,7 +181,7 @@ def _backbone_arch(vit: VisionTransformer) -> str | None:
 def save_pretrained(model: PeftViT, folder: str | os.PathLike) -> Path:
     """Write ``model``'s PEFT weights and head and the config that rebuilds them to ``folder``
     (see the module doc); return the folder. The frozen backbone is not written."""
-    _check_model(model, "save_pretrained")
+    check_model(model, "save_pretrained")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UniTuneError(f"{folder}: exists and is not a folder; save_pretrained writes a folder")
@@ -278,22 +216,7 @@ def read_pretrained_config(folder: str | os.PathLike) -> tuple[dict[str, Any], S
         raise UniTuneError(f"{folder}: folder not found; expected what save_pretrained writes "
                            f"({CONFIG_FILE} and {WEIGHTS_FILE})")
     path = folder / CONFIG_FILE
-    config = read_json(path)
-    if not isinstance(config, dict):
-        raise UniTuneError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    for key, kind in CONFIG_KEYS.items():
-        if key not in config:
-            raise UniTuneError(f"{path}: missing key {key!r}")
-        if not isinstance(config[key], kind) or isinstance(config[key], bool):
-            raise UniTuneError(f"{path}: {key!r} has the wrong type ({type(config[key]).__name__})")
-    if config["format"] != PRETRAINED_FORMAT:
-        raise UniTuneError(f"{path}: 'format' is {config['format']!r}, expected {PRETRAINED_FORMAT!r}")
-    if config["format_version"] != PRETRAINED_VERSION:
-        raise UniTuneError(f"{path}: format_version {config['format_version']} is not supported "
-                           f"(this unitune reads {PRETRAINED_VERSION})")
-    sha = config["weights"].get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64:
-        raise UniTuneError(f"{path}: 'weights.sha256' must be a 64-character hex digest")
+    config = check_record(read_json(path), CONFIG_KEYS, str(path))
     space = SearchSpace.from_dict(config["space"], source=f"{path}: space")
     allocated = Subnet.from_dict(config["allocated"], source=f"{path}: allocated")
     active = Subnet.from_dict(config["subnet"], source=f"{path}: subnet")
@@ -308,7 +231,7 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftM
     folder = Path(folder)
     config, space, allocated, active = read_pretrained_config(folder)
     path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    _check_plain(vit, "from_pretrained")
+    check_plain(vit, "from_pretrained")
     depth = len(vit.blocks)
     allocated.check(depth, space, source=f"{path}: allocated")
     active.check(depth, source=f"{path}: subnet")
@@ -365,7 +288,7 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
     """
     from unitune.retrain.merge import merge  # retrain sits above the model package
 
-    _check_model(model, "merge_and_unload")
+    check_model(model, "merge_and_unload")
     merged = merge(model)
     if not isinstance(merged.model, VisionTransformer):
         kept = []
@@ -383,17 +306,3 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
         warnings.warn(f"merge_and_unload: folding SSF created biases; the merged structure is {what}{extra}",
                       stacklevel=3)
     return merged.model
-
-
-def _check_plain(vit: Any, where: str) -> None:
-    """A timm ViT without PEFT layers: wrapping one twice would stack a second set of layers on
-    the first, which would stay in the computation, frozen and invisible to the new model."""
-    check_vit(vit)
-    if any(isinstance(m, PeftLayer) for m in vit.modules()):
-        raise UniTuneError(f"{where}: this ViT already holds PEFT layers (it is wrapped by a PeftViT); pass a fresh "
-                           f"timm model, or change the existing one with set_subnet / materialize")
-
-
-def _check_model(model: Any, where: str) -> None:
-    if not isinstance(model, PeftViT):
-        raise UniTuneError(f"{where}: expected a PeftViT (from unitune.get_peft_model), got {type(model).__name__}")

@@ -13,12 +13,21 @@ A config section is a frozen dataclass; each field's constraint sits in its defi
 :func:`check_fields` runs them: every field's own check first (types, ranges, seeds), then
 choices and rules in field order, so that a rule never reads a value that is itself wrong. Each
 failure is one line, ``<where>.<field>: expected ..., got ...``.
+
+A JSON record read back from a file (an export's ``unitune.json``, a ``peft_config.json``) is
+declared the same way, one line per key, its JSON type and any constraint beside it::
+
+    EXPORT = {"format": json_key(str, equals("unitune-export")), "format_version": json_key(int, version(1)),
+              "class_names": json_key((list, type(None))), "weights": json_key(dict, digest("sha256"))}
+
+and :func:`check_record` runs it: every key's presence and type first (a bool is never an int),
+then the constraints in key order; each failure is one line naming the file and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .checks import check_number, check_seed
 from .errors import UniTuneError
@@ -96,3 +105,61 @@ def check_fields(obj: Any, where: str) -> None:
             raise UniTuneError(f"{where}.{f.name}: expected one of {list(options)}, got {getattr(obj, f.name)!r}")
         if "rule" in f.metadata:
             f.metadata["rule"](obj, where)
+
+
+# ---- JSON records ------------------------------------------------------------------------------
+
+KeyRule = Callable[[str, Any, str], None]  # rule(key, value, where) raises UniTuneError
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One key of a JSON record: its JSON type(s) and the constraint on its value, if any."""
+
+    kind: type | tuple[type, ...]
+    rule: KeyRule | None = None
+
+
+def json_key(kind: type | tuple[type, ...], rule: KeyRule | None = None) -> Key:
+    return Key(kind, rule)
+
+
+def equals(expected: Any) -> KeyRule:
+    """The one value a key may hold (a file format's name)."""
+    def rule(name: str, value: Any, where: str) -> None:
+        if value != expected:
+            raise UniTuneError(f"{where}: {name!r} is {value!r}, expected {expected!r}")
+    return rule
+
+
+def version(supported: int) -> KeyRule:
+    """A format version this unitune reads."""
+    def rule(name: str, value: Any, where: str) -> None:
+        if value != supported:
+            raise UniTuneError(f"{where}: {name} {value} is not supported (this unitune reads {supported})")
+    return rule
+
+
+def digest(field: str = "sha256", length: int = 64) -> KeyRule:
+    """A mapping whose ``field`` is a hex digest string of ``length`` characters."""
+    def rule(name: str, value: Any, where: str) -> None:
+        got = value.get(field)
+        if not isinstance(got, str) or len(got) != length:
+            raise UniTuneError(f"{where}: '{name}.{field}' must be a {length}-character hex digest")
+    return rule
+
+
+def check_record(record: Any, keys: Mapping[str, Key], where: str) -> dict[str, Any]:
+    """``record`` checked against ``keys`` (it may hold more keys); ``where`` names the file."""
+    if not isinstance(record, dict):
+        raise UniTuneError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name, spec in keys.items():
+        if name not in record:
+            raise UniTuneError(f"{where}: missing key {name!r}")
+        value = record[name]
+        if not isinstance(value, spec.kind) or isinstance(value, bool):
+            raise UniTuneError(f"{where}: {name!r} has the wrong type ({type(value).__name__})")
+    for name, spec in keys.items():  # after every type check: a rule reads a value of its type
+        if spec.rule is not None:
+            spec.rule(name, record[name], where)
+    return record

@@ -1,0 +1,120 @@
+"""The one way to wrap a timm ViT with PEFT layers and to build its optimizer.
+
+``unitune.get_peft_model`` / ``unitune.make_optimizer`` (the Python API) and the supernet and
+retrain stages all come here: the API adds HF PEFT's methods on top (:class:`unitune.api.PeftModel`,
+passed as ``model_class``), the stages take the plain :class:`PeftViT`. These live in the model
+package, not in the API, because the API sits above the stages (it merges through
+``unitune.retrain``): a stage importing the API would make data flow both ways.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from unitune.config import TrainConfig, check_fields
+from unitune.errors import UniTuneError
+from unitune.train import build_optimizer
+
+from .guard import InactiveGuard
+from .layers import PeftLayer
+from .methods import METHODS
+from .model import PeftViT, check_vit
+from .space import SearchSpace
+from .subnet import Subnet
+
+
+def wrap_vit(
+    vit: VisionTransformer,
+    space: SearchSpace | Mapping[str, Any] | None = None,
+    subnet: Subnet | Mapping[str, Any] | str | os.PathLike | None = None,
+    model_class: type[PeftViT] = PeftViT,
+) -> PeftViT:
+    """Wrap ``vit`` in place: the supernet over ``space``, or the fixed ``subnet`` (see
+    :func:`unitune.api.get_peft_model` for the forms both take). ``model_class`` is what is built:
+    :class:`PeftViT` or a subclass of it."""
+    check_plain(vit, "get_peft_model")
+    depth = len(vit.blocks)
+    if space is None and subnet is None:
+        raise UniTuneError("get_peft_model: give space= (a supernet over it) or subnet= (a fixed subnet), "
+                           "e.g. subnet={'lora': 8}")
+    if subnet is None:
+        return model_class(vit, _as_space(space, None))
+    sizes = _as_subnet(subnet, depth).check(depth, source="get_peft_model: subnet")
+    space = _as_space(space, sizes)
+    sizes.check(depth, space, source="get_peft_model: subnet")
+    return model_class(vit, space, sizes=sizes)
+
+
+def _size_values(subnet: Subnet, key: str) -> set[int]:
+    sizes = subnet.sizes(key)
+    return set(sizes) if isinstance(sizes, (tuple, list)) else {sizes}
+
+
+def _as_space(space: SearchSpace | Mapping[str, Any] | None, subnet: Subnet | None) -> SearchSpace:
+    """A :class:`SearchSpace` from an object or a dict; the size lists a dict leaves out are
+    ``[0]`` (or, for a fixed subnet, ``[0]`` plus the subnet's sizes)."""
+    if isinstance(space, SearchSpace):
+        return space
+    if space is not None and not isinstance(space, Mapping):
+        raise UniTuneError(f"get_peft_model: space must be a SearchSpace or a dict like {{'lora': [0, 8]}}, "
+                           f"got {type(space).__name__}")
+    data = dict(space or {})
+    for key in METHODS:  # every registered method, the ones off by default (bitfit, dora, ...) too
+        if key not in data:
+            data[key] = sorted({0} | (_size_values(subnet, key) if subnet is not None else set()))
+    return SearchSpace.from_dict(data, source="get_peft_model: space")
+
+
+def _as_subnet(subnet: Subnet | Mapping[str, Any] | str | os.PathLike, depth: int) -> Subnet:
+    if isinstance(subnet, Subnet):
+        return subnet
+    if isinstance(subnet, (str, os.PathLike)):
+        return Subnet.load(subnet)
+    if not isinstance(subnet, Mapping):
+        raise UniTuneError(f"get_peft_model: subnet must be a Subnet, a subnet file or a dict like {{'lora': 8}}, "
+                           f"got {type(subnet).__name__}")
+    if "subnet" in subnet:  # the subnet file's own layout
+        return Subnet.from_dict(dict(subnet), source="get_peft_model: subnet")
+    body = {}
+    for key, value in subnet.items():
+        # One integer for a per-block method means that size in every block; a model-level method
+        # (ssf_global) has one size for the whole model and stays an integer.
+        per_block = key not in METHODS or METHODS[key].site == "block"  # unknown names: Subnet's error
+        uniform = isinstance(value, int) and not isinstance(value, bool) and per_block
+        body[key] = [value] * depth if uniform else list(value) if isinstance(value, tuple) else value
+    return Subnet.from_dict({"subnet": body}, source="get_peft_model")
+
+
+def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4) -> torch.optim.AdamW:
+    """AdamW over the model's PEFT parameters and head (the stages' grouping: no weight decay on
+    1-d parameters and prompts), with the inactive-slice guard attached.
+
+    Without the guard, AdamW's weight decay and momentum move the slices of a supernet's layers
+    that the active subnet does not use (they get a zero gradient, not none), so the weights
+    other subnets share drift. With it, ``step()`` leaves those slices and their moments as they
+    were. ``optimizer.inactive_guard.remove()`` detaches it. For a fixed subnet it costs nothing.
+    """
+    check_model(model, "make_optimizer")
+    cfg = TrainConfig(lr=lr, weight_decay=weight_decay)
+    check_fields(cfg, "make_optimizer")  # the config file's own limits: lr > 0, weight_decay >= 0
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
+    optimizer.inactive_guard = InactiveGuard(model, optimizer)
+    return optimizer
+
+
+def check_plain(vit: Any, where: str) -> None:
+    """A timm ViT without PEFT layers: wrapping one twice would stack a second set of layers on
+    the first, which would stay in the computation, frozen and invisible to the new model."""
+    check_vit(vit)
+    if any(isinstance(m, PeftLayer) for m in vit.modules()):
+        raise UniTuneError(f"{where}: this ViT already holds PEFT layers (it is wrapped by a PeftViT); pass a fresh "
+                           f"timm model, or change the existing one with set_subnet / materialize")
+
+
+def check_model(model: Any, where: str) -> None:
+    if not isinstance(model, PeftViT):
+        raise UniTuneError(f"{where}: expected a PeftViT (from unitune.get_peft_model), got {type(model).__name__}")
