@@ -98,20 +98,25 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     shown = subnet.shown_methods(space)
     columns = [m for m in shown if METHODS[m].site == "block"]
-    header = f"{'block':>5}  " + "  ".join(f"{m:>7}" for m in columns) + "  | " + "  ".join(f"{m + ' #':>9}" for m in columns) + f"  | {'total':>9}"
+    # Columns as wide as the longest of the name and the figures (adapter_plus is 12 letters).
+    size_w = {m: max(7, len(m)) for m in columns}
+    count_w = {m: max(9, len(m) + 2) for m in columns}
+    header = f"{'block':>5}  " + "  ".join(f"{m:>{size_w[m]}}" for m in columns) + "  | " + \
+        "  ".join(f"{m + ' #':>{count_w[m]}}" for m in columns) + f"  | {'total':>9}"
     print(f"{name}: {dims.depth} blocks, width {dims.dim}, {dims.num_classes} classes")
     print(header)
     print("-" * len(header))
     for i, block in enumerate(count.per_block):
-        sizes = "  ".join(f"{subnet.sizes(m)[i]:>7}" for m in columns)
-        params = "  ".join(f"{block[m]:>9,}" for m in columns)
+        sizes = "  ".join(f"{subnet.sizes(m)[i]:>{size_w[m]}}" for m in columns)
+        params = "  ".join(f"{block[m]:>{count_w[m]},}" for m in columns)
         print(f"{i:>5}  {sizes}  | {params}  | {sum(block.values()):>9,}")
     print("-" * len(header))
     for g, n in count.per_model.items():
         if n:
             print(f"{METHODS[g].heading} ({g}): {n:,}")
+    name_w = max(8, *(len(m) for m in count.per_method))
     for m, n in count.per_method.items():
-        print(f"{m:<8} {n:>12,}")
+        print(f"{m:<{name_w}} {n:>{20 - name_w},}")  # figures end where the totals' below do
     print(f"{'trainable (PEFT, head excluded)':<34} {count.total:>12,}")
     print(f"{'head':<34} {count.head:>12,}")
     print(f"{'trainable with head':<34} {count.with_head:>12,}")
