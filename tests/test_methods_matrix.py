@@ -72,12 +72,7 @@ def peft_numel(model: PeftViT) -> int:
     return sum(p.numel() for _, p in model.peft_named_parameters())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.mark.parametrize("name,variant", CASES)
