@@ -466,6 +466,12 @@ def test_a_small_subnet_step_leaves_the_new_methods_inactive_entries_alone():
     for name, p in params.items():
         m = used[name]
         assert torch.equal(p.detach()[~m], before[name][~m]), f"{name} moved outside the subnet"
-        assert not (p.detach()[m] == before[name][m]).any(), f"{name}: a used entry did not move"
+        # Every used entry moves, but for the key third of qkv's BitFit bias: a shift shared by all
+        # keys changes no softmax, so its gradient is zero but for rounding (exactly 0, or 1e-20,
+        # which no AdamW step can add to 0.1), and whether it moves is decided by rounding.
+        live = m.clone()
+        if name.endswith("attn.qkv.bias_delta"):
+            live[live.shape[0] // 3: 2 * live.shape[0] // 3] = False
+        assert not (p.detach()[live] == before[name][live]).any(), f"{name}: a used entry did not move"
         for key, value in state[name].items():
             assert torch.equal(optimizer.state[p][key][~m], value[~m]), f"{name}: {key} changed outside"
