@@ -92,6 +92,20 @@ def main() -> int:
             known = [x for x in taus if x is not None]
             print(f"| {name} | " + " | ".join(cells) +
                   f" | {statistics.fmean(known) if known else float('nan'):.2f} | {fmt(means)} |")
+        print("\nEach sampler's searched subnet against the main folder's single methods, paired by task and "
+              "seed (mean ± std of the difference, pairs won, standard error), and its mean of group means:\n")
+        groups = {g: [t for t in tasks if plan.groups[t] == g] for g in dict.fromkeys(plan.groups[t] for t in tasks)}
+        for name, p in runs.items():
+            rows, parts = search_rows(p), []
+            for m in ("lora", "ssf"):
+                diffs = [rows[t][i] - 100 * read_json(plan.cell_file(t, m, s))["test_accuracy"]
+                         for t in tasks for i, s in enumerate(p.seeds)]
+                sd = statistics.stdev(diffs)
+                parts.append(f"vs {m} {statistics.fmean(diffs):+.2f} ± {sd:.2f} "
+                             f"({sum(d > 0 for d in diffs)}/{len(diffs)}, s.e. {sd / len(diffs) ** 0.5:.2f})")
+            headline = [statistics.fmean(statistics.fmean(rows[t][i] for t in ts) for ts in groups.values())
+                        for i in range(len(p.seeds))]
+            print(f"- {name}: " + "; ".join(parts) + f"; mean of group means {fmt(headline)}")
     return 0 if report else 1
 
 
