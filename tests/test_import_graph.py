@@ -3,11 +3,16 @@
 A circle of imports only works while the one that closes it stays inside a function (or happens to
 run late enough), so it breaks as soon as someone moves an import to the top of a file; it also
 says that the modules in it are one piece cut into several files. The graph is read from the source
-with ``ast``: module-level imports, imports inside functions and methods, ``try`` blocks and
-``TYPE_CHECKING`` blocks alike, relative imports resolved, an import of ``a.b.c`` counted as one of
+with ``ast``: module-level imports, imports inside functions and methods and ``try`` blocks alike,
+relative imports resolved, an import of ``a.b.c`` counted as one of
 the packages ``a`` and ``a.b`` too (Python runs their ``__init__.py`` first), and module names
 taken from the package layout pyproject.toml declares (``supernet/`` is ``unitune.supernet``, and
 so on), so nothing is imported to build it.
+
+Imports under ``if TYPE_CHECKING:`` are not edges: they never run, and they are how a lower layer
+names a higher layer's types in its annotations (the method registry's ``Method`` contract names
+``BackboneDims`` and ``SearchSpace``, whose modules build on the registry). Moving one of them out
+of its block is what would close a cycle, and then this test sees it.
 """
 
 from __future__ import annotations
@@ -45,7 +50,11 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = name if path.stem == "__init__" else name.rpartition(".")[0]
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):  # walk: function bodies too
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):  # type-only imports never run: their blocks are emptied first
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                node.body = []
+        for node in ast.walk(tree):  # walk: function bodies too
             if isinstance(node, ast.Import):
                 edges.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -62,6 +71,12 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
         own = {name.rsplit(".", k)[0] for k in range(0, name.count(".") + 1)}
         graph[name] = {target for target in edges if target in modules and target not in own}
     return graph
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING`` as an ``if``'s whole condition."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -139,7 +154,10 @@ def test_the_graph_sees_every_kind_of_import():
     assert "unitune.retrain" in graph["unitune.search.rerank"]  # ... which runs retrain/__init__.py first
     assert "unitune.search" not in graph["unitune.search.rerank"]  # its own package: always mid-import
     assert "unitune.supernet" in graph["unitune.search.encoding"]  # `from pkg import name` of a class
-    assert "unitune.progress" in graph["unitune.train"]  # inside `if TYPE_CHECKING:`
+    assert "unitune.progress" in graph["unitune.train"]  # inside a function (also under TYPE_CHECKING)
+    # only under TYPE_CHECKING: a type name, not an import that runs
+    assert "unitune.supernet.params" not in graph["unitune.supernet.methods.base"]
+    assert "unitune.supernet.methods.base" in graph["unitune.supernet.methods.lora"]  # the registry is scanned
     assert all(not target.startswith(("optuna", "torch", "timm")) for targets in graph.values() for target in targets)
 
 
@@ -158,3 +176,26 @@ def test_a_cycle_through_a_function_level_import_is_found_and_named(tmp_path):
     graph = import_graph(package_modules(tmp_path))
     assert graph["pkg.sub.d"] == {"pkg.sub.c"}
     assert find_cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]]
+
+    # The same loop closed by a type-only import is no cycle; moved out of its block, it is.
+    typed = "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    import pkg.a\n"
+    (tmp_path / "other" / "c.py").write_text(typed)
+    assert find_cycles(import_graph(package_modules(tmp_path))) == []
+    (tmp_path / "other" / "c.py").write_text(typed.replace("if TYPE_CHECKING:\n    ", ""))
+    assert find_cycles(import_graph(package_modules(tmp_path))) == [["pkg.a", "pkg.sub.b", "pkg.sub.c", "pkg.a"]]
+
+
+def test_every_package_folder_is_declared():
+    """A folder with an ``__init__.py`` that pyproject.toml does not list is left out of a wheel (and
+    of ``pip install .``), while an editable install and this checkout still import it: the method
+    registry (``supernet/methods/``) was missing so, and ``import unitune.supernet`` failed."""
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package_dir, declared = setup.get("package-dir", {}), set(setup["packages"])
+    found = set()
+    for package, folder in package_dir.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *rel)))
+    missing = sorted(found - declared)
+    assert not missing, f"pyproject.toml's [tool.setuptools] packages lacks {missing}"
+    assert "unitune.supernet.methods" in found  # the walk sees the subpackages at all
