@@ -177,7 +177,9 @@ def random_supernet_run(backbone: str, out: str | Path, images: int, batch: int,
         "data": {"source": "synthetic", "num_classes": classes, "image_size": img, "num_workers": 0,
                  "samples_per_class": max(1, images // classes), "batch_size": batch},
         "space": space,
-        "search": {"budget": "0.5%"},
+        # No re-rank: it trains subnets stand-alone (on ViT-B, minutes), which is not the search's
+        # fitness these runs time; the 2026-11-26 GPU check's search section overran its limit on it.
+        "search": {"budget": "0.5%", "rerank": {"top_k": 0}},
     }
     write_yaml_atomic(out / "config.yaml", cfg)
     run = load_run_config(out / "config.yaml")

@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-WHEELS="optuna==5.0.0 alembic==1.20.1 SQLAlchemy==2.1.9 Mako==1.4.3 colorlog==6.12.0 cmaes==0.13.1 timm==1.0.31"
+WHEELS="optuna==5.0.0 optuna-dashboard==0.21.0 bottle==0.13.4 alembic==1.20.1 SQLAlchemy==2.1.9 Mako==1.4.3 colorlog==6.12.0 cmaes==0.13.1 timm==1.0.31"
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
   # The GPU image's Python is 3.12 on x86-64 (KINDS.md); --no-deps: the rest is on the image.
@@ -36,6 +36,9 @@ run() {
       .whl/*.whl || exit 3
     export PYTHONPATH=/tmp/unitune-site${PYTHONPATH:+:$PYTHONPATH}
   fi
+  # `python -c` puts the working directory first on sys.path, where the repo's own unitune/ (which
+  # lacks supernet/, search/, retrain/) would shadow the link tree below; PYTHONSAFEPATH keeps it off.
+  export PYTHONSAFEPATH=1
   if ! $PY -c "import unitune.supernet, unitune.search, unitune.retrain" 2>/dev/null; then
     # The package layout of pyproject.toml (supernet/ is unitune.supernet, ...), as links.
     SRC=/tmp/unitune-src
