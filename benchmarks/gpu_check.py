@@ -14,8 +14,8 @@ every section, so a run stopped from outside keeps what was done.
 - ``train``: ViT-B/16 (random init) training steps at batch 64 with bf16 autocast
   (``unitune.train.autocast``, as the supernet and retrain stages use it), images/s and peak GPU
   memory of (a) the supernet (NOAH's space, every layer allocated) with its largest subnet active
-  and ``InactiveGuard`` on the optimiser, the same with unitune's per-step checks (the syncs of
-  ``check_loss``, ``loss.item()`` and ``check_finite``), (b) that subnet materialised, (c) HF
+  and ``InactiveGuard`` on the optimiser, the same with unitune's health checks (``StepChecks``:
+  the losses read and the weights checked every 25 steps), (b) that subnet materialised, (c) HF
   PEFT LoRA r=8 on qkv (if ``peft`` is installed) and unitune's LoRA r=8 on qkv, the same
   update (``qkv(x) + B A x``, alpha = r), (d) full fine-tuning. Timing: every variant runs
   blocks of steps in a rotating order (``common.interleaved``; warm-up block excluded, the GPU
@@ -224,11 +224,11 @@ def section_env(args, device: torch.device) -> dict:
 
 def make_step(model, named, x, y, device, subnet=None, guard=False, checks=False) -> Callable[[], None]:
     """One training step as unitune takes it: bf16 autocast (on CUDA), float32 loss, AdamW.
-    ``checks`` adds what the supernet loop does beside the arithmetic (``check_loss``,
-    ``loss.item()``, ``clip_gradients``, ``check_finite``): each waits for the GPU."""
+    ``checks`` adds what the supernet loop does beside the arithmetic: ``clip_gradients`` and
+    ``StepChecks`` (the losses read, and the weights checked, every ``CHECK_EVERY`` steps)."""
     from unitune.config import TrainConfig
     from unitune.supernet.guard import InactiveGuard
-    from unitune.train import Criterion, autocast, build_optimizer, check_finite, check_loss, clip_gradients
+    from unitune.train import Criterion, StepChecks, autocast, build_optimizer, clip_gradients
 
     cfg = TrainConfig(lr=1e-4)
     optimizer = build_optimizer(named, cfg)
@@ -236,6 +236,7 @@ def make_step(model, named, x, y, device, subnet=None, guard=False, checks=False
         InactiveGuard(model, optimizer)
     criterion = Criterion(cfg, NUM_CLASSES)
     params = [p for _, p in named]
+    health = StepChecks(named)
     model.train()
 
     def step() -> None:
@@ -244,15 +245,13 @@ def make_step(model, named, x, y, device, subnet=None, guard=False, checks=False
             model.set_subnet(subnet)
         with autocast(device, cfg.amp):
             loss = criterion(model(x).float(), y)
-        if checks:
-            check_loss(loss.detach(), "gpu_check")
         loss.backward()
         if checks:
-            loss.item()
+            health.add(loss, "gpu_check")
             clip_gradients(params, cfg.grad_clip)
         optimizer.step()
         if checks:
-            check_finite(named, "gpu_check")
+            health.step_done()
 
     return step
 
@@ -339,7 +338,7 @@ def section_train(args, device: torch.device) -> dict:
         supernet, list(supernet.trainable_named_parameters()), x, y, device, subnet=largest, guard=True, checks=True)
     variants["supernet + unitune's per-step checks"] = {
         "trainable": variants["supernet (largest subnet)"]["trainable"], "peak_mib": None, "training_mib": None,
-        "note": "the supernet's model and subnet; adds check_loss, loss.item(), clip_gradients, check_finite"}
+        "note": "the supernet's model and subnet; adds clip_gradients and StepChecks (read every CHECK_EVERY steps)"}
 
     def build_static():
         model = supernet.materialize(largest)

@@ -24,8 +24,8 @@ from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
 from unitune.progress import StageProgress
 from unitune.train import (
-    Criterion, Dist, JsonlLog, all_reduce_gradients, autocast, build_scheduler, check_finite,
-    check_loss, clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
+    Criterion, Dist, JsonlLog, StepChecks, all_reduce_gradients, autocast, build_scheduler,
+    clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
@@ -191,9 +191,10 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         first = start_step if epoch == start_epoch else 0
         loader.sampler.set_epoch(epoch, first)
         model.train()
-        started, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+        started, seen = time.perf_counter(), 0
+        checks = StepChecks(named_params, cfg.log_every)  # losses read every log_every steps, not each
         if loaded is not None and epoch == start_epoch:
-            loss_sum, n_loss = resumed_loss
+            checks.loss_sum, checks.count = resumed_loss
         for step, (images, labels) in enumerate(loader, start=first):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             images, target = criterion.prepare(images, labels)
@@ -202,23 +203,23 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
                 model.set_subnet(subnet)
                 with autocast(device, cfg.amp):
                     loss = criterion(model(images).float(), target)
-                check_loss(loss.detach(), f"supernet epoch {epoch + 1} step {step + 1}")
                 loss.backward()
-                loss_sum += loss.item()
-                n_loss += 1
+                checks.add(loss, f"supernet epoch {epoch + 1} step {step + 1}")
             all_reduce_gradients(params, world)
             clip_gradients(params, cfg.grad_clip)
             optimizer.step()
-            check_finite(named_params, f"supernet epoch {epoch + 1} step {step + 1}")
             global_step += 1
             scheduler.step_update(global_step)
+            read = checks.step_done()
             seen += images.shape[0] * world.world_size
-            bar.step(images.shape[0] * world.world_size,
-                     loss_sum / max(n_loss, 1) if not cfg.log_every or step % cfg.log_every == 0 else None)
+            bar.step(images.shape[0] * world.world_size, checks.mean_loss if read else None)
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0 and step + 1 < steps:
-                checkpoint(epoch, step + 1, loss_sum, n_loss)
+                checks.flush()  # nothing non-finite reaches a checkpoint
+                checkpoint(epoch, step + 1, checks.loss_sum, checks.count)
+        checks.flush()
         seconds = time.perf_counter() - started
-        record: dict[str, Any] = {"epoch": epoch, "step": global_step, "loss": rank_mean(loss_sum) / max(n_loss, 1),
+        loss = rank_mean(checks.loss_sum) / max(checks.count, 1)
+        record: dict[str, Any] = {"epoch": epoch, "step": global_step, "loss": loss,
                                   "lr": optimizer.param_groups[0]["lr"]}
         for name, subnet in (("largest", largest), ("smallest", smallest)):
             model.set_subnet(subnet)

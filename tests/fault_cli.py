@@ -58,13 +58,13 @@ def main() -> int:
     if delay:
         import unitune.train as train  # retrain's epochs run unitune.train.train_epoch
 
-        real_check = train.check_loss
+        real_step_done = train.StepChecks.step_done
 
-        def slow_check(*args, **kwargs):  # called once a step, after the backward pass
+        def slow_step_done(self):  # called once a step, after the update
             time.sleep(delay)
-            return real_check(*args, **kwargs)
+            return real_step_done(self)
 
-        train.check_loss = slow_check
+        train.StepChecks.step_done = slow_step_done
 
     from unitune.cli import main as cli_main
 

@@ -139,7 +139,9 @@ class TrainConfig:
     grad_clip: float | None = num(None, gt=0)  # a negative max-norm would flip gradient signs
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = seed_field()
-    log_every: int = num(0, ge=0)  # steps between progress-bar postfix updates; 0 = every step
+    # steps between reads of the loss from the device (the bar's loss, the non-finite checks:
+    # unitune.train.StepChecks); 0 = every 25 steps
+    log_every: int = num(0, ge=0)
 
 
 def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:

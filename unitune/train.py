@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import resource
@@ -203,6 +204,66 @@ def check_finite(named_params: list[tuple[str, nn.Parameter]], where: str) -> No
         raise UniTuneError(f"{where}: the update made {name} non-finite; lower the learning rate")
 
 
+# Steps between reads of the losses from the device when ``log_every`` is 0 (see StepChecks).
+CHECK_EVERY = 25
+
+
+class StepChecks:
+    """A training loop's health checks without a host-device synchronisation every step.
+
+    Reading a GPU tensor on the host (``bool(t)``, ``t.item()``) waits for all the work queued
+    before it and leaves the GPU idle while the host queues the next. A finite-loss check before
+    the backward pass, ``loss.item()`` for the log and a finiteness check of every weight after the
+    update were three such reads a step: on an H200 they made a ViT-B supernet step 1.32x slower
+    (benchmarks/RESULTS.md, GPU check). Here the losses stay on the device and are read together
+    every ``every`` steps and whenever the caller is about to save, evaluate or log
+    (:meth:`flush`): one read, then one check of the weights. A non-finite loss or weight still
+    fails the run before any checkpoint can store it, and the error names the step whose loss
+    went wrong first; what is lost is at most ``every`` steps of work that would be thrown away.
+    """
+
+    def __init__(self, named_params: list[tuple[str, nn.Parameter]], every: int = 0):
+        self.named = named_params
+        self.every = every or CHECK_EVERY
+        self.pending: list[torch.Tensor] = []
+        self.where: list[str] = []
+        self.steps = 0
+        self.loss_sum = 0.0  # of the losses read so far
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, where: str) -> None:
+        """One loss (``where`` names its step for the error); no read from the device."""
+        self.pending.append(loss.detach().float().reshape(()))
+        self.where.append(where)
+
+    def step_done(self) -> bool:
+        """After the update; reads and checks every ``every`` steps. True when it did."""
+        self.steps += 1
+        if self.steps % self.every:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Read the pending losses (one synchronisation) and check them, then every weight."""
+        if not self.pending:
+            return
+        values = torch.stack(self.pending).tolist()
+        for value, where in zip(values, self.where):
+            if not math.isfinite(value):
+                raise UniTuneError(f"{where}: the loss is {value} (not finite); lower the learning rate")
+        where = self.where[-1]
+        self.pending.clear()
+        self.where.clear()
+        self.loss_sum += sum(values)
+        self.count += len(values)
+        check_finite(self.named, where)
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.count, 1)
+
+
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler: CosineLRScheduler,
                 criterion: Criterion, cfg: TrainConfig, device: torch.device, step: int, desc: str,
                 progress: bool | StageProgress = True, stats: dict[str, float] | None = None) -> tuple[float, int]:
@@ -219,12 +280,12 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     model.train()
-    loss_sum, n = 0.0, 0
+    checks = StepChecks(named, cfg.log_every)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     bar = progress if isinstance(progress, StageProgress) else None
     batches = loader if bar is not None else tqdm(loader, desc=desc, leave=False, disable=not progress)
-    for images, labels in batches:
+    for i, (images, labels) in enumerate(batches, start=1):
         labels = labels.to(device, non_blocking=True)
         images, target = criterion.prepare(images.to(device, non_blocking=True), labels)
         with autocast(device, cfg.amp):
@@ -232,21 +293,20 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             loss = criterion(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        check_loss(loss.detach(), desc)
+        checks.add(loss, f"{desc} step {i}")
         clip_gradients(params, cfg.grad_clip)
         optimizer.step()
-        check_finite(named, desc)
         step += 1
         scheduler.step_update(step)
-        loss_sum += loss.item()
-        n += 1
+        read = checks.step_done()
         correct += (logits.detach().argmax(-1) == labels).sum()
         seen += labels.shape[0]
         if bar is not None:
-            bar.step(labels.shape[0], loss_sum / n)
+            bar.step(labels.shape[0], checks.mean_loss if read else None)
+    checks.flush()  # before the caller evaluates or saves anything
     if stats is not None:
         stats["train_acc"] = int(correct) / max(seen, 1)
-    return loss_sum / max(n, 1), step
+    return checks.mean_loss, step
 
 
 def all_reduce_gradients(params: list[nn.Parameter], world: Dist) -> None:
