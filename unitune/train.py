@@ -184,12 +184,6 @@ class Criterion:
         return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
 
-def check_loss(loss: torch.Tensor, where: str) -> None:
-    """A non-finite loss stops training before its update, so the last checkpoint stays good."""
-    if not torch.isfinite(loss):
-        raise UniTuneError(f"{where}: the loss is {loss.item()} (not finite); lower the learning rate")
-
-
 def clip_gradients(params: list[nn.Parameter], max_norm: float | None) -> None:
     if max_norm:
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
@@ -252,11 +246,11 @@ class StepChecks:
         for value, where in zip(values, self.where):
             if not math.isfinite(value):
                 raise UniTuneError(f"{where}: the loss is {value} (not finite); lower the learning rate")
+            self.loss_sum += value  # one at a time, in order: the same sum as a per-step .item() gave
+        self.count += len(values)
         where = self.where[-1]
         self.pending.clear()
         self.where.clear()
-        self.loss_sum += sum(values)
-        self.count += len(values)
         check_finite(self.named, where)
 
     @property
