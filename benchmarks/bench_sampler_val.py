@@ -263,6 +263,17 @@ def report(cells: list[dict], searches: list[str], singles: list[str], tasks, se
     if best:
         lines.append("")
         lines.append("Best single per task (on fresh val): " + ", ".join(f"{t} {m}" for t, m in best.items()))
+    # every pair, task x seed
+    columns = [(t, s) for t in tasks for s in seeds]
+    lines += ["", "The same differences by task and seed:", "",
+              "| pair | " + " | ".join(f"{t} s{s}" for t, s in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    others = [(f"{s} - {base}", s, lambda t, sd: acc.get((t, base, sd))) for s in searches[1:]]
+    others += [(f"{s} - best single", s, lambda t, sd: acc.get((t, best[t], sd)) if t in best else None)
+               for s in searches]
+    for label, a, get_b in others:
+        vals = [acc[t, a, sd] - get_b(t, sd) if (t, a, sd) in acc and get_b(t, sd) is not None else None
+                for t, sd in columns]
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:+.1f}" for v in vals) + " |")
     if "sandwich" in searches and base == "uniform":
         p = paired(acc, "sandwich", "uniform", tasks, seeds)
         complete = p is not None and p["n"] == len(tasks) * len(seeds)
@@ -272,6 +283,14 @@ def report(cells: list[dict], searches: list[str], singles: list[str], tasks, se
                       f"tasks won {p['tasks_won']}/{len(p['per_task'])} (needs 4) -> "
                       f"{'SWITCH to sandwich' if switch else 'KEEP uniform'}"
                       + ("" if complete else f" (INCOMPLETE: {p['n']} of {len(tasks) * len(seeds)} pairs)")]
+        # a sensitivity check, not the rule: without the tasks whose fresh items share source area
+        # with the first val items (terrain: the val strip is narrow)
+        shared = [t for t in tasks if (fresh_info[t].get("area_overlap") or 0) > 0.5]
+        q = paired(acc, "sandwich", "uniform", [t for t in tasks if t not in shared], seeds) if shared else None
+        if q is not None:
+            lines.append(f"Without {', '.join(shared)} (fresh items overlap the first val items' area): "
+                         f"sandwich - uniform {q['mean']:+.2f} ± {q['std']:.2f}, s.e. {q['se']:.2f}, "
+                         f"{q['wins']}/{q['n']} pairs, tasks won {q['tasks_won']}/{len(q['per_task'])}")
     return "\n".join(lines) + "\n"
 
 
