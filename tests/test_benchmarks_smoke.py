@@ -169,3 +169,123 @@ def test_gpu_check_records_a_failed_section_and_goes_on(tmp_path):
     md = (out / "results.md").read_text()
     assert "| retrain_demo | error |" in md and "needs the earlier section's run" in md
     assert "[gpu_check] retrain_demo: error" in proc.stdout
+
+
+# ---- benchmarks/bench_sampler_val.py (issue 15): the samplers compared on a fresh val set ----
+
+def _sampler_val_folder(root: Path, task: str, sizes=(16, 8, 16)) -> Path:
+    """A finished-compare-shaped folder: the task's config, a search pick and a LoRA row."""
+    import yaml
+
+    from unitune.supernet import Subnet
+
+    folder = root / "tasks" / task
+    cfg = {"name": f"tiny-{task}", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224", "pretrained": False,
+                     "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4}},
+           "data": {"source": "minivtab", "task": task, "image_size": 32, "batch_size": 8, "num_workers": 0,
+                    "split_sizes": list(sizes)},
+           "space": {"lora": [0, 1, 2], "ssf": [0, 1]},
+           "retrain": {"epochs": 1, "lr": 0.003, "warmup_epochs": 0}}
+    (folder / "search").mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    Subnet.from_dict({"subnet": {"lora": [1, 0, 2, 0], "ssf": [0, 1, 0, 0], "ssf_global": 0}}).save(
+        folder / "search" / "best_subnet.yaml")
+    (folder / "lora" / "seed0").mkdir(parents=True)
+    Subnet.uniform(4, lora=2).save(folder / "lora" / "seed0" / "subnet.yaml")
+    return root
+
+
+def test_sampler_val_never_builds_test_and_scores_only_fresh_val(tmp_path, capsys, monkeypatch):
+    import json
+
+    import bench_sampler_val as bsv
+    from unitune.data.minivtab import MiniVtabDataset
+
+    runs = _sampler_val_folder(tmp_path / "uniform", "count")
+    built, loaded = [], []
+    real_init, real_load = MiniVtabDataset.__init__, MiniVtabDataset.load
+
+    def init(self, task, split, *args, **kwargs):
+        built.append(split)
+        real_init(self, task, split, *args, **kwargs)
+
+    def load(self, index):
+        loaded.append(self.items[index])
+        return real_load(self, index)
+
+    # the guard wraps the spy: a test split would be recorded, then refused
+    monkeypatch.setattr(MiniVtabDataset, "__init__", init)
+    monkeypatch.setattr(MiniVtabDataset, "load", load)
+    assert bsv.main(["--runs", f"uniform={runs}", "--singles", "lora", "--seeds", "0", "--fresh", "8",
+                     "--workdir", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert "test" not in built and "trainval" not in built
+    assert {s for s, _ in loaded} == {"train", "val"}
+    # the val items read are the fresh ones only (k = 8..15), each once per cell (two cells)
+    val = sorted(k for s, k in loaded if s == "val")
+    assert val == sorted(list(range(8, 16)) * 2)
+    assert sorted({k for s, k in loaded if s == "train"}) == list(range(16))
+    for row in ("uniform", "lora"):
+        cell = json.loads((tmp_path / "work" / "cells" / "count" / f"{row}-seed0.json").read_text())
+        assert cell["fresh_val_images"] == 8 and 0.0 <= cell["fresh_val_accuracy"] <= 1.0
+        assert round(8 * cell["fresh_val_accuracy"], 6).is_integer()
+    assert "| count | 8 | 0 | 8 | 8 |" in out
+
+
+def test_sampler_val_guard_refuses_the_test_split():
+    import bench_sampler_val as bsv
+    from unitune.data import DataConfig, build_dataset
+
+    cfg = DataConfig.from_dict({"source": "minivtab", "task": "count", "split_sizes": [4, 4, 4]})
+    with bsv.forbid_splits():
+        assert len(build_dataset(cfg, "val")) == 4
+        for split in ("test", "trainval"):
+            with pytest.raises(RuntimeError, match=f"the '{split}' split of 'count' is off limits"):
+                build_dataset(cfg, split)
+    assert len(build_dataset(cfg, "test")) == 4  # and only inside the guard
+
+
+def test_sampler_val_drops_digit_scans_and_terrain_tiles_the_search_saw(monkeypatch):
+    import numpy as np
+
+    import bench_sampler_val as bsv
+    import unitune.data.minivtab as mv
+    from unitune.data import DataConfig, build_dataset
+    from unitune.data.minivtab import _digit_index, _digit_pools
+
+    class Run:
+        def __init__(self, task):
+            self.data = DataConfig.from_dict({"source": "minivtab", "task": task})
+
+    # digits: the val pool (359 scans) cycles; items 200.. reuse the first 200's scans from 359 on
+    keep, info = bsv.fresh_items(Run("digits"), 400)
+    pool = len(_digit_pools()[2]["val"])
+    seen = {_digit_index("val", k) for k in range(200)}
+    assert info["reused"] + info["kept"] == 400 and info["kept"] == len(keep)
+    assert not {_digit_index("val", k) for k in keep} & seen
+    assert info["distinct_sources"] == pool - 200  # every scan the first 200 did not use, no other
+    assert keep[:pool - 200] == list(range(200, pool))
+
+    # terrain: the origin the script computes is the one the renderer draws
+    dem, tiles = mv._dem()
+    drawn = []
+
+    class Spy(np.ndarray):
+        def __getitem__(self, i):
+            if self.ndim == 2 and isinstance(i, (int, np.integer)):
+                drawn.append(tuple(int(v) for v in np.asarray(self).__getitem__(i)))
+            return super().__getitem__(i)
+
+    spied = {s: [c.view(Spy) for c in cs] for s, cs in tiles.items()}
+    monkeypatch.setattr(mv, "_dem", lambda: (dem, spied))
+    ds = build_dataset(DataConfig.from_dict({"source": "minivtab", "task": "terrain", "split_sizes": [1, 6, 1]}), "val")
+    for k in range(6):
+        drawn.clear()
+        ds.load(k)
+        assert drawn[0] == bsv._terrain_origin(ds.seed, k, k % 4)
+    monkeypatch.undo()
+    keep, info = bsv.fresh_items(Run("terrain"), 400)
+    origins = {bsv._terrain_origin(0, k, k % 4) for k in range(200)}
+    assert all(bsv._terrain_origin(0, k, k % 4) not in origins for k in keep)
+    assert info["reused"] == 400 - len(keep) > 0 and 0 < info["area_overlap"] <= 1
