@@ -90,7 +90,7 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     train = sections["train"]["figures"]
     variants = train["variants"]
     assert set(variants) == {"supernet (largest subnet)", "supernet + unitune's per-step checks",
-                             "materialised (largest subnet)", "unitune LoRA r=8 qkv", "HF PEFT LoRA r=8 qkv",
+                             "supernet + three syncs a step (before StepChecks)", "materialised (largest subnet)", "unitune LoRA r=8 qkv", "HF PEFT LoRA r=8 qkv",
                              "full fine-tuning"}
     vit, _, _ = build_vit("tiny", num_classes=100)
     dims, space = BackboneDims.from_model(vit), space_for("tiny")
@@ -115,6 +115,7 @@ def test_gpu_check_dry_run_writes_every_section(tmp_path):
     assert variants["materialised (largest subnet)"]["materialize_kept_device"] is True
     assert train["timed_steps_per_variant"] == 4
     assert _positive(train["supernet_over_static"]) and _positive(train["supernet_checks_over_supernet"])
+    assert _positive(train["supernet_per_step_syncs_over_supernet"])
 
     inference = sections["inference"]["figures"]
     assert inference["export_from_device_model"] == "ok" and inference["plain_timm"] is True
