@@ -205,7 +205,7 @@ def run_depth(run) -> int:
     return len(_dims(run).blocks)
 
 
-def suite_task(suite: Path, task: str, scratch: Path):
+def suite_task(suite: Path, task: str, scratch: Path, device: str = "cpu"):
     """``(run, out, supernet_seconds, tau)`` of one task of a ``unitune compare`` run: its config
     and the supernet its search stage trained, copied into ``scratch/task`` (the suite's folder is
     only read). ``supernet_seconds``: the search stage's record (None if it has none); ``tau``: the
@@ -223,7 +223,7 @@ def suite_task(suite: Path, task: str, scratch: Path):
     for name in ("config.yaml", f"search/{SUPERNET_FILE}", "search/search_result.json", "search/best_subnet.yaml"):
         if (src / name).is_file() and not (out / Path(name).name).is_file():
             shutil.copyfile(src / name, out / Path(name).name)
-    run = load_run_config(out / "config.yaml", ["device=cpu"])
+    run = load_run_config(out / "config.yaml", [f"device={device}"])
     record = json.loads((out / "search_result.json").read_text()) if (out / "search_result.json").is_file() else {}
     best = yaml.safe_load((out / "best_subnet.yaml").read_text()) if (out / "best_subnet.yaml").is_file() else {}
     return run, out, record.get("supernet_seconds"), (best.get("meta") or {}).get("kendall_tau")
@@ -324,7 +324,7 @@ def main(argv=None):
         scratch = Path(args.scratch) if args.scratch else default_workdir() / "suite"
         p1, p2, taus = {}, {}, {}
         for task in tasks:
-            run, out, supernet_seconds, taus[task] = suite_task(suite, task, scratch)
+            run, out, supernet_seconds, taus[task] = suite_task(suite, task, scratch, args.device)
             took = f"{supernet_seconds:.1f} s (wall, its search stage's record)" if supernet_seconds else "not measured"
             print(f"\n# task {task} ({suite / 'tasks' / task}, copied to {out}); supernet training {took}")
             if "1" in parts:
