@@ -290,3 +290,85 @@ def test_sampler_val_drops_digit_scans_and_terrain_tiles_the_search_saw(monkeypa
     origins = {bsv._terrain_origin(0, k, k % 4) for k in range(200)}
     assert all(bsv._terrain_origin(0, k, k % 4) not in origins for k in keep)
     assert info["reused"] == 400 - len(keep) > 0 and 0 < info["area_overlap"] <= 1
+
+# ---- benchmarks/bench_pruning.py --suite (issue 15): pruning and the routes on a compare run ----
+
+
+def _tiny_suite(root: Path, task: str) -> Path:
+    """A `unitune compare` run folder as bench_pruning reads it: one task's config (tiny ViT,
+    minivtab at tiny split sizes) and a supernet file with random non-zero PEFT weights in its
+    search stage, with that stage's record."""
+    import json
+
+    import torch
+
+    from tiny import TINY
+    from unitune.config import load_run_config
+    from unitune.data import build_dataset, resolve_data_config
+    from unitune.io import write_json_atomic, write_yaml_atomic
+    from unitune.supernet.store import save_supernet
+    from unitune.supernet.train import SUPERNET_FILE, build_model
+
+    folder = root / "tasks" / task
+    cfg = {"name": f"tiny-{task}", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224", "kwargs": TINY},
+           "data": {"source": "minivtab", "task": task, "image_size": 32, "batch_size": 8, "num_workers": 0,
+                    "split_sizes": [16, 12, 4]},
+           "space": {"lora": [0, 1, 4], "adapter": [0, 1], "vpt": [0, 1], "ssf": [0, 1], "ssf_global": [0, 1]},
+           "supernet": {"epochs": 3},  # not trained here: the route counts its images
+           "retrain": {"epochs": 2, "lr": 0.003, "warmup_epochs": 0},
+           "search": {"budget": "2k", "trials": 6, "sampler": "tpe"}}
+    write_yaml_atomic(folder / "config.yaml", cfg)
+    run = load_run_config(folder / "config.yaml")
+    torch.manual_seed(0)
+    classes = build_dataset(run.data, "train", None).num_classes
+    model = build_model(run, classes, torch.device("cpu"))
+    with torch.no_grad():
+        for _, p in model.peft_named_parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    meta = {"backbone": "vit_tiny_patch16_224", "model": run.section("model"), "num_classes": classes,
+            "data_config": json.loads(json.dumps(resolve_data_config(model.vit))), "data": run.section("data"),
+            "supernet": {}, "epochs_trained": 0}
+    save_supernet(folder / "search" / SUPERNET_FILE, model, meta)
+    write_json_atomic(folder / "search" / "search_result.json", {"supernet_seconds": 12.5, "trials": 6})
+    write_json_atomic(root / "compare.json", {"tasks": [task]})
+    return root
+
+
+def test_pruning_suite_mode_measures_a_task_and_leaves_the_suite_alone(tmp_path, capsys, monkeypatch):
+    import bench_pruning
+    from unitune.data.minivtab import MiniVtabDataset
+
+    suite = _tiny_suite(tmp_path / "suite", "count")
+    before = {p: p.stat().st_mtime_ns for p in suite.rglob("*")}
+    splits: set[str] = set()
+    real_load = MiniVtabDataset.load
+
+    def load(self, index):  # every image the benchmark renders, by split
+        splits.add(self.items[index][0])
+        return real_load(self, index)
+
+    monkeypatch.setattr(MiniVtabDataset, "load", load)
+    bench_pruning.main(["--suite", str(suite), "--scratch", str(tmp_path / "scratch"), "--seeds", "0",
+                        "--trials", "6", "--standalone-trials", "4", "--epochs", "2", "--top-k", "1",
+                        "--device", "cpu", "--threads", "1"])
+    out = capsys.readouterr().out
+
+    assert splits == {"train", "val"}  # never the test split
+    assert {p: p.stat().st_mtime_ns for p in suite.rglob("*")} == before  # nothing written into the suite
+    assert (tmp_path / "scratch" / "count" / "supernet.safetensors").is_file()
+    assert "supernet training 12.5 s" in out and "val set 12 images" in out
+    assert "train 16 / val 12 images" in out
+    # one summary row per table for the task, from the runs above it
+    rows = [line for line in out.splitlines() if line.startswith("| count |")]
+    assert len(rows) == 2, out
+    part1, part2 = (line.split(" | ") for line in rows)
+    assert part1[3] in {"0/1", "1/1"} and part1[6] in {"0/1", "1/1"}  # sha, hyperband: reached none's best
+    # the supernet route: supernet training (3 epochs x 16) + (top-1 and the single methods) x 2 epochs x 16
+    n_candidates = int(out.split("stand-alone check of ")[1].split(" ")[0])
+    assert n_candidates >= 2  # the top trial and at least one single method
+    assert part2[4].split(" / ")[0] == str(3 * 16 + n_candidates * 2 * 16)
+    assert "(+ 12)" in part2[5]
+    sa_train = int(part2[8].split(" / ")[0])
+    assert sa_train % 16 == 0 and 4 * 16 <= sa_train <= 4 * 2 * 16  # each trial: one or two epochs
+    assert -1 <= float(part2[11].rstrip(" |")) <= 1
