@@ -70,6 +70,15 @@ def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = No
     return str(path)
 
 
+def check_init_source(run: RunConfig) -> None:
+    """``retrain.init: supernet`` starts from a supernet's weights, which a standalone-fitness
+    search never trains: ``unitune run`` and ``unitune compare`` refuse the pair before their
+    first stage rather than after the search."""
+    if run.retrain.init == "supernet" and run.search.fitness == "standalone":
+        raise UniTuneError(f"{run.source}: retrain.init: supernet starts from the supernet's weights, but "
+                           f"search.fitness: standalone trains no supernet; use retrain.init: pretrained")
+
+
 def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
                        init: str, supernet_file: Path | None, backbone: str | Path | None = None) -> PeftViT:
     """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's

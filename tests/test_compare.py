@@ -207,6 +207,29 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     assert main(args) == 0 and ran == []  # a third run only rewrites the report
 
 
+def test_standalone_fitness_search_trains_no_supernet(tmp_path, monkeypatch):
+    """``search.fitness: standalone`` trains each trial's subnet itself: compare's search row, like
+    ``unitune run``, must not spend a supernet training first (it did, and never read it)."""
+    import unitune.supernet.train as supernet_train
+
+    def no_supernet(*args, **kwargs):
+        raise AssertionError("train_supernet called for a standalone-fitness search")
+
+    monkeypatch.setattr(supernet_train, "train_supernet", no_supernet)
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "orientation",
+                 "--methods", "search", "--seeds", "0", "--quiet", "search.fitness=standalone",
+                 "search.standalone_epochs=1"]) == 0
+    search = out / "tasks" / "orientation" / "search"
+    assert not (search / "supernet.safetensors").exists()
+    record = json.loads((search / "search_result.json").read_text())
+    assert record["trials"] == 3 and record["supernet_seconds"] < record["seconds"]
+    study = yaml.safe_load((search / "best_subnet.yaml").read_text())
+    assert study["subnet"]
+    (row,) = read_csv(out / "results.csv")
+    assert row["method"] == "search" and 0 <= float(row["test_accuracy"]) <= 1
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "linear,prompt"], "--methods: unknown method 'prompt', expected some of"),
     (["--tasks", ","], "--tasks: expected a comma-separated list, got an empty one"),
@@ -217,6 +240,7 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     (["--jobs", "0"], "--jobs: expected an integer >= 1, got 0"),
     (["--seeds", "0,4294967296"], "--seeds: expected an integer seed in [0, 2**32 - 1], got 4294967296"),
     (["--seeds", "-1"], "--seeds: expected an integer seed in [0, 2**32 - 1], got -1"),
+    (["search.fitness=standalone", "retrain.init=supernet"], "search.fitness: standalone trains no supernet"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     out = tmp_path / "run"

@@ -7,8 +7,8 @@ trained on ``trainval`` and scored once on ``test`` after its last epoch:
 - ``lora`` / ``adapter`` / ``vpt`` / ``ssf``: one method at the same size in every block, the
   largest size of the search space whose count fits the run's budget (``search.budget``);
 - ``full``: full fine-tuning (every weight of the backbone and the head);
-- ``search``: the searched subnet: supernet on train, search on val (``unitune run``'s stages),
-  then retrained per seed. The supernet and search run once per task (seed ``supernet.seed`` /
+- ``search``: the searched subnet: supernet on train, search on val (``unitune run``'s stages;
+  no supernet with ``search.fitness: standalone``), then retrained per seed. The supernet and search run once per task (seed ``supernet.seed`` /
   ``search.seed``); the seeds vary the retraining (PEFT and head init, data order), as for the
   other rows.
 
@@ -229,9 +229,11 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
             build_dataset(run.data, split, None)
         task_runs[t] = run
     if "search" in methods:
+        from unitune.retrain.train import check_init_source
         from unitune.search.stage import check_search_stage
 
         check_search_stage(task_runs[tasks[0]], out)
+        check_init_source(task_runs[tasks[0]])
     elif any(m in SINGLE for m in methods):
         _budget(task_runs[tasks[0]])  # a malformed budget fails now, not after the pretraining
     fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -406,7 +408,8 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
         return read_json(result)
     run = plan.task_runs[task]
     started, cpu = time.perf_counter(), time.process_time()
-    if not (folder / SUPERNET_FILE).is_file():
+    # The standalone fitness trains each trial's subnet itself: no supernet (as `unitune run`).
+    if run.search.fitness != "standalone" and not (folder / SUPERNET_FILE).is_file():
         train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
     supernet_seconds = time.perf_counter() - started
     found, _ = search_stage(run, folder, progress=progress)

@@ -26,7 +26,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
     from unitune.retrain.evaluate import evaluate_export
     from unitune.retrain.train import CKPT_DIR as RETRAIN_CKPT
-    from unitune.retrain.train import EXPORT_DIR, RESULT_FILE, retrain
+    from unitune.retrain.train import EXPORT_DIR, RESULT_FILE, check_init_source, retrain
     from unitune.search.stage import check_search_stage, search_stage
     from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
     from unitune.supernet.train import SUPERNET_FILE, train_supernet
@@ -39,6 +39,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     for split in ("train", "val", "trainval", "test"):
         build_dataset(run.data, split, None)
     check_search_stage(run, out)
+    check_init_source(run)
     earlier = _earlier_seconds(out)
 
     def stage(name: str, done: bool, work, why: str = "complete") -> Any:
