@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from unitune.compare import plan_compare, search_trust, write_report
+from unitune.compare import paired_vs_single, plan_compare, search_trust, summarise, write_report
 from unitune.io import read_json
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,18 +94,15 @@ def main() -> int:
                   f" | {statistics.fmean(known) if known else float('nan'):.2f} | {fmt(means)} |")
         print("\nEach sampler's searched subnet against the main folder's single methods, paired by task and "
               "seed (mean ± std of the difference, pairs won, standard error), and its mean of group means:\n")
-        groups = {g: [t for t in tasks if plan.groups[t] == g] for g in dict.fromkeys(plan.groups[t] for t in tasks)}
+        singles = [read_json(plan.cell_file(t, m, s)) for t in tasks for m in ("lora", "ssf") for s in plan.seeds]
         for name, p in runs.items():
-            rows, parts = search_rows(p), []
-            for m in ("lora", "ssf"):
-                diffs = [rows[t][i] - 100 * read_json(plan.cell_file(t, m, s))["test_accuracy"]
-                         for t in tasks for i, s in enumerate(p.seeds)]
-                sd = statistics.stdev(diffs)
-                parts.append(f"vs {m} {statistics.fmean(diffs):+.2f} ± {sd:.2f} "
-                             f"({sum(d > 0 for d in diffs)}/{len(diffs)}, s.e. {sd / len(diffs) ** 0.5:.2f})")
-            headline = [statistics.fmean(statistics.fmean(rows[t][i] for t in ts) for ts in groups.values())
-                        for i in range(len(p.seeds))]
-            print(f"- {name}: " + "; ".join(parts) + f"; mean of group means {fmt(headline)}")
+            # compare's own pairing and headline, on this sampler's search cells and the main folder's singles
+            cells = singles + [read_json(p.cell_file(t, "search", s)) for t in tasks for s in p.seeds]
+            paired = {r["method"]: r for r in paired_vs_single(cells, tasks, p.seeds, ("search", "lora", "ssf"))}
+            parts = [f"vs {m} {r['mean_diff']:+.2f} ± {r['std_diff']:.2f} ({r['wins']}/{r['n']}, "
+                     f"s.e. {r['std_diff'] / r['n'] ** 0.5:.2f})" for m in ("lora", "ssf") for r in [paired[m]]]
+            headline = summarise(cells, tasks, plan.groups, p.seeds, ["search"])["search"]["mean_of_groups"]
+            print(f"- {name}: " + "; ".join(parts) + f"; mean of group means {headline[0]:.1f} ± {headline[1]:.1f}")
     return 0 if report else 1
 
 
