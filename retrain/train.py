@@ -74,7 +74,7 @@ def check_init_source(run: RunConfig) -> None:
     """``retrain.init: supernet`` starts from a supernet's weights, which a standalone-fitness
     search never trains: ``unitune run`` and ``unitune compare`` refuse the pair before their
     first stage rather than after the search."""
-    if run.retrain.init == "supernet" and run.search.fitness == "standalone":
+    if run.retrain.init == "supernet" and not run.search.needs_supernet:
         raise UniTuneError(f"{run.source}: retrain.init: supernet starts from the supernet's weights, but "
                            f"search.fitness: standalone trains no supernet; use retrain.init: pretrained")
 

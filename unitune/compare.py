@@ -8,9 +8,9 @@ trained on ``trainval`` and scored once on ``test`` after its last epoch:
   largest size of the search space whose count fits the run's budget (``search.budget``);
 - ``full``: full fine-tuning (every weight of the backbone and the head);
 - ``search``: the searched subnet: supernet on train, search on val (``unitune run``'s stages;
-  no supernet with ``search.fitness: standalone``), then retrained per seed. The supernet and search run once per task (seed ``supernet.seed`` /
-  ``search.seed``); the seeds vary the retraining (PEFT and head init, data order), as for the
-  other rows.
+  no supernet with ``search.fitness: standalone``), then retrained per seed. The supernet and
+  search run once per task (seed ``supernet.seed`` / ``search.seed``); the seeds vary the
+  retraining (PEFT and head init, data order), as for the other rows.
 
 A ``pretrain:`` section pretrains the backbone once into ``OUT/pretrain/`` and every task starts
 from it. The run folder holds one JSON file per finished cell (``cells/<task>/<method>-seed<k>.json``,
@@ -408,8 +408,7 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
         return read_json(result)
     run = plan.task_runs[task]
     started, cpu = time.perf_counter(), time.process_time()
-    # The standalone fitness trains each trial's subnet itself: no supernet (as `unitune run`).
-    if run.search.fitness != "standalone" and not (folder / SUPERNET_FILE).is_file():
+    if run.search.needs_supernet and not (folder / SUPERNET_FILE).is_file():
         train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
     supernet_seconds = time.perf_counter() - started
     found, _ = search_stage(run, folder, progress=progress)

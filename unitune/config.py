@@ -200,6 +200,11 @@ class SearchConfig:
     pruner: str = rule_only("auto", _fitness_and_pruner)
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
 
+    @property
+    def needs_supernet(self) -> bool:
+        """The supernet fitness reads a trained supernet; the standalone one trains each subnet itself."""
+        return self.fitness != "standalone"
+
 
 @dataclass(frozen=True)
 class RetrainConfig(TrainConfig):

@@ -63,8 +63,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
 
     if run.pretrain is not None:
         stage("pretrain", (out / PRETRAIN_DIR / WEIGHTS_FILE).is_file(), lambda: pretrain(run, out, progress))
-    # The standalone fitness trains each trial's subnet itself: no supernet to train.
-    standalone = run.search.fitness == "standalone"
+    standalone = not run.search.needs_supernet
     stage("supernet", (out / SUPERNET_FILE).is_file() or standalone,
           lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress),
           why="search.fitness is standalone" if standalone else "complete")
