@@ -59,7 +59,9 @@ def read_state_dict(path: str | Path, label: str) -> tuple[dict[str, torch.Tenso
         except Exception as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             if type(e).__name__ == "UnpicklingError":  # pickle's, raised by the weights-only unpickler
-                reason = next((ln for ln in lines if ln.startswith("Unsupported")), "objects other than tensors")
+                # torch's own lines around the reason tell how to unpickle anyway: left out
+                boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+                reason = next((ln for ln in lines if not ln.startswith(boiler)), "objects other than tensors")
                 raise UniTuneError(f"{label}: {path}: refused, unitune never unpickles and torch.load(weights_only=True) "
                                    f"cannot read it ({reason}); save the state dict with safetensors") from None
             # not a torch file at all (truncated, another format)
