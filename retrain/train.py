@@ -57,6 +57,7 @@ def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = No
         return pretrained_weights(run, out)
     from unitune.checks import check_safetensors_file
     from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE
+    from unitune.weights import TORCH_SUFFIXES
 
     path = Path(backbone)
     if path.is_dir():
@@ -66,7 +67,8 @@ def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = No
                                f"folder that pretrained its backbone or a .safetensors weights file")
     elif not path.is_file():
         raise UniTuneError(f"--backbone {backbone}: no such file or run folder")
-    check_safetensors_file(path, "pretrained backbone")
+    if path.suffix.lower() not in TORCH_SUFFIXES:  # a torch.save'd state dict is read by the loader itself
+        check_safetensors_file(path, "pretrained backbone")
     return str(path)
 
 
@@ -84,14 +86,15 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
     """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's
     trained weights (sliced to the subnet's sizes, head included)."""
     weights = backbone_weights(run, out, backbone)
+    label = "--backbone" if backbone is not None else None
     if init == "supernet":
         supernet_file = supernet_file or out / SUPERNET_FILE
         tensors, meta = read_supernet(supernet_file)
         check_compatible(meta, supernet_file, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
-        supernet = build_model(run, num_classes, device, weights)
+        supernet = build_model(run, num_classes, device, weights, label)
         supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
         return supernet.materialize(subnet)
-    vit = build_backbone(run, num_classes, weights)
+    vit = build_backbone(run, num_classes, weights, label)
     return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
 
 

@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from unitune.errors import UniTuneError
+from unitune.weights import check_tensor
 
 from .layers import PeftLayer, backbone_dd, prefix_slice
 from .layers import get_path as _get
@@ -220,7 +221,8 @@ class PeftViT(nn.Module):
         return {n: p.detach() for n, p in self.trainable_named_parameters()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Load what :meth:`trainable_state_dict` saved; names and shapes must match exactly."""
+        """Load what :meth:`trainable_state_dict` saved; names and shapes must match exactly, and
+        every value be a finite float (:func:`unitune.weights.check_tensor`)."""
         own = dict(self.trainable_named_parameters())
         missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
         if missing or unexpected:
@@ -228,12 +230,10 @@ class PeftViT(nn.Module):
                 f"{source}: does not fit this model (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
                 f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
             )
+        for name, p in own.items():  # every tensor checked before any is copied
+            check_tensor(name, state[name], p, source)
         with torch.no_grad():
             for name, p in own.items():
-                if p.shape != state[name].shape:
-                    raise UniTuneError(
-                        f"{source}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}"
-                    )
                 p.copy_(state[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

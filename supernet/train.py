@@ -42,21 +42,24 @@ CKPT_DIR = "supernet_ckpt"
 LOG_FILE = "supernet_log.jsonl"
 
 
-def build_backbone(run: RunConfig, num_classes: int, weights: str | None = None):
-    """The run's timm ViT: hub weights, a local file, or the pretrain stage's (``weights``)."""
+def build_backbone(run: RunConfig, num_classes: int, weights: str | None = None, weights_label: str | None = None):
+    """The run's timm ViT: hub weights, a local file, or the pretrain stage's (``weights``);
+    ``weights_label`` names where the file came from in an error (``--backbone``)."""
     m = run.model
+    label = weights_label or ("model.weights" if run.pretrain is None else "pretrained backbone")
     return create_backbone(m.backbone, num_classes, pretrained=m.pretrained and not weights, weights=weights,
-                           kwargs=m.kwargs)
+                           kwargs=m.kwargs, weights_label=label)
 
 
-def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None) -> PeftViT:
+def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None,
+                weights_label: str | None = None) -> PeftViT:
     """The supernet around the run's backbone (every layer at the space's largest size)."""
     space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
     # The backbone's fate, SSF included, on a shapes-only build: before any weight is read.
     m = run.model
     shapes = create_backbone(m.backbone, num_classes, kwargs=m.kwargs, meta=True)
     check_vit(shapes, f"backbone {m.backbone!r}", sizes=Subnet.largest(space, len(shapes.blocks)))
-    return wrap_vit(build_backbone(run, num_classes, weights), space).to(device)
+    return wrap_vit(build_backbone(run, num_classes, weights, weights_label), space).to(device)
 
 
 def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:

@@ -196,6 +196,7 @@ class Row:
     fragment: str | tuple[str, ...]  # {tmp}, {out}, {cfg} are filled in here too
     setup: Callable[[Inputs], object] | None = None
     code: int = 2
+    env: dict[str, str] = field(default_factory=dict)  # environment variables the command runs with
 
 
 ROWS = [
@@ -546,6 +547,76 @@ ROWS += [
 ]
 
 
+# ---- branch weights (issue 20): backbone weights load completely or are refused ------------------
+
+BACKBONE_TENSORS = 30  # CONFIG's ViT, the head aside: 12 per block, cls_token, pos_embed, patch_embed (2), norm (2)
+
+
+def backbone_state(depth: int = DEPTH) -> dict:
+    """A state dict of CONFIG's backbone (another ``depth`` for a deeper model's)."""
+    import torch
+
+    kwargs = {**CONFIG["model"]["kwargs"], "depth": depth}
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **kwargs)
+    return {k: v.contiguous() for k, v in vit.state_dict().items()}
+
+
+def weights_config(x: Inputs, rel: str, state: dict) -> Path:
+    """``state`` saved as ``rel`` and named by the config's ``model.weights``."""
+    save_file(state, str(x.path(rel)))
+    return x.config(model={**CONFIG["model"], "weights": str(x.tmp / rel)})
+
+
+def changed_state(key: str, value) -> dict:
+    state = backbone_state()
+    state[key] = value(state[key])
+    return state
+
+
+def resnet_weights(x: Inputs) -> None:
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=3)
+    save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(x.path("resnet.safetensors")))
+    x.copy("best_subnet.yaml")
+
+
+def _nan_first(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+ROWS += [
+    Row("supernet-weights-one-unrelated-tensor", ["supernet", *STAGE],
+        ("model.weights: {tmp}/one.safetensors does not fit backbone 'vit_tiny_patch16_224'",
+         f"0 of {BACKBONE_TENSORS} backbone tensors load", "first missing 'cls_token'", "first unexpected 'x'"),
+        lambda x: weights_config(x, "one.safetensors", {"x": backbone_state()["norm.weight"]})),
+    Row("retrain-backbone-resnet", ["retrain", *STAGE, "--backbone", "{tmp}/resnet.safetensors"],
+        ("--backbone: {tmp}/resnet.safetensors does not fit backbone 'vit_tiny_patch16_224'",
+         f"0 of {BACKBONE_TENSORS} backbone tensors load", "first missing 'cls_token'", "first unexpected 'bn1."),
+        resnet_weights),
+    Row("supernet-weights-deeper-vit", ["supernet", *STAGE],
+        ("{tmp}/deep.safetensors", "the file holds 12 tensors the backbone lacks (first 'blocks.2."),
+        lambda x: weights_config(x, "deep.safetensors", backbone_state(depth=3))),
+    Row("supernet-weights-one-shape-differs", ["supernet", *STAGE],
+        ("{tmp}/w.safetensors", "blocks.0.attn.qkv.weight has shape (90, 32), expected (96, 32)"),
+        lambda x: weights_config(x, "w.safetensors", changed_state("blocks.0.attn.qkv.weight", lambda t: t[:90]))),
+    Row("supernet-weights-nan", ["supernet", *STAGE], ("{tmp}/w.safetensors", "pos_embed holds NaN or infinite values"),
+        lambda x: weights_config(x, "w.safetensors", changed_state("pos_embed", _nan_first))),
+    Row("supernet-weights-integer-tensor", ["supernet", *STAGE],
+        ("{tmp}/w.safetensors", "norm.weight is a torch.int64 tensor, expected a floating-point one"),
+        lambda x: weights_config(x, "w.safetensors", changed_state("norm.weight", lambda t: t.long()))),
+    Row("supernet-weights-pickle-pth", ["supernet", *STAGE],
+        ("model.weights: {tmp}/w.pth", "unitune never unpickles", "GLOBAL posix.getcwd"),
+        lambda x: (pickle_file(x.path("w.pth")), x.config(model={**CONFIG["model"], "weights": str(x.tmp / "w.pth")}))),
+    Row("supernet-weights-npz", ["supernet", *STAGE], ("model.weights: {tmp}/w.npz", "a .npz (JAX) file is not read"),
+        lambda x: (x.path("w.npz").write_bytes(b"PK"), x.config(model={**CONFIG["model"], "weights": str(x.tmp / "w.npz")}))),
+    Row("supernet-pretrained-hub-offline", ["supernet", *STAGE],
+        ("backbone 'vit_tiny_patch16_224': pretrained weights need the model hub", "HF_HUB_OFFLINE", "model.weights",
+         "unitune fetch-weights"),
+        lambda x: x.config(model={**CONFIG["model"], "pretrained": True}), env={"HF_HUB_OFFLINE": "1"}),
+]
+
+
 def outside_link(export: Path, target: Path) -> None:
     """Move the weights out of the export and leave a symlink to them (same bytes, same sha256)."""
     shutil.move(export / "model.safetensors", target)
@@ -602,6 +673,8 @@ def never_serve(monkeypatch):
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_bad_input(row, base, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for key, value in row.env.items():
+        monkeypatch.setenv(key, value)
     argv, fragments = prepare(row, tmp_path, base)
     before = snapshot(tmp_path)
     capsys.readouterr()
@@ -631,8 +704,9 @@ def test_bad_input_in_real_processes(base, tmp_path):
     for row_id in SUBPROCESS_ROWS:
         folder = tmp_path / row_id
         folder.mkdir()
-        argv, fragments = prepare(next(r for r in ROWS if r.id == row_id), folder, base)
-        proc = subprocess.Popen([sys.executable, "-m", "unitune", *argv], cwd=folder, env=ENV,
+        row = next(r for r in ROWS if r.id == row_id)
+        argv, fragments = prepare(row, folder, base)
+        proc = subprocess.Popen([sys.executable, "-m", "unitune", *argv], cwd=folder, env={**ENV, **row.env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         jobs.append((row_id, folder, fragments, snapshot(folder), proc))
     for row_id, folder, fragments, before, proc in jobs:

@@ -28,6 +28,8 @@ names) and ``peft_config.json``::
         (both in the subnet file format, ``Subnet.to_dict``)
     params: {peft, head, active_peft}: counts, for people
     weights: {file, sha256, bytes}
+    backbone_tensors: {name: shape} of the frozen backbone (the head aside): from_pretrained refuses
+        a base model that lacks one of them or has others (a save without it is not checked)
 
 The weights are written first and the config last, each atomically; the config names the
 weights' sha256, so a folder whose two files come from different saves is refused on loading.
@@ -50,6 +52,7 @@ from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
+from unitune.supernet.layers import unwrap
 from unitune.supernet.model import _strip, classifier_heads
 from unitune.supernet.wrap import check_model, check_plain, make_optimizer, wrap_vit
 
@@ -202,6 +205,7 @@ def save_pretrained(model: PeftViT, folder: str | os.PathLike) -> Path:
             "active_peft": count_params(model.subnet, BackboneDims.from_model(model), model.space).total,
         },
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+        "backbone_tensors": backbone_tensors(model.vit),
     }
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         tmp.write_bytes(data)
@@ -249,6 +253,8 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftM
         model = PeftModel(vit, space, sizes=allocated)
         model.set_subnet(active)
         model.load_trainable_state_dict(state, source=str(weights))
+        if "backbone_tensors" in config:
+            check_backbone_tensors(vit, config["backbone_tensors"], str(path))
     except BaseException:
         # Leave the caller's model as it came: no PEFT wrapper, its own requires_grad flags and
         # head weights (the load may have copied the head before a later tensor did not fit).
@@ -260,6 +266,50 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftM
             p.requires_grad_(flag)
         raise
     return model.eval()
+
+
+def backbone_tensors(vit: VisionTransformer) -> dict[str, list[int]]:
+    """The frozen backbone's tensors (parameters and persistent buffers) by their plain timm
+    names, the classifier heads aside, looking through any PEFT wrapper: what the PEFT weights
+    were trained on top of (a qkv bias BitFit shifts, for one)."""
+    heads = set(classifier_heads(vit))
+    out: dict[str, list[int]] = {}
+
+    def walk(module: torch.nn.Module, prefix: str) -> None:
+        module = unwrap(module)
+        for name, t in module._parameters.items():
+            if t is not None:
+                out[prefix + name] = list(t.shape)
+        for name, t in module._buffers.items():
+            if t is not None and name not in module._non_persistent_buffers_set:
+                out[prefix + name] = list(t.shape)
+        for name, child in module._modules.items():
+            if child is not None and not (module is vit and name in heads):
+                walk(child, f"{prefix}{name}.")
+
+    walk(vit, "")
+    return out
+
+
+def check_backbone_tensors(vit: VisionTransformer, saved: Any, source: str) -> None:
+    """``vit`` has exactly the backbone tensors ``saved`` records (names and shapes)."""
+    if not isinstance(saved, dict) or not all(
+            isinstance(v, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v)
+            for v in saved.values()):
+        raise UniTuneError(f"{source}: 'backbone_tensors' must map tensor names to shapes (lists of sizes)")
+    own = backbone_tensors(vit)
+    lacks = [k for k in saved if k not in own]
+    if lacks:
+        raise UniTuneError(f"{source}: the base model lacks {lacks[0]!r} ({len(lacks)} of the {len(saved)} backbone "
+                           f"tensors the save was trained on); create it with the same timm keywords (e.g. qkv_bias)")
+    extra = [k for k in own if k not in saved]
+    if extra:
+        raise UniTuneError(f"{source}: the base model has {extra[0]!r} ({len(extra)} backbone tensors the save was "
+                           f"not trained with); create it with the same timm keywords")
+    for k, shape in saved.items():
+        if own[k] != shape:
+            raise UniTuneError(f"{source}: the base model's {k} has shape {tuple(own[k])}, the save's backbone had "
+                               f"{tuple(shape)}")
 
 
 def _read_weights(path: Path, sha256: str) -> bytes:

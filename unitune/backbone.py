@@ -19,12 +19,16 @@ def create_backbone(
     weights: str | None = None,
     kwargs: dict | None = None,
     meta: bool = False,
+    weights_label: str = "model.weights",
 ) -> VisionTransformer:
     """A timm ``VisionTransformer`` with a fresh ``num_classes`` head.
 
-    ``weights`` (a local safetensors / .npz / .pth file) goes through timm's
-    ``pretrained_cfg_overlay`` so, as with hub weights, the head is replaced and the position
-    embedding resized. ``meta=True`` builds on the meta device: shapes only, for counting.
+    ``weights`` (a local safetensors file or ``torch.save``'d state dict) is loaded by
+    :func:`unitune.weights.load_backbone_weights`: every backbone tensor from the file (timm's
+    conversion resizes the position embedding), the head replaced, or a one-line error
+    (``weights_label`` names where the file came from). ``pretrained`` loads timm's hub weights,
+    refused in one line at once when the hub cannot be reached. ``meta=True`` builds on the meta
+    device: shapes only, for counting.
     """
     from unitune.supernet.model import check_vit
 
@@ -34,27 +38,28 @@ def create_backbone(
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise UniTuneError(f"model.weights: file not found: {path}")
+            raise UniTuneError(f"{weights_label}: file not found: {path}")
     if (weights is not None or pretrained) and not meta:
         # Decide the backbone's fate (check_vit) on a shapes-only build before any weight is
         # downloaded or read: a refused family fails in a second, not after a download.
-        create_backbone(name, num_classes, kwargs=kwargs, meta=True)
-    if weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(Path(weights))))
-    elif pretrained:
+        shapes = create_backbone(name, num_classes, kwargs=kwargs, meta=True)
+    offline = None  # why the hub is out of reach (its cache is still read), or None
+    if pretrained and weights is None and not meta:
+        offline = hub_offline(name, shapes)
         kwargs.update(pretrained=True)
     device = torch.device("meta") if meta else contextlib.nullcontext()
     try:
-        with device:
+        with device, (hub_cache_only() if offline else contextlib.nullcontext()):
             model = timm.create_model(name, num_classes=num_classes, **kwargs)
-    except (RuntimeError, ValueError, KeyError, AssertionError, IndexError, TypeError) as e:
+    except (RuntimeError, ValueError, KeyError, AssertionError, IndexError, TypeError, OSError) as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
         first = lines[0]
         if first.startswith("Error(s) in loading state_dict") and len(lines) > 1:  # name the first mismatch
             first = lines[1] + (f" (and {len(lines) - 2} more)" if len(lines) > 2 else "")
-        if weights is not None:
-            raise UniTuneError(f"model.weights: {weights} does not fit backbone {name!r}: {first}") from None
         if kwargs.get("pretrained"):
+            if isinstance(e, OSError):  # the hub's LocalEntryNotFoundError, a refused connection
+                why = f"{offline} and its cache lacks them" if offline else f"failed ({first})"
+                raise UniTuneError(hub_message(name, why)) from None
             raise UniTuneError(
                 f"backbone {name!r}: could not load pretrained weights ({first}); "
                 f"offline, give a local file with model.weights"
@@ -64,7 +69,89 @@ def create_backbone(
         # Only sizes the config chose: an architecture's own default is what its weights were
         # trained at (vit_so400m_patch14_siglip_384 tiles 384 px with 14 px patches, dropping 6).
         check_input_size(model, name)
-    return check_vit(model, f"backbone {name!r}")
+    model = check_vit(model, f"backbone {name!r}")
+    if weights is not None:
+        from unitune.weights import load_backbone_weights
+
+        load_backbone_weights(model, weights, name, label=weights_label)
+    return model
+
+
+# ---- hub weights -------------------------------------------------------------------------------
+
+HUB_TIMEOUT_S = 5.0  # a reachable hub answers a TCP connect in well under a second
+
+
+def hub_message(name: str, why: str) -> str:
+    return (f"backbone {name!r}: pretrained weights need the model hub, which {why}; give a local file with "
+            f"model.weights (`unitune fetch-weights ... --out w.safetensors` writes one where the hub is reachable)")
+
+
+def reachable(host: str, port: int, timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds (name lookup
+    included: it runs in a thread, since getaddrinfo has no timeout of its own)."""
+    import socket
+    import threading
+
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def hub_offline(name: str, shapes: torch.nn.Module) -> str | None:
+    """Why ``pretrained: true`` cannot download (then only the hub cache is read), or None.
+
+    The hub client retries an unreachable host for about a minute and ends in a long traceback;
+    a TCP connect with a short timeout decides in seconds instead. HF_HUB_OFFLINE (or
+    TRANSFORMERS_OFFLINE) set, now or when huggingface_hub was imported, means the cache only.
+    Behind a proxy the check is left to the hub client. Weights on a plain URL (not the hub) that
+    cannot be reached are refused here."""
+    import os
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    cfg = getattr(shapes, "pretrained_cfg", None) or {}
+    hub = bool(cfg.get("hf_hub_id"))
+    url = constants.ENDPOINT if hub else cfg.get("url")
+    if not url:
+        return None  # timm says there are no pretrained weights, in one line
+    if hub and (constants.is_offline_mode() or any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+                                                   for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))):
+        return "is switched off (HF_HUB_OFFLINE)"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (80 if parts.scheme == "http" else 443)
+    if not host or reachable(host, port):
+        return None
+    if not hub:
+        raise UniTuneError(hub_message(name, f"is not reachable ({host}:{port})"))
+    return f"is not reachable ({host}:{port})"
+
+
+@contextlib.contextmanager
+def hub_cache_only():
+    """The hub client in offline mode (it reads ``constants.HF_HUB_OFFLINE`` on every call):
+    cached weights load, a miss fails at once instead of after a minute of retries."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def check_input_size(model: torch.nn.Module, name: str) -> None:

@@ -315,7 +315,8 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
     train_set = build_dataset(run.data, "trainval", None)
     num_classes = train_set.num_classes
     model = create_backbone(run.model.backbone, num_classes, pretrained=run.model.pretrained and not run.model.weights,
-                            weights=pretrained_weights(run, out), kwargs=run.model.kwargs).to(device)
+                            weights=pretrained_weights(run, out), kwargs=run.model.kwargs,
+                            weights_label="model.weights" if run.pretrain is None else "pretrained backbone").to(device)
     for p in model.parameters():
         p.requires_grad_(True)
     data_config = resolve_data_config(model)

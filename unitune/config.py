@@ -114,8 +114,9 @@ def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The timm backbone. ``weights`` is a local file (safetensors / .npz / .pth) loaded through
-    timm's ``pretrained_cfg_overlay`` so the head is replaced and the position embedding resized;
+    """The timm backbone. ``weights`` is a local file (safetensors, or a state dict that
+    ``torch.load(weights_only=True)`` reads) that :mod:`unitune.weights` loads completely or
+    refuses: the head is replaced and the position embedding resized as timm does;
     ``pretrained: true`` without ``weights`` downloads from the hub."""
 
     backbone: str = "vit_base_patch16_224.orig_in21k"
