@@ -205,6 +205,37 @@ def test_the_checker_catches_an_early_test_read():
             test_reads_of_test(bad, 2)
 
 
+def red_pixels(img: Image.Image) -> int:
+    rgb = np.asarray(img.convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 180) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_quick_search_plots_are_stamped(quick_run):
+    """The search stage's plots of a --quick comparison carry the note too (in red above the plot,
+    and as the PNG's ``unitune`` text)."""
+    out, _ = quick_run
+    for t in TASKS:
+        pngs = sorted((out / "tasks" / t / "search" / "plots").glob("*.png"))
+        assert {p.name for p in pngs} >= {"history.png", "pareto.png", "sizes_heatmap.png", "rerank_tau.png"}
+        for p in pngs:
+            with Image.open(p) as img:
+                assert img.text.get("unitune") == compare.QUICK_NOTE, p
+                assert red_pixels(img.crop((0, 0, img.width, 30))) > 50, p
+
+
+def test_stamp_quick_adds_a_band_above_and_keeps_the_plot(tmp_path):
+    path = tmp_path / "plot.png"
+    rng = np.random.default_rng(0)
+    plot = rng.integers(0, 255, (120, 640, 3), dtype=np.uint8)
+    plot[..., 1] = 255  # no red pixel of its own
+    Image.fromarray(plot).save(path)
+    compare.stamp_quick(path)
+    with Image.open(path) as img:
+        assert img.size == (640, 150) and img.text == {"unitune": compare.QUICK_NOTE}
+        assert np.array_equal(np.asarray(img.convert("RGB"))[30:], plot)
+        assert red_pixels(img.crop((0, 0, 640, 30))) > 50
+
+
 def synthetic_rows(seeds, methods=("linear", "lora")) -> list[dict]:
     """Cells of two tasks (heads 520 and 260) whose accuracies differ by seed."""
     return [{"task": t, "method": m, "seed": s, "test_accuracy": base + 0.125 * s + 0.0625 * i + 0.01 * s * s * i,

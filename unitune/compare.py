@@ -412,7 +412,10 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     if run.search.needs_supernet and not (folder / SUPERNET_FILE).is_file():
         train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
     supernet_seconds = time.perf_counter() - started
-    found, _ = search_stage(run, folder, progress=progress)
+    found, written = search_stage(run, folder, progress=progress)
+    if plan.quick:  # its plots too: the --quick numbers mean nothing
+        for png in sorted({p for p in written.values() if Path(p).suffix == ".png"}):
+            stamp_quick(Path(png))
     best = found.best_trial
     info = {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
             "supernet_seconds": round(supernet_seconds, 1),
@@ -617,6 +620,28 @@ def accuracy_figure(summary: dict[str, dict[str, Any]], title: str, n_seeds: int
     if quick:
         fig.suptitle(QUICK_NOTE, color="red", fontweight="bold", fontsize=10)
     return fig
+
+
+def stamp_quick(path: Path) -> None:
+    """Write the --quick note in red in a band above a PNG drawn elsewhere (the search stage's
+    plots), and as its ``unitune`` text chunk. Called once per drawing: the search redraws them."""
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
+    from .io import atomic_path
+
+    with Image.open(path) as img:
+        plot = img.convert("RGB")
+    band = 30
+    out = Image.new("RGB", (plot.width, plot.height + band), "white")
+    out.paste(plot, (0, band))
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans:bold"), 15)
+    ImageDraw.Draw(out).text((out.width // 2, band // 2), QUICK_NOTE, fill=(220, 0, 0), font=font, anchor="mm")
+    info = PngInfo()
+    info.add_text("unitune", QUICK_NOTE)
+    with atomic_path(path) as tmp:
+        out.save(tmp, format="PNG", pnginfo=info)
 
 
 def save_plot(summary: dict[str, dict[str, Any]], path: Path, title: str, n_seeds: int, quick: bool = False) -> None:
