@@ -188,7 +188,7 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
     winner_subnet = trial_subnet(winner, encoding, backbone)
     winner_subnet.save(out / "best_subnet.yaml", meta=meta)
     mark_best(study, winner, winner_subnet, None)  # the dashboard's study note names the new pick
-    plot_rerank(rows, stats, out / "plots" / PLOT)
+    plot_rerank(rows, stats, out / "plots" / PLOT, winner=best["trial"])
 
     tau, ci = stats["tau"], stats["ci95"]
     if tau is None:
@@ -228,21 +228,37 @@ def _ci_text(ci: list[float] | None) -> str:
     return "undefined" if ci is None else f"{ci[0]:.2f} to {ci[1]:.2f}"
 
 
-def plot_rerank(rows: list[dict], stats: dict, path: Path) -> Path:
-    from .plots import _figure, _save
+def plot_rerank(rows: list[dict], stats: dict, path: Path, winner: int | None = None) -> Path:
+    from .plots import _save
 
-    fig = _figure(figsize=(5, 4.5))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(rerank_figure(rows, stats, winner), path)
+
+
+MARKERS = "osD^vPX<>hp"  # hollow and distinct: candidates on one point all show
+
+
+def rerank_figure(rows: list[dict], stats: dict, winner: int | None = None):
+    """Inherited against stand-alone val accuracy, one legend entry per candidate (labels beside
+    the points overlapped) and the pick ringed; returned unsaved, for the tests."""
+    from .plots import _figure
+
+    fig = _figure(figsize=(6.4, 4.5))
     ax = fig.add_subplot(111)
-    for r in rows:
-        single = r["single_method"] is not None
-        ax.scatter(r["inherited_val_accuracy"], r["standalone_val_accuracy"], s=30,
-                   marker="s" if single else "o", color="C1" if single else "C0")
-        ax.annotate(r["single_method"] or f"#{r['trial']}", (r["inherited_val_accuracy"], r["standalone_val_accuracy"]),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for i, r in enumerate(rows):
+        label = f"#{r['trial']}" + (f" {r['single_method']}" if r["single_method"] else "")
+        ax.scatter(r["inherited_val_accuracy"], r["standalone_val_accuracy"], s=45, marker=MARKERS[i % len(MARKERS)],
+                   facecolors="none", edgecolors=f"C{i % 10}", linewidths=1.5, label=label)
+    pick = next((r for r in rows if r["trial"] == winner), None)
+    if pick is not None:
+        ax.scatter(pick["inherited_val_accuracy"], pick["standalone_val_accuracy"], s=320, marker="o",
+                   facecolors="none", edgecolors="black", linewidths=1.2,
+                   label=f"pick: #{winner} (the re-rank's winner)")
     tau = "undefined" if stats["tau"] is None else f"{stats['tau']:.2f}"
     ax.set_title(f"Kendall tau {tau} (n={stats['n']})")
     ax.set_xlabel("inherited val accuracy (supernet)")
     ax.set_ylabel("stand-alone val accuracy (re-rank)")
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, fontsize=8,
+              title="trial (single-method seeds named)", title_fontsize=8, ncol=1 + len(rows) // 16)
+    return fig

@@ -71,11 +71,16 @@ def test_reads_of_test(events: list[tuple], n_test: int) -> None:
 test_reads_of_test.__test__ = False  # a checker, not a test
 
 
+FIGURES: list = []  # the accuracy_vs_params figures quick_run drew, as saved
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One quick comparison of two tasks, every method, seed 0, with every image read recorded."""
     mp = pytest.MonkeyPatch()
     events = load_events(mp)
+    real_figure = compare.accuracy_figure
+    mp.setattr(compare, "accuracy_figure", lambda *a, **k: FIGURES.append(real_figure(*a, **k)) or FIGURES[-1])
     out = tmp_path_factory.mktemp("compare") / "run"
     try:
         code = main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", ",".join(TASKS),
@@ -116,12 +121,19 @@ def test_quick_writes_csv_table_and_plot(quick_run):
         assert int(by[t, "linear"]["params_with_head"]) == d * k + k
         full = by[t, "full"]
         assert int(full["params_with_head"]) - int(full["params"]) == d * k + k
-    # The table's mean of group means, recomputed from the CSV (one seed: the mean of the two tasks).
+    # The table's mean of group means, recomputed from the CSV (one seed: the mean of the two tasks,
+    # with no spread: a "± 0.0" read as a measured one).
     table = (out / "table.md").read_text()
     for m in METHODS:
         line = next(ln for ln in table.splitlines() if ln.startswith(f"| {m} |"))
         expected = statistics.fmean(100 * float(by[t, m]["test_accuracy"]) for t in TASKS)
-        assert f"**{expected:.1f} ± 0.0**" in line, (m, line)
+        assert f"**{expected:.1f}** |" in line and "±" not in line, (m, line)
+    # --quick says so first; one seed, one epoch in the singular; each task's head, not their mean.
+    assert table.startswith(f"**{compare.QUICK_NOTE}**")
+    assert "with head" not in table
+    assert "one seed (0), so no spread; 1 epoch on trainval for every row" in table
+    assert "every row also trains the task's head: " + \
+        ", ".join(f"{t} {d * k + k:,}" for t, k in heads.items()) + "." in table
     assert "structured mean" in table and "specialized mean" in table
     # Search minus each single method, recomputed from the CSV, and the re-rank's tau per task.
     paired = table[table.index("Search minus each single method"):]
@@ -134,7 +146,7 @@ def test_quick_writes_csv_table_and_plot(quick_run):
         meta = yaml.safe_load((out / "tasks" / t / "search" / "best_subnet.yaml").read_text())["meta"]
         line = next(ln for ln in paired.splitlines() if ln.startswith(f"| {t} | "))
         assert line.startswith(f"| {t} | {meta['kendall_tau']:.2f} (n={meta['kendall_n']}, 95% CI"), line
-        assert line.endswith(f"| {by[t, 'search']['sizes']} |"), line
+        assert line.endswith(f"| {meta['n_params']:,} | {by[t, 'search']['sizes']} |"), line
     with Image.open(out / "accuracy_vs_params.png") as img:
         assert img.format == "PNG" and img.size[0] > 300
     pre = json.loads((out / "pretrain" / "pretrain_result.json").read_text())
@@ -142,6 +154,35 @@ def test_quick_writes_csv_table_and_plot(quick_run):
     # Each task's resolved config loads the one pretrained backbone.
     for t in TASKS:
         assert str((out / "pretrain" / "backbone.safetensors").resolve()) in (out / "tasks" / t / "config.yaml").read_text()
+
+
+def legend_texts(ax) -> list[str]:
+    legend = ax.get_legend()
+    assert legend is not None, "no legend"
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_quick_plot_has_a_legend_and_says_quick(quick_run):
+    """The figure saved as accuracy_vs_params.png: one legend entry per method at its point (labels
+    beside the points overlapped), the --quick note, the counts in the singular, no label cut off."""
+    out, _ = quick_run
+    rows = read_csv(out / "results.csv")
+    fig = FIGURES[-1]
+    (ax,) = fig.axes
+    assert legend_texts(ax) == list(METHODS)
+    assert not ax.texts  # no annotations beside the points
+    for m, container in zip(METHODS, ax.containers):
+        params = statistics.fmean(int(r["params"]) for r in rows if r["method"] == m)  # the head excluded
+        acc = statistics.fmean(100 * float(r["test_accuracy"]) for r in rows if r["method"] == m)
+        x, y = container.lines[0].get_data()
+        assert (x[0], y[0]) == (pytest.approx(params), pytest.approx(acc)), m
+        assert not container.has_yerr  # one seed: no error bar
+    assert [t.get_text() for t in fig.texts] == [compare.QUICK_NOTE]
+    assert ax.get_title() == "minivtab: 2 tasks, 1 seed"
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    box, page = ax.yaxis.label.get_window_extent(renderer), fig.bbox
+    assert page.y0 <= box.y0 and box.y1 <= page.y1, "the y label is taller than the figure"
 
 
 def test_test_split_is_read_only_at_the_end_of_each_cell(quick_run):
@@ -162,6 +203,138 @@ def test_the_checker_catches_an_early_test_read():
                 train + test + cell + test[:1]):
         with pytest.raises(AssertionError):
             test_reads_of_test(bad, 2)
+
+
+def red_pixels(img: Image.Image) -> int:
+    rgb = np.asarray(img.convert("RGB")).astype(int)
+    return int(((rgb[..., 0] > 180) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum())
+
+
+def test_quick_search_plots_are_stamped(quick_run):
+    """The search stage's plots of a --quick comparison carry the note too (in red above the plot,
+    and as the PNG's ``unitune`` text)."""
+    out, _ = quick_run
+    for t in TASKS:
+        pngs = sorted((out / "tasks" / t / "search" / "plots").glob("*.png"))
+        assert {p.name for p in pngs} >= {"history.png", "pareto.png", "sizes_heatmap.png", "rerank_tau.png"}
+        for p in pngs:
+            with Image.open(p) as img:
+                assert img.text.get("unitune") == compare.QUICK_NOTE, p
+                assert red_pixels(img.crop((0, 0, img.width, 30))) > 50, p
+
+
+def test_stamp_quick_adds_a_band_above_and_keeps_the_plot(tmp_path):
+    path = tmp_path / "plot.png"
+    rng = np.random.default_rng(0)
+    plot = rng.integers(0, 255, (120, 640, 3), dtype=np.uint8)
+    plot[..., 1] = 255  # no red pixel of its own
+    Image.fromarray(plot).save(path)
+    compare.stamp_quick(path)
+    with Image.open(path) as img:
+        assert img.size == (640, 150) and img.text == {"unitune": compare.QUICK_NOTE}
+        assert np.array_equal(np.asarray(img.convert("RGB"))[30:], plot)
+        assert red_pixels(img.crop((0, 0, 640, 30))) > 50
+
+
+def synthetic_rows(seeds, methods=("linear", "lora")) -> list[dict]:
+    """Cells of two tasks (heads 520 and 260) whose accuracies differ by seed."""
+    return [{"task": t, "method": m, "seed": s, "test_accuracy": base + 0.125 * s + 0.0625 * i + 0.01 * s * s * i,
+             "params": 100 * i, "params_with_head": 100 * i + head, "seconds": 1.0}
+            for t, base, head in (("a", 0.5, 520), ("b", 0.25, 260)) for i, m in enumerate(methods) for s in seeds]
+
+
+GROUPS = {"a": "natural", "b": "structured"}
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1), (0, 1, 2)])
+def test_the_table_shows_a_spread_only_from_two_seeds(seeds):
+    rows = synthetic_rows(seeds)
+    summary = compare.summarise(rows, ("a", "b"), GROUPS, seeds, ("linear", "lora"))
+    table = compare.format_table(summary, ("a", "b"), GROUPS, len(seeds))
+    for m in ("linear", "lora"):
+        accs = {t: [100 * r["test_accuracy"] for r in rows if r["method"] == m and r["task"] == t] for t in "ab"}
+        headline = [statistics.fmean([accs["a"][k], accs["b"][k]]) for k in range(len(seeds))]  # one task a group
+        expected = [accs["a"], accs["b"], accs["a"], accs["b"], headline]  # tasks, group means, mean of groups
+        if len(seeds) == 1:
+            cells = [f"{v[0]:.1f}" for v in expected]
+        else:
+            cells = [f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}" for v in expected]
+        cells[-1] = f"**{cells[-1]}**"
+        params = statistics.fmean(r["params"] for r in rows if r["method"] == m)
+        assert f"| {m} | {params:,.0f} | " + " | ".join(cells) + " |" in table.splitlines(), table
+    assert ("±" in table) == (len(seeds) > 1)
+
+
+def test_the_paired_table_shows_a_spread_only_from_two_pairs():
+    for tasks, seeds in ((("a",), (0,)), (("a",), (0, 1)), (("a", "b"), (0,))):
+        rows = [r for r in synthetic_rows(seeds, ("lora", "search")) if r["task"] in tasks]
+        (paired,) = compare.paired_vs_single(rows, tasks, seeds, ("lora", "search"))
+        diffs = [100 * (a["test_accuracy"] - b["test_accuracy"]) for a, b in
+                 zip([r for r in rows if r["method"] == "search"], [r for r in rows if r["method"] == "lora"])]
+        text = compare.format_paired([paired], {})
+        line = next(ln for ln in text.splitlines() if ln.startswith("| lora |"))
+        if len(diffs) == 1:
+            assert "| search - it | search wins |" in text and f"| {diffs[0]:+.1f} | 1/1 |" in line, text
+        else:
+            assert "| search - it, mean ± std |" in text, text
+            assert f"| {statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} | 2/2 |" in line, text
+
+
+def test_the_notes_count_in_the_singular_and_name_each_head():
+    rows = synthetic_rows((0,), ("linear", "search"))
+    rows[-1]["params"], rows[-1]["params_with_head"] = 300, 560  # the search picked another size on task b
+    summary = compare.summarise(rows, ("a", "b"), GROUPS, (0,), ("linear", "search"))
+    heads = compare.head_sizes(rows, ("a", "b"))
+    assert heads == {"a": [520], "b": [260]}
+    one = compare.format_notes((0,), 1, "c.yaml", heads, summary)
+    assert one[0] == "Test accuracy % after the last epoch, one seed (0), so no spread; 1 epoch on trainval for " \
+                     "every row (c.yaml)."
+    assert one[1] == "params: trainable parameters without the classification head (mean over tasks for search: " \
+                     "its count differs per task); every row also trains the task's head: a 520, b 260."
+    two = compare.format_notes((3, 4), 2, "c.yaml", {"a": [1040]}, {"linear": summary["linear"]})
+    assert two[0].startswith("Test accuracy % after the last epoch, mean ± std over 2 seeds [3, 4]; 2 epochs on ")
+    assert two[1] == "params: trainable parameters without the classification head; every row also trains the " \
+                     "task's head: a 1,040."
+    table = compare.format_table(summary, ("a", "b"), GROUPS, 1)
+    assert "| search | 200 (mean) |" in table and "| linear | 0 |" in table
+
+
+def test_the_tau_column_says_why_there_is_no_tau():
+    """"n/a (no re-rank)" only where no re-rank ran; a re-rank whose tau is undefined says why
+    (figures as search/rerank.py's kendall computes them and writes them to the pick's meta)."""
+    from unitune.search.rerank import kendall
+
+    def meta(k, fitness="supernet"):
+        return {"kendall_tau": k["tau"], "kendall_n": k["n"], "kendall_ci95": k["ci95"], "fitness": fitness}
+
+    assert compare._tau_text(meta(kendall([0.5, 0.6], [0.4, 0.7]))) == "undefined (n=2: fewer than 3 subnets)"
+    assert compare._tau_text(meta(kendall([0.5, 0.6, 0.7], [0.4, 0.4, 0.4]))) == \
+        "undefined (n=3: the inherited or the stand-alone scores all equal)"
+    assert compare._tau_text(meta(kendall([0.5, 0.5, 0.5], [0.4, 0.6, 0.5]))).startswith("undefined (n=3: ")
+    k = kendall([0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.9])
+    assert compare._tau_text(meta(k)) == f"{k['tau']:.2f} (n=4, 95% CI [{k['ci95'][0]:.2f}, {k['ci95'][1]:.2f}])"
+    none = {"kendall_tau": None, "kendall_n": None, "kendall_ci95": None}  # a pick's meta without a re-rank
+    assert compare._tau_text({**none, "fitness": "supernet"}) == "n/a (no re-rank)"
+    assert compare._tau_text({**none, "fitness": "standalone"}) == \
+        "n/a (stand-alone fitness: no supernet ranking to check)"
+
+
+@pytest.mark.parametrize("n_seeds, quick", [(1, False), (2, True), (3, False)])
+def test_the_plot_draws_error_bars_from_two_seeds_and_marks_quick(n_seeds, quick):
+    seeds = tuple(range(n_seeds))
+    summary = compare.summarise(synthetic_rows(seeds), ("a", "b"), GROUPS, seeds, ("linear", "lora"))
+    fig = compare.accuracy_figure(summary, f"t: 2 tasks, {n_seeds} seeds", n_seeds, quick)
+    (ax,) = fig.axes
+    assert legend_texts(ax) == ["linear", "lora"]
+    for container, s in zip(ax.containers, summary.values()):
+        assert container.has_yerr == (n_seeds > 1)
+        if n_seeds > 1:  # the bar spans mean ± std of the mean of group means
+            (bar,) = container.lines[2]
+            (segment,) = bar.get_segments()
+            mean, std = s["mean_of_groups"]
+            assert [y for _, y in segment] == [pytest.approx(mean - std), pytest.approx(mean + std)]
+    assert ("± std over seeds" in ax.get_ylabel()) == (n_seeds > 1)
+    assert [t.get_text() for t in fig.texts] == ([compare.QUICK_NOTE] if quick else [])
 
 
 KILL_AFTER_CELLS = r"""
@@ -205,6 +378,14 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("linear", "lora", "full") for s in "01"}
     ran.clear()
     assert main(args) == 0 and ran == []  # a third run only rewrites the report
+    # Two seeds: each cell is mean ± std over them (the std of two values, from the CSV).
+    table = (out / "table.md").read_text()
+    assert table.startswith(f"**{compare.QUICK_NOTE}**")
+    assert "mean ± std over 2 seeds [0, 1]; 1 epoch on trainval" in table
+    for m in ("linear", "lora", "full"):
+        accs = [100 * float(r["test_accuracy"]) for r in rows if r["method"] == m]
+        line = next(ln for ln in table.splitlines() if ln.startswith(f"| {m} |"))
+        assert f"**{statistics.fmean(accs):.1f} ± {statistics.stdev(accs):.1f}**" in line, line
 
 
 def test_standalone_fitness_search_trains_no_supernet(tmp_path, monkeypatch):
@@ -228,6 +409,7 @@ def test_standalone_fitness_search_trains_no_supernet(tmp_path, monkeypatch):
     assert study["subnet"]
     (row,) = read_csv(out / "results.csv")
     assert row["method"] == "search" and 0 <= float(row["test_accuracy"]) <= 1
+    assert "| orientation | n/a (stand-alone fitness: no supernet ranking to check) |" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -327,6 +509,7 @@ def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
     assert [(r["task"], r["group"], r["method"], r["test_images"]) for r in rows] == \
         [("cifar", "natural", "linear", "6"), ("cifar", "natural", "vpt", "6")]
     assert int(rows[1]["params"]) == 10 * 64 * 4  # NOAH's largest VPT size, 10 tokens, within 0.43M
+    assert compare.QUICK_NOTE not in (out / "table.md").read_text()  # not a --quick run
 
 
 def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):

@@ -264,3 +264,33 @@ def test_turning_rerank_off_forgets_an_earlier_winner(tmp_path):
     assert record["winner"] != optuna_best and best_trial(study).number == record["winner"]
     assert forget_rerank(study) is True and forget_rerank(study) is False
     assert best_trial(study).number == optuna_best
+
+
+def test_rerank_plot_has_every_candidate_in_its_legend_and_rings_the_pick(study, tmp_path, monkeypatch):
+    """rerank_tau.png as drawn: one legend entry per candidate (labels beside the points overlapped),
+    each at its figures, and the pick ringed and named."""
+    import unitune.search.rerank as rr
+
+    figures = []
+    real = rr.rerank_figure
+    monkeypatch.setattr(rr, "rerank_figure", lambda *a, **k: figures.append(real(*a, **k)) or figures[-1])
+
+    def train(run, out, subnet, epochs, progress):  # Optuna's best scores worst stand-alone
+        return 0.5 + 0.01 * sum(subnet.vpt) - 0.001 * sum(subnet.lora)
+
+    record = rerank(None, tmp_path, study, top_k=3, epochs=1, train=train)
+    (fig,) = figures
+    (ax,) = fig.axes
+    rows = record["candidates"]
+    assert any(r["single_method"] for r in rows) and any(not r["single_method"] for r in rows)
+    labels = [f"#{r['trial']} {r['single_method']}" if r["single_method"] else f"#{r['trial']}" for r in rows]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == \
+        labels + [f"pick: #{record['winner']} (the re-rank's winner)"]
+    assert not ax.texts  # no annotations beside the points
+    *points, ring = ax.collections
+    for r, p in zip(rows, points, strict=True):
+        assert p.get_offsets().tolist() == [[r["inherited_val_accuracy"], r["standalone_val_accuracy"]]]
+    winner = next(r for r in rows if r["trial"] == record["winner"])
+    assert winner is not max(rows, key=lambda r: r["inherited_val_accuracy"])  # the ring is not on the first point
+    assert ring.get_offsets().tolist() == [[winner["inherited_val_accuracy"], winner["standalone_val_accuracy"]]]
+    assert (tmp_path / "plots" / "rerank_tau.png").read_bytes()[:4] == b"\x89PNG"
