@@ -21,13 +21,14 @@ from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
 from unitune.pretrain import pretrained_weights
+from unitune.stagelog import StageLog
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.model import check_vit
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.supernet.wrap import make_optimizer, wrap_vit
 from unitune.train import (
-    Criterion, JsonlLog, build_scheduler, evaluate, load_checkpoint, pick_device,
+    Criterion, build_scheduler, evaluate, load_checkpoint, pick_device,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
@@ -177,7 +178,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-    log = JsonlLog(out / LOG_FILE, resume_epoch=start_epoch if loaded is not None else None)
+    log = StageLog(out / LOG_FILE, "retrain", out, run.logging, resume_epoch=start_epoch if loaded is not None else None)
 
     started = time.perf_counter()
     global_step = start_epoch * steps
@@ -196,7 +197,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
             save_checkpoint(ckpt_dir, model.trainable_state_dict(),
                             {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "fingerprint": fingerprint})
-            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"])
+            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], lr=optimizer.param_groups[0]["lr"])
+    log.close()
 
     # The test split is scored once, after the last epoch: the number reported. In fp32 whatever
     # ``amp`` trained with: bf16 is a training-speed choice, not part of the model, and the

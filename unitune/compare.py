@@ -478,7 +478,10 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        from unitune.voice import install
+
+        # each worker prints warnings in the CLI's voice, other packages' repeats once per worker
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=install) as pool:
             for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
                 f.result()
             for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
