@@ -47,12 +47,12 @@ def write_curves(run_dir: str | os.PathLike) -> Path | None:
         loss_ax.plot(epochs, [r.get("loss") for r in records], marker="o", markersize=3, color="C3")
         loss_ax.set_title(f"{stage} ({len(records)} epoch{'s' if len(records) != 1 else ''})")
         loss_ax.set_ylabel("training loss")
-        for k, key in enumerate(ACCURACIES[stage]):
-            if any(key in r for r in records):
-                acc_ax.plot(epochs, [r.get(key) for r in records], marker="o", markersize=3, color=f"C{k}",
-                            label=key)
+        shown = [key for key in ACCURACIES[stage] if any(key in r for r in records)]
+        for k, key in enumerate(shown):
+            acc_ax.plot(epochs, [r.get(key) for r in records], marker="o", markersize=3, color=f"C{k}", label=key)
         acc_ax.set_ylabel("accuracy")
-        acc_ax.legend(loc="lower right", fontsize="small", frameon=False)
+        if shown:
+            acc_ax.legend(loc="lower right", fontsize="small", frameon=False)
         if any("lr" in r for r in records):
             lr_ax.plot(epochs, [r.get("lr") for r in records], marker="o", markersize=3, color="C2")
             lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
