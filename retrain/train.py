@@ -110,11 +110,13 @@ def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> S
 
 def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str | None = None,
             supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True,
-            subnet_index: int | None = None, backbone: str | Path | None = None) -> dict[str, Any]:
+            subnet_index: int | None = None, backbone: str | Path | None = None,
+            curves: bool = True) -> dict[str, Any]:
     """Train ``subnet_path``'s subnet on trainval, test it once, merge and export it.
 
     ``subnet_path`` may name one entry of a list file (``FILE#N``; or ``subnet_index``);
-    ``backbone``: the pretrained weights from another run folder or a weights file."""
+    ``backbone``: the pretrained weights from another run folder or a weights file; ``curves``:
+    redraw ``out/plots/curves.png`` at the end (compare's many cells skip it)."""
     out = Path(out)
     cfg = run.retrain
     init = init or cfg.init
@@ -178,7 +180,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-    log = StageLog(out / LOG_FILE, "retrain", out, run.logging, resume_epoch=start_epoch if loaded is not None else None)
+    log = StageLog(out / LOG_FILE, "retrain", out, run.logging,
+                   resume_epoch=start_epoch if loaded is not None else None)
 
     started = time.perf_counter()
     global_step = start_epoch * steps
@@ -198,7 +201,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
                             {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "fingerprint": fingerprint})
             bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], lr=optimizer.param_groups[0]["lr"])
-    log.close()
+    log.close(curves=curves)
 
     # The test split is scored once, after the last epoch: the number reported. In fp32 whatever
     # ``amp`` trained with: bf16 is a training-speed choice, not part of the model, and the

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -133,7 +134,7 @@ def test_the_epoch_line_shows_the_lr_and_wraps_between_fields(monkeypatch):
     # 30 epochs of 1,000 images left at 2,000 img/s: 15 s
     assert wide.split("  ") == ["[supernet] epoch 10/40", "loss 1.2346", "val_acc_largest 0.7812",
                                 "val_acc_smallest 0.5123", "lr 3.2e-04", "2,000 img/s", "eta 00:15"], wide
-    lines = _epoch_lines(80, monkeypatch)  # 105 characters on an 80-column screen
+    lines = _epoch_lines(80, monkeypatch)  # 120 characters on an 80-column screen
     assert len(wide) > 80 and len(lines) == 2 and all(len(line) <= 80 for line in lines), lines
     # broken between two fields, the rest indented under the first field's text
     assert lines[1].startswith(" " * len("[supernet] ")) and not lines[1][len("[supernet] ")].isspace()
@@ -156,7 +157,8 @@ def test_budget_warning_is_one_line_in_the_tools_voice(capsys):
         with tool_voice():
             check_budget(10**9, SearchSpace(), dims)
             for _ in range(3):
-                warnings.warn_explicit("a deprecated call\n  (twice)", DeprecationWarning, str(Path(pytest.__file__)), 7)
+                warnings.warn_explicit("a deprecated call\n  (twice)", DeprecationWarning,
+                                       str(Path(pytest.__file__)), 7)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2, err
     assert err[0].startswith("unitune: warning: budget: 1000000000 parameters is at or above the largest subnet")
@@ -166,14 +168,22 @@ def test_budget_warning_is_one_line_in_the_tools_voice(capsys):
         check_budget(10**9, SearchSpace(), dims)
 
 
-def test_compare_quick_prints_timms_scheduler_warning_once(tmp_path):
-    """Every one-step schedule makes timm log "Cosine annealing scheduler will have no effect";
-    a quick comparison printed it once per cell (5 here, 49 in a full --quick run)."""
-    proc = subprocess.run([sys.executable, "-m", "unitune", "compare", "--config", str(ROOT / "configs" / "minivtab.yaml"),
-                           "--quick", "--out", str(tmp_path / "run"), "--tasks", "location", "--methods", "linear,lora",
-                           "--seeds", "0,1", "--quiet"], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def test_compare_quick_prints_each_warning_once_in_one_line(tmp_path):
+    """Every one-step schedule makes timm log "Cosine annealing scheduler will have no effect"; a
+    quick comparison printed it once per schedule (49 times in a whole --quick run). A budget above
+    the largest subnet printed Python's ``file:line: UserWarning:`` and the source line after it."""
+    args = ["compare", "--config", str(ROOT / "configs" / "minivtab.yaml"), "--quick", "--out", str(tmp_path / "run"),
+            "--tasks", "location", "--methods", "linear,search", "--seeds", "0", "--quiet", "search.budget=100M",
+            "search.rerank={top_k: 0}"]
+    proc = subprocess.run([sys.executable, "-m", "unitune", *args], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
     timm = [line for line in lines if "Cosine annealing scheduler will have no effect" in line]
     assert timm == ["timm: warning: Cosine annealing scheduler will have no effect on the learning rate since "
                     "t_initial = t_mul = eta_mul = 1."], proc.stderr
+    budget = [line for line in lines if "budget" in line]
+    assert len(budget) == 1 and re.fullmatch(r"unitune: warning: budget: 100000000 parameters is at or above the "
+                                             r"largest subnet of this space \(\d+ parameters\); every subnet fits, "
+                                             r"so the budget does not constrain the search", budget[0]), budget
+    assert lines == [*timm, *budget] or lines == [*budget, *timm], proc.stderr  # nothing else: no source line

@@ -365,7 +365,7 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
             subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
             path = subnet.save(out / "subnet.yaml")
         r = retrain(run, path, out, supernet_file=plan.search_dir(task) / SUPERNET_FILE if method == "search" else None,
-                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress)
+                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress, curves=False)
         params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
         sizes, images = describe(Subnet.load(path)), r["test_images"]
     row = {"task": task, "group": plan.groups[task], "method": method, "seed": seed,

@@ -69,11 +69,12 @@ class StageLog(JsonlLog):
                 out.writeheader()
                 out.writerows(records)
 
-    def close(self) -> None:
-        """At the stage's end: close the event file and redraw the run's curves."""
+    def close(self, curves: bool = True) -> None:
+        """At the stage's end: close the event file and (``curves``) redraw the run's curves."""
         from .curves import write_curves
 
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-        write_curves(self.run_dir)
+        if curves:
+            write_curves(self.run_dir)
