@@ -10,6 +10,8 @@ CLI installs :func:`tool_voice` around a command, which prints
   once per process: timm's "Cosine annealing scheduler will have no effect ..." comes from
   every scheduler built for a one-step schedule, 49 times in one ``compare --quick``.
 
+Deprecation warnings, which Python hides from users by default, go where they went before.
+
 Lines go through ``tqdm.write`` so that a progress bar on the terminal is redrawn below them
 rather than torn.
 """
@@ -42,8 +44,9 @@ class Voice:
     """The printer: one line per message to stderr (read at each call, as pytest's capsys swaps
     it), other packages' repeats dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, fallback: Callable = warnings.showwarning) -> None:
         self.seen: set[tuple[str, str]] = set()
+        self.fallback = fallback
 
     def say(self, who: str, level: str, text: str) -> None:
         # unitune's own text keeps its line breaks (the re-rank's tau warning is wrapped on
@@ -59,6 +62,11 @@ class Voice:
 
     def showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
         """``warnings.showwarning``'s signature; the source line is never printed."""
+        if issubclass(category, (DeprecationWarning, PendingDeprecationWarning)):
+            # for developers (hidden by Python's default filters): shown, or recorded under
+            # pytest, as they were
+            self.fallback(message, category, filename, lineno, file, line)
+            return
         who = "unitune" if issubclass(category, UniTuneWarning) else _package_of(filename)
         self.say(who, "warning", str(message))
 
@@ -80,9 +88,9 @@ class _Handler(logging.Handler):
 def install() -> Callable[[], None]:
     """Install the one-line printer for warnings and log records; returns what undoes it.
     (Also a process pool's ``initializer``: a worker process prints in the same voice.)"""
-    voice = Voice()
-    handler = _Handler(voice)
     saved = warnings.showwarning
+    voice = Voice(saved)
+    handler = _Handler(voice)
     warnings.showwarning = voice.showwarning
     logging.getLogger().addHandler(handler)
 
