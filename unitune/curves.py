@@ -37,6 +37,7 @@ def write_curves(run_dir: str | os.PathLike) -> Path | None:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(4.2 * len(logs), 7.5))
     FigureCanvasAgg(fig)
@@ -62,7 +63,9 @@ def write_curves(run_dir: str | os.PathLike) -> Path | None:
         lr_ax.set_xlabel("epoch")
         for ax in (loss_ax, acc_ax, lr_ax):
             ax.grid(alpha=0.3)
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+        if len(epochs) == 1:  # one point: matplotlib would span 0.96 to 1.04
+            lr_ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
     fig.tight_layout()
     path = run_dir / CURVES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
