@@ -21,13 +21,14 @@ from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
 from unitune.pretrain import pretrained_weights
+from unitune.stagelog import StageLog
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.model import check_vit
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.supernet.wrap import make_optimizer, wrap_vit
 from unitune.train import (
-    Criterion, JsonlLog, build_scheduler, evaluate, load_checkpoint, pick_device,
+    Criterion, build_scheduler, evaluate, load_checkpoint, pick_device,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 
@@ -112,11 +113,13 @@ def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> S
 
 def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str | None = None,
             supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True,
-            subnet_index: int | None = None, backbone: str | Path | None = None) -> dict[str, Any]:
+            subnet_index: int | None = None, backbone: str | Path | None = None,
+            curves: bool = True) -> dict[str, Any]:
     """Train ``subnet_path``'s subnet on trainval, test it once, merge and export it.
 
     ``subnet_path`` may name one entry of a list file (``FILE#N``; or ``subnet_index``);
-    ``backbone``: the pretrained weights from another run folder or a weights file."""
+    ``backbone``: the pretrained weights from another run folder or a weights file; ``curves``:
+    redraw ``out/plots/curves.png`` at the end (compare's many cells skip it)."""
     out = Path(out)
     cfg = run.retrain
     init = init or cfg.init
@@ -180,7 +183,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-    log = JsonlLog(out / LOG_FILE, resume_epoch=start_epoch if loaded is not None else None)
+    log = StageLog(out / LOG_FILE, "retrain", out, run.logging,
+                   resume_epoch=start_epoch if loaded is not None else None)
 
     started = time.perf_counter()
     global_step = start_epoch * steps
@@ -199,7 +203,8 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
             save_checkpoint(ckpt_dir, model.trainable_state_dict(),
                             {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "fingerprint": fingerprint})
-            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"])
+            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], lr=optimizer.param_groups[0]["lr"])
+    log.close(curves=curves)
 
     # The test split is scored once, after the last epoch: the number reported. In fp32 whatever
     # ``amp`` trained with: bf16 is a training-speed choice, not part of the model, and the

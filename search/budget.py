@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from unitune.errors import UniTuneError
+from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.supernet import BackboneDims, SearchSpace, cost_table
 from unitune.supernet.params import block_params, parse_budget  # noqa: F401 (part of this module's API)
 
@@ -45,7 +45,7 @@ def check_budget(budget: int, space: SearchSpace, dims: BackboneDims, source: st
         warnings.warn(
             f"{source}: {budget} parameters is at or above the largest subnet of this space ({high} parameters); "
             "every subnet fits, so the budget does not constrain the search",
-            UserWarning,
+            UniTuneWarning,
             stacklevel=2,
         )
     return budget

@@ -23,8 +23,9 @@ from unitune.data import build_dataset, build_loader, build_transform, resolve_d
 from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
 from unitune.progress import StageProgress
+from unitune.stagelog import StageLog
 from unitune.train import (
-    Criterion, Dist, JsonlLog, StepChecks, all_reduce_gradients, autocast, build_scheduler,
+    Criterion, Dist, StepChecks, all_reduce_gradients, autocast, build_scheduler,
     clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
@@ -163,7 +164,8 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         set_rng_state(state["rng"])
         start_epoch, start_step = state["epoch"], state["step"]
         resumed_loss = state.get("loss_sum", 0.0), state.get("n_loss", 0)
-    log = JsonlLog(out / LOG_FILE, resume_epoch=start_epoch if loaded is not None else None) if world.is_main else None
+    log = StageLog(out / LOG_FILE, "supernet", out, run.logging,
+                   resume_epoch=start_epoch if loaded is not None else None) if world.is_main else None
 
     def rank_mean(value: float) -> float:
         """The mean over ranks of a per-rank number (each rank's loss is over its share of the batch)."""
@@ -232,9 +234,11 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         if log is not None:
             log.write(record)
         bar.epoch_end(epoch, loss=record["loss"], val_acc_largest=record["val_acc_largest"],
-                      val_acc_smallest=record["val_acc_smallest"])
+                      val_acc_smallest=record["val_acc_smallest"], lr=record["lr"])
         checkpoint(epoch + 1, 0)
     bar.close()
+    if log is not None:
+        log.close()
 
     path = out / SUPERNET_FILE
     if world.is_main:

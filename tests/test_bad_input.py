@@ -544,6 +544,11 @@ ROWS += [
         "predict: argument --top-k: invalid int value: 'abc'"),
     Row("missing-required-option", ["export-subnet", "--storage", "{tmp}/s.db"],
         "export-subnet: the following arguments are required: --out"),
+    # -- logging branch: the run config's `logging` key (unitune/config.py parse_logging)
+    Row("run-unknown-logger", ["run", *STAGE, "logging=wandb"],
+        ("{cfg}", "logging: unknown logger 'wandb', expected some of ['csv', 'tensorboard']")),
+    Row("supernet-logging-not-a-name", ["supernet", *STAGE, "logging=[csv, 3]"],
+        ("{cfg}", "logging: expected one of ['csv', 'tensorboard'] or a list of them, got ['csv', 3]")),
 ]
 
 

@@ -48,13 +48,16 @@ def test_demo_log_is_one_line_per_epoch_with_loss_and_accuracy(demo, tmp_path):
     lines = text.splitlines()
     assert "\r" not in text  # no bar updates in a file
     for stage, (jsonl, metric) in STAGES.items():
-        epoch_lines = [line for line in lines if line.startswith(f"[{stage}] epoch ")]
+        # an epoch's line, with the indented lines it continues on if it was wider than COLUMNS
+        epoch_lines = ["  ".join([line, *(c.strip() for c in lines[i + 1:i + 3] if c.startswith("   "))])
+                       for i, line in enumerate(lines) if line.startswith(f"[{stage}] epoch ")]
         records = [json.loads(r) for r in (out / jsonl).read_text().splitlines()]
         assert len(epoch_lines) == len(records) == 2, (stage, epoch_lines)
         for k, (line, record) in enumerate(zip(epoch_lines, records)):
             # the line's numbers are the logged ones, rounded
             assert line.startswith(f"[{stage}] epoch {k + 1}/2  loss {record['loss']:.4f}"), line
             assert f"{metric} {record[metric]:.4f}" in line
+            assert f"  lr {record['lr']:.1e}  " in line  # the learning rate at the epoch's end
             assert re.search(r"  [\d,]+ img/s  eta \d\d:\d\d$", line), line
     search = [line for line in lines if line.startswith("[search] ")]
     assert [line.split("  ")[0] for line in search] == [f"[search] {k}/4 trials" for k in range(1, 5)]
@@ -71,6 +74,11 @@ def test_demo_log_is_one_line_per_epoch_with_loss_and_accuracy(demo, tmp_path):
     times = [line for line in lines if line.startswith("time per stage")]
     assert len(times) == 1 and len(times[0]) <= 120, times  # used to wrap a 120-column terminal
 
+    # the curves of the three training stages: three columns side by side
+    from PIL import Image
+
+    with Image.open(out / "plots" / "curves.png") as png:
+        assert png.size[0] > 1.4 * png.size[1], png.size
     first = json.loads((out / "run_summary.json").read_text())
     assert first["skipped"] == [] and all(isinstance(v, float) for v in first["seconds"].values())
 
@@ -92,7 +100,8 @@ def test_demo_log_is_one_line_per_epoch_with_loss_and_accuracy(demo, tmp_path):
     assert all(len(line) <= 120 for line in quiet if not str(out) in line)
     for name, path in again["artefacts"].items():
         assert Path(path).exists() and f"{name:<20} {path}" in text
-    assert set(again["artefacts"]) == {"best subnet", "study (Optuna)", "plots", "export", "evaluation", "summary"}
+    assert set(again["artefacts"]) == {"best subnet", "study (Optuna)", "plots", "training curves", "export",
+                                       "evaluation", "summary"}  # no tensorboard/: the demo asks for no logger
     for command in ("dashboard", "evaluate", "predict", "inspect", "export-subnet"):
         assert any(line.startswith(f"  unitune {command} ") for line in quiet), command
 

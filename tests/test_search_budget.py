@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import IntDistribution
 
 from search_util import decode_independently, n_params, tiny_dims
-from unitune.errors import UniTuneError
+from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.search import SubnetEncoding, budget_bounds, check_budget, parse_budget, repair_params, repair_subnet
 from unitune.supernet import SearchSpace, Subnet, count_params
 
@@ -65,7 +65,7 @@ def test_check_budget_below_minimum_names_it():
 
 def test_check_budget_above_maximum_warns_and_passes():
     high = budget_bounds(SearchSpace(), tiny_dims())[1]
-    with pytest.warns(UserWarning, match=f"largest subnet of this space \\({high} parameters\\)"):
+    with pytest.warns(UniTuneWarning, match=f"largest subnet of this space \\({high} parameters\\)"):
         assert check_budget(high + 1000, SearchSpace(), tiny_dims()) == high + 1000
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -47,7 +47,7 @@ import safetensors.torch
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from unitune.errors import UniTuneError
+from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
@@ -354,5 +354,5 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
             if merged.model_kwargs else "no timm keyword"
         extra = f"; parameters timm does not build: {list(merged.added_params)}" if merged.added_params else ""
         warnings.warn(f"merge_and_unload: folding SSF created biases; the merged structure is {what}{extra}",
-                      stacklevel=3)
+                      UniTuneWarning, stacklevel=3)
     return merged.model

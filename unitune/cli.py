@@ -1,7 +1,8 @@
 """The ``unitune`` command line.
 
 User mistakes (:class:`UniTuneError`) print one line, ``unitune: error: ...``, and exit 2;
-``--debug`` shows the traceback. Stage code is imported lazily so ``--help`` stays fast.
+``--debug`` shows the traceback. Warnings print as one line too (unitune/voice.py). Stage code is
+imported lazily so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -410,8 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"unitune: error: {e}", file=sys.stderr)
         return UniTuneError.exit_code
+    from .voice import tool_voice
+
     try:
-        return int(args.func(args) or 0)
+        with tool_voice():  # warnings as one line each: `unitune: warning: ...`
+            return int(args.func(args) or 0)
     except UniTuneError as e:
         if args.debug:
             raise

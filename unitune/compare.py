@@ -367,7 +367,7 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
             subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
             path = subnet.save(out / "subnet.yaml")
         r = retrain(run, path, out, supernet_file=plan.search_dir(task) / SUPERNET_FILE if method == "search" else None,
-                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress)
+                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress, curves=False)
         params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
         sizes, images = describe(Subnet.load(path)), r["test_images"]
     row = {"task": task, "group": plan.groups[task], "method": method, "seed": seed,
@@ -484,7 +484,10 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        from unitune.voice import install
+
+        # each worker prints warnings in the CLI's voice, other packages' repeats once per worker
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=install) as pool:
             for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
                 f.result()
             for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):

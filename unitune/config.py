@@ -8,6 +8,7 @@ dotted paths (``supernet.epochs=3``). Every unknown key, wrong type or out-of-ra
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import types
 import typing
@@ -220,8 +221,27 @@ class PretrainConfig(TrainConfig):
     data: dict = field(default_factory=dict)
 
 
+LOGGERS = ("csv", "tensorboard")
+
+
+def parse_logging(value: Any, where: str) -> tuple[str, ...]:
+    """The config's ``logging`` value as a tuple of logger names: null, one name or a list."""
+    if value is None or value == "none":
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise UniTuneError(f"{where}: expected one of {list(LOGGERS)} or a list of them, got {value!r}")
+    for name in names:
+        if name not in LOGGERS:
+            raise UniTuneError(f"{where}: unknown logger {name!r}, expected some of {list(LOGGERS)}")
+    if "tensorboard" in names and importlib.util.find_spec("tensorboard") is None:
+        raise UniTuneError(f"{where}: 'tensorboard' needs the tensorboard package: pip install tensorboard")
+    return tuple(dict.fromkeys(names))  # in the given order, each once
+
+
 # ``compare`` belongs to `unitune compare` (unitune/compare.py checks it); the stages ignore it.
-RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare")
+RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare",
+                "logging")
 
 
 @dataclass(frozen=True)
@@ -239,6 +259,8 @@ class RunConfig:
     retrain: RetrainConfig
     pretrain: PretrainConfig | None = None
     pretrain_data: Any = None  # unitune.data.DataConfig of the source task
+    # loggers besides each stage's JSONL log: "csv", "tensorboard" (unitune/stagelog.py)
+    logging: tuple[str, ...] = ()
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -285,6 +307,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         retrain=from_mapping(RetrainConfig, raw.get("retrain"), f"{src}: retrain"),
         pretrain=pretrain,
         pretrain_data=pretrain_data,
+        logging=parse_logging(raw.get("logging"), f"{src}: logging"),
         source=src,
         raw=raw,
     )

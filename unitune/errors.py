@@ -11,3 +11,9 @@ class UniTuneError(Exception):
     """A user mistake, reported as one line (``unitune: error: <message>``), exit status 2."""
 
     exit_code = 2
+
+
+class UniTuneWarning(UserWarning):
+    """Something a user may want to change but that does not stop the run (a budget every subnet
+    fits). A real warning for library users (``warnings.warn``, filters, ``pytest.warns``); the
+    CLI prints it as one line, ``unitune: warning: ...`` (unitune/voice.py)."""

@@ -77,8 +77,10 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     if abs(evaluation["accuracy"] - retrained["test_accuracy"]) > 1e-9:
         raise UniTuneError(f"{out / EXPORT_DIR}: the export scores {evaluation['accuracy']:.4f} on test, "
                            f"but retrain recorded {retrained['test_accuracy']:.4f}")
+    from unitune.curves import write_curves
     from unitune.search import best_ties
 
+    write_curves(out)  # every stage's, skipped ones too: their logs stay in the folder
     best = result.best_trial  # after the re-rank: its winner, as best_subnet.yaml holds
     ties = best_ties(result.study)
     params = retrained["params"]
@@ -127,12 +129,16 @@ def _earlier_seconds(out: Path) -> dict[str, float]:
 
 def _artefacts(out: Path, run: RunConfig, evaluation: dict[str, Any]) -> dict[str, str]:
     """What the run wrote, by what a person looks for (files that exist only)."""
+    from unitune.curves import CURVES_FILE
     from unitune.retrain.train import EXPORT_DIR
+    from unitune.stagelog import TENSORBOARD_DIR
 
     found = {
         "best subnet": out / "best_subnet.yaml",
         "study (Optuna)": out / "study.db",
         "plots": out / "plots",
+        "training curves": out / CURVES_FILE,
+        "tensorboard": out / TENSORBOARD_DIR,
         "export": out / EXPORT_DIR,
         "evaluation": Path(evaluation["out"]),
         "summary": out / SUMMARY_FILE,

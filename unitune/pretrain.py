@@ -20,7 +20,8 @@ from .data import build_dataset, build_loader, build_transform, resolve_data_con
 from .errors import UniTuneError
 from .io import atomic_path
 from .progress import StageProgress
-from .train import Criterion, JsonlLog, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
+from .stagelog import StageLog
+from .train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
     train_epoch
 
 PRETRAIN_DIR = "pretrain"
@@ -66,7 +67,7 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
     optimizer = build_optimizer(model.named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, train_set.num_classes)
-    log = JsonlLog(path.parent / "log.jsonl")
+    log = StageLog(path.parent / "log.jsonl", "pretrain", out, run.logging)
     step = 0
     bar = StageProgress("pretrain", cfg.epochs, loader.sampler.num_rank_items, enabled=progress, metric="val_acc")
     with bar:
@@ -76,8 +77,11 @@ def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
             loss, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
                                      f"pretrain epoch {epoch + 1}/{cfg.epochs}", bar, stats)
             val = evaluate(model, val_loader, device, train_set.num_classes, cfg.amp)
-            log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"], "val_acc": val["accuracy"]})
-            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], val_acc=val["accuracy"])
+            lr = optimizer.param_groups[0]["lr"]
+            log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"], "val_acc": val["accuracy"],
+                       "lr": lr})
+            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], val_acc=val["accuracy"], lr=lr)
+    log.close()
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     if progress:

@@ -6,10 +6,15 @@ postfix; each finished epoch also leaves one line above the bar. Anywhere else (
 pipe, CI) there is no bar, which would write hundreds of carriage-return updates: only the one
 line per epoch, so a log stays about one line per epoch per stage. Everything goes to stderr,
 as tqdm does, so stdout keeps the results.
+
+An epoch line that would not fit the terminal (off a terminal: ``COLUMNS``, else 80 columns)
+continues on an indented next line, broken between two fields, never inside a number.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from typing import IO, Any
@@ -32,7 +37,35 @@ def _clock(seconds: float) -> str:
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    return "  ".join(_fields(metrics))
+
+
+def _fields(metrics: dict[str, Any]) -> list[str]:
+    return [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+
+
+def line_width(stream: IO | None = None) -> int:
+    """Columns an epoch line may take: the terminal's, else ``COLUMNS``, else 80."""
+    stream = stream or sys.stderr
+    if is_terminal(stream):
+        try:
+            return os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            pass
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def wrap_fields(fields: list[str], width: int, indent: int) -> str:
+    """``fields`` joined by two spaces; a field that would pass ``width`` starts a new line,
+    indented by ``indent`` spaces (a field longer than a line stays whole)."""
+    lines, line = [], ""
+    for field in fields:
+        if line and len(line) + 2 + len(field) > width:
+            lines.append(line)
+            line = " " * indent + field
+        else:
+            line = f"{line}  {field}" if line else field
+    return "\n".join([*lines, line])
 
 
 class StageProgress:
@@ -74,8 +107,10 @@ class StageProgress:
         self.bar.set_postfix(self.postfix, refresh=False)
         self.bar.update(images)
 
-    def epoch_end(self, epoch: int, **metrics: Any) -> dict[str, Any]:
-        """One line for the finished epoch: ``[stage] epoch 3/40  loss 0.4012  val_acc 0.8123  1,234 img/s  eta 01:23``.
+    def epoch_end(self, epoch: int, lr: float | None = None, **metrics: Any) -> dict[str, Any]:
+        """One line for the finished epoch:
+        ``[stage] epoch 3/40  loss 0.4012  val_acc 0.8123  lr 3.2e-04  1,234 img/s  eta 01:23``
+        (``lr``: the learning rate at the epoch's end), wrapped between fields to the width.
         Returns the rate and seconds of the epoch (for logs)."""
         now = time.perf_counter()
         seconds = now - self.epoch_started
@@ -84,8 +119,10 @@ class StageProgress:
         overall = (self.done - self.initial) / max(now - self.started, 1e-9)
         eta = _clock(left / overall) if overall > 0 and left > 0 else "00:00"
         if self.enabled:
-            line = (f"[{self.stage}] epoch {epoch + 1}/{self.epochs}  {format_metrics(metrics)}  "
-                    f"{rate:,.0f} img/s  eta {eta}")
+            head = f"[{self.stage}]"
+            fields = [f"{head} epoch {epoch + 1}/{self.epochs}", *_fields(metrics),
+                      *([f"lr {lr:.1e}"] if lr is not None else []), f"{rate:,.0f} img/s", f"eta {eta}"]
+            line = wrap_fields(fields, line_width(self.stream), len(head) + 1)
             if self.bar_shown:
                 for key in ("loss", self.metric):
                     if key and key in metrics:
