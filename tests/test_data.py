@@ -88,6 +88,17 @@ def test_config_defaults_and_round_trip():
     ({"source": "fewshot", "root": "/d"}, "cfg.yaml: data.shots: needed to fill {shots} in train_list"),
     ({"source": "fewshot", "root": "/d", "shots": 2, "val_list": "v.{split}"},
      "cfg.yaml: data.val_list: 'v.{split}' may only use the placeholders"),
+    ({"source": "imagefolder", "root": "/d", "val_fraction": 0}, "cfg.yaml: data.val_fraction: expected a number "
+                                                                 "in (0, 1), got 0"),
+    ({"source": "imagefolder", "root": "/d", "val_fraction": 1.0}, "cfg.yaml: data.val_fraction: expected a number "
+                                                                   "in (0, 1), got 1.0"),
+    ({"source": "imagefolder", "root": "/d", "val_fraction": "20%"}, "cfg.yaml: data.val_fraction: expected a finite"),
+    ({"source": "vtab", "root": "/d", "task": "x", "val_fraction": 0.2},
+     "cfg.yaml: data.val_fraction: only used by source imagefolder, not 'vtab'"),
+    ({"source": "digits", "allow_missing_classes": True},
+     "cfg.yaml: data.allow_missing_classes: only used by source imagefolder, not 'digits'"),
+    ({"source": "imagefolder", "root": "/d", "allow_missing_classes": "yes"},
+     "cfg.yaml: data.allow_missing_classes: expected true or false"),
 ])
 def test_config_errors(data, fragment):
     with raises(fragment):
@@ -111,7 +122,7 @@ def make_imagefolder(root: Path) -> None:
 
 def test_imagefolder(tmp_path):
     make_imagefolder(tmp_path)
-    c = cfg(source="imagefolder", root=str(tmp_path))
+    c = cfg(source="imagefolder", root=str(tmp_path), allow_missing_classes=True)
     train = build_dataset(c, "train")
     assert train.classes == ["a", "b", "c"] and train.num_classes == 3
     assert len(train) == 9 and sorted(train.targets) == [0] * 3 + [1] * 3 + [2] * 3
