@@ -87,9 +87,10 @@ def check_split(cfg: DataConfig, path: str | os.PathLike) -> dict | None:
         before, after = set(saved["train"]) | set(saved["val"]), set(now["train"]) | set(now["val"])
         added, removed = sorted(after - before), sorted(before - after)
         example = f"e.g. {'added' if added else 'removed'} {(added or removed or ['?'])[0]!r}"
-        raise UniTuneError(f"{path}: {cfg.root}/train changed since this run split it ({len(added)} images added, "
-                           f"{len(removed)} removed, {example}), so the val split would change; restore the files "
-                           f"or use another run folder (--out)")
+        counts = ", ".join(f"{n} image{'s' if n != 1 else ''} {what}" for n, what in ((len(added), "added"),
+                                                                                   (len(removed), "removed")))
+        raise UniTuneError(f"{path}: {cfg.root}/train changed since this run split it ({counts}, {example}), so "
+                           f"the val split would change; restore the files or use another run folder (--out)")
     return now
 
 
