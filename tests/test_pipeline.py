@@ -311,6 +311,17 @@ def test_imagefolder_with_val_fraction_runs_end_to_end(tmp_path, capsys):
                    f"split it (1 image added, 0 images removed, e.g. added 'dog/extra.png'), so the val split would change; "
                    f"restore the files or use another run folder (--out)"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # A test split without a class: refused, or, when allowed, that class scored "n/a", not 0.
+    shutil.rmtree(tmp_path / "images" / "test" / "fox")
+    evaluate = ["evaluate", str(out / "export"), "--config", str(config), "--out", str(tmp_path / "ev")]
+    assert main(evaluate) == 2
+    assert "the test split" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+    assert main([*evaluate, "data.allow_missing_classes=true"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  {'fox':<20} n/a (no images)" in lines and any(ln.startswith("  cat ") for ln in lines)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["per_class_accuracy"]["fox"] is None and metrics["images"] == 6
+    assert all(0 <= metrics["per_class_accuracy"][c] <= 1 for c in ("cat", "dog"))
 
 
 def test_inspect_reads_folders_made_by_the_stage_commands(tmp_path, capsys):

@@ -262,7 +262,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.export}: {result['split']} accuracy {result['accuracy']:.4f} on {result['images']} images")
     for name, acc in result["per_class_accuracy"].items():
-        print(f"  {name:<20} {acc:.4f}")
+        print(f"  {name:<20} {acc:.4f}" if acc is not None else f"  {name:<20} n/a (no images)")
     print(f"confusion matrix: {result['out']}/confusion.csv, confusion.png")
     return 0
 
