@@ -548,7 +548,8 @@ ROWS += [
 # -- owndata (issue 24): own data in an ImageFolder (val_fraction, missing classes), retrain before search
 ROWS += [
     Row("retrain-before-search", ["retrain", *STAGE],
-        ("no searched subnet in {out}", "run `unitune search --config {cfg} --out {out}` first, or give --subnet FILE")),
+        ("no searched subnet in {out}",
+         "run `unitune search --config {cfg} --out {out}` first, or give --subnet FILE")),
     Row("run-imagefolder-val-missing-a-class", ["run", *STAGE],
         ("data: the val split ({tmp}/folder [val]) has no images of class 'b' (1 of 2)",
          "data.allow_missing_classes: true"),

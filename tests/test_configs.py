@@ -68,7 +68,8 @@ def test_imagefolder_example_documents_every_key():
     run = load_run_config(path)
     assert run.data.source == "imagefolder" and run.data.val_fraction == 0.2
     lines = path.read_text().split("\ndata:\n", 1)[1].split("\n\n", 1)[0].splitlines()
-    commented = {ln.split(":", 1)[0].strip() for ln in lines if ":" in ln and "#" in ln and not ln.lstrip().startswith("#")}
+    commented = {ln.split(":", 1)[0].strip() for ln in lines
+                 if ":" in ln and "#" in ln and not ln.lstrip().startswith("#")}
     keys = {f.name for f in fields(DataConfig) if f.init and f.name != "where"
             and "imagefolder" in _ONLY_FOR.get(f.name, ("imagefolder",))}
     assert keys - {"source"} <= commented, keys - commented

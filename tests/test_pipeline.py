@@ -308,7 +308,8 @@ def test_imagefolder_with_val_fraction_runs_end_to_end(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [f"unitune: error: {out / 'data_split.json'}: {tmp_path / 'images'}/train changed since this run "
-                   f"split it (1 image added, 0 images removed, e.g. added 'dog/extra.png'), so the val split would change; "
+                   f"split it (1 image added, 0 images removed, e.g. added 'dog/extra.png'), so the val split would "
+                   f"change; "
                    f"restore the files or use another run folder (--out)"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     # A test split without a class: refused, or, when allowed, that class scored "n/a", not 0.

@@ -162,10 +162,12 @@ def check_every_class(ds: ImageDataset, split: str, where: str) -> None:
     present = set(ds.targets)
     missing = [name for k, name in enumerate(ds.classes) if k not in present]
     if missing:
-        shown = ", ".join(repr(n) for n in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise DataError(f"{where}: the {split} split ({ds.name}) has no images of class{'es' if len(missing) > 1 else ''} "
-                        f"{shown} ({len(missing)} of {ds.num_classes}); add some, or set "
-                        f"{where}.allow_missing_classes: true")
+        shown = ", ".join(repr(n) for n in missing[:10])
+        if len(missing) > 10:
+            shown += f" and {len(missing) - 10} more"
+        raise DataError(f"{where}: the {split} split ({ds.name}) has no images of "
+                        f"class{'es' if len(missing) > 1 else ''} {shown} ({len(missing)} of {ds.num_classes}); "
+                        f"add some, or set {where}.allow_missing_classes: true")
 
 
 def _scan_images(folder: Path) -> list[str]:
