@@ -49,8 +49,9 @@ def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, s
     loader = build_loader(dataset, data, train=False, seed=0, device=dev)
     result = evaluate(model.to(dev), loader, dev, dataset.num_classes)
     confusion = result["confusion"]
-    # Exact fractions of counts, rounded to 6 places (float32 division wrote 0.8918918967247009).
-    per_class = [round_metric(int(c) / max(int(t), 1)) for c, t in zip(confusion.diag(), confusion.sum(1))]
+    # Exact fractions of counts, rounded to 6 places (float32 division wrote 0.8918918967247009);
+    # None for a class the split holds no image of (data.allow_missing_classes): not a 0 score.
+    per_class = [round_metric(int(c) / int(t)) if int(t) else None for c, t in zip(confusion.diag(), confusion.sum(1))]
     names = list(manifest.get("class_names") or dataset.classes)
     summary = {"split": split, "accuracy": round_metric(result["accuracy"]), "images": result["n"],
                "correct": int(confusion.diag().sum()), "precision": "float32",

@@ -621,6 +621,45 @@ ROWS += [
         lambda x: x.config(model={**CONFIG["model"], "pretrained": True}), env={"HF_HUB_OFFLINE": "1"}),
 ]
 
+# -- owndata (issue 24): own data in an ImageFolder (val_fraction, missing classes), retrain before search
+ROWS += [
+    Row("retrain-before-search", ["retrain", *STAGE],
+        ("no searched subnet in {out}",
+         "run `unitune search --config {cfg} --out {out}` first, or give --subnet FILE")),
+    Row("run-imagefolder-val-missing-a-class", ["run", *STAGE],
+        ("data: the val split ({tmp}/folder [val]) has no images of class 'b' (1 of 2)",
+         "data.allow_missing_classes: true"),
+        lambda x: imagefolder_with(x, lambda root: shutil.rmtree(root / "val" / "b"))),
+    Row("run-imagefolder-test-missing-a-class", ["run", *STAGE],
+        "data: the test split ({tmp}/folder [test]) has no images of class 'a' (1 of 2)",
+        lambda x: imagefolder_with(x, lambda root: shutil.rmtree(root / "test" / "a"))),
+    Row("supernet-imagefolder-no-val-folder", ["supernet", *STAGE],
+        ("{tmp}/folder/val: folder not found", "data.val_fraction to hold val out of train/"),
+        lambda x: imagefolder_with(x, lambda root: shutil.rmtree(root / "val"))),
+    Row("supernet-val-fraction-and-val-folder", ["supernet", *STAGE, "data.val_fraction=0.5"],
+        "data.val_fraction: {tmp}/folder/val exists; val_fraction holds val out of train/ only when there is no val/",
+        lambda x: imagefolder_with(x)),
+    Row("supernet-val-fraction-one-image-class", ["supernet", *STAGE, "data.val_fraction=0.5"],
+        "{tmp}/folder/train/a: 1 image; data.val_fraction needs at least 2 per class",
+        lambda x: imagefolder_with(x, lambda root: shutil.rmtree(root / "val"))),
+    Row("supernet-val-fraction-out-of-range", ["supernet", *STAGE, "data.val_fraction=1"],
+        "data.val_fraction: expected a number in (0, 1), got 1",
+        lambda x: imagefolder_with(x, lambda root: shutil.rmtree(root / "val"))),
+    Row("search-val-fraction-split-changed", ["search", *STAGE, "data.val_fraction=0.5"],
+        ("{out}/data_split.json: {tmp}/folder/train changed since this run split it (1 image added, 1 image removed, "
+         "e.g. added 'a/1.png')", "use another run folder (--out)"),
+        lambda x: stale_split(x)),
+]
+
+
+def stale_split(x: Inputs) -> None:
+    """A train/ + test/ ImageFolder (2 images a class) whose recorded split names a file since removed."""
+    imagefolder_with(x, lambda root: shutil.rmtree(root / "val"))
+    for cls in ("a", "b"):
+        x.image(f"folder/train/{cls}/1.png", 50)
+    x.text("out/data_split.json", json.dumps({"root": str(x.tmp / "folder"), "val_fraction": 0.5, "seed": 0,
+                                              "train": ["a/0.png", "b/0.png"], "val": ["a/gone.png", "b/1.png"]}))
+
 
 def outside_link(export: Path, target: Path) -> None:
     """Move the weights out of the export and leave a symlink to them (same bytes, same sha256)."""

@@ -54,3 +54,22 @@ def test_override_and_unknown_section(tmp_path):
     bad.write_text("name: x\nsuprnet: {}\n")
     with pytest.raises(UniTuneError, match=r"bad.yaml: suprnet: unknown section"):
         load_run_config(bad)
+
+
+def test_imagefolder_example_documents_every_key():
+    """configs/imagefolder.yaml shows every data key an imagefolder run can set, each with a comment
+    (a key added to DataConfig without a line here fails)."""
+    from dataclasses import fields
+
+    from unitune.data import DataConfig
+    from unitune.data.config import _ONLY_FOR
+
+    path = CONFIGS / "imagefolder.yaml"
+    run = load_run_config(path)
+    assert run.data.source == "imagefolder" and run.data.val_fraction == 0.2
+    lines = path.read_text().split("\ndata:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    commented = {ln.split(":", 1)[0].strip() for ln in lines
+                 if ":" in ln and "#" in ln and not ln.lstrip().startswith("#")}
+    keys = {f.name for f in fields(DataConfig) if f.init and f.name != "where"
+            and "imagefolder" in _ONLY_FOR.get(f.name, ("imagefolder",))}
+    assert keys - {"source"} <= commented, keys - commented

@@ -88,6 +88,17 @@ def test_config_defaults_and_round_trip():
     ({"source": "fewshot", "root": "/d"}, "cfg.yaml: data.shots: needed to fill {shots} in train_list"),
     ({"source": "fewshot", "root": "/d", "shots": 2, "val_list": "v.{split}"},
      "cfg.yaml: data.val_list: 'v.{split}' may only use the placeholders"),
+    ({"source": "imagefolder", "root": "/d", "val_fraction": 0}, "cfg.yaml: data.val_fraction: expected a number "
+                                                                 "in (0, 1), got 0"),
+    ({"source": "imagefolder", "root": "/d", "val_fraction": 1.0}, "cfg.yaml: data.val_fraction: expected a number "
+                                                                   "in (0, 1), got 1.0"),
+    ({"source": "imagefolder", "root": "/d", "val_fraction": "20%"}, "cfg.yaml: data.val_fraction: expected a finite"),
+    ({"source": "vtab", "root": "/d", "task": "x", "val_fraction": 0.2},
+     "cfg.yaml: data.val_fraction: only used by source imagefolder, not 'vtab'"),
+    ({"source": "digits", "allow_missing_classes": True},
+     "cfg.yaml: data.allow_missing_classes: only used by source imagefolder, not 'digits'"),
+    ({"source": "imagefolder", "root": "/d", "allow_missing_classes": "yes"},
+     "cfg.yaml: data.allow_missing_classes: expected true or false"),
 ])
 def test_config_errors(data, fragment):
     with raises(fragment):
@@ -111,7 +122,7 @@ def make_imagefolder(root: Path) -> None:
 
 def test_imagefolder(tmp_path):
     make_imagefolder(tmp_path)
-    c = cfg(source="imagefolder", root=str(tmp_path))
+    c = cfg(source="imagefolder", root=str(tmp_path), allow_missing_classes=True)
     train = build_dataset(c, "train")
     assert train.classes == ["a", "b", "c"] and train.num_classes == 3
     assert len(train) == 9 and sorted(train.targets) == [0] * 3 + [1] * 3 + [2] * 3
@@ -147,6 +158,124 @@ def test_imagefolder_errors(tmp_path):
         (tmp_path / "val" / cls).mkdir(parents=True)
     with raises(f"{tmp_path / 'val'}: no images"):
         build_dataset(c, "val")
+
+
+def test_split_missing_a_class_is_refused(tmp_path):
+    """val/ lacks class b and test/ lacks class a (make_imagefolder): each is refused by name, in
+    one line; trainval (train has every class) is not; selecting the present classes passes."""
+    make_imagefolder(tmp_path)
+    c = cfg(source="imagefolder", root=str(tmp_path))
+    with raises(f"cfg.yaml: data: the val split ({tmp_path} [val]) has no images of class 'b' (1 of 3); add some, "
+                f"or set cfg.yaml: data.allow_missing_classes: true", DataError):
+        build_dataset(c, "val")
+    with raises(f"the test split ({tmp_path} [test]) has no images of class 'a' (1 of 3)", DataError):
+        build_dataset(c, "test")
+    assert len(build_dataset(c, "trainval")) == 9 + 4
+    assert build_dataset(replace(c, classes=[2, 0]), "val").targets == [1, 1, 0, 0]
+    shutil.rmtree(tmp_path / "val" / "c")
+    with raises("the val split", DataError) as info:
+        build_dataset(c, "val")
+    assert "has no images of classes 'b', 'c' (2 of 3)" in str(info.value) and "\n" not in str(info.value)
+    assert len(build_dataset(replace(c, allow_missing_classes=True), "val")) == 2
+
+
+def make_train_test(root: Path, counts=(("a", 10), ("b", 5), ("c", 2)), test=True) -> None:
+    """An ImageFolder with train/ and test/ only: ``counts`` images per class in train/."""
+    for c, n in counts:
+        for i in range(n):
+            write_png(root / "train" / c / f"{i}.png", hash((c, i)) % 1000)
+        if test:
+            write_png(root / "test" / c / "0.png", 7)
+
+
+def test_val_fraction_is_stratified_disjoint_and_seeded(tmp_path):
+    make_train_test(tmp_path)
+    c = cfg(source="imagefolder", root=str(tmp_path), val_fraction=0.3)
+    train, val = build_dataset(c, "train"), build_dataset(c, "val")
+    every = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
+    names = lambda ds: [str(p) for p, _ in ds.samples]  # noqa: E731
+    assert sorted(names(train) + names(val)) == every and not set(names(train)) & set(names(val))
+    # Per class: round(0.3 n), at least 1 and at most n - 1 (a: 3 of 10, b: 2 of 5, c: 1 of 2).
+    assert [val.targets.count(k) for k in range(3)] == [3, 2, 1]
+    assert [train.targets.count(k) for k in range(3)] == [7, 3, 1]
+    assert all(train.classes[t] == p.parent.name for p, t in train.samples + val.samples)
+    # trainval is all of train/ (retrain trains on both halves); test is test/.
+    assert sorted(str(p) for p, _ in build_dataset(c, "trainval").samples) == every
+    assert len(build_dataset(c, "test")) == 3
+    # The same seed draws the same split; another seed draws another one.
+    assert names(build_dataset(replace(c, seed=0), "val")) == names(val)
+    other = [names(build_dataset(replace(c, seed=s), "val")) for s in (1, 2, 3)]
+    assert any(o != names(val) for o in other)
+    for o in other:
+        assert [Path(p).parent.name for p in o].count("a") == 3
+
+
+def test_val_fraction_errors(tmp_path):
+    make_train_test(tmp_path, counts=(("a", 3), ("b", 1)))
+    c = cfg(source="imagefolder", root=str(tmp_path))
+    with raises(f"{tmp_path / 'val'}: folder not found (imagefolder expects root/val/<class>/<image>, or "
+                f"cfg.yaml: data.val_fraction to hold val out of train/)", DataError):
+        build_dataset(c, "val")
+    with raises(f"{tmp_path / 'train' / 'b'}: 1 image; data.val_fraction needs at least 2 per class", DataError):
+        build_dataset(replace(c, val_fraction=0.5), "val")
+    write_png(tmp_path / "val" / "a" / "0.png", 3)
+    with raises(f"cfg.yaml: data.val_fraction: {tmp_path / 'val'} exists; val_fraction holds val out of train/ "
+                f"only when there is no val/ folder", DataError):
+        build_dataset(replace(c, val_fraction=0.5), "train")
+
+
+def test_split_record_is_checked_on_rerun(tmp_path):
+    """The stages record the split (fraction, seed, both file lists); a later stage that would
+    draw another one (train/ changed, another seed) is refused, naming the record."""
+    from unitune.data import check_split, record_split
+
+    root, record = tmp_path / "data", tmp_path / "run" / "data_split.json"
+    make_train_test(root)
+    c = cfg(source="imagefolder", root=str(root), val_fraction=0.3)
+    record_split(c, record)
+    saved = json.loads(record.read_text())
+    val = build_dataset(c, "val")
+    assert saved["val"] == [p.relative_to(root / "train").as_posix() for p, _ in val.samples]
+    assert (saved["val_fraction"], saved["seed"], len(saved["train"])) == (0.3, 0, 17 - 6)
+    assert check_split(c, record) == saved
+    with raises(f"{record}: this run split val off train/ with val_fraction 0.3 and seed 0, the config now asks "
+                f"for 0.3 and seed 1"):
+        check_split(replace(c, seed=1), record)
+    write_png(root / "train" / "b" / "new.png", 5)
+    with raises(f"{record}: {root}/train changed since this run split it (1 image added, 0 images removed, e.g. added "
+                f"'b/new.png')"):
+        record_split(c, record)
+    assert json.loads(record.read_text()) == saved  # not overwritten
+    # Without val_fraction there is nothing to record.
+    record_split(replace(c, val_fraction=None, allow_missing_classes=True), tmp_path / "none.json")
+    assert not (tmp_path / "none.json").exists()
+
+
+def test_resize_note_once_for_images_on_disk(tmp_path, capsys):
+    """A one-line note on stderr when the images on disk are not the backbone's input size: once
+    per process and sizes, from the training loader; none for an evaluation loader, none when the
+    sizes agree, none for generated images."""
+    from unitune.data import transforms
+
+    transforms._NOTED.clear()
+    make_train_test(tmp_path / "a")
+    c = cfg(source="imagefolder", root=str(tmp_path / "a"), val_fraction=0.3)
+    dc = resolve_data_config(tiny_vit())  # 32 px
+    train = build_dataset(c, "train", build_transform(dc, train=True, cfg=c))
+    build_loader(build_dataset(c, "test", build_transform(dc, train=False, cfg=c)), c, train=False, seed=0)
+    assert capsys.readouterr().err == ""
+    build_loader(train, c, train=True, seed=0)
+    build_loader(train, c, train=True, seed=1)
+    first = train.samples[0][0]
+    assert capsys.readouterr().err == (f"unitune: note: images are resized to 32x32 px, the backbone's input size "
+                                       f"({first} is 12x10; data.resize: squash)\n")
+    write_png(tmp_path / "b" / "train" / "x" / "0.png", 1, size=(32, 32))
+    write_png(tmp_path / "b" / "train" / "y" / "0.png", 1, size=(20, 20))  # only the first image is looked at
+    c32 = cfg(source="imagefolder", root=str(tmp_path / "b"), val_fraction=0.5, allow_missing_classes=True)
+    build_loader(build_dataset(c32, "trainval", build_transform(dc, train=True, cfg=c32)), c32, train=True, seed=0)
+    s = cfg(source="synthetic", num_classes=2, samples_per_class=2, image_size=8)
+    build_loader(build_dataset(s, "train", build_transform(dc, train=True, cfg=s)), s, train=True, seed=0)
+    assert capsys.readouterr().err == ""
 
 
 # -------------------------------------------------------------------------------------------- vtab

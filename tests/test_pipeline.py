@@ -258,3 +258,100 @@ def test_quiet_retrain_still_prints_its_result(tiny_run, tmp_path, capsys):
     assert captured.out == (f"retrain: test accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, "
                             f"last epoch) -> {new / 'export'}\n")
     assert captured.err == ""
+
+
+# ---- own data: an ImageFolder with train/ and test/ only (issue 24) ----------------------------
+
+def make_train_test_folder(root: Path, classes=("cat", "dog", "fox"), n_train=8, n_test=3) -> None:
+    """Class c's images are noise around a grey level of its own, 12x10 px (not the model's 16)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for k, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(60 + 70 * k + rng.normal(0, 20, (10, 12, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+
+
+def test_imagefolder_with_val_fraction_runs_end_to_end(tmp_path, capsys):
+    """`unitune run` on a train/ + test/ ImageFolder: val is held out of train/ (val_fraction),
+    the split and the config are recorded in the run folder, the resize is noted once, and a
+    rerun on a changed train/ is refused before any work."""
+    from unitune.data import transforms
+
+    transforms._NOTED.clear()
+    make_train_test_folder(tmp_path / "images")
+    config = write_config(tmp_path, pretrain=None, data={"source": "imagefolder", "root": str(tmp_path / "images"),
+                                                         "val_fraction": 0.25, "batch_size": 8, "num_workers": 0},
+                          search__trials=3, search__rerank={"top_k": 0}, supernet__epochs=1, retrain__epochs=1)
+    out = tmp_path / "out"
+    assert main(["run", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["complete"] and summary["test_images"] == 9
+    assert "test accuracy" in captured.out
+    notes = [ln for ln in captured.err.splitlines() if ln.startswith("unitune: note: images are resized")]
+    assert notes == [f"unitune: note: images are resized to 16x16 px, the backbone's input size "
+                     f"({tmp_path / 'images' / 'train' / 'cat' / '0.png'} is 12x10; data.resize: squash)"]
+    # The split: 2 of each class's 8 images held out, recorded with the fraction and the seed.
+    split = json.loads((out / "data_split.json").read_text())
+    assert (split["val_fraction"], split["seed"]) == (0.25, 0)
+    assert [p.split("/")[0] for p in split["val"]] == ["cat"] * 2 + ["dog"] * 2 + ["fox"] * 2
+    assert sorted(split["train"] + split["val"]) == sorted(
+        p.relative_to(tmp_path / "images" / "train").as_posix() for p in (tmp_path / "images" / "train").rglob("*.png"))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["val_images"] == 6  # the search scored on the held-out images
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["data"]["val_fraction"] == 0.25
+    # A rerun in the same folder after train/ changed would score on other val images: refused.
+    shutil.copy(tmp_path / "images" / "train" / "cat" / "0.png", tmp_path / "images" / "train" / "dog" / "extra.png")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main(["run", "--config", str(config), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"unitune: error: {out / 'data_split.json'}: {tmp_path / 'images'}/train changed since this run "
+                   f"split it (1 image added, 0 images removed, e.g. added 'dog/extra.png'), so the val split would "
+                   f"change; "
+                   f"restore the files or use another run folder (--out)"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # A test split without a class: refused, or, when allowed, that class scored "n/a", not 0.
+    shutil.rmtree(tmp_path / "images" / "test" / "fox")
+    evaluate = ["evaluate", str(out / "export"), "--config", str(config), "--out", str(tmp_path / "ev")]
+    assert main(evaluate) == 2
+    assert "the test split" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+    assert main([*evaluate, "data.allow_missing_classes=true"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  {'fox':<20} n/a (no images)" in lines and any(ln.startswith("  cat ") for ln in lines)
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["per_class_accuracy"]["fox"] is None and metrics["images"] == 6
+    assert all(0 <= metrics["per_class_accuracy"][c] <= 1 for c in ("cat", "dog"))
+
+
+def test_inspect_reads_folders_made_by_the_stage_commands(tmp_path, capsys):
+    """supernet + search make a folder without run_summary.json; inspect reads the run's own
+    (depth-2) backbone from the config the stages recorded, as does a `retrain --subnet` folder
+    (its export's subnet). Before, inspect built the default 12-block backbone and failed."""
+    from unitune.backbone import create_backbone
+
+    config = write_config(tmp_path, pretrain=None, search__trials=3, search__rerank={"top_k": 0},
+                          supernet__epochs=1, retrain__epochs=1)
+    out, other = tmp_path / "stages", tmp_path / "retrained"
+    for argv in (["supernet"], ["search"], ["retrain", "--subnet", str(out / "best_subnet.yaml"), "--out", str(other)]):
+        target = [] if "--out" in argv else ["--out", str(out)]
+        assert main([*argv, "--config", str(config), *target, "--quiet"]) == 0, argv
+    capsys.readouterr()
+    assert not (out / "run_summary.json").exists()
+    run = load_run_config(config)
+    dims = BackboneDims.from_model(create_backbone(run.model.backbone, 3, kwargs=run.model.kwargs, meta=True))
+    best = Subnet.load(out / "best_subnet.yaml")
+    expected = count_params(best, dims, SearchSpace.from_dict(run.space))
+    for folder in (out, other):
+        assert main(["inspect", str(folder), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["subnet"] == best.to_dict()["subnet"]
+        assert (shown["trainable_params"], shown["head_params"]) == (expected.total, expected.head)
+        assert shown["num_classes"] == 3
+    # A folder that records no config (an older unitune's): the error says what to give.
+    (out / "run_config.yaml").unlink()
+    assert main(["inspect", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"unitune: error: {out / 'best_subnet.yaml'}: lists have 2 entries, but the backbone has 12 blocks "
+        f"({out} records no config; give the run's --config)"]

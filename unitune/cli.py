@@ -27,9 +27,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _inspect_source(args: argparse.Namespace):
-    """(subnet, its label, backbone name, model kwargs, space, classes or None) from the options:
+    """(subnet, its label, backbone name, model kwargs, space, classes or None, a hint for errors)
+    from the options:
     ``--subnet`` / the positional SUBNET is a subnet file, an entry of a list file (``FILE#N``) or
-    a run folder (its ``best_subnet.yaml``, and its config when ``--config`` is not given);
+    a run folder (its ``best_subnet.yaml``, else the subnet of its ``export/``; the config the
+    stages recorded there when ``--config`` is not given);
     ``--config`` gives the run config's model, kwargs, space and class count."""
     from unitune.io import read_json, read_yaml
     from unitune.search.export import select_subnet
@@ -41,16 +43,26 @@ def _inspect_source(args: argparse.Namespace):
     if not spec:
         raise UniTuneError("inspect: give a subnet file or run folder (SUBNET or --subnet)")
     config = args.config
-    if Path(spec).is_dir():
-        folder = Path(spec)
+    folder = Path(spec) if Path(spec).is_dir() else None
+    exported = None
+    if folder is not None:
         spec = folder / "best_subnet.yaml"
-        if not spec.is_file():
-            raise UniTuneError(f"{folder}: a folder without best_subnet.yaml; give a run folder after its search "
-                               f"or a subnet file")
-        summary = folder / "run_summary.json"
-        if config is None and summary.is_file():
-            config = read_json(summary).get("config")  # the run's own config, as `unitune run` recorded it
-    subnet, _, label = select_subnet(spec, args.subnet_index)
+        manifest = folder / "export" / "unitune.json"
+        if not spec.is_file() and manifest.is_file() and args.subnet_index is None:
+            exported = manifest  # a folder of `retrain --subnet FILE`: the subnet it retrained
+        elif not spec.is_file():
+            raise UniTuneError(f"{folder}: a folder without best_subnet.yaml or export/; give a run folder after its "
+                               f"search or retrain, or a subnet file")
+        if config is None:
+            config = _recorded_config(folder)
+    if exported is not None:
+        from unitune.retrain.export import read_manifest
+        from unitune.supernet import Subnet
+
+        subnet = Subnet.from_dict(read_manifest(exported.parent)["subnet"], source=f"{exported}: subnet")
+        label = str(exported)
+    else:
+        subnet, _, label = select_subnet(spec, args.subnet_index)
     kwargs: dict = {}
     space = None
     classes = None
@@ -76,7 +88,22 @@ def _inspect_source(args: argparse.Namespace):
         data = read_yaml(args.space)
         section = data.get("space") if isinstance(data, dict) and "space" in data else data
         space = SearchSpace.from_dict(section, source=f"{args.space}: space")
-    return subnet, label, name, kwargs, space, classes
+    hint = f" ({folder} records no config; give the run's --config)" if folder is not None and not config else ""
+    return subnet, label, name, kwargs, space, classes, hint
+
+
+def _recorded_config(folder: Path) -> str | None:
+    """The config a run folder was made with: the echo every stage writes (overrides applied), else
+    the path `unitune run` recorded in its summary (folders of an older unitune)."""
+    from unitune.config import CONFIG_ECHO
+    from unitune.io import read_json
+
+    if (folder / CONFIG_ECHO).is_file():
+        return str(folder / CONFIG_ECHO)
+    summary = folder / "run_summary.json"
+    if summary.is_file():
+        return read_json(summary).get("config")
+    return None
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -84,14 +111,17 @@ def _inspect(args: argparse.Namespace) -> int:
     from unitune.supernet import BackboneDims, count_params
     from unitune.supernet.methods import METHODS
 
-    subnet, label, name, kwargs, space, classes = _inspect_source(args)
+    subnet, label, name, kwargs, space, classes, hint = _inspect_source(args)
     num_classes = args.num_classes if args.num_classes is not None else classes
     num_classes = _default_classes(name) if num_classes is None else num_classes
     if num_classes < 0:
         raise UniTuneError(f"--num-classes: expected a non-negative integer, got {num_classes}")
     vit = create_backbone(name, num_classes=num_classes, kwargs=kwargs, meta=True)
     dims = BackboneDims.from_model(vit)
-    subnet.check(dims.depth, space, source=label)
+    try:
+        subnet.check(dims.depth, space, source=label)
+    except UniTuneError as e:
+        raise UniTuneError(f"{e}{hint}") from None
     count = count_params(subnet, dims, space)
     if args.json:
         out = {"backbone": name, "num_classes": dims.num_classes, **count.to_dict(), "subnet": subnet.to_dict()["subnet"]}
@@ -132,15 +162,29 @@ def _load_run(args: argparse.Namespace):
 
 def _out_dir(args: argparse.Namespace, run) -> Path:
     """The run folder, checked before any work: a file there, or no right to write, fails now
-    rather than after the first epoch."""
-    return check_output_dir(Path(args.out) if args.out else Path("runs") / run.name)
+    rather than after the first epoch. A val split recorded there must still be the data's."""
+    from unitune.config import check_run_records
+
+    out = check_output_dir(Path(args.out) if args.out else Path("runs") / run.name)
+    check_run_records(run, out)
+    return out
+
+
+def _record(run, out: Path) -> None:
+    """After a stage command: the config echo (read by `inspect DIR`) and the val split records."""
+    from unitune.config import record_run
+
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 writes for all
+        record_run(run, out)
 
 
 def _supernet(args: argparse.Namespace) -> int:
     from unitune.supernet.train import train_supernet
 
     run = _load_run(args)
-    path = train_supernet(run, _out_dir(args, run), resume=args.resume, progress=not args.quiet)
+    out = _out_dir(args, run)
+    path = train_supernet(run, out, resume=args.resume, progress=not args.quiet)
+    _record(run, out)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"supernet: {path}")
     return 0
@@ -150,7 +194,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from unitune.pretrain import pretrain
 
     run = _load_run(args)
-    path = pretrain(run, _out_dir(args, run), progress=not args.quiet)
+    out = _out_dir(args, run)
+    path = pretrain(run, out, progress=not args.quiet)
+    _record(run, out)
     if args.quiet:  # results still print (without --quiet pretrain printed its line)
         print(f"pretrain: {path}")
     return 0
@@ -160,11 +206,13 @@ def _search(args: argparse.Namespace) -> int:
     from unitune.search.stage import search_stage
 
     run = _load_run(args)
+    out = _out_dir(args, run)
     result, paths = search_stage(
-        run, _out_dir(args, run), budget=args.budget, trials=args.trials, sampler=args.sampler,
+        run, out, budget=args.budget, trials=args.trials, sampler=args.sampler,
         storage=args.storage, study=args.study, objectives=args.objectives, seed_subnets=args.seed_subnet,
         supernet_file=args.supernet, progress=not args.quiet,
     )
+    _record(run, out)
     best = result.best_trial
     print(f"search: {result.n_complete} trials; best val accuracy {best.user_attrs['val_accuracy']:.4f} "
           f"with {best.user_attrs['n_params']:,} parameters (trial {best.number}) -> {paths['best_subnet']}")
@@ -192,9 +240,14 @@ def _retrain(args: argparse.Namespace) -> int:
 
     run = _load_run(args)
     out = _out_dir(args, run)
+    if not args.subnet and not (out / "best_subnet.yaml").exists():
+        again = f"unitune search --config {args.config}" + (f" --out {args.out}" if args.out else "")
+        raise UniTuneError(f"{out / 'best_subnet.yaml'}: file not found: no searched subnet in {out}; run "
+                           f"`{again}` first, or give --subnet FILE")
     result = retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
                      resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index,
                      backbone=args.backbone)
+    _record(run, out)
     if args.quiet:  # results still print (without --quiet retrain printed it)
         print(result_line(result, out))
     return 0
@@ -210,7 +263,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.export}: {result['split']} accuracy {result['accuracy']:.4f} on {result['images']} images")
     for name, acc in result["per_class_accuracy"].items():
-        print(f"  {name:<20} {acc:.4f}")
+        print(f"  {name:<20} {acc:.4f}" if acc is not None else f"  {name:<20} n/a (no images)")
     print(f"confusion matrix: {result['out']}/confusion.csv, confusion.png")
     return 0
 

@@ -311,3 +311,40 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         source=src,
         raw=raw,
     )
+
+
+# ---- what the stages record in the run folder ---------------------------------------------------
+
+# The config a run folder was made with, overrides applied: `unitune inspect DIR` reads it, and a
+# person sees what produced the folder even when the config file has changed since.
+CONFIG_ECHO = "run_config.yaml"
+
+
+def _split_records(run: RunConfig, out: Path) -> list[tuple[Any, Path]]:
+    """The data sections whose val is held out of train/ (data.val_fraction), with their record."""
+    from unitune.data import SPLIT_FILE
+
+    pairs = [(run.data, out / SPLIT_FILE), (run.pretrain_data, out / f"pretrain_{SPLIT_FILE}")]
+    return [(cfg, path) for cfg, path in pairs if cfg is not None and getattr(cfg, "val_fraction", None) is not None]
+
+
+def check_run_records(run: RunConfig, out: str | os.PathLike) -> None:
+    """Before a stage: a one-line error if the val split recorded in ``out`` is not the one the
+    data now makes (unitune/data/split.py). Reads only."""
+    from unitune.data import check_split
+
+    for cfg, path in _split_records(run, Path(out)):
+        check_split(cfg, path)
+
+
+def record_run(run: RunConfig, out: str | os.PathLike) -> None:
+    """After a stage: the config echo and the val split records (each written atomically)."""
+    from unitune.data import record_split
+    from unitune.io import write_text_atomic
+
+    out = Path(out)
+    header = (f"# The config of this run folder ({run.source}, overrides applied), as the last stage ran it.\n"
+              f"# Written by unitune; `unitune inspect {out}` reads it.\n")
+    write_text_atomic(out / CONFIG_ECHO, header + yaml.safe_dump(run.raw, sort_keys=False))
+    for cfg, path in _split_records(run, out):
+        record_split(cfg, path)

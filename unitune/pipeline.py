@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import RunConfig, check_run_records, record_run
 from .errors import UniTuneError
 from .io import read_json, write_json_atomic
 
@@ -40,6 +40,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         build_dataset(run.data, split, None)
     check_search_stage(run, out)
     check_init_source(run)
+    check_run_records(run, out)
     earlier = _earlier_seconds(out)
 
     def stage(name: str, done: bool, work, why: str = "complete") -> Any:
@@ -56,6 +57,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         started = time.perf_counter()
         value = work()
         seconds[name] = round(time.perf_counter() - started, 1)
+        record_run(run, out)
         # Recorded now, so a run killed in a later stage still knows what this one took.
         write_json_atomic(out / SUMMARY_FILE, {"config": run.source, "complete": False, "seconds": seconds,
                                                "skipped": skipped})

@@ -12,6 +12,13 @@
       augment: none             # none | randaugment (few-shot recipes) | shift (pad-crop + flip: small images)
       val_subset: 200           # use a fixed subset of this many val images (fast search fitness)
 
+An ImageFolder without a ``val/`` folder (``train/`` + ``test/``) holds val out of ``train/``::
+
+      source: imagefolder
+      root: data/my-images
+      val_fraction: 0.2         # per class, drawn with data.seed (see unitune/data/split.py)
+      allow_missing_classes: false  # true: val/ or test/ may lack some of train/'s classes
+
 Few-shot lists follow NOAH's naming by default (``{shots}`` and ``{seed}`` are filled in)::
 
       source: fewshot
@@ -33,7 +40,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from unitune.errors import UniTuneError
-from unitune.schema import check_fields, choice, count, flag, rule_only, seed_field, text
+from unitune.schema import check_fields, choice, count, flag, num, rule_only, seed_field, text
 
 SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic", "fractal", "minivtab")
 RESIZE_MODES = ("squash", "crop")
@@ -61,6 +68,8 @@ _ONLY_FOR = {
     "samples_per_class": ("synthetic", "fractal"),
     "image_size": ("synthetic", "fractal", "minivtab"),
     "split_sizes": ("minivtab",),
+    "val_fraction": ("imagefolder",),
+    "allow_missing_classes": ("imagefolder",),
 }
 
 
@@ -154,6 +163,12 @@ class DataConfig:
     resize: str = choice("squash", RESIZE_MODES)
     augment: str = choice("none", AUGMENTS)
     val_subset: int | None = count(None, ge=1)
+    # imagefolder without a val/ folder: this fraction of each class of train/ becomes val
+    # (stratified, drawn with `seed`; unitune/data/split.py). trainval is all of train/.
+    val_fraction: float | None = num(None, gt=0, lt=1)
+    # imagefolder: val/ and test/ must hold every class of train/ (a class without images scores
+    # nothing, and evaluate could only print 0 for it); true accepts such splits.
+    allow_missing_classes: bool = flag(False)
     # Decode every image once before training (slow on big sets; corrupt files fail on load anyway).
     check_images: bool = flag(False)
     where: str = field(default="data", compare=False, repr=False)
@@ -184,7 +199,8 @@ class DataConfig:
             raise UniTuneError(f"{source}.source: missing, expected one of {list(SOURCES)}")
         kind = data["source"]
         for key, sources in _ONLY_FOR.items():
-            if data.get(key) is not None and kind in SOURCES and kind not in sources:
+            value = data.get(key)  # a flag left false (to_dict writes every key) sets nothing
+            if value is not None and value is not False and kind in SOURCES and kind not in sources:
                 raise UniTuneError(f"{source}.{key}: only used by source {' / '.join(sources)}, not {kind!r}")
         return cls(**dict(data), where=source)
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from unitune.errors import UniTuneError
 
 from .config import DataConfig
+from .transforms import note_resize
 
 
 class EpochSampler(Sampler):
@@ -159,6 +160,8 @@ def build_loader(dataset: Dataset, cfg: DataConfig, train: bool, seed: int, *, e
             f"by the {world_size} processes (each takes an equal share of the global batch)"
         )
     per_rank = global_batch // world_size
+    if train and rank == 0:
+        note_resize(dataset)
     sampler = EpochSampler(len(dataset), per_rank, shuffle=train, seed=seed, rank=rank, world_size=world_size)
     sampler.set_epoch(epoch, start_batch)
     workers = cfg.num_workers

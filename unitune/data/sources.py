@@ -3,8 +3,10 @@
 Layouts (split names are always ``train``, ``val``, ``trainval``, ``test``):
 
 * ``imagefolder``: ``root/train/<class>/*.jpg``, ``root/val/<class>/...``, ``root/test/<class>/...``.
-  The class list (sorted folder names) comes from ``train/``; ``val/`` and ``test/`` may hold a
-  subset of those classes, never another one. ``trainval`` is train plus val.
+  The class list (sorted folder names) comes from ``train/``; ``val/`` and ``test/`` hold those
+  classes, never another one, and every one of them unless ``allow_missing_classes: true`` (a
+  class without val or test images is scored on nothing). ``trainval`` is train plus val.
+  Without ``val/``, ``val_fraction`` holds val out of ``train/`` (:mod:`unitune.data.split`).
 * ``vtab``: the VTAB-1k list layout used by NOAH and its successors,
   ``root/<task>/{train800,val200,train800val200,test}.txt`` with one ``relative/path label`` per
   line, paths relative to ``root/<task>/``. Class names are the label indices as strings unless
@@ -38,6 +40,7 @@ from .datasets import DataError, FileDataset, ImageDataset
 from .fractal import fractal_dataset
 from .generated import digits_dataset, synthetic_dataset
 from .minivtab import minivtab_dataset
+from .split import split_off_val
 
 # Class counts beyond this are a label typo, not a data set (ImageNet-21k has 21,843): without a
 # classes.txt the count is inferred as 1 + the largest label, and 10**12 would size a head by it.
@@ -73,6 +76,8 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None = None
         raise AssertionError(cfg.source)
     if cfg.classes is not None:
         ds = select_classes(ds, cfg.classes, f"{cfg.where}.classes")
+    if cfg.source == "imagefolder" and split in ("val", "test") and not cfg.allow_missing_classes:
+        check_every_class(ds, split, cfg.where)
     if split == "val" and cfg.val_subset is not None and cfg.val_subset < len(ds):
         ds = fixed_subset(ds, cfg.val_subset, cfg.seed)
     if len(ds) == 0:
@@ -111,26 +116,58 @@ def imagefolder_dataset(cfg: DataConfig, split: str) -> FileDataset:
     if not train_dir.is_dir():
         raise DataError(f"{train_dir}: folder not found (imagefolder expects root/train/<class>/<image>)")
     classes, class_to_idx = _find_classes(train_dir)
+    if cfg.val_fraction is not None:
+        if (root / "val").exists():
+            raise DataError(f"{cfg.where}.val_fraction: {root / 'val'} exists; val_fraction holds val out of train/ "
+                            f"only when there is no val/ folder (remove one of the two)")
+        if split in ("train", "val"):
+            train, val = split_off_val(_folder_samples(root, "train", classes, class_to_idx), classes,
+                                       cfg.val_fraction, cfg.seed, train_dir)
+            return FileDataset(train if split == "train" else val, classes,
+                               f"{root} [{split}, val_fraction {cfg.val_fraction}]")
     parts = {"train": ["train"], "val": ["val"], "trainval": ["train", "val"], "test": ["test"]}[split]
+    if cfg.val_fraction is not None:  # val is part of train/
+        parts = [p for p in parts if p != "val"]
     samples: list[tuple[str, int]] = []
     for part in parts:
-        folder = root / part
-        if not folder.is_dir():
-            raise DataError(f"{folder}: folder not found (imagefolder expects root/{part}/<class>/<image>)")
-        if part != "train":
-            extra = sorted(set(_find_classes(folder)[0]) - set(classes))
-            if extra:
-                raise DataError(f"{folder / extra[0]}: class folder not in {train_dir} (classes come from train/)")
-        found = []
-        for name in classes if part == "train" else sorted(set(_find_classes(folder)[0])):
-            images = _scan_images(folder / name)
-            if part == "train" and not images:  # its head row would be trained on no image at all
-                raise DataError(f"{folder / name}: class folder holds no images ({', '.join(IMG_EXTENSIONS)})")
-            found += [(p, class_to_idx[name]) for p in images]
-        if not found:
-            raise DataError(f"{folder}: no images (looked for {', '.join(IMG_EXTENSIONS)} in its class folders)")
-        samples += found
+        samples += _folder_samples(root, part, classes, class_to_idx, cfg)
     return FileDataset(samples, classes, f"{root} [{split}]")
+
+
+def _folder_samples(root: Path, part: str, classes: list[str], class_to_idx: dict[str, int],
+                    cfg: DataConfig | None = None) -> list[tuple[str, int]]:
+    """``(path, label)`` of ``root/part/<class>/...``, labelled by train/'s classes."""
+    folder, train_dir = root / part, root / "train"
+    if not folder.is_dir():
+        hint = (f", or {cfg.where}.val_fraction to hold val out of train/"
+                if part == "val" and cfg is not None else "")
+        raise DataError(f"{folder}: folder not found (imagefolder expects root/{part}/<class>/<image>{hint})")
+    if part != "train":
+        extra = sorted(set(_find_classes(folder)[0]) - set(classes))
+        if extra:
+            raise DataError(f"{folder / extra[0]}: class folder not in {train_dir} (classes come from train/)")
+    found = []
+    for name in classes if part == "train" else sorted(set(_find_classes(folder)[0])):
+        images = _scan_images(folder / name)
+        if part == "train" and not images:  # its head row would be trained on no image at all
+            raise DataError(f"{folder / name}: class folder holds no images ({', '.join(IMG_EXTENSIONS)})")
+        found += [(p, class_to_idx[name]) for p in images]
+    if not found:
+        raise DataError(f"{folder}: no images (looked for {', '.join(IMG_EXTENSIONS)} in its class folders)")
+    return found
+
+
+def check_every_class(ds: ImageDataset, split: str, where: str) -> None:
+    """An imagefolder val or test split must hold every class (``allow_missing_classes`` lifts it)."""
+    present = set(ds.targets)
+    missing = [name for k, name in enumerate(ds.classes) if k not in present]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:10])
+        if len(missing) > 10:
+            shown += f" and {len(missing) - 10} more"
+        raise DataError(f"{where}: the {split} split ({ds.name}) has no images of "
+                        f"class{'es' if len(missing) > 1 else ''} {shown} ({len(missing)} of {ds.num_classes}); "
+                        f"add some, or set {where}.allow_missing_classes: true")
 
 
 def _scan_images(folder: Path) -> list[str]:

@@ -25,10 +25,13 @@ cached image is seen at a new position each epoch. Mixup, cutmix and label smoot
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import timm.data
 import torchvision.transforms as T
+from PIL import Image
 from torch import nn
 
 from unitune.errors import UniTuneError
@@ -122,12 +125,55 @@ def build_transform(data_config: Mapping[str, Any], train: bool, cfg: DataConfig
     dc = _normalise(data_config, cfg, "data config")
     common = dict(input_size=dc["input_size"], interpolation=dc["interpolation"], mean=dc["mean"], std=dc["std"])
     if train and cfg.augment == "randaugment":
-        return timm.data.create_transform(is_training=True, auto_augment=RANDAUGMENT, hflip=0.5, re_prob=0.0, **common)
-    evaluation = timm.data.create_transform(is_training=False, crop_pct=dc["crop_pct"], crop_mode=dc["crop_mode"],
-                                            **common)
-    if train and cfg.augment == "shift":
-        return T.Compose([_RandomShift(), T.RandomHorizontalFlip(), evaluation])
-    return evaluation
+        out = timm.data.create_transform(is_training=True, auto_augment=RANDAUGMENT, hflip=0.5, re_prob=0.0, **common)
+    else:
+        out = timm.data.create_transform(is_training=False, crop_pct=dc["crop_pct"], crop_mode=dc["crop_mode"],
+                                         **common)
+        if train and cfg.augment == "shift":
+            out = T.Compose([_RandomShift(), T.RandomHorizontalFlip(), out])
+    # What the images become, for the loader's one-line note (:func:`note_resize`).
+    out.unitune_resize = (tuple(dc["input_size"][1:]), cfg.resize)
+    return out
+
+
+_NOTED: set = set()
+
+
+def note_resize(dataset: Any) -> None:
+    """One line on stderr when images read from disk are not the backbone's input size: they are
+    resized (``data.resize``) to it, which a researcher bringing their own images should hear about
+    once (per process and pair of sizes), not find out from the accuracy. Only the first image is
+    looked at (its header, not its pixels); generated sources have the size their config gives."""
+    target = getattr(getattr(dataset, "transform", None), "unitune_resize", None)
+    path = _first_file(dataset)
+    if target is None or path is None:
+        return
+    (height, width), mode = target
+    try:
+        with Image.open(path) as img:  # reads the header only
+            size = img.size
+    except (OSError, SyntaxError, ValueError):
+        return  # the loader names an unreadable image when it gets to it
+    key = (size, height, width, mode)
+    if size == (width, height) or key in _NOTED:
+        return
+    _NOTED.add(key)
+    print(f"unitune: note: images are resized to {width}x{height} px, the backbone's input size "
+          f"({path} is {size[0]}x{size[1]}; data.resize: {mode})", file=sys.stderr, flush=True)
+
+
+def _first_file(dataset: Any) -> Path | None:
+    """The file of the first item of ``dataset`` (through subsets), or None when it is not read from disk."""
+    from .datasets import FileDataset, SubsetDataset
+
+    index = 0
+    while isinstance(dataset, SubsetDataset):
+        if not dataset.indices:
+            return None
+        index, dataset = dataset.indices[index], dataset.parent
+    if isinstance(dataset, FileDataset) and index < len(dataset.samples):
+        return dataset.samples[index][0]
+    return None
 
 
 class _RandomShift:
