@@ -35,7 +35,7 @@ def test_the_declared_choices_and_rules_are_where_their_fields_are():
     (RetrainConfig, {"epochs": 2, "warmup_epochs": 3}, "x.warmup_epochs: expected 0..epochs (2), got 3"),
     # ranges come before the rules that read them: epochs 0 is reported, not warmup > epochs
     (TrainConfig, {"epochs": 0, "warmup_epochs": 3}, "x.epochs: expected a number >= 1, got 0"),
-    (SupernetConfig, {"sampler": "greedy", "num_random": -1}, "x.num_random: expected a number >= 0, got -1"),
+    (SupernetConfig, {"sampler": "greedy", "num_random": -1}, "x.num_random: expected a number in [0, 64], got -1"),
     (SearchConfig, {"fitness": "inherited"}, "x.fitness: expected one of ['supernet', 'standalone'], got 'inherited'"),
     (SearchConfig, {"objectives": "acc,params", "pruner": "sha"},
      "x.pruner: 'sha' needs the single objective 'acc' (Optuna prunes single-objective studies only); "

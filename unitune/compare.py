@@ -49,7 +49,7 @@ from typing import Any, Sequence
 from .checks import check_output_dir, check_seed
 from .config import RunConfig, load_config_dict, load_run_config
 from .errors import UniTuneError
-from .io import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")
 SINGLE = ("lora", "adapter", "vpt", "ssf")
@@ -211,7 +211,8 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     # The base run (with pretrain, if any), checked whole; then one run per task.
     base = load_run_config(config, all_overrides)
     # A file there, or no right to write, fails now, not after the pretraining.
-    out = check_output_dir(Path(out) if out else Path("runs") / base.name)
+    out = check_output_dir(Path(out) if out else inside("runs", Path("runs") / base.name))
+    check_no_outside_links(out)
     weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
     task_runs = {}
     for t in tasks:
@@ -222,6 +223,7 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
             traw.pop("pretrain", None)
             traw.setdefault("model", {})["weights"] = weights
         data = DataConfig.from_dict(traw["data"], source=f"{src}: data (task {t!r})")
+        inside(out, out / "tasks" / t), inside(out, out / "cells" / t)  # a plain name (DataConfig): inside
         run = dataclasses.replace(base, name=traw["name"], data=data, raw=traw, pretrain=None, pretrain_data=None,
                                   model=dataclasses.replace(base.model, weights=weights or base.model.weights),
                                   source=str(out / "tasks" / t / "config.yaml"))
