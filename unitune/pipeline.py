@@ -39,7 +39,9 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     # A link inside the run folder that leads out of it (plots -> /elsewhere) would be written through.
     check_no_outside_links(out)
     for split in ("train", "val", "trainval", "test"):
-        build_dataset(run.data, split, None)
+        split_set = build_dataset(run.data, split, None)
+    # The test split is read once, after the retrain's last epoch: its files are verified now.
+    split_set.verify_files()
     check_search_stage(run, out)
     check_init_source(run)
     earlier = _earlier_seconds(out)
