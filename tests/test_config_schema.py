@@ -57,6 +57,7 @@ def test_every_data_field_declares_its_constraint():
 @pytest.mark.parametrize("data, message", [
     ({"source": "digits", "seed": -1}, "d.seed: expected an integer seed in [0, 2**32 - 1], got -1"),  # as every seed
     ({"source": "digits", "num_workers": -1}, "d.num_workers: expected an integer >= 0, got -1"),
+    ({"source": "digits", "num_workers": 257}, "d.num_workers: expected an integer in [0, 256], got 257"),
     ({"source": "digits", "eval_batch_size": 0}, "d.eval_batch_size: expected an integer >= 1, got 0"),
     ({"source": "digits", "check_images": 1}, "d.check_images: expected true or false, got 1"),
     ({"source": "fewshot", "root": 5}, "d.root: expected a string, got 5"),
