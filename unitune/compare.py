@@ -223,7 +223,8 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
             traw.pop("pretrain", None)
             traw.setdefault("model", {})["weights"] = weights
         data = DataConfig.from_dict(traw["data"], source=f"{src}: data (task {t!r})")
-        inside(out, out / "tasks" / t), inside(out, out / "cells" / t)  # a plain name (DataConfig): inside
+        for folder in ("tasks", "cells"):  # t is a plain name (DataConfig): its folders stay inside
+            inside(out, out / folder / t)
         run = dataclasses.replace(base, name=traw["name"], data=data, raw=traw, pretrain=None, pretrain_data=None,
                                   model=dataclasses.replace(base.model, weights=weights or base.model.weights),
                                   source=str(out / "tasks" / t / "config.yaml"))
