@@ -18,7 +18,7 @@ import torch
 from unitune.data import DataConfig, build_dataset, build_loader, build_transform, load_image
 from unitune.checks import check_input_file, check_output_dir
 from unitune.errors import UniTuneError
-from unitune.io import atomic_path, write_json_atomic
+from unitune.io import atomic_path, inside, write_json_atomic
 from unitune.train import evaluate, pick_device, round_metric
 
 from .export import load_export
@@ -39,7 +39,8 @@ def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, s
     """Accuracy, per-class accuracy and the confusion matrix (CSV and PNG in ``out``)."""
     folder = Path(folder)
     dev = pick_device(device)
-    out = check_output_dir(Path(out) if out else folder.parent / f"eval_{split}")
+    # The default lies beside the export, in its run folder: a link planted there is not followed out.
+    out = check_output_dir(Path(out) if out else inside(folder.parent, folder.parent / f"eval_{split}"))
     model, manifest = load_export(folder)
     data = export_data_config(manifest, data, folder)
     dataset = build_dataset(data, split, build_transform(manifest["data_config"], train=False, cfg=data))

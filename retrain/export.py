@@ -196,7 +196,7 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
             except BaseException:
                 os.replace(old, folder)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
             os.replace(tmp, folder)
     finally:
@@ -211,7 +211,16 @@ def _recover_killed_swap(folder: Path) -> None:
         if not folder.exists() and (old / MANIFEST_FILE).is_file():
             os.replace(old, folder)
         else:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Remove what was moved aside: a folder, or a link (``export -> export_v1``), only the link
+    itself; rmtree refuses links, and ignoring that left ``.export.*.old`` behind."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def save_export(folder: str | os.PathLike, model: nn.Module, manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -138,6 +138,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     # Index (and check) both splits before any weight is loaded; transforms follow the model.
     train_set = build_dataset(run.data, "trainval", None)
     test_set = build_dataset(run.data, "test", None)
+    test_set.verify_files()  # read only after the last epoch: a broken file is named now, not then
     num_classes = train_set.num_classes
     space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
     shapes = create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True)

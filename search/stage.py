@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from unitune.backbone import create_backbone
 from unitune.config import RunConfig
 from unitune.errors import UniTuneError
-from unitune.supernet import BackboneDims, SearchSpace
+from unitune.supernet import BackboneDims, SearchSpace, Subnet, check_vit
 
 from .export import best_trial, trial_subnet, write_outputs
 from .fitness import StandaloneFitness, SupernetFitness
@@ -50,10 +50,13 @@ def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | N
     vit = create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True)
     head = {id(p) for p in vit.get_classifier().parameters()}
     frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
+    space, dims = SearchSpace.from_dict(run.space, source=f"{run.source}: space"), BackboneDims.from_model(vit)
+    # Every method the space can turn on must fit this backbone (SSF and BitFit fold only into a
+    # bias; an RmsNorm ViT has none): decided here, before a pretrain or supernet stage writes.
+    check_vit(vit, sizes=Subnet.largest(space, dims.depth))
     with warnings.catch_warnings():  # a budget above the largest subnet: run_search warns once
         warnings.simplefilter("ignore", UserWarning)
-        check_search_settings(SearchSpace.from_dict(run.space, source=f"{run.source}: space"),
-                              BackboneDims.from_model(vit), budget, backbone=run.model.backbone,
+        check_search_settings(space, dims, budget, backbone=run.model.backbone,
                               backbone_params=frozen, **settings)
     return budget, settings, frozen
 

@@ -661,6 +661,69 @@ def stale_split(x: Inputs) -> None:
                                               "train": ["a/0.png", "b/0.png"], "val": ["a/gone.png", "b/1.png"]}))
 
 
+# ---- branch paths (issue 20): writes outside the output folder, refusals after work, bounds ------
+
+NO_OUT = ["--config", "{cfg}", "--quiet"]  # the run folder is runs/<name>, below the working directory
+DEEP = "[" * 5000 + "]" * 5000  # PyYAML and json recurse per level: a RecursionError, 2,999 lines of it
+RMS_SPACE = {"lora": [0, 1], "ssf": [0], "ssf_global": [0]}  # SSF and BitFit fold only into a bias
+
+
+def rms_config(x: Inputs, **space) -> Path:
+    """A ViT whose norms are RmsNorms (no bias), a pretrain stage, and ``space`` turned on."""
+    return x.config(model={**CONFIG["model"], "kwargs": {**CONFIG["model"]["kwargs"], "norm_layer": "rmsnorm"}},
+                    space={**RMS_SPACE, **space}, pretrain=PRETRAIN)
+
+
+def planted_link(x: Inputs, rel: str) -> None:
+    """``out/<rel>`` a link to ``elsewhere/``, a folder beside the run folder."""
+    x.path("elsewhere/keep.txt").write_text("not unitune's")
+    x.path(rel).symlink_to(x.tmp / "elsewhere", target_is_directory=True)
+
+
+def broken_test_image(root: Path) -> None:
+    (root / "test" / "a" / "broken.png").write_text("this is not a png")
+
+
+ROWS += [
+    # -- names become folder names: plain names only, never a path out of runs/ or --out
+    Row("supernet-name-up-and-out", ["supernet", *NO_OUT], ("{cfg}: name", "expected a plain name", "'../../x'"),
+        lambda x: x.config(name="../../x")),
+    Row("supernet-name-absolute", ["supernet", *NO_OUT], ("{cfg}: name", "got '{tmp}/abs'"),
+        lambda x: x.config(name=str(x.tmp / "abs"))),
+    Row("supernet-vtab-task-a-path", ["supernet", *STAGE], ("data.task", "expected a plain name", "'../vtab/task'"),
+        lambda x: (vtab(x), x.config(data={"source": "vtab", "root": str(x.tmp / "vtab"), "task": "../vtab/task",
+                                          "batch_size": 2, "num_workers": 0}))),
+    # -- links planted inside a run folder that lead out of it: refused, never written through
+    Row("run-plots-link-outside", ["run", *STAGE], ("{out}/plots", "outside the output folder {out}"),
+        lambda x: planted_link(x, "out/plots")),
+    Row("retrain-ckpt-link-outside", ["retrain", *STAGE], ("{out}/retrain_ckpt", "outside the output folder"),
+        lambda x: (x.copy("best_subnet.yaml"), planted_link(x, "out/retrain_ckpt"))),
+    Row("evaluate-default-out-link-outside", ["evaluate", "{tmp}/run/export"],
+        ("{tmp}/run/eval_test", "outside the output folder {tmp}/run"),
+        lambda x: (x.copy("export", "run/export"), planted_link(x, "run/eval_test"))),
+    # -- refused before any stage writes, not after it worked
+    Row("run-rmsnorm-vit-with-ssf", ["run", *STAGE], ("SSF after block 0's norm1 (a RmsNorm)", "space.ssf: [0]"),
+        lambda x: rms_config(x, ssf=[0, 1])),
+    Row("run-rmsnorm-vit-with-bitfit", ["run", *STAGE], ("BitFit after block 0's norm1 (a RmsNorm)", "space.bitfit: [0]"),
+        lambda x: rms_config(x, bitfit=[0, 1])),
+    Row("run-unreadable-test-image", ["run", *STAGE], ("{tmp}/folder/test/a/broken.png", "unreadable image"),
+        lambda x: imagefolder_with(x, broken_test_image)),
+    Row("retrain-unreadable-test-image", ["retrain", *STAGE], ("{tmp}/folder/test/a/broken.png", "unreadable image"),
+        lambda x: (imagefolder_with(x, broken_test_image), x.copy("best_subnet.yaml"))),
+    # -- bounds
+    Row("supernet-num-random-huge", ["supernet", *STAGE, "supernet.sampler=sandwich", "supernet.num_random=100000000000000"],
+        ("{cfg}", "supernet.num_random: expected a number in [0, 64], got 100000000000000")),
+    Row("supernet-num-workers-huge", ["supernet", *STAGE, "data.num_workers=1000000"],
+        ("{cfg}", "data.num_workers: expected an integer in [0, 256], got 1000000")),
+    Row("inspect-deep-subnet", ["inspect", "--backbone", "vit_tiny_patch16_224", "--subnet", "{tmp}/s.yaml"],
+        ("{tmp}/s.yaml", "invalid YAML", "nested deeper than 100 levels"), lambda x: x.text("s.yaml", f"subnet: {DEEP}\n")),
+    Row("supernet-deep-config", ["supernet", *STAGE], ("{cfg}", "invalid YAML", "nested deeper than 100 levels"),
+        lambda x: x.text("config.yaml", yaml.safe_dump(CONFIG) + f"compare: {{tasks: {DEEP}}}\n")),
+    Row("inspect-deep-run-summary", ["inspect", "{out}"], ("{out}/run_summary.json", "nested deeper than 100 levels"),
+        lambda x: (x.copy("best_subnet.yaml"), x.text("out/run_summary.json", f'{{"config": {DEEP}}}'))),
+]
+
+
 def outside_link(export: Path, target: Path) -> None:
     """Move the weights out of the export and leave a symlink to them (same bytes, same sha256)."""
     shutil.move(export / "model.safetensors", target)

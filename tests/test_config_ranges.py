@@ -48,7 +48,8 @@ def test_the_defaults_are_within_their_ranges(cls):
     ("label_smoothing", 1.0, "x.label_smoothing: expected a number in [0, 1), got 1.0"),
     ("seed", 2**32, "x.seed: expected an integer seed in [0, 2**32 - 1], got 4294967296"),
     ("seed", -1, "x.seed: expected an integer seed in [0, 2**32 - 1], got -1"),
-    ("num_random", -1, "x.num_random: expected a number >= 0, got -1"),
+    ("num_random", -1, "x.num_random: expected a number in [0, 64], got -1"),
+    ("num_random", 65, "x.num_random: expected a number in [0, 64], got 65"),
 ])
 def test_out_of_range_values_name_the_key_and_the_range(key, value, message):
     with pytest.raises(UniTuneError) as info:

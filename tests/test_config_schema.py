@@ -35,7 +35,7 @@ def test_the_declared_choices_and_rules_are_where_their_fields_are():
     (RetrainConfig, {"epochs": 2, "warmup_epochs": 3}, "x.warmup_epochs: expected 0..epochs (2), got 3"),
     # ranges come before the rules that read them: epochs 0 is reported, not warmup > epochs
     (TrainConfig, {"epochs": 0, "warmup_epochs": 3}, "x.epochs: expected a number >= 1, got 0"),
-    (SupernetConfig, {"sampler": "greedy", "num_random": -1}, "x.num_random: expected a number >= 0, got -1"),
+    (SupernetConfig, {"sampler": "greedy", "num_random": -1}, "x.num_random: expected a number in [0, 64], got -1"),
     (SearchConfig, {"fitness": "inherited"}, "x.fitness: expected one of ['supernet', 'standalone'], got 'inherited'"),
     (SearchConfig, {"objectives": "acc,params", "pruner": "sha"},
      "x.pruner: 'sha' needs the single objective 'acc' (Optuna prunes single-objective studies only); "
@@ -57,6 +57,7 @@ def test_every_data_field_declares_its_constraint():
 @pytest.mark.parametrize("data, message", [
     ({"source": "digits", "seed": -1}, "d.seed: expected an integer seed in [0, 2**32 - 1], got -1"),  # as every seed
     ({"source": "digits", "num_workers": -1}, "d.num_workers: expected an integer >= 0, got -1"),
+    ({"source": "digits", "num_workers": 257}, "d.num_workers: expected an integer in [0, 256], got 257"),
     ({"source": "digits", "eval_batch_size": 0}, "d.eval_batch_size: expected an integer >= 1, got 0"),
     ({"source": "digits", "check_images": 1}, "d.check_images: expected true or false, got 1"),
     ({"source": "fewshot", "root": 5}, "d.root: expected a string, got 5"),

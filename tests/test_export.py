@@ -128,6 +128,18 @@ def test_reexport_replaces_and_leaves_nothing_behind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
+def test_reexport_over_a_link_replaces_the_link_not_its_target(tmp_path):
+    """``export -> export_v1``: the new export replaces the link (the rename swap moves the link
+    aside), the old export it pointed to is untouched, and no ``.export.*.old`` link is left."""
+    _, first, target = export(tmp_path, "plain", "all", name="export_v1")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    (tmp_path / "export").symlink_to(target, target_is_directory=True)
+    _, manifest, folder = export(tmp_path, "plain", "lora")
+    assert not folder.is_symlink() and load_export(folder)[1] == manifest
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before and load_export(target)[1] == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "export_v1"]
+
+
 def test_failed_export_keeps_the_old_one(tmp_path, monkeypatch):
     _, old_manifest, folder = export(tmp_path, "plain", "vpt")
     old_bytes = (folder / WEIGHTS_FILE).read_bytes()

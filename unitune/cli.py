@@ -161,11 +161,14 @@ def _load_run(args: argparse.Namespace):
 
 
 def _out_dir(args: argparse.Namespace, run) -> Path:
-    """The run folder, checked before any work: a file there, or no right to write, fails now
-    rather than after the first epoch. A val split recorded there must still be the data's."""
+    """The run folder, checked before any work: a file there, no right to write, or a link inside
+    that leads out of it fails now rather than after the first epoch. A val split recorded there
+    must still be the data's."""
     from unitune.config import check_run_records
+    from unitune.io import check_no_outside_links, inside
 
-    out = check_output_dir(Path(args.out) if args.out else Path("runs") / run.name)
+    out = check_output_dir(Path(args.out) if args.out else inside("runs", Path("runs") / run.name))
+    check_no_outside_links(out)
     check_run_records(run, out)
     return out
 

@@ -49,7 +49,7 @@ from typing import Any, Sequence
 from .checks import check_output_dir, check_seed
 from .config import RunConfig, load_config_dict, load_run_config
 from .errors import UniTuneError
-from .io import read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")
 SINGLE = ("lora", "adapter", "vpt", "ssf")
@@ -212,7 +212,8 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     # The base run (with pretrain, if any), checked whole; then one run per task.
     base = load_run_config(config, all_overrides)
     # A file there, or no right to write, fails now, not after the pretraining.
-    out = check_output_dir(Path(out) if out else Path("runs") / base.name)
+    out = check_output_dir(Path(out) if out else inside("runs", Path("runs") / base.name))
+    check_no_outside_links(out)
     weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
     task_runs = {}
     for t in tasks:
@@ -223,11 +224,14 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
             traw.pop("pretrain", None)
             traw.setdefault("model", {})["weights"] = weights
         data = DataConfig.from_dict(traw["data"], source=f"{src}: data (task {t!r})")
+        for folder in ("tasks", "cells"):  # t is a plain name (DataConfig): its folders stay inside
+            inside(out, out / folder / t)
         run = dataclasses.replace(base, name=traw["name"], data=data, raw=traw, pretrain=None, pretrain_data=None,
                                   model=dataclasses.replace(base.model, weights=weights or base.model.weights),
                                   source=str(out / "tasks" / t / "config.yaml"))
         for split in ("train", "val", "trainval", "test"):  # indexed, not read: a missing list fails now
-            build_dataset(run.data, split, None)
+            split_set = build_dataset(run.data, split, None)
+        split_set.verify_files()  # the test files are read after training: verified (not decoded) now
         task_runs[t] = run
     if "search" in methods:
         from unitune.retrain.train import check_init_source
@@ -237,6 +241,7 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
         check_init_source(task_runs[tasks[0]])
     elif any(m in SINGLE for m in methods):
         _budget(task_runs[tasks[0]])  # a malformed budget fails now, not after the pretraining
+        _check_methods_fit(task_runs[tasks[0]], [m for m in methods if m in SINGLE])
     fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick)
 
@@ -262,6 +267,18 @@ def _budget(run: RunConfig) -> int | None:
     head = {id(p) for p in vit.get_classifier().parameters()}
     frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
     return parse_budget(run.search.budget, frozen, source=f"{run.source}: search.budget")
+
+
+def _check_methods_fit(run: RunConfig, methods: Sequence[str]) -> None:
+    """The single-method rows' methods (with the model-level ones reported with them) must fit
+    the backbone (SSF folds only into a bias): refused now, not after the pretraining."""
+    from unitune.supernet import SearchSpace, Subnet, check_vit
+    from unitune.supernet.methods import METHODS as REGISTRY
+
+    space = SearchSpace.from_dict(run.space)
+    dims, vit = _dims(run)
+    names = [g.name for g in REGISTRY.values() if g.name in methods or (g.site == "model" and g.report_key in methods)]
+    check_vit(vit, sizes=Subnet.uniform(dims.depth, **{n: space.max_size(n) for n in names}))
 
 
 def largest_uniform(method: str, run: RunConfig):
@@ -447,11 +464,27 @@ def _check_folder(plan: Plan) -> None:
                                f"overrides that differ); use another --out or remove the folder")
 
 
+def _check_checkpoints(plan: Plan) -> None:
+    """The checkpoints a rerun would resume (a cell's retrain, a task's supernet) must load: a
+    damaged one is named now, before any cell starts (with ``--jobs``, others would run beside it)."""
+    from unitune.retrain.train import CKPT_DIR
+    from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
+    from unitune.train import load_checkpoint
+
+    folders = [plan.cell_dir(*c) / CKPT_DIR for c in plan.cells if not plan.cell_file(*c).is_file()]
+    if "search" in plan.methods:
+        folders += [plan.search_dir(t) / SUPERNET_CKPT for t in plan.tasks
+                    if not (plan.search_dir(t) / SEARCH_RESULT).is_file()]
+    for folder in folders:
+        load_checkpoint(folder)  # None when there is none; a damaged one is a one-line error
+
+
 def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
     """Pretrain (once), search (once per task), then every missing cell; then the CSV, table and plot."""
     from tqdm import tqdm
 
     _check_folder(plan)
+    _check_checkpoints(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(plan.out / META_FILE, {"fingerprint": plan.fingerprint, "config": plan.base.source,
                                              "tasks": list(plan.tasks), "seeds": list(plan.seeds),
@@ -488,11 +521,17 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
 
         # each worker prints warnings in the CLI's voice, other packages' repeats once per worker
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=install) as pool:
-            for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
-                f.result()
-            for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
-                f.result()
-                bar.update()
+            try:
+                for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
+                    f.result()
+                for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
+                    f.result()
+                    bar.update()
+            except BaseException:
+                # The first failure stops the comparison: cells not yet started are not started
+                # (the running ones finish and keep their complete results, as one job would).
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     bar.close()
     report = write_report(plan, pretrain_info=pre)
     report["seconds"] = round(time.perf_counter() - started, 1)

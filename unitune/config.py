@@ -20,7 +20,7 @@ import yaml
 
 from .checks import check_device
 from .errors import UniTuneError
-from .io import read_yaml, safe_load
+from .io import check_plain_name, read_yaml, safe_load
 from .schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
@@ -182,7 +182,9 @@ class SupernetConfig(TrainConfig):
 
     sampler: str = choice("uniform", ("uniform", "sandwich", "budget"))  # uniform is NOAH's
     budget: str | int | None = None  # for the 'budget' sampler; defaults to search.budget
-    num_random: int = num(1, ge=0)  # random subnets per sandwich step
+    # random subnets per sandwich step, each one more forward and backward pass (BigNAS uses 2);
+    # the bound keeps a typo from building a list of 10**14 subnets before the first step
+    num_random: int = num(1, ge=0, le=64)
     checkpoint_every: int = num(0, ge=0)  # steps between mid-epoch checkpoints (0: at epoch ends only)
 
 
@@ -287,6 +289,8 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     name = raw.get("name") or Path(path).stem
     if not isinstance(name, str):
         raise UniTuneError(f"{src}: name: expected a string, got {name!r}")
+    # The default run folder is runs/<name>: a plain name, so it stays inside runs/.
+    check_plain_name(name, f"{src}: name" if raw.get("name") else f"{src}: name (from the file name; set name:)")
     device = check_device(raw.get("device", "auto"), f"{src}: device")
     space = raw.get("space") or {}
     SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages

@@ -158,8 +158,23 @@ class SafeLoader(yaml.SafeLoader):
         _count_nodes(node)
         return node
 
+    def compose_node(self, parent, index):
+        # PyYAML composes (and later constructs) nested collections recursively: a 5,000-deep
+        # list dies in a RecursionError thousands of frames deep. Stop at MAX_DEPTH instead.
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
 
 MAX_YAML_NODES = 100_000  # a large config or subnet list holds a few thousand
+# Lists and mappings inside each other in a YAML or JSON file: a config nests 4 deep, a subnet
+# list 4; anything near this limit is not a file unitune wrote or documents.
+MAX_DEPTH = 100
 
 
 def _count_nodes(root: Any) -> None:
@@ -202,8 +217,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
 
     path = check_input_file(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return safe_load(f)
+        return safe_load(_read_text(path))
     except UnicodeDecodeError as e:
         raise UniTuneError(f"{path}: not a UTF-8 text file (byte {e.start}); expected YAML") from None
     except yaml.YAMLError as e:
@@ -218,8 +232,93 @@ def read_json(path: str | os.PathLike) -> Any:
 
     path = check_input_file(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except UnicodeDecodeError as e:
         raise UniTuneError(f"{path}: not a UTF-8 text file (byte {e.start}); expected JSON") from None
     except json.JSONDecodeError as e:
         raise UniTuneError(f"{path}: invalid JSON (line {e.lineno}): {e.msg}") from None
+    except RecursionError:  # the C decoder's own guard, far below what it would take
+        raise UniTuneError(f"{path}: invalid JSON: nested deeper than {MAX_DEPTH} levels") from None
+    if _depth(data) > MAX_DEPTH:
+        raise UniTuneError(f"{path}: invalid JSON: nested deeper than {MAX_DEPTH} levels")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise UniTuneError(f"{path}: cannot read (permission denied)") from None
+
+
+def _depth(data: Any) -> int:
+    """How deep lists and mappings nest in ``data`` (iteratively: no recursion to overflow)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (list, dict)):
+            deepest = max(deepest, level)
+            if level <= MAX_DEPTH:  # beyond the limit the answer is known
+                stack += [(v, level + 1) for v in (node.values() if isinstance(node, dict) else node)]
+    return deepest
+
+
+# ---- paths inside a run folder -------------------------------------------------------------------
+#
+# Every file a command writes lies inside its output folder: a name from a config (``name``, a
+# task) is a plain name, never a path, and a link planted inside the folder that leads out of it
+# is refused (named, before any work) rather than written through. Refused, not replaced: such a
+# link may be somebody's deliberate choice (checkpoints on a bigger disk), and a tool that
+# silently deletes it, or writes a checkpoint through it, surprises them either way.
+
+_PLAIN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_plain_name(value: Any, where: str) -> str:
+    """A name that becomes one folder or file name: letters, digits, ``.``, ``_``, ``-``; not
+    ``.`` or ``..`` (so never a path: no separator, nothing absolute)."""
+    if not isinstance(value, str) or not _PLAIN.fullmatch(value) or value in (".", ".."):
+        raise UniTuneError(f"{where}: expected a plain name (letters, digits, '.', '_', '-'; it names a folder), "
+                           f"got {value!r}")
+    return value
+
+
+def _resolve(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        raise UniTuneError(f"{path}: cannot resolve ({getattr(e, 'strerror', None) or e})") from None
+
+
+def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path``, checked to lie inside ``root`` once links are followed; a UniTuneError names it
+    otherwise."""
+    root, path = Path(root), Path(path)
+    real_root, real = _resolve(root), _resolve(path)
+    if real != real_root and real_root not in real.parents:
+        raise UniTuneError(f"{path}: leads to {real}, outside the output folder {root}; unitune writes only "
+                           f"inside it (remove the link, or use another folder)")
+    return path
+
+
+MAX_SCANNED = 200_000  # entries of a run folder looked at for links; a run holds a few thousand
+
+
+def check_no_outside_links(root: str | os.PathLike) -> None:
+    """Refuse a run folder with a link inside that leads out of it (``plots -> /elsewhere``): every
+    stage writes into its folder's entries, so such a link would be written through."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    stack, seen = [root], 0
+    while stack and seen < MAX_SCANNED:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:  # unreadable: the stage that needs it reports it
+            continue
+        for entry in entries:
+            seen += 1
+            if entry.is_symlink():
+                inside(root, entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import RunConfig, check_run_records, record_run
 from .errors import UniTuneError
-from .io import read_json, write_json_atomic
+from .io import check_no_outside_links, read_json, write_json_atomic
 
 SUMMARY_FILE = "run_summary.json"
 
@@ -36,8 +36,12 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     skipped: list[str] = []
     # Before the first stage: what later stages would reject after hours of training. The data
     # splits are indexed (no image decoded) and the search settings checked on a meta backbone.
+    # A link inside the run folder that leads out of it (plots -> /elsewhere) would be written through.
+    check_no_outside_links(out)
     for split in ("train", "val", "trainval", "test"):
-        build_dataset(run.data, split, None)
+        split_set = build_dataset(run.data, split, None)
+    # The test split is read once, after the retrain's last epoch: its files are verified now.
+    split_set.verify_files()
     check_search_stage(run, out)
     check_init_source(run)
     check_run_records(run, out)

@@ -54,9 +54,9 @@ def choice(default: Any, options: Sequence[str], *, rule: Rule | None = None) ->
     return _field(default, rule, choices=tuple(options))
 
 
-def count(default: int | None, ge: int, *, rule: Rule | None = None) -> Any:
-    """An integer ``>= ge`` (not a bool); null only where the default is null."""
-    return _field(default, rule, count=ge)
+def count(default: int | None, ge: int, *, le: int | None = None, rule: Rule | None = None) -> Any:
+    """An integer ``>= ge`` (and ``<= le``, when given; not a bool); null only where the default is null."""
+    return _field(default, rule, count=ge, **({"count_max": le} if le is not None else {}))
 
 
 def text(default: str | None = None, *, rule: Rule | None = None) -> Any:
@@ -84,6 +84,8 @@ def _check_own(f: dataclasses.Field, value: Any, where: str, default: Any) -> No
             return
         if isinstance(value, bool) or not isinstance(value, int) or value < meta["count"]:
             raise UniTuneError(f"{where}: expected an integer >= {meta['count']}, got {value!r}")
+        if "count_max" in meta and value > meta["count_max"]:
+            raise UniTuneError(f"{where}: expected an integer in [{meta['count']}, {meta['count_max']}], got {value!r}")
     elif meta.get("text"):
         if value is not None and not isinstance(value, str):
             raise UniTuneError(f"{where}: expected a string, got {value!r}")

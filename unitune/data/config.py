@@ -40,6 +40,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from unitune.errors import UniTuneError
+from unitune.io import check_plain_name
 from unitune.schema import check_fields, choice, count, flag, num, rule_only, seed_field, text
 
 SOURCES = ("imagefolder", "vtab", "fewshot", "digits", "synthetic", "fractal", "minivtab")
@@ -79,6 +80,8 @@ def _root_given(c: "DataConfig", w: str) -> None:
 
 
 def _task_known(c: "DataConfig", w: str) -> None:
+    if c.task is not None:  # a folder under root, and under a comparison's run folder: never a path
+        check_plain_name(c.task, f"{w}.task")
     if c.source == "vtab" and not c.task:
         raise UniTuneError(f"{w}.task: source 'vtab' needs the VTAB-1k task (a folder under root), e.g. 'cifar'")
     if c.source == "minivtab":
@@ -159,7 +162,9 @@ class DataConfig:
     split_sizes: tuple[int, ...] | None = rule_only(None, _three_sizes)
     batch_size: int = count(64, ge=1)
     eval_batch_size: int | None = count(None, ge=1)
-    num_workers: int = count(4, ge=0)
+    # Loader processes; each is a process of its own, and the OS refuses to fork thousands (a
+    # BlockingIOError mid-epoch). 256 is above any machine's useful count.
+    num_workers: int = count(4, ge=0, le=256)
     resize: str = choice("squash", RESIZE_MODES)
     augment: str = choice("none", AUGMENTS)
     val_subset: int | None = count(None, ge=1)

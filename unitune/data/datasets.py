@@ -62,6 +62,23 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"{path}: unreadable image ({reason})") from None
 
 
+def verify_image(path: str | os.PathLike) -> None:
+    """Check ``path`` is an image PIL can read, without decoding its pixels: the header is parsed
+    and PIL's ``verify`` walks the file's structure (a PNG's chunks and checksums). Milliseconds
+    a file, so a split can be checked before training rather than found broken after it."""
+    check_input_file(path, "image", error=DataError)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as f:
+                Image.open(f).verify()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except _DECODE_ERRORS as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: unreadable image ({reason})") from None
+
+
 class ImageDataset(Dataset):
     """Base class: ``classes`` (names), ``targets`` (one label per item), ``load(i)``, ``transform``."""
 
@@ -97,6 +114,18 @@ class ImageDataset(Dataset):
         for i in range(len(self)):
             self.load(i)
 
+    def file(self, index: int) -> Path | None:
+        """The image file of item ``index``; None for images made in memory."""
+        return None
+
+    def verify_files(self) -> None:
+        """:func:`verify_image` on every item's file (nothing for images made in memory)."""
+        for i in range(len(self)):
+            path = self.file(i)
+            if path is None:
+                return
+            verify_image(path)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} images, {self.num_classes} classes)"
 
@@ -111,6 +140,9 @@ class FileDataset(ImageDataset):
 
     def load(self, index: int) -> Image.Image:
         return load_image(self.samples[index][0])
+
+    def file(self, index: int) -> Path | None:
+        return self.samples[index][0]
 
 
 class ArrayDataset(ImageDataset):
@@ -142,3 +174,6 @@ class SubsetDataset(ImageDataset):
 
     def load(self, index: int) -> Image.Image:
         return self.parent.load(self.indices[index])
+
+    def file(self, index: int) -> Path | None:
+        return self.parent.file(self.indices[index])

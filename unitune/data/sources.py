@@ -216,6 +216,8 @@ def _find_classes(folder: Path) -> tuple[list[str], dict[str, int]]:
         return find_classes(str(folder))
     except FileNotFoundError:
         raise DataError(f"{folder}: no class folders (expected {folder}/<class>/<image>)") from None
+    except OSError as e:  # no permission to list it
+        raise DataError(f"{folder}: cannot list folder ({e.strerror})") from None
 
 
 # ------------------------------------------------------------------------------ vtab and fewshot
@@ -249,6 +251,8 @@ def read_list(path: Path) -> list[tuple[str, int, int]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}); expected 'relative/path label' lines") from None
+    except OSError as e:  # no permission to read it
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
     for lineno, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
@@ -280,6 +284,8 @@ def read_classes(path: Path) -> list[str] | None:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file (byte {e.start}); expected one class name a line") from None
+    except OSError as e:  # no permission to read it
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
     while names and not names[-1]:
         names.pop()
     for i, name in enumerate(names, 1):
@@ -328,4 +334,9 @@ def _root(cfg: DataConfig) -> Path:
     root = Path(os.path.expanduser(cfg.root))
     if not root.is_dir():
         raise DataError(f"{cfg.where}.root: folder {str(root)!r} not found")
+    try:  # unreadable, every folder below it would read as "not found"
+        with os.scandir(root):
+            pass
+    except OSError as e:
+        raise DataError(f"{cfg.where}.root: {str(root)!r}: cannot list folder ({e.strerror})") from None
     return root
