@@ -425,6 +425,29 @@ def test_materialize_leaves_the_source_active_subnet_alone():
     assert model.subnet == active and {name: layer.size for name, layer in model.named_layers.items()} == sizes
 
 
+def test_set_subnet_and_materialize_take_what_get_peft_model_takes(tmp_path):
+    """A dict (one size per method for every block, or a list per block), the file layout or a
+    file's path, as ``get_peft_model(subnet=...)``; it raised a raw AttributeError on a dict."""
+    model = _supernet()
+    want = Subnet.uniform(DEPTH, lora=8, adapter=4).replace(vpt=(0, 3, 3, 0))
+    model.set_subnet({"lora": 8, "adapter": 4, "vpt": [0, 3, 3, 0]})
+    assert model.subnet == want
+    model.set_subnet(MIX)
+    model.set_subnet({"subnet": {"lora": [8] * DEPTH, "adapter": 4, "vpt": (0, 3, 3, 0)}})
+    assert model.subnet == want
+    path = tmp_path / "s.yaml"
+    path.write_text("subnet:\n  lora: 8\n  adapter: 4\n  vpt: [0, 3, 3, 0]\n")
+    model.set_subnet(MIX)
+    model.set_subnet(str(path))
+    assert model.subnet == want
+    assert model.materialize({"lora": 8, "adapter": 4, "vpt": [0, 3, 3, 0]}).subnet == want
+    with pytest.raises(UniTuneError, match=r"^set_subnet: subnet must be a Subnet, a subnet file or a dict like "
+                                           r"\{'lora': 8\}, got list$"):
+        model.set_subnet([8, 8, 8, 8])
+    with pytest.raises(UniTuneError, match=r"vpt\[0\] = 5 exceeds this model's allocated size 3"):
+        model.set_subnet({"vpt": 5})
+
+
 # ---- the README's notebook example -------------------------------------------------------------
 
 

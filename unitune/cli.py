@@ -48,8 +48,29 @@ def _inspect_source(args: argparse.Namespace):
                                f"or a subnet file")
         summary = folder / "run_summary.json"
         if config is None and summary.is_file():
-            config = read_json(summary).get("config")  # the run's own config, as `unitune run` recorded it
-    subnet, _, label = select_subnet(spec, args.subnet_index)
+            recorded = read_json(summary)  # the run's own config, as `unitune run` recorded it
+            if not isinstance(recorded, dict) or not isinstance(recorded.get("config", ""), (str, type(None))):
+                got = type(recorded.get("config")).__name__ if isinstance(recorded, dict) else type(recorded).__name__
+                raise UniTuneError(f"{summary}: expected an object whose 'config' is a config file path, got {got}; "
+                                   f"give --config CFG")
+            config = recorded.get("config")
+
+    def depth_of(file_backbone: str | None) -> int:
+        """For sizes given once for every block: the block count of the backbone in use."""
+        from unitune.backbone import create_backbone
+        from unitune.config import load_run_config
+
+        model_kwargs: dict = {}
+        if config:
+            model = load_run_config(config, args.overrides).model
+            backbone, model_kwargs = model.backbone, dict(model.kwargs or {})
+        else:
+            backbone = args.backbone or file_backbone
+        if not backbone:
+            raise UniTuneError(f"{spec}: names no backbone; give --backbone NAME or --config CFG")
+        return len(create_backbone(backbone, 1, kwargs=model_kwargs, meta=True).blocks)
+
+    subnet, _, label = select_subnet(spec, args.subnet_index, depth=depth_of)
     kwargs: dict = {}
     space = None
     classes = None

@@ -265,7 +265,8 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     if not isinstance(name, str):
         raise UniTuneError(f"{src}: name: expected a string, got {name!r}")
     device = check_device(raw.get("device", "auto"), f"{src}: device")
-    space = raw.get("space") or {}
+    space = raw.get("space")
+    space = {} if space is None else space  # an empty list or string is a mistake, not the default space
     SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
     pretrain = pretrain_data = None
     if raw.get("pretrain") is not None:
