@@ -381,6 +381,25 @@ def test_merge_and_unload_gives_a_plain_timm_model(variant, ssf_global):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("sizes, method", [({"bitfit": 1}, "BitFit"), ({"ssf": 1}, "SSF"),
+                                           ({"ssf": 1, "bitfit": 1}, "BitFit")])  # BitFit folds first: SSF finds the bias
+def test_merge_and_unload_warning_names_the_method_that_created_the_biases(sizes, method):
+    """On a ``qkv_bias=False`` model, BitFit's qkv bias has nowhere to fold but a new bias: the
+    warning named SSF whatever did it."""
+    import warnings
+
+    model = unitune.get_peft_model(tiny_vit("no_qkv_bias"), subnet=sizes)
+    perturb(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = model.merge_and_unload()
+    assert [str(w.message) for w in caught] == [
+        f"merge_and_unload: folding {method} created biases; the merged structure is "
+        f"timm.create_model(..., qkv_bias=True)"]
+    with torch.no_grad():
+        assert (merged.eval()(images()) - model.eval()(images())).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("sizes,message", [
     ({"lora": 8, "adapter": [4, 0, 4, 0]}, r"^merge_and_unload: the active subnet's adapter \(blocks 0, 2\) does not fold "
                                           r"into the weights; unitune\.retrain\.merge\(model\)\.model keeps them as modules$"),
