@@ -570,6 +570,13 @@ ROWS += [
         lambda x: x.config(space="lora")),
     Row("supernet-space-integer-key", ["supernet", *STAGE], ("{cfg}: space", "unknown key 1"),
         lambda x: x.text("config.yaml", yaml.safe_dump(CONFIG).replace("space:\n", "space:\n  1: [0, 1]\n"))),
+    Row("evaluate-export-input-size-other-than-the-model", ["evaluate", "{tmp}/export"],
+        ("{tmp}/export/unitune.json", "data_config.input_size [3, 32, 32] does not match the model, which takes "
+                                      "[3, 16, 16]"),
+        lambda x: set_manifest(x.copy("export", "export"), input_size=[3, 32, 32])),
+    Row("predict-export-input-size-other-than-the-model", ["predict", "{tmp}/export", "{tmp}/a.png"],
+        ("{tmp}/export/unitune.json", "data_config.input_size [3, 24, 24] does not match the model"),
+        lambda x: (set_manifest(x.copy("export", "export"), input_size=[3, 24, 24]), x.image("a.png"))),
 ]
 
 
