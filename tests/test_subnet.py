@@ -101,3 +101,15 @@ def test_bad_spaces(data, fragment):
 def test_space_round_trip():
     space = SearchSpace(lora=(0, 2), lora_targets=("qkv", "fc1"), adapter_style="parallel")
     assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+def test_retrain_reads_one_size_for_every_block_at_the_configs_depth(tmp_path):
+    """``unitune retrain --subnet`` with ``lora: 4`` alone: the block count is the config's backbone's."""
+    from unitune.config import load_run_config
+    from unitune.retrain.train import load_subnet
+
+    config = tmp_path / "c.yaml"
+    config.write_text("name: t\nmodel: {backbone: vit_tiny_patch16_224, kwargs: {img_size: 16, patch_size: 4, "
+                      "embed_dim: 32, depth: 3, num_heads: 2}}\ndata: {source: synthetic, num_classes: 3}\n")
+    path = write(tmp_path, "subnet:\n  lora: 4\n  ssf_global: 1\n")
+    assert load_subnet(path, load_run_config(config)) == Subnet.uniform(3, lora=4, ssf_global=1)
