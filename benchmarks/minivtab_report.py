@@ -36,7 +36,7 @@ def finished_plan(config: str, out: str, methods=None):
 
 
 def search_rows(plan) -> dict[str, list[float]]:
-    return {t: [100 * read_json(plan.cell_file(t, "search", s))["test_accuracy"] for s in plan.seeds]
+    return {t: [100 * plan.read_cell(t, "search", s)["test_accuracy"] for s in plan.seeds]
             for t in plan.tasks}
 
 
@@ -94,10 +94,10 @@ def main() -> int:
                   f" | {statistics.fmean(known) if known else float('nan'):.2f} | {fmt(means)} |")
         print("\nEach sampler's searched subnet against the main folder's single methods, paired by task and "
               "seed (mean ± std of the difference, pairs won, standard error), and its mean of group means:\n")
-        singles = [read_json(plan.cell_file(t, m, s)) for t in tasks for m in ("lora", "ssf") for s in plan.seeds]
+        singles = [plan.read_cell(t, m, s) for t in tasks for m in ("lora", "ssf") for s in plan.seeds]
         for name, p in runs.items():
             # compare's own pairing and headline, on this sampler's search cells and the main folder's singles
-            cells = singles + [read_json(p.cell_file(t, "search", s)) for t in tasks for s in p.seeds]
+            cells = singles + [p.read_cell(t, "search", s) for t in tasks for s in p.seeds]
             paired = {r["method"]: r for r in paired_vs_single(cells, tasks, p.seeds, ("search", "lora", "ssf"))}
             parts = [f"vs {m} {r['mean_diff']:+.2f} ± {r['std_diff']:.2f} ({r['wins']}/{r['n']}, "
                      f"s.e. {r['std_diff'] / r['n'] ** 0.5:.2f})" for m in ("lora", "ssf") for r in [paired[m]]]

@@ -319,10 +319,28 @@ def build_model(manifest: Mapping[str, Any], source: str | os.PathLike = MANIFES
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise UniTuneError(f"{path}: cannot build backbone {name!r} with model_kwargs {kwargs}: {reason}") from None
     check_vit(vit, name=f"{path}: backbone {name!r}")
+    _check_input_size(vit, manifest["data_config"], path)
     subnet.check(len(vit.blocks), space, source=f"{path}: subnet")
     add_params(vit, manifest["added_params"])
     model: nn.Module = vit if unmerged.is_empty() else PeftViT(vit, space, sizes=unmerged)
     return model.requires_grad_(False)
+
+
+def _check_input_size(vit: nn.Module, data_config: Mapping[str, Any], path: Path) -> None:
+    """The manifest's ``data_config.input_size`` must be what the model takes: a fixed-size patch
+    embedding asserts it inside the first forward (an AssertionError from timm, or a conv error
+    for other channels), after the images were read."""
+    embed = getattr(vit, "patch_embed", None)
+    img_size, proj = getattr(embed, "img_size", None), getattr(embed, "proj", None)
+    if img_size is None or not hasattr(proj, "in_channels") or getattr(embed, "dynamic_img_size", False):
+        return
+    want = (proj.in_channels, *img_size)
+    got = tuple(data_config.get("input_size") or ())
+    strict = getattr(embed, "strict_img_size", True)
+    if got[:1] != want[:1] or (strict and got != want):
+        raise UniTuneError(f"{path}: data_config.input_size {list(got)} does not match the model, which takes "
+                           f"{list(want)} (channels, height, width); the manifest was edited or mixed with "
+                           f"another export's")
 
 
 def _check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str | Path) -> None:

@@ -62,6 +62,7 @@ class MergedModel:
     unmerged: Subnet
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     added_params: tuple[str, ...] = ()
+    created_by: tuple[str, ...] = ()  # the methods whose folds created parameters (for messages)
 
     @property
     def vit(self) -> VisionTransformer:
@@ -114,13 +115,17 @@ def merge(model: PeftViT) -> MergedModel:
     subnet = model.subnet
     vit = model.backbone()  # a deep copy without any PEFT wrapper
     created: list[str] = []
+    creators: list[str] = []
     # Each foldable method folds its active layers, in fold_rank order: LoRA before SSF, since an
     # SSF on the same linear scales the LoRA-updated weight.
     for method in sorted((m for m in METHODS.values() if m.foldable), key=lambda m: m.fold_rank):
         for name, layer in model.named_layers.items():
             m, block, suffix = model.layer_sites[name]
             if m == method.name and layer.size:
-                created += method.fold(vit, block, suffix, layer)
+                made = method.fold(vit, block, suffix, layer)
+                created += made
+                if made and method.name not in creators:
+                    creators.append(method.name)
     kwargs, added = _match_timm_bias_kwargs(vit, created)
 
     unmerged = unmerged_subnet(subnet)
@@ -130,7 +135,7 @@ def merge(model: PeftViT) -> MergedModel:
         out = PeftViT(vit, model.space, sizes=unmerged)
         out.take_slices(dict(model.peft_named_parameters()))
     out.requires_grad_(False)
-    return MergedModel(out.eval(), subnet, model.space, unmerged, kwargs, tuple(added))
+    return MergedModel(out.eval(), subnet, model.space, unmerged, kwargs, tuple(added), tuple(creators))
 
 
 def add_params(vit: nn.Module, names: list[str] | tuple[str, ...]) -> None:

@@ -99,12 +99,19 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
     return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
 
 
+def _run_depth(run: RunConfig) -> int:
+    """The backbone's block count (built on the meta device: shapes only, no weight read)."""
+    from unitune.backbone import create_backbone
+
+    return len(create_backbone(run.model.backbone, 1, kwargs=run.model.kwargs, meta=True).blocks)
+
+
 def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> Subnet:
     """The subnet of a subnet file, or one entry of an ``export-subnet --top/--pareto`` list
     (``FILE#N``, ``FILE#trial-T`` or ``index``: see :func:`unitune.search.select_subnet`)."""
     from unitune.search.export import select_subnet
 
-    subnet, _, path = select_subnet(path, index)
+    subnet, _, path = select_subnet(path, index, depth=lambda _: _run_depth(run))
     if subnet.backbone and subnet.backbone != run.model.backbone:
         raise UniTuneError(f"{path}: a subnet for backbone {subnet.backbone!r}, but the config uses "
                            f"{run.model.backbone!r}")

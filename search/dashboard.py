@@ -37,6 +37,11 @@ def dashboard_storage(spec: str | os.PathLike | BaseStorage) -> BaseStorage:
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
+def _is_port(text: str) -> bool:
+    """An empty or all-ASCII-digit port (``str.isdigit`` also takes '²' and Arabic digits)."""
+    return text == "" or (text.isascii() and text.isdigit())
+
+
 class LoopbackHostOnly:
     """WSGI middleware: 403 for a request whose Host header is not a loopback name.
 
@@ -51,11 +56,18 @@ class LoopbackHostOnly:
 
     @staticmethod
     def host_name(header: str) -> str:
-        """``"[::1]:8080"`` -> ``"::1"``, ``"localhost:8080"`` -> ``"localhost"``."""
+        """``"[::1]:8080"`` -> ``"::1"``, ``"localhost:8080"`` -> ``"localhost"``; ``""`` for a
+        header that is not ``host[:port]`` (``"localhost:80@evil.example"`` names no loopback
+        host: what follows the colon must be a port, ASCII digits only)."""
         header = header.strip().lower()
         if header.startswith("["):
-            return header[1:].partition("]")[0]
-        return header.rpartition(":")[0] if header.count(":") == 1 else header
+            name, close, rest = header[1:].partition("]")
+            port_ok = rest == "" or (rest[0] == ":" and _is_port(rest[1:]))
+            return name if close and port_ok else ""
+        if header.count(":") == 1:
+            name, _, port = header.partition(":")
+            return name if _is_port(port) else ""
+        return header
 
     def __call__(self, environ: dict, start_response: Any) -> Any:
         if self.host_name(environ.get("HTTP_HOST", "")) not in self.allowed:

@@ -126,18 +126,19 @@ def run_folder_storage(spec: Any) -> Any:
     return spec
 
 
-def load_subnets(path: str | os.PathLike) -> list[tuple[Subnet, dict[str, Any]]]:
-    """Read a subnet file or a top-k / Pareto list file: ``[(subnet, meta), ...]`` in file order."""
+def load_subnets(path: str | os.PathLike, depth: Any = None) -> list[tuple[Subnet, dict[str, Any]]]:
+    """Read a subnet file or a top-k / Pareto list file: ``[(subnet, meta), ...]`` in file order
+    (``depth``: the block count for sizes given once for every block, see ``Subnet.from_dict``)."""
     data = read_yaml(path)
     if isinstance(data, Mapping) and "subnets" in data:
         entries = data["subnets"]
         if not isinstance(entries, list) or not entries:
             raise UniTuneError(f"{path}: 'subnets' must be a non-empty list of subnet entries")
         return [
-            (Subnet.from_dict(entry, source=f"{path}: subnets[{i}]"), dict(entry.get("meta") or {}))
+            (Subnet.from_dict(entry, source=f"{path}: subnets[{i}]", depth=depth), dict(entry.get("meta") or {}))
             for i, entry in enumerate(entries)
         ]
-    subnet = Subnet.from_dict(data, source=str(path))
+    subnet = Subnet.from_dict(data, source=str(path), depth=depth)
     return [(subnet, dict(data.get("meta") or {}))]
 
 
@@ -155,7 +156,13 @@ def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: 
     return written
 
 
-def select_subnet(spec: str | os.PathLike, index: int | None = None) -> tuple[Subnet, dict[str, Any], str]:
+def _ascii_digits(text: str) -> bool:
+    """``0``-``9`` only: ``str.isdigit`` also takes '²' and other digits ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
+def select_subnet(spec: str | os.PathLike, index: int | None = None,
+                  depth: Any = None) -> tuple[Subnet, dict[str, Any], str]:
     """One subnet from a subnet file or from a top-k / Pareto list of ``export-subnet``.
 
     ``spec`` is ``FILE``, ``FILE#N`` (the N-th entry, counted from 1: rank N of a top-k list) or
@@ -168,7 +175,7 @@ def select_subnet(spec: str | os.PathLike, index: int | None = None) -> tuple[Su
         path, pick = text.rsplit("#", 1)
     if pick and index is not None:
         raise UniTuneError(f"{text}: give the entry either after '#' or with --subnet-index, not both")
-    entries = load_subnets(path)
+    entries = load_subnets(path, depth)
     data = read_yaml(path)
     is_list = isinstance(data, Mapping) and "subnets" in data
     if index is not None:
@@ -179,7 +186,7 @@ def select_subnet(spec: str | os.PathLike, index: int | None = None) -> tuple[Su
                                f"as {path}#N (N = 1..{len(entries)}), {path}#trial-T or with --subnet-index N")
         subnet, meta = entries[0]
         return subnet, meta, str(path)
-    if pick.startswith("trial-") and pick[6:].isdigit():
+    if pick.startswith("trial-") and _ascii_digits(pick[6:]):
         trial = int(pick[6:])
         chosen = [(s, m) for s, m in entries if m.get("trial") == trial]
         if not chosen:
@@ -187,7 +194,7 @@ def select_subnet(spec: str | os.PathLike, index: int | None = None) -> tuple[Su
             raise UniTuneError(f"{path}: no entry of trial {trial} (trials: {trials})")
         subnet, meta = chosen[0]
         return subnet, meta, f"{path}#{pick}"
-    if not pick.isdigit() or not 1 <= int(pick) <= len(entries):
+    if not _ascii_digits(pick) or not 1 <= int(pick) <= len(entries):
         raise UniTuneError(f"{path}: entry {pick!r} does not exist; expected a number 1..{len(entries)} "
                            f"or trial-T")
     subnet, meta = entries[int(pick) - 1]

@@ -146,6 +146,32 @@ def standalone_epochs(run: RunConfig, out: Path, subnet, epochs: int, progress: 
         yield epoch + 1, float(result["accuracy"])
 
 
+def score_key(run: RunConfig | None, out: Path, epochs: int) -> str:
+    """A digest of everything a stand-alone score depends on: the retrain recipe at ``epochs``
+    (lr, seed, schedule, ...), the data, model and space sections (as a retrain checkpoint's
+    resume check reads them) and the bytes of the backbone weights it starts from. The re-rank
+    re-uses a stored score only under the same key. (The supernet is not in it: stand-alone
+    training starts from the pretrained backbone, never from the supernet's weights.)"""
+    import hashlib
+    import json
+
+    if not isinstance(run, RunConfig):  # the tests' stand-ins (no run): the epochs are all there is
+        return f"epochs={epochs}"
+    from unitune.pretrain import pretrained_weights
+    from unitune.retrain.train import _fingerprint
+
+    what = _fingerprint(run)
+    what["retrain"] = {**what["retrain"], "epochs": epochs}
+    weights = pretrained_weights(run, out)
+    if weights and Path(weights).is_file():
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        what["weights_sha256"] = digest.hexdigest()
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: int, epochs: int,
            progress: bool = False, train=standalone_val_accuracy) -> dict[str, Any]:
     """Re-rank the study's best trials by stand-alone val accuracy; write ``best_subnet.yaml`` and
@@ -160,10 +186,12 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
     encoding = study_encoding(study)
     backbone = study.user_attrs.get("backbone")
     # A rerun (a resumed `unitune run`, more trials added) trains only candidates it has not
-    # trained yet with these epochs: the stand-alone figures are deterministic given the seed.
+    # trained yet with the same recipe: the stand-alone figures are deterministic given all that
+    # score_key covers. Another retrain.lr, seed, data or backbone trains every candidate anew.
+    key = score_key(run, out, epochs)
     earlier = study.user_attrs.get(RERANK_ATTR) or {}
     known = ({r["trial"]: r["standalone_val_accuracy"] for r in earlier.get("candidates", [])}
-             if earlier.get("epochs") == epochs else {})
+             if earlier.get("score_key") == key else {})
     rows = []
     for t in chosen:
         subnet = trial_subnet(t, encoding, backbone)
@@ -176,7 +204,7 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
     stats = kendall([r["inherited_val_accuracy"] for r in rows], [r["standalone_val_accuracy"] for r in rows])
     best = max(rows, key=lambda r: (r["standalone_val_accuracy"], r["inherited_val_accuracy"],
                                     -(r["n_params"] or 0), -r["trial"]))
-    record = {"top_k": top_k, "epochs": epochs, "split_trained": "train", "split_scored": "val",
+    record = {"top_k": top_k, "epochs": epochs, "score_key": key, "split_trained": "train", "split_scored": "val",
               "kendall": stats, "winner": best["trial"], "candidates": rows}
     study.set_user_attr(RERANK_ATTR, record)
 

@@ -136,7 +136,7 @@ def prepare_seeds(
         if isinstance(seed, Subnet):
             subnet, source = seed, f"seed subnet {i}"
         else:
-            subnet, source = Subnet.load(seed), str(seed)
+            subnet, source = Subnet.load(seed, depth=encoding.depth), str(seed)
         if backbone and subnet.backbone and subnet.backbone != backbone:
             raise UniTuneError(f"{source}: is a subnet of {subnet.backbone!r}, but the search is on {backbone!r}")
         params = encoding.encode(subnet, source=source)

@@ -169,9 +169,10 @@ class PeftViT(nn.Module):
     def subnet(self) -> Subnet:
         return self._subnet
 
-    def set_subnet(self, subnet: Subnet) -> None:
-        """Make ``subnet`` the active one; every size must fit the allocated layers."""
-        subnet.check(self.depth)
+    def set_subnet(self, subnet: Subnet | dict) -> None:
+        """Make ``subnet`` the active one; every size must fit the allocated layers. It takes what
+        ``get_peft_model(subnet=...)`` takes: a Subnet, a subnet file, or a dict like ``{"lora": 8}``."""
+        subnet = Subnet.coerce(subnet, self.depth, "set_subnet").check(self.depth)
         for (m, i), layers in self.groups.items():
             size, cap = subnet.block_size(m, i), self.capacity.block_size(m, i)
             if size > cap:
@@ -249,7 +250,7 @@ class PeftViT(nn.Module):
 
     def materialize(self, subnet: Subnet | None = None) -> "PeftViT":
         """A model with exactly ``subnet``'s sizes (default: the active one) and the sliced weights."""
-        subnet = subnet or self.subnet
+        subnet = self.subnet if subnet is None else Subnet.coerce(subnet, self.depth, "materialize")
         # Validate against the capacity with set_subnet itself (one rule, whatever the methods), then
         # put the active subnet back: materialising must not change the source model. set_subnet
         # can fail after setting some layers, so the restore runs in either case.

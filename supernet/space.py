@@ -127,7 +127,14 @@ class SearchSpace(Mapping):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "space") -> "SearchSpace":
+        if data is not None and not isinstance(data, Mapping):
+            raise UniTuneError(f"{source}: expected a mapping of method -> size list (e.g. lora: [0, 4, 8]), "
+                               f"got {type(data).__name__} {data!r}")
         data = dict(data or {})
+        for key in data:
+            if not isinstance(key, str):
+                raise UniTuneError(f"{source}: unknown key {key!r}, expected one of "
+                                   f"{sorted([*REGISTRY, *option_names()])}")
         if "source" in data:
             raise UniTuneError(f"{source}.source: unknown key, expected one of {sorted([*REGISTRY, *option_names()])}")
         return cls(source=source, **data)

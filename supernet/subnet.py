@@ -12,7 +12,8 @@ The file format is what ``unitune search`` writes, ``unitune retrain`` reads and
     meta: {}                            # optional, free-form (search writes its figures here)
 
 A method left out of ``subnet`` is off in every block. The keys are the registered methods
-(:mod:`unitune.supernet.methods`): a block method has a list with one size per block, a
+(:mod:`unitune.supernet.methods`): a block method has a list with one size per block (or one
+size, ``lora: 4``, meaning that size in every block, as the API's ``subnet={"lora": 4}``), a
 model-level method (``ssf_global``) one size.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from unitune.errors import UniTuneError
 from unitune.io import read_yaml, write_yaml_atomic
@@ -34,6 +35,10 @@ FILE_KEYS = ("backbone", "subnet", "meta")
 # What positional arguments of ``Subnet(...)`` mean: the original five methods in their original
 # order, for old call sites. This tuple never grows; a method registered later is a keyword.
 POSITIONAL = ("lora", "adapter", "vpt", "ssf", "ssf_global")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_size(value: Any, where: str) -> int:
@@ -165,6 +170,26 @@ class Subnet(Mapping):
                       for name, m in REGISTRY.items()})
 
     @classmethod
+    def coerce(cls, value: Any, depth: int, where: str) -> "Subnet":
+        """What the API's ``subnet=`` arguments take: a :class:`Subnet`, a subnet file's path, its
+        dict (``{"subnet": {...}}``) or a dict of method -> one size for every block or a list per
+        block (``{"lora": 8}``, ``{"lora": [8, 8, 0, 0]}``)."""
+        if isinstance(value, Subnet):
+            return value
+        if isinstance(value, (str, os.PathLike)):
+            return cls.load(value, depth=depth)
+        if not isinstance(value, Mapping):
+            raise UniTuneError(f"{where}: subnet must be a Subnet, a subnet file or a dict like {{'lora': 8}}, "
+                               f"got {type(value).__name__}")
+        def lists(body: Any) -> Any:  # a tuple per block, as Subnet itself holds them, is a list here
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in body.items()} \
+                if isinstance(body, Mapping) else body
+
+        if "subnet" in value:  # the subnet file's own layout
+            return cls.from_dict({**value, "subnet": lists(value["subnet"])}, source=f"{where}: subnet", depth=depth)
+        return cls.from_dict({"subnet": lists(value)}, source=where, depth=depth)
+
+    @classmethod
     def largest(cls, space: SearchSpace, depth: int) -> "Subnet":
         return cls.uniform(depth, **{m: space.max_size(m) for m in REGISTRY})
 
@@ -192,12 +217,20 @@ class Subnet(Mapping):
     # ---- file format -------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "subnet") -> "Subnet":
+    def from_dict(cls, data: Any, source: str = "subnet",
+                  depth: int | Callable[[str | None], int] | None = None) -> "Subnet":
+        """The file format. A block method may give one size instead of a list: that size in
+        every block (as ``get_peft_model(subnet={"lora": 4})``). The block count is then the
+        length of the file's lists, or ``depth`` when it gives none: an int, or a function of the
+        file's backbone name (so the backbone is built only when a file needs it)."""
         if not isinstance(data, Mapping):
             raise UniTuneError(f"{source}: expected a mapping with a 'subnet' key, got {type(data).__name__}")
         for key in data:
             if key not in FILE_KEYS:
                 raise UniTuneError(f"{source}: unknown key {key!r}, expected one of {list(FILE_KEYS)}")
+        meta = data.get("meta")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise UniTuneError(f"{source}: 'meta' must be a mapping (free-form figures), got {type(meta).__name__}")
         body = data.get("subnet")
         if not isinstance(body, Mapping):
             raise UniTuneError(f"{source}: 'subnet' must be a mapping of method -> per-block sizes")
@@ -209,16 +242,25 @@ class Subnet(Mapping):
         if not lists:
             raise UniTuneError(f"{source}: 'subnet' names no method; expected some of {[m.name for m in block]}")
         for m, sizes in lists.items():
-            if not isinstance(sizes, list):
-                raise UniTuneError(f"{source}: subnet.{m} must be a list with one size per block, got {sizes!r}")
-        depth = {len(v) for v in lists.values()}
-        if len(depth) != 1:
-            raise UniTuneError(
-                f"{source}: methods list different numbers of blocks: {({m: len(v) for m, v in lists.items()})}"
-            )
+            if not isinstance(sizes, list) and not _is_int(sizes):
+                raise UniTuneError(f"{source}: subnet.{m} must be a list with one size per block, or one size "
+                                   f"for every block, got {sizes!r}")
+        counts = {m: len(v) for m, v in lists.items() if isinstance(v, list)}
+        if len(set(counts.values())) > 1:
+            raise UniTuneError(f"{source}: methods list different numbers of blocks: {counts}")
         backbone = data.get("backbone")
         if backbone is not None and not isinstance(backbone, str):
             raise UniTuneError(f"{source}: 'backbone' must be a timm model name, got {backbone!r}")
+        body = dict(body)
+        uniform = [m for m, v in lists.items() if not isinstance(v, list)]
+        if uniform:
+            blocks = next(iter(counts.values()), None)
+            if blocks is None:
+                blocks = depth(backbone) if callable(depth) else depth
+            if blocks is None:
+                raise UniTuneError(f"{source}: subnet.{uniform[0]}: one size for every block needs the block count; "
+                                   f"give the backbone (--backbone or a config) or a list per block")
+            body.update({m: [lists[m]] * blocks for m in uniform})
         try:
             return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in body.items()}, backbone=backbone)
         except UniTuneError as e:
@@ -240,8 +282,8 @@ class Subnet(Mapping):
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Subnet":
-        return cls.from_dict(read_yaml(path), source=str(path))
+    def load(cls, path: str | os.PathLike, depth: int | Callable[[str | None], int] | None = None) -> "Subnet":
+        return cls.from_dict(read_yaml(path), source=str(path), depth=depth)
 
     def save(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
         write_yaml_atomic(path, self.to_dict(meta))

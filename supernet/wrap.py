@@ -70,23 +70,8 @@ def _as_space(space: SearchSpace | Mapping[str, Any] | None, subnet: Subnet | No
 
 
 def _as_subnet(subnet: Subnet | Mapping[str, Any] | str | os.PathLike, depth: int) -> Subnet:
-    if isinstance(subnet, Subnet):
-        return subnet
-    if isinstance(subnet, (str, os.PathLike)):
-        return Subnet.load(subnet)
-    if not isinstance(subnet, Mapping):
-        raise UniTuneError(f"get_peft_model: subnet must be a Subnet, a subnet file or a dict like {{'lora': 8}}, "
-                           f"got {type(subnet).__name__}")
-    if "subnet" in subnet:  # the subnet file's own layout
-        return Subnet.from_dict(dict(subnet), source="get_peft_model: subnet")
-    body = {}
-    for key, value in subnet.items():
-        # One integer for a per-block method means that size in every block; a model-level method
-        # (ssf_global) has one size for the whole model and stays an integer.
-        per_block = key not in METHODS or METHODS[key].site == "block"  # unknown names: Subnet's error
-        uniform = isinstance(value, int) and not isinstance(value, bool) and per_block
-        body[key] = [value] * depth if uniform else list(value) if isinstance(value, tuple) else value
-    return Subnet.from_dict({"subnet": body}, source="get_peft_model")
+    # One integer for a per-block method means that size in every block (Subnet.from_dict).
+    return Subnet.coerce(subnet, depth, "get_peft_model")
 
 
 def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4) -> torch.optim.AdamW:

@@ -381,6 +381,25 @@ def test_merge_and_unload_gives_a_plain_timm_model(variant, ssf_global):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("sizes, method", [({"bitfit": 1}, "BitFit"), ({"ssf": 1}, "SSF"),
+                                           ({"ssf": 1, "bitfit": 1}, "BitFit")])  # BitFit folds first: SSF finds the bias
+def test_merge_and_unload_warning_names_the_method_that_created_the_biases(sizes, method):
+    """On a ``qkv_bias=False`` model, BitFit's qkv bias has nowhere to fold but a new bias: the
+    warning named SSF whatever did it."""
+    import warnings
+
+    model = unitune.get_peft_model(tiny_vit("no_qkv_bias"), subnet=sizes)
+    perturb(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = model.merge_and_unload()
+    assert [str(w.message) for w in caught] == [
+        f"merge_and_unload: folding {method} created biases; the merged structure is "
+        f"timm.create_model(..., qkv_bias=True)"]
+    with torch.no_grad():
+        assert (merged.eval()(images()) - model.eval()(images())).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("sizes,message", [
     ({"lora": 8, "adapter": [4, 0, 4, 0]}, r"^merge_and_unload: the active subnet's adapter \(blocks 0, 2\) does not fold "
                                           r"into the weights; unitune\.retrain\.merge\(model\)\.model keeps them as modules$"),
@@ -423,6 +442,29 @@ def test_materialize_leaves_the_source_active_subnet_alone():
     with pytest.raises(UniTuneError, match=r"vpt\[0\] = 5 exceeds this model's allocated size 3"):
         model.materialize(Subnet.uniform(DEPTH, lora=8, vpt=5))
     assert model.subnet == active and {name: layer.size for name, layer in model.named_layers.items()} == sizes
+
+
+def test_set_subnet_and_materialize_take_what_get_peft_model_takes(tmp_path):
+    """A dict (one size per method for every block, or a list per block), the file layout or a
+    file's path, as ``get_peft_model(subnet=...)``; it raised a raw AttributeError on a dict."""
+    model = _supernet()
+    want = Subnet.uniform(DEPTH, lora=8, adapter=4).replace(vpt=(0, 3, 3, 0))
+    model.set_subnet({"lora": 8, "adapter": 4, "vpt": [0, 3, 3, 0]})
+    assert model.subnet == want
+    model.set_subnet(MIX)
+    model.set_subnet({"subnet": {"lora": [8] * DEPTH, "adapter": 4, "vpt": (0, 3, 3, 0)}})
+    assert model.subnet == want
+    path = tmp_path / "s.yaml"
+    path.write_text("subnet:\n  lora: 8\n  adapter: 4\n  vpt: [0, 3, 3, 0]\n")
+    model.set_subnet(MIX)
+    model.set_subnet(str(path))
+    assert model.subnet == want
+    assert model.materialize({"lora": 8, "adapter": 4, "vpt": [0, 3, 3, 0]}).subnet == want
+    with pytest.raises(UniTuneError, match=r"^set_subnet: subnet must be a Subnet, a subnet file or a dict like "
+                                           r"\{'lora': 8\}, got list$"):
+        model.set_subnet([8, 8, 8, 8])
+    with pytest.raises(UniTuneError, match=r"vpt\[0\] = 5 exceeds this model's allocated size 3"):
+        model.set_subnet({"vpt": 5})
 
 
 # ---- the README's notebook example -------------------------------------------------------------

@@ -452,6 +452,121 @@ def test_rerun_with_another_config_into_the_same_folder_is_refused(tmp_path, cap
     assert "holds a comparison of another config" in capsys.readouterr().err
 
 
+# ---- cell files and compare.json read back: one checked record type (issue 20) ---------------
+
+ONE_CELL = ["--tasks", "orientation", "--methods", "linear", "--seeds", "0,1", "--quiet"]
+
+
+def finished_cells(out: Path) -> compare.Plan:
+    """The plan of ONE_CELL's comparison in ``out``, with both cells' files and compare.json
+    written as ``run_compare`` writes them (no training: a rerun checks them before any work)."""
+    plan = compare.plan_compare(CONFIG, out, tasks=["orientation"], methods=["linear"], seeds=[0, 1], quick=True)
+    for cell in plan.cells:
+        row = {"task": cell[0], "group": "structured", "method": cell[1], "seed": cell[2], "test_accuracy": 0.25,
+               "test_images": QUICK_TEST, "params": 0, "params_with_head": 260, "epochs": 1, "seconds": 1.5,
+               "cpu_seconds": 1.2, "sizes": "none", "stage_seconds": None, "fingerprint": plan.fingerprint}
+        plan.cell_file(*cell).parent.mkdir(parents=True, exist_ok=True)
+        plan.cell_file(*cell).write_text(json.dumps(row))
+    (out / compare.META_FILE).write_text(json.dumps({"fingerprint": plan.fingerprint}))
+    return plan
+
+
+def edit_cell(field: str, value):
+    def edit(plan: compare.Plan) -> None:
+        path = plan.cell_file("orientation", "linear", 0)
+        row = json.loads(path.read_text())
+        if value is KeyError:
+            del row[field]
+        else:
+            row[field] = value
+        path.write_text(json.dumps(row))
+    return edit
+
+
+def replace_file(name: str, text: str | None):
+    def edit(plan: compare.Plan) -> None:
+        path = plan.cell_file("orientation", "linear", 0) if name == "cell" else plan.out / name
+        path.unlink()
+        if text is None:
+            path.mkdir()
+        else:
+            path.write_text(text)
+    return edit
+
+
+def files(folder: Path) -> dict[str, tuple]:
+    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (replace_file("cell", "[0.5, 0.25]"), "linear-seed0.json: expected a JSON object, got list"),
+    (replace_file("cell", '"0.5"'), "linear-seed0.json: expected a JSON object, got str"),
+    (edit_cell("test_accuracy", KeyError), "linear-seed0.json: missing key 'test_accuracy'"),
+    (edit_cell("test_accuracy", "0.5"), "linear-seed0.json: 'test_accuracy' has the wrong type (str)"),
+    (edit_cell("test_accuracy", float("nan")), "linear-seed0.json: 'test_accuracy': expected a finite number in [0, 1], got nan"),
+    (edit_cell("test_accuracy", 1.5), "'test_accuracy': expected a finite number in [0, 1], got 1.5"),
+    (edit_cell("params", True), "linear-seed0.json: 'params' has the wrong type (bool)"),
+    (edit_cell("seconds", float("inf")), "'seconds': expected a finite number >= 0, got inf"),
+    (edit_cell("note", "x"), "linear-seed0.json: unknown key 'note'"),
+    (edit_cell("seed", 1), "linear-seed0.json: holds the cell orientation/linear/1, expected orientation/linear/0"),
+    (edit_cell("fingerprint", "0123456789abcdef"), "linear-seed0.json: 'fingerprint' '0123456789abcdef' is of another "
+                                                   "comparison"),
+    (replace_file(compare.META_FILE, None), "compare.json: is a folder, expected a file"),
+    (replace_file(compare.META_FILE, "[1, 2]"), "compare.json: expected the JSON object compare writes (with a "
+                                                 "'fingerprint' string), got list"),
+    (replace_file(compare.META_FILE, '{"fingerprint": 7}'), "got 'fingerprint' 7"),
+])
+def test_a_damaged_or_foreign_cell_is_one_line_before_any_work(tmp_path, capsys, edit, message):
+    """Cell files and compare.json are read back on a rerun: a damaged, hand-edited or copied one
+    is refused at once, naming the file and the key (it was a traceback in the report, or a NaN /
+    another comparison's number in the table), and nothing is written."""
+    out = tmp_path / "run"
+    plan = finished_cells(out)
+    for cell in plan.cells:  # the untouched files read back as they were written
+        assert plan.read_cell(*cell) == json.loads(plan.cell_file(*cell).read_text())
+    edit(plan)
+    before = files(out)
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), *ONE_CELL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unitune: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert files(out) == before
+
+
+def test_the_report_of_finished_cells_reads_them_through_the_record(tmp_path, capsys):
+    """The rerun of a finished comparison only rewrites the report, from the checked records."""
+    out = tmp_path / "run"
+    finished_cells(out)
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), *ONE_CELL]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [(r["seed"], r["test_accuracy"], r["params_with_head"]) for r in rows] == [("0", "0.25", "260"),
+                                                                                      ("1", "0.25", "260")]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["compare"]["groups"].update(specialized=["terrain", "count"]),
+     "compare.groups.structured: task 'count' is already in group 'specialized'; a task belongs to one group"),
+    (lambda c: c["compare"]["quick"].update(overides={"retrain.epochs": 1}),
+     "compare.quick.overides: unknown key, expected one of"),
+    (lambda c: c["compare"].update(quick=[1]), "compare.quick: expected a mapping"),
+    (lambda c: c["compare"]["quick"].update(overrides=[1]), "compare.quick.overrides: expected a mapping"),
+])
+def test_compare_section_mistakes_are_one_line_without_quick(tmp_path, capsys, change, message):
+    """A task in two groups, or a typo under compare.quick, was accepted silently (the typo by
+    every run without --quick, the double task by the group means)."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    change(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"unitune: error: {path}: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not out.exists()
+
+
 # ---- the data sources --------------------------------------------------------------------------
 
 def pixels(cfg: DataConfig, split: str, n: int) -> np.ndarray:

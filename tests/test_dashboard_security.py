@@ -77,6 +77,19 @@ def test_host_name_parsing():
     parse = LoopbackHostOnly.host_name
     assert parse("[::1]:8080") == "::1" and parse("localhost:80") == "localhost" and parse("127.0.0.1") == "127.0.0.1"
     assert parse("evil.example:8080") == "evil.example"
+    # What follows the colon must be a port: a userinfo-like or junk suffix names no loopback host.
+    for header in ("localhost:8080@evil.example", "127.0.0.1:80@evil.example", "[::1]:80@evil.example",
+                   "[::1]evil.example", "localhost:8O80", "localhost:²", "[::1"):
+        assert parse(header) == "", header
+
+
+@pytest.mark.parametrize("host", ["localhost:8080@evil.example", "127.0.0.1:8080@evil.example",
+                                  "[::1]:8080@evil.example"])
+def test_a_loopback_prefix_with_a_foreign_suffix_is_refused(storage, host):
+    app = dashboard_app(storage)
+    code, body = call(app, "POST", "/api/studies", host, {"study_name": "pwned", "directions": ["maximize"]})
+    assert code.startswith("403") and b"Forbidden" in body
+    assert names(storage) == ["demo"]
 
 
 def test_a_remote_bind_is_not_wrapped_but_needs_consent(storage, monkeypatch, capsys):

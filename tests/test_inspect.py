@@ -62,6 +62,23 @@ def test_mixed_subnet_matches_formula(tmp_path, capsys):
     assert out["head_params"] == 768 * 1000 + 1000  # the model's own head by default
 
 
+def test_one_size_for_every_block_counts_as_the_list(tmp_path, capsys):
+    """``lora: 8`` in a subnet file is 8 in every block (as the API's ``subnet={"lora": 8}``): the
+    same figures as the list; the block count comes from the backbone the file or --backbone names."""
+    listed = subnet_file(tmp_path, "list.yaml", lora=[8] * 12, vpt=[10] * 12)
+    scalar = subnet_file(tmp_path, "one.yaml", lora=8, vpt=10)
+    unnamed = tmp_path / "unnamed.yaml"
+    unnamed.write_text("subnet:\n  lora: 8\n  vpt: 10\n")
+    outs = []
+    for argv in ([str(listed)], [str(scalar)], [str(unnamed), "--backbone", BASE]):
+        assert main(["inspect", "--subnet", *argv, "--json"]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["trainable_params"] == 294_912 + 92_160
+    assert outs[1] == outs[0] and outs[2] == outs[0]
+    assert main(["inspect", "--subnet", str(unnamed)]) == 2
+    assert capsys.readouterr().err == f"unitune: error: {unnamed}: names no backbone; give --backbone NAME or --config CFG\n"
+
+
 @pytest.mark.parametrize(
     "lists, extra, fragment",
     [

@@ -102,6 +102,44 @@ def test_a_rerun_reuses_the_standalone_figures_it_has(tmp_path):
     assert len(calls) == 2 * n and {e for _, e in calls[n:]} == {3}
 
 
+def test_a_rerun_with_another_recipe_trains_the_candidates_anew(tmp_path):
+    """The stored stand-alone scores were keyed by trial and rerank.epochs only: after retrain.lr
+    (or the seed, or the data) changed, a rerun re-used the old scores and could keep a stale pick."""
+    study = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 10, sampler="random", seed=2,
+                       study_attrs={"backbone": "vit_tiny_patch16_224"}, progress=False).study
+    cfg = {"name": "tiny", "device": "cpu", "model": {"backbone": "vit_tiny_patch16_224"},
+           "data": {"source": "synthetic", "num_classes": 3}, "retrain": {"epochs": 5, "lr": 0.005, "seed": 0}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    calls = []
+
+    def train(lr_good):  # a stand-in whose scores depend on the recipe: another lr, another pick
+        def fit(run, out, subnet, epochs, progress):
+            calls.append(run.retrain.lr)
+            sign = 1 if run.retrain.lr == lr_good else -1
+            return 0.5 + sign * 0.001 * (sum(subnet.lora) - sum(subnet.vpt))
+        return fit
+
+    first = rerank(load_run_config(path), tmp_path, study, top_k=3, epochs=2, train=train(0.005))
+    n = len(first["candidates"])
+    assert calls == [0.005] * n
+    assert rerank(load_run_config(path), tmp_path, study, top_k=3, epochs=2, train=train(0.005)) == first
+    assert calls == [0.005] * n  # the same recipe: nothing trained again
+    changed = rerank(load_run_config(path, ["retrain.lr=0.01"]), tmp_path, study, top_k=3, epochs=2,
+                     train=train(0.005))
+    assert calls == [0.005] * n + [0.01] * n  # every candidate trained anew with the new lr
+    assert changed["score_key"] != first["score_key"]
+    assert [r["standalone_val_accuracy"] for r in changed["candidates"]] == \
+        pytest.approx([1 - r["standalone_val_accuracy"] for r in first["candidates"]])
+    assert changed["winner"] != first["winner"]  # the stale scores would have kept the old pick
+    rerank(load_run_config(path, ["retrain.lr=0.01", "retrain.seed=1"]), tmp_path, study, top_k=3, epochs=2,
+           train=train(0.01))
+    assert len(calls) == 3 * n  # another seed: anew too
+    rerank(load_run_config(path, ["retrain.lr=0.01", "retrain.seed=1", "data.num_classes=4"]), tmp_path, study,
+           top_k=3, epochs=2, train=train(0.01))
+    assert len(calls) == 4 * n  # other data: anew too
+
+
 def test_standalone_training_reads_train_and_val_never_test(tmp_path, monkeypatch):
     import unitune.data
 

@@ -332,8 +332,8 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
 
     A method that does not fold (Adapter, VPT) is a one-line error naming it and its blocks:
     ``unitune.retrain.merge(model).model`` keeps such layers as the smallest modules that run
-    them. When folding had to create biases timm builds only on request (SSF on a
-    ``qkv_bias=False`` model), a warning names the ``timm.create_model`` keywords that rebuild
+    them. When folding had to create biases timm builds only on request (SSF or BitFit on a
+    ``qkv_bias=False`` model), a warning names the method and the ``timm.create_model`` keywords that rebuild
     the merged structure (also in ``merge(model).model_kwargs``).
     """
     from unitune.retrain.merge import merge  # retrain sits above the model package
@@ -353,6 +353,9 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
         what = f"timm.create_model(..., {', '.join(f'{k}={v!r}' for k, v in merged.model_kwargs.items())})" \
             if merged.model_kwargs else "no timm keyword"
         extra = f"; parameters timm does not build: {list(merged.added_params)}" if merged.added_params else ""
-        warnings.warn(f"merge_and_unload: folding SSF created biases; the merged structure is {what}{extra}",
+        # Name the method(s) whose fold made them: SSF's shift, BitFit's bias on a bias-free linear, ...
+        labels = list(dict.fromkeys(METHODS[m].label or m for m in merged.created_by)) or ["the subnet"]
+        warnings.warn(f"merge_and_unload: folding {' and '.join(labels)} created biases; the merged structure is "
+                      f"{what}{extra}",
                       UniTuneWarning, stacklevel=3)
     return merged.model

@@ -55,6 +55,22 @@ def _inspect_source(args: argparse.Namespace):
                                f"search or retrain, or a subnet file")
         if config is None:
             config = _recorded_config(folder)
+
+    def depth_of(file_backbone: str | None) -> int:
+        """For sizes given once for every block: the block count of the backbone in use."""
+        from unitune.backbone import create_backbone
+        from unitune.config import load_run_config
+
+        model_kwargs: dict = {}
+        if config:
+            model = load_run_config(config, args.overrides).model
+            backbone, model_kwargs = model.backbone, dict(model.kwargs or {})
+        else:
+            backbone = args.backbone or file_backbone
+        if not backbone:
+            raise UniTuneError(f"{spec}: names no backbone; give --backbone NAME or --config CFG")
+        return len(create_backbone(backbone, 1, kwargs=model_kwargs, meta=True).blocks)
+
     if exported is not None:
         from unitune.retrain.export import read_manifest
         from unitune.supernet import Subnet
@@ -62,7 +78,7 @@ def _inspect_source(args: argparse.Namespace):
         subnet = Subnet.from_dict(read_manifest(exported.parent)["subnet"], source=f"{exported}: subnet")
         label = str(exported)
     else:
-        subnet, _, label = select_subnet(spec, args.subnet_index)
+        subnet, _, label = select_subnet(spec, args.subnet_index, depth=depth_of)
     kwargs: dict = {}
     space = None
     classes = None
@@ -102,7 +118,12 @@ def _recorded_config(folder: Path) -> str | None:
         return str(folder / CONFIG_ECHO)
     summary = folder / "run_summary.json"
     if summary.is_file():
-        return read_json(summary).get("config")
+        recorded = read_json(summary)
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("config", ""), (str, type(None))):
+            got = type(recorded.get("config")).__name__ if isinstance(recorded, dict) else type(recorded).__name__
+            raise UniTuneError(f"{summary}: expected an object whose 'config' is a config file path, got {got}; "
+                               f"give --config CFG")
+        return recorded.get("config")
     return None
 
 

@@ -50,6 +50,7 @@ from .checks import check_output_dir, check_seed
 from .config import RunConfig, load_config_dict, load_run_config
 from .errors import UniTuneError
 from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from .schema import Key, check_record, json_key
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")
 SINGLE = ("lora", "adapter", "vpt", "ssf")
@@ -94,11 +95,86 @@ class Plan:
     def cell_file(self, task: str, method: str, seed: int) -> Path:
         return self.out / "cells" / task / f"{method}-seed{seed}.json"
 
+    def read_cell(self, task: str, method: str, seed: int) -> dict[str, Any]:
+        """The finished cell's row, checked (:class:`CellRecord`): of this cell and this comparison."""
+        return CellRecord.load(self.cell_file(task, method, seed), (task, method, seed), self.fingerprint).to_json()
+
     def cell_dir(self, task: str, method: str, seed: int) -> Path:
         return self.out / "tasks" / task / method / f"seed{seed}"
 
     def search_dir(self, task: str) -> Path:
         return self.out / "tasks" / task / "search"
+
+
+def _number(lo: float | None = None, hi: float | None = None) -> Any:
+    """A key rule: a finite number (JSON reads NaN and Infinity), within [lo, hi] where given."""
+    def rule(name: str, value: Any, where: str) -> None:
+        if value is None:
+            return
+        if value != value or value in (float("inf"), float("-inf")) or \
+                (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f" in [{lo}, {hi}]" if hi is not None else f" >= {lo}" if lo is not None else ""
+            raise UniTuneError(f"{where}: {name!r}: expected a finite number{span}, got {value!r}")
+    return rule
+
+
+NUMBER = (int, float)
+# The keys of a cell file (cells/<task>/<method>-seed<k>.json), their JSON types and ranges.
+CELL_KEYS: dict[str, Key] = {
+    "task": json_key(str), "group": json_key(str), "method": json_key(str), "seed": json_key(int),
+    "test_accuracy": json_key(NUMBER, _number(0, 1)), "test_images": json_key(int, _number(1)),
+    "params": json_key(int, _number(0)), "params_with_head": json_key(int, _number(0)),
+    "epochs": json_key(int, _number(0)), "seconds": json_key(NUMBER, _number(0)),
+    "cpu_seconds": json_key(NUMBER, _number(0)), "sizes": json_key(str),
+    "stage_seconds": json_key((*NUMBER, type(None)), _number(0)), "fingerprint": json_key(str),
+}
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One finished cell, as its file holds it. Every cell is read back through :meth:`load`
+    (a rerun's resume, the report, the benchmark scripts): a damaged, hand-edited or copied file
+    is a one-line error naming the file and the key, never a traceback or a silent NaN in the table."""
+
+    task: str
+    group: str
+    method: str
+    seed: int
+    test_accuracy: float
+    test_images: int
+    params: int
+    params_with_head: int
+    epochs: int
+    seconds: float
+    cpu_seconds: float
+    sizes: str
+    stage_seconds: float | None
+    fingerprint: str
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> "CellRecord":
+        check_record(data, CELL_KEYS, source)
+        extra = sorted(set(data) - set(CELL_KEYS))
+        if extra:
+            raise UniTuneError(f"{source}: unknown key {extra[0]!r}, expected the keys {list(CELL_KEYS)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path, cell: tuple[str, str, int], fingerprint: str) -> "CellRecord":
+        """The record of ``path``, which must be the file of ``cell`` written by the comparison
+        whose plan has ``fingerprint`` (a file copied from another folder or config is refused)."""
+        record = cls.from_json(read_json(path), str(path))
+        got = (record.task, record.method, record.seed)
+        if got != tuple(cell):
+            raise UniTuneError(f"{path}: holds the cell {'/'.join(map(str, got))}, expected "
+                               f"{'/'.join(map(str, cell))}; remove it to recompute the cell")
+        if record.fingerprint != fingerprint:
+            raise UniTuneError(f"{path}: 'fingerprint' {record.fingerprint!r} is of another comparison (this one is "
+                               f"{fingerprint!r}); remove the file to recompute the cell")
+        return record
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def parse_names(text: str, what: str) -> tuple[str, ...]:
@@ -165,13 +241,17 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
             raise UniTuneError(f"{src}: compare.{key}: unknown key, expected one of {list(SECTION_KEYS)}")
     defaults = dict(section)
     quick_overrides: list[str] = []
-    if quick:
-        q = section.get("quick")
+    q = section.get("quick")
+    if q is not None:  # checked on every run: a typo (`overides`) is found before anyone runs --quick
         if not isinstance(q, dict):
-            raise UniTuneError(f"{src}: --quick needs a compare.quick section (overrides for a short run)")
+            raise UniTuneError(f"{src}: compare.quick: expected a mapping (overrides for a short run), got {q!r}")
         for key in q:
             if key not in QUICK_KEYS:
                 raise UniTuneError(f"{src}: compare.quick.{key}: unknown key, expected one of {list(QUICK_KEYS)}")
+        _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
+    if quick:
+        if not isinstance(q, dict):
+            raise UniTuneError(f"{src}: --quick needs a compare.quick section (overrides for a short run)")
         quick_overrides = _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
         defaults.update({k: v for k, v in q.items() if k != "overrides"})
     all_overrides = [*quick_overrides, *overrides]
@@ -203,6 +283,9 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
         raise UniTuneError(f"{src}: compare.groups: expected a mapping of group to task list, got {configured!r}")
     for group, names in configured.items():
         for t in _check_names(names, f"{src}: compare.groups.{group}"):
+            if t in groups:  # its rows would count in one group's mean and silently not in the other's
+                raise UniTuneError(f"{src}: compare.groups.{group}: task {t!r} is already in group {groups[t]!r}; "
+                                   f"a task belongs to one group")
             groups[t] = str(group)
     for t in tasks:
         if t not in groups:
@@ -393,6 +476,7 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
            "seconds": round(time.perf_counter() - started, 2),
            "cpu_seconds": round(time.process_time() - cpu, 2), "sizes": sizes, "stage_seconds": stage_seconds,
            "fingerprint": plan.fingerprint}
+    row = CellRecord(**row).to_json()  # the one record type every cell is read back through
     write_json_atomic(plan.cell_file(task, method, seed), row)
     return row
 
@@ -455,13 +539,22 @@ def _worker(job: tuple) -> Any:
 
 
 def _check_folder(plan: Plan) -> None:
-    """A run folder belongs to one config: refuse to mix cells of another one into its table."""
+    """A run folder belongs to one config: refuse to mix cells of another one into its table.
+    Every finished cell is read (checked) now, before anything is written or trained: a damaged
+    one fails the rerun at once, not in the report after hours of work."""
     meta = plan.out / META_FILE
-    if meta.is_file():
-        saved = read_json(meta).get("fingerprint")
-        if saved != plan.fingerprint:
+    if meta.exists() or meta.is_symlink():
+        saved = read_json(meta)  # a folder, FIFO or broken link there: one line naming it
+        if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
+            got = type(saved).__name__ if not isinstance(saved, dict) else f"'fingerprint' {saved.get('fingerprint')!r}"
+            raise UniTuneError(f"{meta}: expected the JSON object compare writes (with a 'fingerprint' string), "
+                               f"got {got}; use another --out or remove the file")
+        if saved["fingerprint"] != plan.fingerprint:
             raise UniTuneError(f"{meta}: this folder holds a comparison of another config (or of --quick / "
                                f"overrides that differ); use another --out or remove the folder")
+    for cell in plan.cells:
+        if plan.cell_file(*cell).exists() or plan.cell_file(*cell).is_symlink():
+            plan.read_cell(*cell)
 
 
 def _check_checkpoints(plan: Plan) -> None:
@@ -778,7 +871,7 @@ def _tau_text(v: dict[str, Any]) -> str:
 
 
 def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    rows = [read_json(plan.cell_file(*c)) for c in plan.cells]
+    rows = [plan.read_cell(*c) for c in plan.cells]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -292,7 +292,8 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     # The default run folder is runs/<name>: a plain name, so it stays inside runs/.
     check_plain_name(name, f"{src}: name" if raw.get("name") else f"{src}: name (from the file name; set name:)")
     device = check_device(raw.get("device", "auto"), f"{src}: device")
-    space = raw.get("space") or {}
+    space = raw.get("space")
+    space = {} if space is None else space  # an empty list or string is a mistake, not the default space
     SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
     pretrain = pretrain_data = None
     if raw.get("pretrain") is not None:
