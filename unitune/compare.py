@@ -515,9 +515,13 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
         train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
     supernet_seconds = time.perf_counter() - started
     found, written = search_stage(run, folder, progress=progress)
-    if plan.quick:  # its plots too: the --quick numbers mean nothing
-        for png in sorted({p for p in written.values() if Path(p).suffix == ".png"}):
-            stamp_quick(Path(png))
+    if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
+        from .curves import CURVES_FILE
+
+        pngs = {Path(p) for p in written.values() if Path(p).suffix == ".png"}
+        pngs |= {folder / CURVES_FILE} if (folder / CURVES_FILE).is_file() else set()
+        for png in sorted(pngs):
+            stamp_quick(png)
     best = found.best_trial
     info = {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
             "supernet_seconds": round(supernet_seconds, 1),
