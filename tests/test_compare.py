@@ -599,6 +599,31 @@ def test_minivtab_tasks_have_vtab_sizes_and_disjoint_sources():
         DataConfig.from_dict({"source": "minivtab", "task": "count", "split_sizes": [800, 200]})
 
 
+def test_minivtab_textures_crops_share_no_pixel_across_splits():
+    """The texture task's crops come from cells of real photos; no pixel of a test cell lies in a
+    train or val cell, every class has cells in every split, and a crop stays inside its cell."""
+    from unitune.data.minivtab import _CELL, _REGIONS, _photo_cells, _textures
+
+    photos, cells = _photo_cells()
+    masks = {s: {p: np.zeros(a.shape[:2], bool) for p, a in photos.items()} for s in cells}
+    for split, per_class in cells.items():
+        assert len(per_class) == len(_REGIONS) and all(per_class), split
+        for class_cells in per_class:
+            for photo, y, x in class_cells:
+                assert not masks[split][photo][y:y + _CELL, x:x + _CELL].any()  # cells do not overlap
+                masks[split][photo][y:y + _CELL, x:x + _CELL] = True
+    for photo in photos:
+        assert not (masks["test"][photo] & (masks["train"][photo] | masks["val"][photo])).any()
+        assert not (masks["train"][photo] & masks["val"][photo]).any()
+    ds = build_dataset(DataConfig.from_dict({"source": "minivtab", "task": "textures", "image_size": 24,
+                                             "split_sizes": [14, 7, 14]}), "test")
+    assert ds.classes == list(_REGIONS) and np.bincount(ds.targets).tolist() == [2] * 7
+    img = ds.load(3)
+    assert img.size == (24, 24) and np.asarray(img).std() > 0
+    # the same item twice: the same image (rendered from (seed, task, split, k))
+    assert np.array_equal(np.asarray(img), np.asarray(_textures(np.random.default_rng([0, 6, 2, 3]), 3, 24, "test", 3, 0)))
+
+
 def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
     """``configs/vtab/cifar100.yaml`` as it is (only the data folder, an offline tiny backbone and
     a short schedule overridden): the task comes from data.task and falls in VTAB's natural group."""

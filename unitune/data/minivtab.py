@@ -6,6 +6,9 @@ ship inside installed packages (nothing is downloaded). Tasks, by VTAB group::
 
     natural      digits       real handwritten scans (scikit-learn's UCI digits) rendered SVHN-style:
                               one light digit filling most of a dark, faintly tinted, noisy canvas
+                 textures     real photographs (scikit-learn's china and flower, matplotlib's Grace
+                              Hopper): a crop of one of 7 regions (roof, trees, lake, petals, leaves,
+                              flag, uniform); class = the region (DTD-like)
     specialized  terrain      real elevation model (matplotlib's Jacksboro fault DEM), hill-shaded
                               like a remote-sensing tile; class = local relief (4 bins)
     structured   count        CLEVR-count: 3-10 objects on a floor (8 classes)
@@ -17,7 +20,7 @@ ship inside installed packages (nothing is downloaded). Tasks, by VTAB group::
 
 Splits never share a source image: the digits come from disjoint pools of scans (scikit-learn's
 fixed 60/20/20 split of the 1,797 scans, so a test digit was never seen in training), the terrain
-tiles from disjoint strips of rows of the map. Generated tasks draw item ``k`` of split ``s`` from
+tiles from disjoint strips of rows of the map, the texture crops from disjoint cells of the photos. Generated tasks draw item ``k`` of split ``s`` from
 ``(data.seed, task, s, k)``; labels cycle through the classes, so every split is balanced.
 Images are rendered on first use (indexing a split costs nothing) and kept for the next epoch.
 ``data.split_sizes: [train, val, test]`` shrinks a task (tests, ``--quick``); ``trainval`` is
@@ -37,7 +40,7 @@ from .datasets import ImageDataset
 
 SPLIT_SIZES = (800, 200, 1000)  # VTAB-1k: train800, val200; the test set is at least 1,000
 GROUPS = {"digits": "natural", "terrain": "specialized", "count": "structured", "location": "structured",
-          "orientation": "structured", "distance": "structured"}
+          "orientation": "structured", "distance": "structured", "textures": "natural"}
 TASKS = tuple(GROUPS)
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SS = 4  # supersampling of the drawn scenes (anti-aliasing)
@@ -273,6 +276,63 @@ def _terrain(rng, label, size, split, k, seed):
     return _finish(Image.fromarray(rgb).resize((size * _SS, size * _SS), Image.BILINEAR), size, rng, noise=3.0)
 
 
+# ------------------------------------------------------------------ natural: crops of real photos
+
+# Regions of the photos that ship with scikit-learn and matplotlib, as (photo, x0, y0, x1, y1) in
+# fractions of its width and height; one class each. Each region is tiled into _CELL x _CELL
+# pixel cells, and every cell belongs to one split (a fixed shuffle, 60/20/20 per class, the same
+# for every run seed), so a test crop shares no pixel with any training crop.
+_REGIONS = {
+    "roof": ("china.jpg", 0.13, 0.12, 0.53, 0.88),
+    "trees": ("china.jpg", 0.57, 0.68, 1.0, 1.0),
+    "lake": ("china.jpg", 0.56, 0.05, 0.85, 0.60),
+    "petals": ("flower.jpg", 0.30, 0.25, 0.68, 0.80),
+    "leaves": ("flower.jpg", 0.0, 0.0, 0.25, 1.0),
+    "flag": ("grace_hopper.jpg", 0.0, 0.0, 0.15, 0.55),
+    "uniform": ("grace_hopper.jpg", 0.10, 0.72, 1.0, 1.0),
+}
+_CELL = 40
+_CELL_SPLIT_SEED = 0
+
+
+@functools.lru_cache(maxsize=1)
+def _photo_cells() -> tuple[dict[str, np.ndarray], dict[str, list[list[tuple[str, int, int]]]]]:
+    """The photos as arrays and, per split and class, the cells (photo, top, left) it draws from."""
+    import matplotlib.cbook
+    from sklearn.datasets import load_sample_images
+
+    sample = load_sample_images()
+    photos = {Path(f).name: img for f, img in zip(sample.filenames, sample.images)}
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        photos["grace_hopper.jpg"] = np.asarray(Image.open(f).convert("RGB"))
+    rng = np.random.default_rng(_CELL_SPLIT_SEED)
+    cells: dict[str, list[list[tuple[str, int, int]]]] = {"train": [], "val": [], "test": []}
+    for photo, fx0, fy0, fx1, fy1 in _REGIONS.values():
+        h, w = photos[photo].shape[:2]
+        x0, y0, x1, y1 = round(fx0 * w), round(fy0 * h), round(fx1 * w), round(fy1 * h)
+        grid = [(photo, y, x) for y in range(y0, y1 - _CELL + 1, _CELL) for x in range(x0, x1 - _CELL + 1, _CELL)]
+        order = rng.permutation(len(grid))
+        n_val = n_test = max(1, round(0.2 * len(grid)))
+        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+        for split, idx in parts.items():
+            cells[split].append([grid[i] for i in idx])
+    return photos, cells
+
+
+def _textures(rng, label, size, split, k, seed):
+    """A square crop (60-100% of a cell's side) from a cell of the class's region, maybe mirrored,
+    its brightness jittered by up to 10%, resized to ``size``."""
+    photos, cells = _photo_cells()
+    photo, top, left = cells[split][label][rng.integers(len(cells[split][label]))]
+    side = int(rng.integers(round(0.6 * _CELL), _CELL + 1))
+    y, x = top + int(rng.integers(_CELL - side + 1)), left + int(rng.integers(_CELL - side + 1))
+    crop = photos[photo][y:y + side, x:x + side].astype(np.float64) * rng.uniform(0.9, 1.1)
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    img = Image.fromarray(np.clip(np.round(crop), 0, 255).astype(np.uint8))
+    return img.resize((size, size), Image.BICUBIC)
+
+
 _TASKS = {
     "digits": (_digits, [str(i) for i in range(10)]),
     "terrain": (_terrain, ["flat", "gentle", "hilly", "steep"]),
@@ -280,4 +340,5 @@ _TASKS = {
     "location": (_location, [f"x{i}" for i in range(8)]),
     "orientation": (_orientation, [f"{45 * i}deg" for i in range(8)]),
     "distance": (_distance, [f"d{i}" for i in range(6)]),
+    "textures": (_textures, list(_REGIONS)),
 }
