@@ -301,3 +301,10 @@ def test_real_wheel_converts_and_matches_its_graph(tmp_path):
     diff = float(np.abs(got - want).max())
     assert diff <= wd.TOLERANCE and np.abs(want).max() > 1  # features of real size, equal to rounding
     assert record["self_check"]["max_abs_diff"] == pytest.approx(diff, abs=1e-5)
+    # and through unitune's own route (model.weights): the loader resizes the grid as the graph does
+    from unitune.backbone import create_backbone
+
+    backbone = create_backbone("vit_small_patch14_dinov2", 5, weights=str(out), kwargs={"img_size": 224}).eval()
+    with torch.no_grad():
+        via_config = backbone.forward_features(torch.from_numpy(images)).numpy()
+    assert float(np.abs(via_config - want).max()) <= wd.TOLERANCE
