@@ -47,12 +47,7 @@ NAME = "vit_tiny_patch16_224"
 BACKBONE_TENSORS = 54  # TINY (depth 4), the head aside: 12 per block + cls_token, pos_embed, patch_embed (2), norm (2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's: tiny models run faster on one thread
 
 
 def source_model(**extra) -> torch.nn.Module:
