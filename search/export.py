@@ -42,7 +42,7 @@ from .ranking import RERANK_ATTR, best_ties, best_trial, pareto_trials, ranked_t
 from .study import open_existing_study, study_encoding
 
 def trial_subnet(trial: FrozenTrial, encoding: SubnetEncoding, backbone: str | None = None) -> Subnet:
-    subnet = encoding.decode(trial.params, source=f"trial {trial.number}")
+    subnet = encoding.decode_trial(trial)  # sizes, or the indices an older study stored
     if backbone:
         subnet = subnet.replace(backbone=backbone)
     return subnet

@@ -103,7 +103,7 @@ def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 
 def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
     encoding = study_encoding(study)
     trials = ranked_trials(study)[:top]
-    subnets = [encoding.decode(t.params) for t in trials]
+    subnets = [encoding.decode_trial(t) for t in trials]
     space = encoding.space
     shown = [m for m in METHODS.values() if len(space.choices(m.name)) > 1 or any(space.choices(m.name))]
     methods = [m.name for m in shown if m.site == "block"]
