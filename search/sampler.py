@@ -81,6 +81,7 @@ class IndexView:
         self._study = study
         self._encoding = encoding
         self._index = {p.name: {size: i for i, size in enumerate(p.choices)} for p in encoding.positions}
+        self._cached: list[FrozenTrial] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -107,8 +108,13 @@ class IndexView:
 
     def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
                     use_cache: bool = False) -> list[FrozenTrial]:
-        # What Optuna's samplers call (``use_cache`` only spares them storage reads)
-        return self.get_trials(deepcopy=deepcopy, states=states)
+        # What Optuna's samplers call. ``use_cache``, as in Optuna's Study: the trials read once
+        # while this trial is sampled (a view lives for one sampler call), sparing storage reads.
+        if not use_cache:
+            return self.get_trials(deepcopy=deepcopy, states=states)
+        if self._cached is None:
+            self._cached = self.get_trials(deepcopy=False)
+        return [t for t in self._cached if states is None or t.state in states]
 
     @property
     def trials(self) -> list[FrozenTrial]:

@@ -255,7 +255,12 @@ class _Progress:
                   + (f"  best acc {best:.4f}" if best is not None else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        shown = self.bar_shown and self.bar.n > (self.started or 0)
         self.bar.close()
+        if shown:  # the bar leaves no line (leave=False): one for the scrollback, as off a terminal
+            best = self.bar.postfix or ""
+            print(f"[search] {self.bar.n}/{self.bar.total} trials" + (f"  {best}" if best else ""),
+                  file=sys.stderr, flush=True)
 
 
 def run_search(

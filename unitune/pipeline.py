@@ -165,6 +165,7 @@ def _artefacts(out: Path, run: RunConfig, evaluation: dict[str, Any]) -> dict[st
     found = {
         "best subnet": out / "best_subnet.yaml",
         "study (Optuna)": out / "study.db",
+        "trial table": out / "trials.csv",  # and trials.md: every trial, the pick marked
         "plots": out / "plots",
         "export": out / EXPORT_DIR,
         "evaluation": Path(evaluation["out"]),
