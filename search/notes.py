@@ -125,11 +125,14 @@ def _rewrite_trial_note(study: optuna.Study, trial: FrozenTrial, pick: str, coun
     if body.startswith(PICK_HEAD):
         body = body.split("\n\n", 1)[1] if "\n\n" in body else ""
     if not body:  # no note yet (a trial stored without one): written from its attributes
-        from .study import study_encoding  # here: study.py imports this module
+        from unitune.supernet import SearchSpace
+
+        from .encoding import SubnetEncoding  # (study.study_encoding's work: study.py imports this module)
 
         attrs = trial.user_attrs
         per_method = {m: attrs[f"params_{m}"] for m in METHODS if f"params_{m}" in attrs}
-        body = trial_note(trial.number, study_encoding(study).decode_trial(trial), count,
+        encoding = SubnetEncoding(SearchSpace.from_dict(study.user_attrs["space"]), int(study.user_attrs["depth"]))
+        body = trial_note(trial.number, encoding.decode_trial(trial), count,
                           int(study.user_attrs["budget"]), float(trial.values[0]), per_method=per_method,
                           total=attrs.get("n_params"))
     _save_note(target, (PICK_HEAD + pick + "\n\n" if pick else "") + body)

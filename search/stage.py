@@ -23,9 +23,9 @@ from .fitness import StandaloneFitness, SupernetFitness
 from .plots import save_plots
 from .pruning import check_fitness_pruner
 from .rerank import check_rerank, forget_rerank, rerank
+from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
 from .table import CSV_FILE as TABLE_CSV
 from .table import write_trial_table
-from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
 
 _logger = logging.getLogger("unitune.search")
 
@@ -65,8 +65,8 @@ def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | N
 def finished_search(run: RunConfig, out: str | Path) -> SearchResult | None:
     """The search of ``run`` in ``out`` as an earlier run finished it, or None when it must run.
 
-    Finished means: the study exists with the config's budget, objectives and backbone and holds
-    ``search.trials`` finished trials; ``best_subnet.yaml`` holds the study's pick; and the re-rank
+    Finished means: the study exists with the settings a search checks on joining it (budget,
+    objectives, backbone, depth, space) and holds ``search.trials`` finished trials; ``best_subnet.yaml`` holds the study's pick; and the re-rank
     the config asks for (its ``top_k`` and ``epochs``, or none) is the one recorded. Then a second
     ``unitune run`` skips the stage: it keeps the search's recorded time and does not re-rank again
     (re-ranking again would train nothing, but would print, plot and warn as if it had)."""
@@ -92,10 +92,12 @@ def finished_search(run: RunConfig, out: str | Path) -> SearchResult | None:
     except UniTuneError:
         return None
     attrs = study.user_attrs
+    depth = BackboneDims.from_model(create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True)).depth
     if (attrs.get("budget") != parse_budget(budget, frozen)
             or attrs.get("objectives") != list(parse_objectives(settings["objectives"]))
-            or attrs.get("backbone") != run.model.backbone):
-        return None  # the search itself says what differs
+            or attrs.get("backbone") != run.model.backbone or attrs.get("depth") != depth
+            or attrs.get("space") != SearchSpace.from_dict(run.space, source=f"{run.source}: space").to_dict()):
+        return None  # the search runs and says what differs (search/study.py: CHECKED_ATTRS)
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < settings["n_trials"]:
         return None
     top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")

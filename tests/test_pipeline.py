@@ -318,3 +318,17 @@ def test_a_second_run_keeps_the_stage_times_and_does_not_redo_the_search_or_rera
     row = next(r for r in record["candidates"] if r["trial"] == record["winner"])
     assert again["pick_standalone_val_accuracy"] == row["standalone_val_accuracy"]
     assert again["pick_val_accuracy"] == study.trials[record["winner"]].values[0]
+
+
+def test_a_second_run_with_another_space_is_refused_not_skipped(tiny_run, tmp_path):
+    """The finished search is skipped only for the settings it was made with: another space runs
+    the stage, which refuses in one line (before, nothing would have said the study was stale)."""
+    from unitune.errors import UniTuneError
+
+    config, out, _ = tiny_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    changed = write_config(tmp_path, space__lora=[0, 1])
+    with pytest.raises(UniTuneError) as e:
+        run_all(load_run_config(changed), copy, progress=False)
+    assert "\n" not in str(e.value) and "space" in str(e.value)

@@ -171,3 +171,29 @@ def test_the_low_tau_warning_says_what_it_means_for_this_run(reranked, tmp_path,
     assert (f"For this run: trial {again['winner']} was taken by its stand-alone val accuracy "
             f"{row['standalone_val_accuracy']:.4f}, the best of the {len(again['candidates'])} re-ranked subnets, "
             "not by the search's val.") in text
+
+
+def test_a_pick_without_a_note_gets_one_from_its_attributes():
+    import optuna
+
+    from unitune.search import SubnetEncoding
+    from unitune.search.notes import mark_best
+    from unitune.supernet import Subnet, count_params
+
+    space, dims = SearchSpace(), tiny_dims()
+    enc = SubnetEncoding(space, 4, dims)
+    study = optuna.create_study(direction="maximize")
+    for key, value in {"budget": BUDGET, "depth": 4, "space": space.to_dict(), "objectives": ["acc"]}.items():
+        study.set_user_attr(key, value)
+    subnet = Subnet((10, 0, 1, 5), (0,) * 4, (5, 0, 0, 1), (1, 0, 0, 1), ssf_global=1)
+    count = count_params(subnet, dims, space)
+    study.add_trial(optuna.trial.create_trial(
+        params=enc.encode(subnet), distributions=enc.distributions, value=0.5,
+        user_attrs={"n_params": count.total, **{f"params_{m}": n for m, n in count.per_method.items()}}))
+    trial = study.trials[0]
+    mark_best(study, trial, subnet, None)
+    note = _note(study, trial)
+    assert note.startswith("**The pick.** `best_subnet.yaml` holds this trial: the best val accuracy of the search, "
+                           "**0.5000** (Optuna's best_trial, the dashboard's star).\n\n### Trial 0: val accuracy "
+                           f"**0.5000**, {count.total:,} parameters")
+    assert f"| **total** (head excluded) | **{count.total:,}** | |" in note
