@@ -24,13 +24,14 @@ import time
 import numpy as np
 
 from unitune.backbone import create_backbone
-from unitune.search import SubnetEncoding, parse_budget, repair_params
+from unitune.search import SubnetEncoding, parse_budget
+from unitune.search.repair import repair_indices
 from unitune.supernet import BackboneDims, SearchSpace
 from unitune.supernet.space import METHODS
 
 
 def measure(encoding: SubnetEncoding, budget: int, n: int, seed: int = 0) -> dict:
-    """Bias figures of ``repair_params`` over ``n`` uniformly random proposals."""
+    """Bias figures of the repair over ``n`` uniformly random proposals (indices into the choices)."""
     rng = np.random.default_rng(seed)
     depth = encoding.depth
     names = {m: [f"{m}.{b:02d}" if depth <= 100 else None for b in range(depth)] for m in METHODS}
@@ -40,9 +41,9 @@ def measure(encoding: SubnetEncoding, budget: int, n: int, seed: int = 0) -> dic
     kept = {m: [0, 0] for m in searched}  # method parameters [proposed, repaired]
     fill = []
     for i in range(n):
-        proposal = {name: int(rng.integers(d.low, d.high + 1)) for name, d in encoding.distributions.items()}
-        repaired, _ = repair_params(encoding, proposal, budget, seed=i)
-        fill.append(encoding.n_params(repaired) / budget)
+        proposal = {name: int(rng.integers(d.low, d.high + 1)) for name, d in encoding.index_distributions.items()}
+        repaired, _ = repair_indices(encoding, proposal, budget, seed=i)
+        fill.append(encoding.n_params_at(repaired) / budget)
         for m in searched:
             for b, name in enumerate(names[m]):
                 choices = encoding.space.choices(m)

@@ -1,11 +1,22 @@
-"""A subnet as Optuna parameters: one integer index per (method, block) into the ordered choices.
+"""A subnet as Optuna parameters: one per (method, block), whose value is the size itself.
 
 Parameter names are ``lora.03``, ``adapter.03``, ``vpt.03``, ``ssf.03`` (block 3) and
-``ssf_global`` (a model-level method: its name), in the registry's order; each is an ``IntDistribution(0, len(choices) - 1)``. Encoding the index rather
-than the size keeps the order (a larger index is a larger module) so TPE, CMA-ES and GP see an
-ordinal variable, and keeps the distribution static across trials (Optuna forbids dynamic
-choices within a study). A method whose space has a single choice is not searched: it takes
-that choice in every block and has no parameter.
+``ssf_global`` (a model-level method: its name), in the registry's order; each is a
+``CategoricalDistribution`` whose choices are the sizes (``lora.03 = 4`` is rank 4), so the
+stock optuna-dashboard's importance, slice and contour plots read in ranks, widths and tokens.
+The distribution is static across trials (Optuna forbids dynamic choices within a study). A
+method whose space has a single choice is not searched: it takes that choice in every block and
+has no parameter.
+
+The samplers see the same parameters as ordinal indices into the choices
+(:attr:`SubnetEncoding.index_distributions`, ``IntDistribution(0, len(choices) - 1)``: a larger
+index is a larger module), so TPE, CMA-ES and GP keep modelling an ordered variable; the
+translation lives in :mod:`.sampler` (``IndexView``), and :mod:`.repair` works on indices.
+
+Studies made before the sizes (unitune up to this change) stored the indices, each with an
+``IntDistribution``: :meth:`SubnetEncoding.stored_sizes` reads both forms by the stored
+distribution, so those studies still export, plot and show in ``inspect``; a search does not
+continue them (:func:`check_stored_format`, one line saying so).
 
 The encoding also holds the cost table (:func:`~unitune.supernet.params.cost_table`: parameters
 of every choice at every position), from which the repair and the budget figures are computed quickly; the analytic
@@ -17,7 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from optuna.distributions import IntDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.trial import FrozenTrial
 
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, cost_table
@@ -43,7 +55,7 @@ def param_name(method: str, block: int | None, depth: int) -> str:
 
 
 class SubnetEncoding:
-    """Maps :class:`Subnet` <-> ``{name: index}`` for a space on a backbone of ``depth`` blocks.
+    """Maps :class:`Subnet` <-> ``{name: size}`` for a space on a backbone of ``depth`` blocks.
 
     ``dims`` is optional: without it (e.g. when exporting from a storage) the encoding decodes
     and encodes but cannot count parameters.
@@ -63,7 +75,11 @@ class SubnetEncoding:
         # Only positions with a real choice are Optuna parameters.
         self.positions: tuple[Position, ...] = tuple(p for p in self.all_positions if len(p.choices) > 1)
         self.names: tuple[str, ...] = tuple(p.name for p in self.positions)
-        self.distributions: dict[str, IntDistribution] = {
+        # What Optuna stores (the sizes) and what the samplers model (indices into the sizes).
+        self.distributions: dict[str, CategoricalDistribution] = {
+            p.name: CategoricalDistribution(p.choices) for p in self.positions
+        }
+        self.index_distributions: dict[str, IntDistribution] = {
             p.name: IntDistribution(0, len(p.choices) - 1) for p in self.positions
         }
         self._by_name = {p.name: p for p in self.all_positions}
@@ -84,42 +100,87 @@ class SubnetEncoding:
                                              for m, method in METHODS.items()}
         for p in self.all_positions:
             if len(p.choices) == 1:
-                index = 0
+                size = p.choices[0]
             elif p.name in params:
-                index = params[p.name]
+                size = params[p.name]
             else:
                 raise UniTuneError(f"{source}: parameter {p.name!r} is missing")
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(p.choices):
-                raise UniTuneError(f"{source}: {p.name} = {index!r} is not an index into {list(p.choices)}")
+            if isinstance(size, bool) or not isinstance(size, int) or size not in p.choices:
+                raise UniTuneError(f"{source}: {p.name} = {size!r} is not one of its sizes {list(p.choices)}")
             if p.block is None:
-                sizes[p.method] = p.choices[index]
+                sizes[p.method] = size
             else:
-                sizes[p.method][p.block] = p.choices[index]
+                sizes[p.method][p.block] = size
         return Subnet(**{m: tuple(v) if isinstance(v, list) else v for m, v in sizes.items()})
 
     def encode(self, subnet: Subnet, source: str = "subnet") -> dict[str, int]:
-        """The params dict of a subnet; raises unless it fits the depth and space."""
+        """The params dict (sizes) of a subnet; raises unless it fits the depth and space."""
         subnet.check(self.depth, self.space, source=source)
-        return {p.name: p.choices.index(self._size(subnet, p)) for p in self.positions}
+        return {p.name: self._size(subnet, p) for p in self.positions}
 
     @staticmethod
     def _size(subnet: Subnet, p: Position) -> int:
         return subnet.block_size(p.method, p.block)
 
-    def full_indices(self, params: Mapping[str, int]) -> dict[str, int]:
-        """Index of every position, fixed ones included (index 0 of a single choice)."""
-        return {p.name: (params[p.name] if len(p.choices) > 1 else 0) for p in self.all_positions}
+    # ---- sizes <-> indices (what the samplers and the repair work in) ---------------------------
+
+    def to_indices(self, params: Mapping[str, int]) -> dict[str, int]:
+        """``{name: index into its choices}`` of a params dict in sizes (searched names only)."""
+        return {p.name: p.choices.index(int(params[p.name])) for p in self.positions}
+
+    def from_indices(self, indices: Mapping[str, int]) -> dict[str, int]:
+        """The params dict in sizes of ``{name: index}``."""
+        return {p.name: p.choices[int(indices[p.name])] for p in self.positions}
+
+    def stored_sizes(self, trial: FrozenTrial) -> dict[str, int]:
+        """A stored trial's params in sizes, whichever form the study stored: sizes (a
+        ``CategoricalDistribution``) or, in a study made before them, indices (an
+        ``IntDistribution``)."""
+        out = {}
+        for name, value in trial.params.items():
+            p = self._by_name.get(name)
+            if p is not None and is_index_distribution(trial.distributions.get(name)):
+                out[name] = p.choices[int(value)] if 0 <= int(value) < len(p.choices) else value
+            else:
+                out[name] = value
+        return out
+
+    def decode_trial(self, trial: FrozenTrial) -> Subnet:
+        """The subnet a stored trial holds (either stored form, see :meth:`stored_sizes`)."""
+        return self.decode(self.stored_sizes(trial), source=f"trial {trial.number}")
 
     # ---- parameter counts ----------------------------------------------------------------------
 
     def n_params(self, params: Mapping[str, int]) -> int:
-        """Trainable PEFT parameters (head excluded) of the subnet ``params`` encodes."""
+        """Trainable PEFT parameters (head excluded) of the subnet ``params`` (sizes) encodes."""
+        return self.n_params_at(self.to_indices(params))
+
+    def n_params_at(self, indices: Mapping[str, int]) -> int:
+        """:meth:`n_params` of a subnet given as indices (fixed positions take their one choice)."""
         if self.cost is None:
             raise ValueError("this encoding has no backbone dimensions to count parameters with")
-        return sum(self.cost[name][i] for name, i in self.full_indices(params).items())
+        return sum(self.cost[p.name][indices[p.name] if len(p.choices) > 1 else 0] for p in self.all_positions)
 
     def to_dict(self) -> dict[str, Any]:
         return {"depth": self.depth, "names": list(self.names)}
+
+
+def is_index_distribution(distribution: BaseDistribution | None) -> bool:
+    """Whether a stored parameter is an index (the form before sizes), not a size."""
+    return isinstance(distribution, IntDistribution)
+
+
+def check_stored_format(study: Any, url: str) -> None:
+    """Refuse, in one line, to continue a search in a study that stores indices (made before the
+    sizes): Optuna refuses to store one parameter under two distributions, and mixing the forms
+    would make the dashboard's plots mean two things."""
+    for t in study.get_trials(deepcopy=False):
+        if any(is_index_distribution(d) for d in t.distributions.values()):
+            raise UniTuneError(
+                f"storage {url}: study {study.study_name!r} stores choice indices (made by an older unitune), "
+                "not sizes; export-subnet, inspect and plots still read it, but a search cannot continue it: "
+                "search under a new study name (--study) or in a new run folder"
+            )
 
 
 def sizes_summary(subnet: Subnet) -> dict[str, str]:

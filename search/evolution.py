@@ -28,6 +28,10 @@ resumes after a restart and several workers can share it:
 
 Trials whose role is random, or whose generation has too few parents, are drawn uniformly and
 repaired. The sampler is single-objective (as NOAH's search is).
+
+It works on indices into each position's choices: :func:`~.sampler.make_sampler` wraps it in
+the :class:`~.sampler.RepairSampler`, which hands it the study as indices (``IndexView``) and
+stores the sizes.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from unitune.errors import UniTuneError
 from unitune.supernet.methods import METHODS
 
 from .encoding import SubnetEncoding
-from .repair import repair_params
+from .repair import repair_indices
 from .storage import trial_storage
 
 ROLE_ATTR = "unitune:evolution"
@@ -97,7 +101,7 @@ class EvolutionSampler(BaseSampler):
         self._rng.seed()
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return dict(self.encoding.distributions)
+        return dict(self.encoding.index_distributions)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -127,7 +131,7 @@ class EvolutionSampler(BaseSampler):
             if attempt == self.max_attempts:
                 role = "random"
             candidate = self._propose(role, parents)
-            candidate, _ = repair_params(self.encoding, candidate, self.budget)
+            candidate, _ = repair_indices(self.encoding, candidate, self.budget)
             if self._key(candidate) not in seen:
                 break
         storage, trial_id = trial_storage(study, trial.number)  # a FrozenTrial has no setter

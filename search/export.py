@@ -40,9 +40,11 @@ from .plots import save_plots
 # re-exported: callers of export_subnets and best_subnet.yaml have always found the ranking here
 from .ranking import RERANK_ATTR, best_ties, best_trial, pareto_trials, ranked_trials  # noqa: F401
 from .study import open_existing_study, study_encoding
+from .table import CSV_FILE as TABLE_CSV
+from .table import write_trial_table
 
 def trial_subnet(trial: FrozenTrial, encoding: SubnetEncoding, backbone: str | None = None) -> Subnet:
-    subnet = encoding.decode(trial.params, source=f"trial {trial.number}")
+    subnet = encoding.decode_trial(trial)  # sizes, or the indices an older study stored
     if backbone:
         subnet = subnet.replace(backbone=backbone)
     return subnet
@@ -144,7 +146,8 @@ def load_subnets(path: str | os.PathLike, depth: Any = None) -> list[tuple[Subne
 
 def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: int = 10,
                   dims: BackboneDims | None = None) -> dict[str, Path]:
-    """``DIR/best_subnet.yaml`` and the plots in ``DIR/plots/``; what was written, by name. The
+    """``DIR/best_subnet.yaml``, the trial table (``DIR/trials.csv``, ``DIR/trials.md``: :mod:`.table`)
+    and the plots in ``DIR/plots/``; what was written, by name. The
     chosen trial is also marked on the study for optuna-dashboard (a note and ``best_trial``);
     ``dims`` (the backbone's shapes) adds per-block parameter counts to that note."""
     out_dir = Path(out_dir)
@@ -153,6 +156,7 @@ def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: 
     subnet = trial_subnet(best, _encoding(study))
     mark_best(study, best, subnet, count_params(subnet, dims, _encoding(study).space) if dims else None)
     written.update(save_plots(study, out_dir / "plots", top=top_heatmap))
+    written.update(write_trial_table(study, out_dir / TABLE_CSV))
     return written
 
 

@@ -1,10 +1,12 @@
 """What a person reads in stock optuna-dashboard: markdown notes on trials and on the study.
 
-The samplers search over ordinal *indices* into each method's ordered choices (``lora.01 = 2``
-is the third LoRA rank of block 1), which is what searches well but not what a person reads. So
-every evaluated trial carries a note (optuna-dashboard's note API, shown on the trial's page)
-with the per-block *sizes* and parameter counts and the per-method totals, and the study carries
-a note with the budget, the objectives, the rule for "best" and the chosen subnet.
+The trial's parameters are the sizes themselves (``lora.01 = 4`` is rank 4 in block 1,
+:mod:`.encoding`). Every evaluated trial also carries a note (optuna-dashboard's note API, shown
+on the trial's page) with the per-block sizes and parameter counts and the per-method totals; the
+pick (the trial ``best_subnet.yaml`` holds) says so in its note, with the figure that decided it;
+the study carries a note with the budget, the objectives, and "best" told one way: the search's
+best val accuracy (the dashboard's star), the pick and its deciding value, and why the test
+accuracy after ``retrain`` differs from both.
 """
 
 from __future__ import annotations
@@ -61,16 +63,79 @@ def subnet_table(subnet: Subnet, count: ParamCount | None, per_method: dict[str,
     return "\n".join(rows)
 
 
-def trial_note(number: int, subnet: Subnet, count: ParamCount, budget: int, accuracy: float | None) -> str:
+def trial_note(number: int, subnet: Subnet, count: ParamCount | None, budget: int, accuracy: float | None,
+               pick: str = "", per_method: dict[str, int] | None = None, total: int | None = None) -> str:
+    """The trial's note; ``pick`` (a sentence) heads it when it is the pick. Without ``count``
+    (the note rewritten later, without the backbone's shapes) ``per_method``/``total`` give the counts."""
     acc = f"val accuracy **{accuracy:.4f}**, " if accuracy is not None else ""
-    return (f"### Trial {number}: {acc}{count.total:,} parameters "
-            f"({count.total / budget:.0%} of the budget of {budget:,})\n\n"
-            "Sizes per block (LoRA rank, adapter width, VPT tokens, SSF on/off); the sampler's "
-            "parameters are indices into these choices.\n\n" + subnet_table(subnet, count) + "\n")
+    total = count.total if count is not None else int(total or sum((per_method or {}).values()))
+    return ((f"{PICK_HEAD}{pick}\n\n" if pick else "")
+            + f"### Trial {number}: {acc}{total:,} parameters "
+            f"({total / budget:.0%} of the budget of {budget:,})\n\n"
+            "Sizes per block (LoRA rank, adapter width, VPT tokens, SSF on/off), as the trial's "
+            "parameters hold them.\n\n" + subnet_table(subnet, count, per_method) + "\n")
 
 
 def save_trial_note(trial: optuna.Trial, subnet: Subnet, count: ParamCount, budget: int, accuracy: float | None) -> None:
     _save_note(trial, trial_note(trial.number, subnet, count, budget, accuracy))
+
+
+def _finished_trial(study: optuna.Study, number: int):
+    """What optuna-dashboard's ``save_note`` / ``get_note`` read of a trial: they take a live
+    ``optuna.Trial`` (its storage, its study's id, its trial id); building one for a finished trial
+    would run the sampler's ``before_trial`` again, so they get an object with just those three,
+    the ids read through :func:`~.storage.trial_storage` (public storage calls)."""
+    from types import SimpleNamespace
+
+    from .storage import trial_storage
+
+    storage, trial_id = trial_storage(study, number)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return SimpleNamespace(storage=storage, study=SimpleNamespace(_study_id=study_id), _trial_id=trial_id)
+
+
+PICK_HEAD = "**The pick.** "
+
+
+def pick_reason(study: optuna.Study, best: FrozenTrial) -> str:
+    """One sentence: why ``best`` is the pick and the figure that decided it."""
+    record = study.user_attrs.get("rerank") or {}
+    if record.get("winner") == best.number:
+        rows = record.get("candidates") or []
+        row = next((r for r in rows if r["trial"] == best.number), {})
+        return (f"`best_subnet.yaml` holds this trial: the re-rank trained {len(rows)} candidates (the top "
+                f"{record.get('top_k')} by val accuracy and the single methods) for {record.get('epochs')} epochs "
+                f"on the train split, and this one scored the best stand-alone val accuracy, "
+                f"**{row.get('standalone_val_accuracy', float('nan')):.4f}** (its inherited val accuracy: "
+                f"{float(best.values[0]):.4f}).")
+    if len(study.directions) > 1:
+        return ("`best_subnet.yaml` holds this trial: the most accurate point of the accuracy/parameters "
+                f"Pareto front, val accuracy **{float(best.values[0]):.4f}**.")
+    return ("`best_subnet.yaml` holds this trial: the best val accuracy of the search, "
+            f"**{float(best.values[0]):.4f}** (Optuna's best_trial, the dashboard's star).")
+
+
+def _rewrite_trial_note(study: optuna.Study, trial: FrozenTrial, pick: str, count: ParamCount | None = None) -> None:
+    """Head the trial's note with ``pick`` (or drop an earlier pick's head when ``pick`` is empty),
+    keeping the rest of the note as the objective wrote it."""
+    from optuna_dashboard import get_note
+
+    target = _finished_trial(study, trial.number)
+    body = get_note(target)
+    if body.startswith(PICK_HEAD):
+        body = body.split("\n\n", 1)[1] if "\n\n" in body else ""
+    if not body:  # no note yet (a trial stored without one): written from its attributes
+        from unitune.supernet import SearchSpace
+
+        from .encoding import SubnetEncoding  # (study.study_encoding's work: study.py imports this module)
+
+        attrs = trial.user_attrs
+        per_method = {m: attrs[f"params_{m}"] for m in METHODS if f"params_{m}" in attrs}
+        encoding = SubnetEncoding(SearchSpace.from_dict(study.user_attrs["space"]), int(study.user_attrs["depth"]))
+        body = trial_note(trial.number, encoding.decode_trial(trial), count,
+                          int(study.user_attrs["budget"]), float(trial.values[0]), per_method=per_method,
+                          total=attrs.get("n_params"))
+    _save_note(target, (PICK_HEAD + pick + "\n\n" if pick else "") + body)
 
 
 def set_metric_names(study: optuna.Study, objectives) -> None:
@@ -89,8 +154,20 @@ def study_note(study: optuna.Study, best: FrozenTrial, subnet: Subnet, count: Pa
     rule = ("Optuna's `best_trial` (ties on val accuracy: the trial the storage returns first)"
             if len(objectives) == 1 else
             "the Pareto front's most accurate trial (ties: fewer parameters, then the earlier trial)")
-    if (attrs.get("rerank") or {}).get("winner") == best.number:
+    record = attrs.get("rerank") or {}
+    if record.get("winner") == best.number:
         rule = "the re-rank's winner: the best stand-alone val accuracy (`rerank` attribute), not the star"
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    top = max(complete, key=lambda t: (float(t.values[0]), -t.number), default=best)
+    story = [
+        f"- **the search's best val accuracy**: {float(top.values[0]):.4f}, trial {top.number}"
+        + (" (the dashboard's star)" if len(objectives) == 1 else ""),
+        f"- **the pick**: trial {best.number}. " + pick_reason(study, best),
+        "- **why test accuracy differs**: the search's val accuracy is measured with weights inherited from "
+        "the supernet (shared by every subnet), the re-rank's after a short stand-alone training on the train "
+        "split; `retrain` trains the pick for its full recipe on train+val and scores the test split once. "
+        "Different training lengths and different data give different figures; only the ranking is compared.",
+    ]
     lines = [
         f"## {study.study_name}",
         "",
@@ -98,6 +175,7 @@ def study_note(study: optuna.Study, best: FrozenTrial, subnet: Subnet, count: Pa
         f"- **objectives**: {', '.join(METRIC_NAMES[o] for o in objectives)}",
         f"- **backbone**: {attrs.get('backbone', '?')}, {attrs.get('depth')} blocks",
         f"- **best** (what `best_subnet.yaml` and `export-subnet` take): {rule}",
+        *story,
         "",
         f"### Chosen subnet: trial {best.number}, val accuracy {best.values[0]:.4f}, "
         f"{total:,} parameters ({total / budget:.0%} of the budget)",
@@ -109,7 +187,14 @@ def study_note(study: optuna.Study, best: FrozenTrial, subnet: Subnet, count: Pa
 
 
 def mark_best(study: optuna.Study, best: FrozenTrial, subnet: Subnet, count: ParamCount | None) -> None:
-    """Mark the chosen subnet on the study (a note and a user attribute) for the dashboard."""
-    if study.user_attrs.get("best_trial") != best.number:
+    """Mark the chosen subnet for the dashboard: the study's note and ``best_trial`` attribute,
+    and the pick's own note (a trial that was the pick before and is no longer loses the mark)."""
+    before = study.user_attrs.get("best_trial")
+    if before != best.number:
         study.set_user_attr("best_trial", best.number)
     _save_note(study, study_note(study, best, subnet, count))
+    _rewrite_trial_note(study, best, pick_reason(study, best), count)
+    if isinstance(before, int) and before != best.number:
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number == before]
+        if earlier and earlier[0].values and "budget" in study.user_attrs:
+            _rewrite_trial_note(study, earlier[0], "")

@@ -106,7 +106,8 @@ class SubnetObjective:
             study.stop()
             return self._fail(trial, f"surplus: the study already reached n_trials={self.n_trials}")
 
-        params = {name: trial.suggest_int(name, d.low, d.high) for name, d in self.encoding.distributions.items()}
+        # the sizes themselves (the dashboard's plots read them); the sampler proposes indices
+        params = {name: trial.suggest_categorical(name, d.choices) for name, d in self.encoding.distributions.items()}
         # Stored first, then checked: see .dedup for why this order never lets two workers
         # evaluate one subnet.
         other = duplicate_of(trial.study, trial.number, self.encoding.names)

@@ -3,6 +3,10 @@
 - ``history.png``: val accuracy of every complete trial and the best so far, by trial number;
 - ``pareto.png``: accuracy against trainable parameters for every complete trial, the Pareto
   front drawn over them and the budget as a vertical line (single- and multi-objective);
+
+both mark the pick (the trial ``best_subnet.yaml`` holds, :mod:`.ranking`) with a gold star,
+labelled with the figure that decided it (the re-rank's stand-alone val accuracy, or its val
+accuracy), beside the search's best val accuracy, so the plots tell "best" as the summary does;
 - ``sizes_heatmap.png``: the chosen size of every method in every block for the top trials,
   one panel per method (rows: trials best first; columns: blocks), a column per global method
   (a model-level method such as ``ssf_global``) and each row's parameter count.
@@ -20,7 +24,7 @@ from optuna.trial import TrialState
 from unitune.io import atomic_path
 from unitune.supernet.methods import METHODS
 
-from .ranking import pareto_trials, ranked_trials
+from .ranking import RERANK_ATTR, pareto_trials, ranked_trials
 from .study import study_encoding
 
 
@@ -51,7 +55,26 @@ def _thousands():
     return FuncFormatter(lambda x, _: f"{x:,.0f}")
 
 
+def pick_label(study: optuna.Study, pick) -> str:
+    """``pick: trial 52, stand-alone val 0.6089 (re-rank)`` or ``pick: trial 39, val 0.7709``."""
+    record = study.user_attrs.get(RERANK_ATTR) or {}
+    if record.get("winner") == pick.number:
+        row = next((r for r in record.get("candidates", []) if r["trial"] == pick.number), None)
+        if row is not None:
+            return f"pick: trial {pick.number}, stand-alone val {row['standalone_val_accuracy']:.4f} (re-rank)"
+    return f"pick: trial {pick.number}, val {pick.values[0]:.4f}"
+
+
+def _mark_pick(ax, study: optuna.Study, x: float, pick) -> None:
+    ax.scatter([x], [pick.values[0]], marker="*", s=160, color="gold", edgecolor="k", zorder=5,
+               label=pick_label(study, pick))
+
+
 def plot_history(study: optuna.Study, path: str | os.PathLike) -> Path:
+    return _save(history_figure(study), Path(path))
+
+
+def history_figure(study: optuna.Study):
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
     fig = _figure(figsize=(7, 4))
     ax = fig.add_subplot(111)
@@ -59,16 +82,24 @@ def plot_history(study: optuna.Study, path: str | os.PathLike) -> Path:
     acc = [t.values[0] for t in trials]
     ax.scatter(numbers, acc, s=12, alpha=0.6, label="trial")
     if acc:
-        ax.step(numbers, np.maximum.accumulate(acc), where="post", color="C3", label="best so far")
+        top = max(acc)
+        ax.step(numbers, np.maximum.accumulate(acc), where="post", color="C3",
+                label=f"best so far (best val {top:.4f}, trial {numbers[acc.index(top)]})")
+        pick = ranked_trials(study)[0]
+        _mark_pick(ax, study, pick.number, pick)
     ax.set_xlabel("trial")
     ax.set_ylabel("val accuracy")
     ax.set_title(f"{study.study_name}: optimisation history")
     _legend_outside(ax)
     ax.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_pareto(study: optuna.Study, path: str | os.PathLike) -> Path:
+    return _save(pareto_figure(study), Path(path))
+
+
+def pareto_figure(study: optuna.Study):
     trials = ranked_trials(study)
     front = pareto_trials(study)
     fig = _figure(figsize=(7, 4))
@@ -82,16 +113,14 @@ def plot_pareto(study: optuna.Study, path: str | os.PathLike) -> Path:
     if budget:
         ax.axvline(budget, color="k", linestyle="--", linewidth=1, label=f"budget {budget:,}")
     if trials:  # the trial best_subnet.yaml took (ranked_trials puts it first)
-        best = trials[0]
-        ax.scatter([best.user_attrs.get("n_params", 0)], [best.values[0]], marker="*", s=160, color="gold",
-                   edgecolor="k", zorder=5, label=f"chosen: trial {best.number}")
+        _mark_pick(ax, study, trials[0].user_attrs.get("n_params", 0), trials[0])
     ax.set_xlabel("trainable parameters (head excluded)")
     ax.set_ylabel("val accuracy")
     ax.set_title(f"{study.study_name}: accuracy vs parameters")
     ax.xaxis.set_major_formatter(_thousands())
     _legend_outside(ax)
     ax.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 10) -> Path:
@@ -103,7 +132,7 @@ def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 
 def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
     encoding = study_encoding(study)
     trials = ranked_trials(study)[:top]
-    subnets = [encoding.decode(t.params) for t in trials]
+    subnets = [encoding.decode_trial(t) for t in trials]
     space = encoding.space
     shown = [m for m in METHODS.values() if len(space.choices(m.name)) > 1 or any(space.choices(m.name))]
     methods = [m.name for m in shown if m.site == "block"]

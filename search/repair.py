@@ -27,6 +27,9 @@ sampler seed and the trial number), so a trial's repair can be replayed.
 A subnet already within budget is returned unchanged. The result is always valid in the space
 (indices only move down from the proposal) and within budget, provided the budget is at least
 the all-smallest subnet, which :func:`check_budget` guarantees.
+
+The rule works on indices into each position's choices (:func:`repair_indices`, what the
+samplers propose); :func:`repair_params` takes and returns params in sizes, as Optuna stores them.
 """
 
 from __future__ import annotations
@@ -44,15 +47,23 @@ from .encoding import SubnetEncoding
 def repair_params(
     encoding: SubnetEncoding, params: Mapping[str, int], budget: int, seed: int | Sequence[int] = 0
 ) -> tuple[dict[str, int], int]:
-    """(repaired params, number of one-index cuts between proposal and result) for an encoded subnet."""
+    """(repaired params, number of one-index cuts between proposal and result) for params in sizes."""
+    repaired, steps = repair_indices(encoding, encoding.to_indices(params), budget, seed)
+    return encoding.from_indices(repaired), steps
+
+
+def repair_indices(
+    encoding: SubnetEncoding, indices: Mapping[str, int], budget: int, seed: int | Sequence[int] = 0
+) -> tuple[dict[str, int], int]:
+    """:func:`repair_params` on a subnet given as indices into its choices; returns indices."""
     cost = encoding.cost
     if cost is None:
         raise ValueError("repair needs an encoding built with backbone dimensions")
-    proposal = {name: int(params[name]) for name in encoding.names}
-    total = encoding.n_params(proposal)
+    proposal = {name: int(indices[name]) for name in encoding.names}
+    total = encoding.n_params_at(proposal)
     if total <= budget:
         return proposal, 0
-    floor = encoding.n_params({name: 0 for name in encoding.names})
+    floor = encoding.n_params_at({name: 0 for name in encoding.names})
     if floor > budget:
         raise UniTuneError(f"budget: {budget} parameters is below the smallest subnet of this space ({floor} parameters)")
     rng = np.random.default_rng(seed)
@@ -69,7 +80,7 @@ def repair_params(
         if j < proposal[name] and c[j + 1] > c[j] and u < (target - c[j]) / (c[j + 1] - c[j]):
             j += 1
         current[name] = j
-    total = encoding.n_params(current)
+    total = encoding.n_params_at(current)
 
     # 2. trim: one cut at a time, a position drawn by how many cuts of its size it holds
     while total > budget:

@@ -227,9 +227,11 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
     elif tau < LOW_TAU:
         _warn(f"re-rank: Kendall tau between the supernet's inherited val accuracy and stand-alone val accuracy "
               f"is {tau:.2f} (95% CI {_ci_text(ci)}, n={stats['n']}): the supernet ranks subnets poorly, so its "
-              "search is close to a random one. Train the supernet longer (supernet.epochs) or use a larger val "
-              "set, or search without the supernet (search.fitness: standalone); the pick above is by "
-              "stand-alone val accuracy.")
+              "search is close to a random one. For this run: trial "
+              f"{best['trial']} was taken by its stand-alone val accuracy {best['standalone_val_accuracy']:.4f}, "
+              f"the best of the {len(rows)} re-ranked subnets, not by the search's val. Train the supernet longer "
+              "(supernet.epochs) or use a larger val set, or search without the supernet (search.fitness: "
+              "standalone).")
     elif ci is not None and ci[0] <= 0:
         _warn(f"re-rank: Kendall tau {tau:.2f} (95% CI {_ci_text(ci)}, n={stats['n']}): too few subnets to show "
               "that the supernet ranks them better than chance; re-rank more (search.rerank.top_k) or use a "

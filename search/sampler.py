@@ -28,12 +28,23 @@ as a duplicate (a space nearly exhausted under the budget).
 
 Enqueued trials (seed subnets, retried trials) bypass samplers in Optuna; the search checks
 those against the budget itself. Optuna's soft constraints are not used at all.
+
+**Sizes stored, indices sampled.** The study stores each parameter as its size (a
+``CategoricalDistribution`` of the sizes, for the dashboard: :mod:`.encoding`), but a categorical
+is unordered to TPE and GP, and CMA-ES does not sample categoricals at all (Optuna hands them to
+its independent, random sampler). So the base sampler is handed :class:`IndexView`, the study
+as it would look had it stored indices (``IntDistribution(0, n - 1)``, a larger index a larger
+module): the base proposes indices, the repair works on indices, and the wrapper returns sizes.
+Every sampler thus models the ordered variable it modelled before sizes were stored. The view
+is the real study for everything but its trials; Optuna's samplers read trials through
+``Study._get_trials`` (private), so the view answers that name too, with public calls only.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Container, Sequence
 
 import numpy as np
 import optuna
@@ -47,7 +58,7 @@ from unitune.errors import UniTuneError
 
 from .dedup import held_keys, params_key
 from .encoding import SubnetEncoding
-from .repair import repair_params
+from .repair import repair_indices
 from .storage import WORKER_ATTR, trial_storage, worker_token
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
@@ -58,6 +69,56 @@ BASE_RETRIES = 4
 MAX_ATTEMPTS = 64
 # Samplers whose sample_relative / sample_independent keep no per-trial state: safe to ask twice.
 _REASKABLE = (optuna.samplers.TPESampler, optuna.samplers.RandomSampler, optuna.samplers.GPSampler)
+
+
+class IndexView:
+    """``study`` as its base sampler sees it: each searched parameter an index into its choices
+    (see the module docstring). Trials are converted copies (their ids, attributes and values
+    kept, so a sampler's writes through the storage still land on the real trial); everything
+    else is the real study's."""
+
+    def __init__(self, study: Study, encoding: SubnetEncoding):
+        self._study = study
+        self._encoding = encoding
+        self._index = {p.name: {size: i for i, size in enumerate(p.choices)} for p in encoding.positions}
+        self._cached: list[FrozenTrial] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def frozen(self, trial: FrozenTrial) -> FrozenTrial:
+        """A trial with its searched parameters as indices (a stored size outside the choices is
+        left as it is, which the base sampler then sees as out of its range)."""
+        if not any(name in self._index for name in trial.params):
+            return trial
+        out = copy.copy(trial)
+        distributions = dict(trial.distributions)
+        params = dict(trial.params)
+        for name, value in trial.params.items():
+            index = self._index.get(name, {}).get(value)
+            if index is not None and distributions.get(name) == self._encoding.distributions[name]:
+                params[name] = index
+                distributions[name] = self._encoding.index_distributions[name]
+        out.distributions = distributions
+        out.params = params
+        return out
+
+    def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return [self.frozen(t) for t in self._study.get_trials(deepcopy=deepcopy, states=states)]
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[FrozenTrial]:
+        # What Optuna's samplers call. ``use_cache``, as in Optuna's Study: the trials read once
+        # while this trial is sampled (a view lives for one sampler call), sparing storage reads.
+        if not use_cache:
+            return self.get_trials(deepcopy=deepcopy, states=states)
+        if self._cached is None:
+            self._cached = self.get_trials(deepcopy=False)
+        return [t for t in self._cached if states is None or t.state in states]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
 
 
 class RepairSampler(BaseSampler):
@@ -82,17 +143,20 @@ class RepairSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        names = self.encoding.names
+        encoding, names = self.encoding, self.encoding.names
         held = held_keys(study, names, exclude=trial.number)
         reask = isinstance(self.base, _REASKABLE)
         rng = np.random.default_rng((self.seed, trial.number))
+        view = IndexView(study, encoding)
+        index_space = {name: encoding.index_distributions[name] for name in search_space if name in encoding.index_distributions}
         steps = 0
         for attempt in range(MAX_ATTEMPTS):
             if attempt == 0 or (reask and attempt <= BASE_RETRIES):
-                proposal = self._base_proposal(study, trial, search_space)
+                proposal = self._base_proposal(view, view.frozen(trial), index_space)
             else:
-                proposal = {name: int(rng.integers(d.low, d.high + 1)) for name, d in self.encoding.distributions.items()}
-            repaired, steps = repair_params(self.encoding, proposal, self.budget, seed=(self.seed, trial.number, attempt))
+                proposal = {name: int(rng.integers(d.low, d.high + 1)) for name, d in encoding.index_distributions.items()}
+            indices, steps = repair_indices(encoding, proposal, self.budget, seed=(self.seed, trial.number, attempt))
+            repaired = encoding.from_indices(indices)
             if params_key(repaired, names) not in held:
                 break
         # A sampler is handed a FrozenTrial, which has no public setter (see trial_storage).
@@ -101,7 +165,8 @@ class RepairSampler(BaseSampler):
         storage.set_trial_system_attr(trial_id, RESAMPLED_ATTR, attempt)
         return repaired
 
-    def _base_proposal(self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, int]:
+    def _base_proposal(self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, int]:
+        """The base sampler's proposal, as indices, asked through the :class:`IndexView` ``study``."""
         # The base's own joint space (empty for independent TPE, the intersection of past trials
         # for multivariate TPE / CMA-ES / GP / NSGA-II), restricted to ours.
         base_space = {
@@ -129,12 +194,14 @@ class RepairSampler(BaseSampler):
         # (A sampler hook gets a FrozenTrial: writing its attributes needs the storage itself.)
         storage, trial_id = trial_storage(study, trial.number)
         storage.set_trial_user_attr(trial_id, WORKER_ATTR, worker_token())
-        self.base.before_trial(study, trial)
+        view = IndexView(study, self.encoding)
+        self.base.before_trial(view, view.frozen(trial))
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
-        self.base.after_trial(study, trial, state, values)
+        view = IndexView(study, self.encoding)
+        self.base.after_trial(view, view.frozen(trial), state, values)
 
     def reseed_rng(self) -> None:
         self.base.reseed_rng()

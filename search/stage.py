@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from optuna.trial import TrialState
+
 from unitune.backbone import create_backbone
 from unitune.config import RunConfig
 from unitune.errors import UniTuneError
@@ -20,8 +22,10 @@ from .export import best_trial, trial_subnet, write_outputs
 from .fitness import StandaloneFitness, SupernetFitness
 from .plots import save_plots
 from .pruning import check_fitness_pruner
-from .rerank import check_rerank, forget_rerank, rerank
+from .rerank import check_rerank, forget_rerank, rerank, score_key
 from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
+from .table import CSV_FILE as TABLE_CSV
+from .table import write_trial_table
 
 _logger = logging.getLogger("unitune.search")
 
@@ -59,6 +63,64 @@ def check_search_stage(run: RunConfig, out: str | Path, *, budget: str | int | N
         check_search_settings(space, dims, budget, backbone=run.model.backbone,
                               backbone_params=frozen, **settings)
     return budget, settings, frozen
+
+
+def finished_search(run: RunConfig, out: str | Path) -> SearchResult | None:
+    """The search of ``run`` in ``out`` as an earlier run finished it, or None when it must run.
+
+    Finished means: the study exists with the settings a search checks on joining it (budget,
+    objectives, backbone, depth, space) and holds ``search.trials`` finished trials; ``best_subnet.yaml`` holds the study's pick; and the re-rank
+    the config asks for (its ``top_k`` and ``epochs``, or none) is the one recorded, under the same
+    :func:`~.rerank.score_key` (retrain recipe, seed, data, backbone weights). Then a second
+    ``unitune run`` skips the stage: it keeps the search's recorded time and does not re-rank again
+    (re-ranking again would train nothing, but would print, plot and warn as if it had)."""
+    from unitune.io import read_yaml
+
+    from .budget import parse_budget
+    from .dedup import FINISHED
+    from .export import run_folder_storage
+    from .study import open_existing_study, parse_objectives
+
+    out = Path(out)
+    cfg = run.search
+    if not (out / "best_subnet.yaml").is_file():
+        return None
+    budget, settings, frozen = check_search_stage(run, out)
+    storage = settings["storage"]
+    text = str(storage)
+    if "://" not in text and not text.startswith("journal:") and not Path(text).exists():
+        return None  # never searched here: nothing to open (opening would create the file)
+    name = cfg.study or run.name
+    try:
+        study = open_existing_study(run_folder_storage(storage), name)
+    except UniTuneError:
+        return None
+    attrs = study.user_attrs
+    depth = BackboneDims.from_model(create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True)).depth
+    if (attrs.get("budget") != parse_budget(budget, frozen)
+            or attrs.get("objectives") != list(parse_objectives(settings["objectives"]))
+            or attrs.get("backbone") != run.model.backbone or attrs.get("depth") != depth
+            or attrs.get("space") != SearchSpace.from_dict(run.space, source=f"{run.source}: space").to_dict()):
+        return None  # the search runs and says what differs (search/study.py: CHECKED_ATTRS)
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < settings["n_trials"]:
+        return None
+    top_k, epochs = check_rerank(cfg.rerank, f"{run.source}: search.rerank")
+    if cfg.fitness == "standalone":
+        top_k = 0
+    record = attrs.get("rerank") or {}
+    if (record.get("top_k"), record.get("epochs")) != ((top_k, epochs) if top_k else (None, None)):
+        return None
+    if top_k and record.get("score_key") != score_key(run, out, epochs):
+        return None  # another retrain recipe, seed, data or backbone: the re-rank scores anew
+    best = best_trial(study, required=False)
+    meta = (read_yaml(out / "best_subnet.yaml") or {}).get("meta") or {}
+    if best is None or meta.get("trial") != best.number or meta.get("study") != study.study_name:
+        return None
+    if not (out / TABLE_CSV).is_file():  # a run folder of an older unitune: the table is cheap to add
+        write_trial_table(study, out / TABLE_CSV)
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return SearchResult(study=study, storage=text, n_complete=complete, best_trial=best,
+                        best_subnet=trial_subnet(best, study_encoding(study)))
 
 
 def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = None, trials: int | None = None,
@@ -114,6 +176,8 @@ def search_stage(run: RunConfig, out: str | Path, *, budget: str | int | None = 
         best = best_trial(result.study)
         result = dataclasses.replace(result, best_trial=best,
                                      best_subnet=trial_subnet(best, study_encoding(result.study)))
-        # Drawn again: the Pareto plot's "chosen" star and the heatmap's first row are the winner now.
+        # Drawn again: the Pareto plot's "chosen" star and the heatmap's first row are the winner
+        # now, and the trial table marks it and holds the stand-alone figures.
         written.update(save_plots(result.study, out / "plots"))
+        written.update(write_trial_table(result.study, out / TABLE_CSV))
     return result, written

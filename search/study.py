@@ -45,7 +45,7 @@ from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
 from .budget import check_budget, parse_budget
 from .dedup import DUPLICATE, FINISHED
-from .encoding import SubnetEncoding
+from .encoding import SubnetEncoding, check_stored_format
 from .notes import set_metric_names
 from .objective import SubnetObjective
 from .pruning import make_pruner
@@ -255,7 +255,12 @@ class _Progress:
                   + (f"  best acc {best:.4f}" if best is not None else ""), file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        shown = self.bar_shown and self.bar.n > (self.started or 0)
         self.bar.close()
+        if shown:  # the bar leaves no line (leave=False): one for the scrollback, as off a terminal
+            best = self.bar.postfix or ""
+            print(f"[search] {self.bar.n}/{self.bar.total} trials" + (f"  {best}" if best else ""),
+                  file=sys.stderr, flush=True)
 
 
 def run_search(
@@ -332,6 +337,7 @@ def run_search(
                 load_if_exists=True,
             )
             _check_or_record_attrs(study, attrs, url)
+            check_stored_format(study, url)
             set_metric_names(study, objectives)  # 'val_accuracy' in the dashboard, not 'Objective 0'
         except UniTuneError:
             close_storage(backend)  # refused: leave the storage files as they were
@@ -397,7 +403,7 @@ def run_search(
         storage=url,
         n_complete=complete,
         best_trial=best,
-        best_subnet=encoding.decode(best.params) if best is not None else None,
+        best_subnet=encoding.decode_trial(best) if best is not None else None,
     )
 
 

@@ -65,15 +65,17 @@ def knapsack_optimum(space: SearchSpace, dims: BackboneDims, budget: int) -> flo
 
 
 def decode_independently(params: dict, space: SearchSpace, depth: int) -> Subnet:
-    """Decode stored trial params without unitune's encoding: 'lora.03' -> space.lora[index]."""
+    """Decode stored trial params without unitune's encoding: 'lora.03' = 4 is rank 4 in block 3
+    (the stored value is the size itself, one of the space's choices)."""
     sizes = {m: [space.choices(m)[0]] * depth for m in METHODS}
     ssf_global = space.ssf_global[0]
-    for name, index in params.items():
+    for name, size in params.items():
+        method = name if name == "ssf_global" else name.split(".")[0]
+        assert size in space.choices(method), (name, size, space.choices(method))
         if name == "ssf_global":
-            ssf_global = space.ssf_global[index]
+            ssf_global = size
         else:
-            method, block = name.split(".")
-            sizes[method][int(block)] = space.choices(method)[index]
+            sizes[method][int(name.split(".")[1])] = size
     return Subnet(**{m: tuple(v) for m, v in sizes.items()}, ssf_global=ssf_global)
 
 

@@ -37,5 +37,17 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert summary["search_best_val_accuracy"] > 2.5 * CHANCE
     assert summary["test_accuracy"] > 2.5 * CHANCE
 
+    # "best" told one way; a low tau is explained for this run (the pick was the re-rank's)
+    from unitune.pipeline import format_summary
+    from unitune.search.rerank import LOW_TAU
+
+    text = format_summary(summary)
+    assert f"pick                   trial {summary['search_best_trial']} (" in text
+    assert f"(trial {summary['search_best_val_trial']}, the dashboard's star)" in text
+    if summary["search_reranked"] and (summary["rerank_tau"] is None or summary["rerank_tau"] < LOW_TAU):
+        assert f"so it did not decide the pick: trial {summary['search_best_trial']} was taken by its stand-alone val" \
+            in text
+    assert summary["artefacts"]["trial table"] == str(tmp_path / "trials.csv")
+
     assert main(["evaluate", str(tmp_path / "export"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == summary["test_accuracy"]

@@ -73,7 +73,7 @@ def test_run_summary(tiny_run):
     assert summary["trainable_params"] == sum(summary["per_method"].values())
     assert 0 <= summary["test_accuracy"] <= 1 and summary["test_images"] > 0
     for name in ("pretrain/backbone.safetensors", "supernet.safetensors", "study.db", "best_subnet.yaml",
-                 "plots/history.png", "plots/sizes_heatmap.png", "export/model.safetensors", "export/unitune.json",
+                 "plots/history.png", "plots/sizes_heatmap.png", "trials.csv", "trials.md", "export/model.safetensors", "export/unitune.json",
                  "run_summary.json", "eval_test/confusion.csv", "eval_test/confusion.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "run_summary.json").read_text()) == summary
@@ -239,12 +239,40 @@ def test_summary_names_why_the_best_trial_was_taken():
     s = {"budget": 1000, "trainable_params": 900, "trainable_params_with_head": 950, "per_method": {"lora": 900},
          "search_trials": 5, "search_best_val_accuracy": 0.5, "search_best_trial": 3, "search_best_params": 900,
          "search_ties": [[1, 400], [3, 900]], "test_accuracy": 0.4, "test_images": 10, "seconds": {}}
-    line = next(ln for ln in format_summary(s).splitlines() if ln.startswith("best trial"))
+    line = next(ln for ln in format_summary(s).splitlines() if ln.startswith("pick"))
     assert line.endswith("2 trials tie on val accuracy, Optuna's best_trial is taken (the smallest is trial 1, 400)")
     line = next(ln for ln in format_summary({**s, "search_reranked": True}).splitlines()
-                if ln.startswith("best trial"))
-    assert line == ("best trial             3 (900 parameters); the re-rank's winner (best stand-alone val "
+                if ln.startswith("pick"))
+    assert line == ("pick                   trial 3 (900 parameters), the re-rank's winner (best stand-alone val "
                     "accuracy, search.rerank)")
+
+
+def test_summary_tells_best_one_way():
+    """The search's best val (the dashboard's star), the pick with the stand-alone val that decided
+    it, what a low tau means for this run, and why test differs from both."""
+    from unitune.pipeline import format_summary
+
+    s = {"budget": 1000, "trainable_params": 900, "trainable_params_with_head": 950, "per_method": {"lora": 900},
+         "search_trials": 60, "search_best_val_accuracy": 0.7709, "search_best_val_trial": 39, "search_best_trial": 52,
+         "search_best_params": 900, "search_ties": [[52, 900]], "search_reranked": True, "pick_val_accuracy": 0.7654,
+         "pick_standalone_val_accuracy": 0.6089, "rerank_epochs": 5, "rerank_candidates": 9, "rerank_tau": 0.24,
+         "test_accuracy": 0.92, "test_images": 300, "retrain_epochs": 10, "search_fitness": "supernet", "seconds": {}}
+    lines = format_summary(s).splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("search "))
+    assert lines[start:start + 9] == [
+        "search                 60 trials, best val accuracy 0.7709 (trial 39, the dashboard's star)",
+        "pick                   trial 52 (900 parameters), taken by the re-rank: stand-alone val 0.6089,",
+        "                       the best of 9 subnets trained 5 epochs on train (its search val 0.7654)",
+        "supernet ranking       Kendall tau 0.24: the search's val ranked these subnets close to randomly,",
+        "                       so it did not decide the pick: trial 52 was taken by its stand-alone val",
+        "test accuracy          0.9200 on 300 images (retrained, last epoch); it differs from val",
+        "                       by design: the search's val uses the supernet's shared weights;",
+        "                       the re-rank's val follows 5 epochs of training on train;",
+        "                       test follows 10 epochs of retraining on train+val, scored once on test",
+    ]
+    assert max(len(ln) for ln in lines[start:start + 9]) <= 100
+    good = format_summary({**s, "rerank_tau": 0.8})
+    assert "supernet ranking" not in good and "taken by the re-rank: stand-alone val 0.6089" in good
 
 
 def test_quiet_retrain_still_prints_its_result(tiny_run, tmp_path, capsys):
@@ -355,3 +383,73 @@ def test_inspect_reads_folders_made_by_the_stage_commands(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"unitune: error: {out / 'best_subnet.yaml'}: lists have 2 entries, but the backbone has 12 blocks "
         f"({out} records no config; give the run's --config)"]
+
+
+def test_a_second_run_keeps_the_stage_times_and_does_not_redo_the_search_or_rerank(tiny_run, monkeypatch):
+    """The study is complete and best_subnet.yaml holds the re-rank's pick: a second `run` skips
+    the search with the time the first run recorded, and neither searches nor re-ranks again."""
+    import unitune.search.stage as stage
+
+    config, out, first = tiny_run
+    assert (out / "trials.csv").is_file() and (out / "trials.md").is_file()
+    assert first["search_reranked"] and first["pick_standalone_val_accuracy"] is not None  # re-rank on by default
+    called = []
+    monkeypatch.setattr(stage, "rerank", lambda *a, **k: called.append("rerank"))
+    monkeypatch.setattr(stage, "run_search", lambda *a, **k: called.append("search"))
+    stamps = {name: (out / name).stat().st_mtime_ns for name in ("best_subnet.yaml", "trials.csv", "study.db")}
+    again = run_all(load_run_config(config), out, progress=False)
+    assert called == []
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+    assert "search" in again["skipped"] and again["seconds"]["search"] == first["seconds"]["search"]
+    assert again["seconds"]["supernet"] == first["seconds"]["supernet"]
+    for key in ("search_best_trial", "search_best_val_accuracy", "search_best_val_trial", "pick_standalone_val_accuracy",
+                "test_accuracy", "rerank_tau"):
+        assert again[key] == first[key], key
+    # the figures against the study itself
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    top = max(complete, key=lambda t: (t.values[0], -t.number))
+    assert (again["search_best_val_accuracy"], again["search_best_val_trial"]) == (top.values[0], top.number)
+    record = study.user_attrs["rerank"]
+    assert record["winner"] == again["search_best_trial"]
+    row = next(r for r in record["candidates"] if r["trial"] == record["winner"])
+    assert again["pick_standalone_val_accuracy"] == row["standalone_val_accuracy"]
+    assert again["pick_val_accuracy"] == study.trials[record["winner"]].values[0]
+
+
+def test_a_second_run_with_another_space_is_refused_not_skipped(tiny_run, tmp_path):
+    """The finished search is skipped only for the settings it was made with: another space runs
+    the stage, which refuses in one line (before, nothing would have said the study was stale)."""
+    from unitune.errors import UniTuneError
+
+    config, out, _ = tiny_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    changed = write_config(tmp_path, space__lora=[0, 1])
+    with pytest.raises(UniTuneError) as e:
+        run_all(load_run_config(changed), copy, progress=False)
+    assert "\n" not in str(e.value) and "space" in str(e.value)
+
+
+def test_a_second_run_with_another_retrain_recipe_re_ranks_again(tiny_run, tmp_path, monkeypatch):
+    """The re-rank's stand-alone scores depend on the retrain recipe: after retrain.lr changes a
+    second run does not skip the finished search, it re-ranks (the pick could change)."""
+    import unitune.search.stage as stage
+
+    config, out, _ = tiny_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+
+    class Reranked(Exception):
+        pass
+
+    def rerank(*args, **kwargs):
+        raise Reranked
+
+    monkeypatch.setattr(stage, "rerank", rerank)
+    same = load_run_config(config)
+    assert stage.finished_search(same, copy) is not None  # the same recipe: finished, skipped
+    changed = load_run_config(write_config(tmp_path, retrain__lr=CONFIG["retrain"]["lr"] * 2))
+    assert stage.finished_search(changed, copy) is None
+    with pytest.raises(Reranked):
+        run_all(changed, copy, progress=False)

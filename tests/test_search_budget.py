@@ -6,7 +6,7 @@ import random
 import warnings
 
 import pytest
-from optuna.distributions import IntDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from search_util import decode_independently, n_params, tiny_dims
 from unitune.errors import UniTuneError, UniTuneWarning
@@ -80,13 +80,22 @@ def test_encoding_names_distributions_and_round_trip():
     enc = SubnetEncoding(space, 4, tiny_dims())
     assert enc.names == ("lora.00", "lora.01", "lora.02", "lora.03", "vpt.00", "vpt.01", "vpt.02", "vpt.03",
                          "ssf.00", "ssf.01", "ssf.02", "ssf.03")
-    assert enc.distributions["lora.02"] == IntDistribution(0, 3)
-    assert enc.distributions["ssf.00"] == IntDistribution(0, 1)
+    # what Optuna stores and the dashboard plots: the sizes themselves
+    assert enc.distributions["lora.02"] == CategoricalDistribution((0, 1, 5, 10))
+    assert enc.distributions["ssf.00"] == CategoricalDistribution((0, 1))
+    # what the samplers model: ordered indices into those sizes
+    assert enc.index_distributions["lora.02"] == IntDistribution(0, 3)
+    assert enc.index_distributions["ssf.00"] == IntDistribution(0, 1)
     subnet = Subnet((10, 0, 1, 5), (0, 0, 0, 0), (5, 5, 0, 1), (1, 0, 0, 1), ssf_global=1)
     params = enc.encode(subnet)
-    assert params["lora.00"] == 3 and params["lora.02"] == 1 and params["vpt.03"] == 1 and params["ssf.03"] == 1
+    assert params == {"lora.00": 10, "lora.01": 0, "lora.02": 1, "lora.03": 5, "vpt.00": 5, "vpt.01": 5,
+                      "vpt.02": 0, "vpt.03": 1, "ssf.00": 1, "ssf.01": 0, "ssf.02": 0, "ssf.03": 1}
     assert enc.decode(params) == subnet == decode_independently(params, space, 4)
     assert enc.n_params(params) == count_params(subnet, tiny_dims(), space).total
+    indices = enc.to_indices(params)
+    assert indices["lora.00"] == 3 and indices["lora.02"] == 1 and indices["vpt.03"] == 1 and indices["ssf.03"] == 1
+    assert enc.from_indices(indices) == params
+    assert enc.n_params_at(indices) == enc.n_params(params)
 
 
 def test_encoding_width_grows_with_depth():
@@ -104,7 +113,7 @@ def test_encoding_rejects_bad_input():
     with pytest.raises(UniTuneError, match="but the backbone has 4 blocks"):
         enc.encode(Subnet.uniform(12, lora=1))
     params = enc.encode(Subnet.uniform(4, lora=1))
-    with pytest.raises(UniTuneError, match="lora.00 = 7 is not an index"):
+    with pytest.raises(UniTuneError, match=r"lora.00 = 7 is not one of its sizes \[0, 1, 5, 10\]"):
         enc.decode({**params, "lora.00": 7})
     with pytest.raises(UniTuneError, match="unknown parameter"):
         enc.decode({**params, "lora.09": 0})
@@ -136,7 +145,7 @@ def test_repair_gives_every_block_the_same_chance():
         repaired, steps = repair_params(enc, proposal, 2 * SSF_BLOCK, seed=seed)
         assert steps == 2 and enc.n_params(repaired) == 2 * SSF_BLOCK
         for b in range(4):
-            kept[b] += repaired[f"ssf.{b:02d}"]
+            kept[b] += repaired[f"ssf.{b:02d}"]  # the SSF size is 0 or 1
     # Binomial(400, 0.5) per block: sd 10, so +-60 is six standard deviations.
     assert all(abs(k - n / 2) <= 60 for k in kept), kept
 
@@ -161,7 +170,7 @@ def test_repair_bias_on_vit_b_stays_within_bounds():
     held = {m: np.zeros(12) for m in METHODS}
     added = {m: [0, 0] for m in METHODS}  # parameters above the smallest choice: proposed, repaired
     for i in range(n):
-        proposal = {name: rng.randint(d.low, d.high) for name, d in enc.distributions.items()}
+        proposal = {name: rng.choice(d.choices) for name, d in enc.distributions.items()}
         repaired, _ = repair_params(enc, proposal, budget, seed=i)
         subnet, before = decode_independently(repaired, space, 12), decode_independently(proposal, space, 12)
         assert count_params(subnet, dims, space).total <= budget
@@ -184,7 +193,7 @@ def test_repair_random_configs_fit_only_shrink_and_are_deterministic():
     rng = random.Random(0)
     changed = 0
     for _ in range(300):
-        params = {name: rng.randint(d.low, d.high) for name, d in enc.distributions.items()}
+        params = {name: rng.choice(d.choices) for name, d in enc.distributions.items()}
         budget = rng.randint(low, high)
         repaired, steps = repair_params(enc, params, budget)
         subnet = enc.decode(repaired)
@@ -196,7 +205,8 @@ def test_repair_random_configs_fit_only_shrink_and_are_deterministic():
             assert repaired == params and steps == 0
         else:
             changed += 1
-            assert steps == sum(params[n] - repaired[n] for n in enc.names) > 0
+            before, after = enc.to_indices(params), enc.to_indices(repaired)
+            assert steps == sum(before[n] - after[n] for n in enc.names) > 0
     assert changed > 100  # the sample exercised the repair, not just feasible inputs
 
 

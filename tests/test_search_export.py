@@ -171,9 +171,14 @@ def test_dashboard_reads_names_sizes_and_the_chosen_subnet(searched, tmp_path):
     folder, result = searched
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{folder / 'study.db'}")
     assert study.metric_names == ["val_accuracy", "n_params"]
+    pick = study.user_attrs.get("best_trial")  # set if an earlier test of the module wrote the outputs
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         subnet = decode_independently(trial.params, SearchSpace(), 4)
         body = _note(study, trial)
+        if trial.number == pick:  # the pick says so first, and what decided it
+            head, body = body.split("\n\n", 1)
+            assert head == ("**The pick.** `best_subnet.yaml` holds this trial: the most accurate point of the "
+                            f"accuracy/parameters Pareto front, val accuracy **{trial.values[0]:.4f}**.")
         assert body.startswith(f"### Trial {trial.number}: val accuracy **{trial.values[0]:.4f}**")
         rows = [line.split("|")[1:-1] for line in body.splitlines() if line.startswith("| ")]
         blocks = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}
@@ -193,6 +198,8 @@ def test_dashboard_reads_names_sizes_and_the_chosen_subnet(searched, tmp_path):
     note = _note(study)
     assert f"**budget**: {BUDGET:,} trainable PEFT parameters" in note
     assert f"### Chosen subnet: trial {meta['trial']}, val accuracy {meta['val_accuracy']:.4f}" in note
+    assert _note(study, study.trials[meta["trial"]]).startswith("**The pick.** `best_subnet.yaml` holds this trial")
+    assert f"- **the pick**: trial {meta['trial']}. `best_subnet.yaml` holds this trial" in note
 
     single = run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 2, storage=tmp_path / "one.db",
                         study_name="one", sampler="random", seed=0, progress=False)

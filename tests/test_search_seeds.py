@@ -161,7 +161,7 @@ def test_a_sampled_trial_steps_back_for_a_stored_subnet_and_is_not_evaluated():
     objective = SubnetObjective(lambda s: evaluated.append(s) or 0.9, enc, BUDGET, ("acc",), n_trials=10)
     running = study.ask()  # another worker's trial, stored and being evaluated
     for name, d in enc.distributions.items():
-        running.suggest_int(name, d.low, d.high)
+        running.suggest_categorical(name, d.choices)
 
     mine = study.ask()
     assert np.isnan(objective(mine)) and not evaluated

@@ -213,7 +213,7 @@ def test_recover_dead_trials_fails_and_requeues_only_provably_dead_ones():
         trial = study.ask()
         trial.set_user_attr("worker", token)
         for name, d in enc.distributions.items():
-            trial.suggest_int(name, d.low, d.high)
+            trial.suggest_categorical(name, d.choices)
         numbers[label] = trial.number
     orphan = study.ask()  # died before it wrote its worker attribute
     assert recover_dead_trials(study, enc.distributions, stale_after=3600) == [numbers["dead"]]
@@ -240,7 +240,7 @@ def test_retries_stop_after_max_retries():
         trial = study.ask()  # pops the retry if there is one
         trial.set_user_attr("worker", token)
         for name, d in enc.distributions.items():
-            trial.suggest_int(name, d.low, d.high)
+            trial.suggest_categorical(name, d.choices)
         recover_dead_trials(study, enc.distributions, max_retries=2)
         rounds += 1
         if not study.get_trials(states=(TrialState.WAITING,)):
@@ -276,7 +276,7 @@ def test_a_worker_that_loses_the_race_for_the_last_slot_hands_its_trial_back():
     study = optuna.create_study(direction="maximize")
     done = study.ask()
     for name, d in enc.distributions.items():
-        done.suggest_int(name, d.low, d.high)
+        done.suggest_categorical(name, d.choices)
     study.tell(done, 0.7)
     other = study.ask()  # another worker is running the second and last slot
     other.set_user_attr("worker", worker_token())
@@ -311,7 +311,7 @@ def test_heartbeat_storage_fails_and_retries_a_stale_trial(tmp_path):
         remote = study.ask()  # a worker on another machine, which then dies
     remote.set_user_attr("worker", "elsewhere:4242:1")
     for name, d in enc.distributions.items():
-        remote.suggest_int(name, d.low, d.high)
+        remote.suggest_categorical(name, d.choices)
     storage.record_heartbeat(remote._trial_id)
     time.sleep(2.2)
     # The cap (3) counts the stale RUNNING trial until it is failed: recovery must come first.
@@ -342,7 +342,7 @@ enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
 study = optuna.load_study(study_name="unitune", storage={storage!r}, sampler=make_sampler("random", enc, {BUDGET}))
 trial = study.ask()
 for name, d in enc.distributions.items():
-    trial.suggest_int(name, d.low, d.high)
+    trial.suggest_categorical(name, d.choices)
 os._exit(0)  # dies before any objective code runs
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}

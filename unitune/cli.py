@@ -237,18 +237,40 @@ def _search(args: argparse.Namespace) -> int:
         supernet_file=args.supernet, progress=not args.quiet,
     )
     _record(run, out)
-    best = result.best_trial
-    print(f"search: {result.n_complete} trials; best val accuracy {best.user_attrs['val_accuracy']:.4f} "
-          f"with {best.user_attrs['n_params']:,} parameters (trial {best.number}) -> {paths['best_subnet']}")
+    print(search_line(result, paths))
     return 0
+
+
+def search_line(result, paths) -> str:
+    """``unitune search``'s closing line, telling "best" as the run summary does: the search's
+    best val accuracy, then the pick and the figure that decided it."""
+    from unitune.pipeline import best_story
+
+    best = result.best_trial
+    story = best_story(result.study, best)
+    decided = (f"stand-alone val {story['pick_standalone_val_accuracy']:.4f} (re-rank)"
+               if story["pick_standalone_val_accuracy"] is not None else f"val {story['pick_val_accuracy']:.4f}")
+    return (f"search: {result.n_complete} trials, best val accuracy {story['search_best_val_accuracy']:.4f} "
+            f"(trial {story['search_best_val_trial']}); pick trial {best.number}, {decided}, "
+            f"{best.user_attrs['n_params']:,} parameters -> {paths['best_subnet']}")
 
 
 def _export_subnet(args: argparse.Namespace) -> int:
     from unitune.search import export_subnets
 
     check_output_file(args.out)
+    if args.table:
+        check_output_file(args.table, "--table")
+        if not str(args.table).lower().endswith(".csv"):
+            raise UniTuneError(f"--table {args.table}: expected a .csv file name (the markdown goes beside it as .md)")
     path = export_subnets(args.storage, args.study, args.out, top_k=args.top, pareto=args.pareto)
     print(f"export-subnet: {path}")
+    if args.table:
+        from unitune.search.export import open_existing_study, run_folder_storage
+        from unitune.search.table import write_trial_table
+
+        written = write_trial_table(open_existing_study(run_folder_storage(args.storage), args.study), args.table)
+        print(f"export-subnet: trial table {written['trials_csv']}, {written['trials_md']}")
     return 0
 
 
@@ -426,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--top", type=int, metavar="K", help="the K best feasible subnets")
     group.add_argument("--pareto", action="store_true", help="the accuracy / parameters Pareto set")
     p.add_argument("--out", required=True, help="output YAML")
+    p.add_argument("--table", metavar="CSV", help="also write every trial (sizes, counts, values, state, the pick) "
+                                                  "to this CSV and a markdown table beside it (.md)")
     p.set_defaults(func=_export_subnet)
 
     p = sub.add_parser("retrain", help="train the chosen subnet on train+val, test it once, merge and export")

@@ -27,7 +27,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     from unitune.retrain.evaluate import evaluate_export
     from unitune.retrain.train import CKPT_DIR as RETRAIN_CKPT
     from unitune.retrain.train import EXPORT_DIR, RESULT_FILE, check_init_source, retrain
-    from unitune.search.stage import check_search_stage, search_stage
+    from unitune.search.stage import check_search_stage, finished_search, search_stage
     from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
     from unitune.supernet.train import SUPERNET_FILE, train_supernet
 
@@ -73,7 +73,11 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     stage("supernet", (out / SUPERNET_FILE).is_file() or standalone,
           lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress),
           why="search.fitness is standalone" if standalone else "complete")
-    result, _ = stage("search", False, lambda: search_stage(run, out, progress=progress))
+    # A search an earlier run finished (its trials, its pick, the re-rank the config asks for) is
+    # skipped like any complete stage: its recorded time stays, and the re-rank is not redone.
+    finished = finished_search(run, out)
+    searched = stage("search", finished is not None, lambda: search_stage(run, out, progress=progress))
+    result = finished if finished is not None else searched[0]
     exported = (out / EXPORT_DIR / "unitune.json").is_file() and (out / RESULT_FILE).is_file()
     stage("retrain", exported, lambda: retrain(run, out / "best_subnet.yaml", out,
                                                resume=(out / RETRAIN_CKPT / "state.pt").exists(), progress=progress))
@@ -90,6 +94,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     best = result.best_trial  # after the re-rank: its winner, as best_subnet.yaml holds
     ties = best_ties(result.study)
     params = retrained["params"]
+    story = best_story(result.study, best)
     summary = {
         "config": run.source,
         "budget": result.study.user_attrs["budget"],
@@ -97,10 +102,12 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         "trainable_params_with_head": params["trainable_params_with_head"],
         "per_method": params["per_method"],
         "search_trials": result.n_complete,
-        "search_best_val_accuracy": best.user_attrs["val_accuracy"],
-        # Which trial best_subnet.yaml took (search/export.py's one rule: the re-rank's winner,
-        # else Optuna's best_trial, what the dashboard marks), and the trials that tie with it on
-        # val accuracy, fewest parameters first.
+        # "Best" told one way (as the study's note, the plots and the README tell it): the search's
+        # best val accuracy (the dashboard's star), then the pick and the figure that decided it.
+        **story,
+        # Which trial best_subnet.yaml took, the pick (search/ranking.py's one rule: the re-rank's
+        # winner, else Optuna's best_trial, what the dashboard marks), and the trials that tie with
+        # it on val accuracy, fewest parameters first.
         "search_best_trial": best.number,
         "search_best_params": best.user_attrs["n_params"],
         "search_ties": [[t.number, t.user_attrs["n_params"]] for t in ties],
@@ -108,6 +115,8 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         "search_reranked": (result.study.user_attrs.get("rerank") or {}).get("winner") == best.number,
         "test_accuracy": retrained["test_accuracy"],
         "test_images": retrained["test_images"],
+        "retrain_epochs": run.retrain.epochs,
+        "search_fitness": run.search.fitness,
         "export": str(out / EXPORT_DIR),
         "complete": True,
         "seconds": seconds,
@@ -119,6 +128,30 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     }
     write_json_atomic(out / SUMMARY_FILE, summary)
     return summary
+
+
+def best_story(study, pick) -> dict[str, Any]:
+    """The summary's figures about "best": the search's best val accuracy and its trial, the pick's
+    val accuracy in the search, and (after a re-rank) the stand-alone val accuracy that decided it,
+    its epochs and how far the supernet's ranking agreed (Kendall tau)."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    top = max(complete, key=lambda t: (float(t.values[0]), -t.number))
+    story: dict[str, Any] = {
+        "search_best_val_accuracy": float(top.values[0]),
+        "search_best_val_trial": top.number,
+        "pick_val_accuracy": float(pick.values[0]),
+        "pick_standalone_val_accuracy": None,
+    }
+    record = study.user_attrs.get("rerank") or {}
+    if record.get("winner") == pick.number:
+        row = next(r for r in record["candidates"] if r["trial"] == pick.number)
+        kendall = record.get("kendall") or {}
+        story.update(pick_standalone_val_accuracy=row["standalone_val_accuracy"], rerank_epochs=record["epochs"],
+                     rerank_candidates=len(record["candidates"]), rerank_tau=kendall.get("tau"),
+                     rerank_tau_ci95=kendall.get("ci95"))
+    return story
 
 
 def _earlier_seconds(out: Path) -> dict[str, float]:
@@ -142,6 +175,7 @@ def _artefacts(out: Path, run: RunConfig, evaluation: dict[str, Any]) -> dict[st
     found = {
         "best subnet": out / "best_subnet.yaml",
         "study (Optuna)": out / "study.db",
+        "trial table": out / "trials.csv",  # and trials.md: every trial, the pick marked
         "plots": out / "plots",
         "training curves": out / CURVES_FILE,
         "tensorboard": out / TENSORBOARD_DIR,
@@ -188,9 +222,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"budget                 {s['budget']:,} PEFT parameters (head excluded)",
         f"parameters used        {s['trainable_params']:,} ({s['trainable_params_with_head']:,} with head)",
         f"per method             {per_method}",
-        f"search                 {s['search_trials']} trials, best val accuracy {s['search_best_val_accuracy']:.4f}",
-        _best_line(s),
-        f"test accuracy          {s['test_accuracy']:.4f} on {s['test_images']} images (retrained, last epoch)",
+        _search_line(s),
+        *_pick_lines(s),
+        *_test_lines(s),
         f"time per stage         {times[0] if times else ''}",
         *[f"                       {t}" for t in times[1:]],
         "artefacts" if artefacts else "", *artefacts,
@@ -200,15 +234,53 @@ def format_summary(s: dict[str, Any]) -> str:
     ] if line)
 
 
-def _best_line(s: dict[str, Any]) -> str:
+def _search_line(s: dict[str, Any]) -> str:
+    line = f"search                 {s['search_trials']} trials, best val accuracy {s['search_best_val_accuracy']:.4f}"
+    if "search_best_val_trial" in s:  # (a summary of an older unitune has the pick's figure there)
+        line += f" (trial {s['search_best_val_trial']}, the dashboard's star)"
+    return line
+
+
+def _pick_lines(s: dict[str, Any]) -> list[str]:
+    """The pick and the figure that decided it; ties; what a low Kendall tau means for this run."""
     if "search_best_trial" not in s:  # a summary written before unitune recorded it
-        return ""
-    line = f"best trial             {s['search_best_trial']} ({s['search_best_params']:,} parameters)"
-    if s.get("search_reranked"):
-        return line + "; the re-rank's winner (best stand-alone val accuracy, search.rerank)"
+        return []
+    pad = " " * 23
+    pick = f"pick                   trial {s['search_best_trial']} ({s['search_best_params']:,} parameters)"
+    if s.get("search_reranked") and s.get("pick_standalone_val_accuracy") is not None:
+        lines = [pick + f", taken by the re-rank: stand-alone val {s['pick_standalone_val_accuracy']:.4f},",
+                 f"{pad}the best of {s['rerank_candidates']} subnets trained {s['rerank_epochs']} epochs on train "
+                 f"(its search val {s['pick_val_accuracy']:.4f})"]
+        from unitune.search.rerank import LOW_TAU
+
+        tau = s.get("rerank_tau")
+        if tau is None or tau < LOW_TAU:  # what the re-rank's warning means for this run
+            shown = "undefined" if tau is None else f"{tau:.2f}"
+            lines += [f"supernet ranking       Kendall tau {shown}: the search's val ranked these subnets close to "
+                      "randomly,",
+                      f"{pad}so it did not decide the pick: trial {s['search_best_trial']} was taken by its "
+                      "stand-alone val"]
+        return lines
+    if s.get("search_reranked"):  # a summary of an older unitune
+        return [pick + ", the re-rank's winner (best stand-alone val accuracy, search.rerank)"]
+    line = pick + ", the best val accuracy (Optuna's best_trial)"
     ties = s.get("search_ties") or []
     if len(ties) > 1:
         smallest = min(ties, key=lambda t: (t[1], t[0]))
         line += (f"; {len(ties)} trials tie on val accuracy, Optuna's best_trial is taken "
                  f"(the smallest is trial {smallest[0]}, {smallest[1]:,})")
-    return line
+    return [line]
+
+
+def _test_lines(s: dict[str, Any]) -> list[str]:
+    """The test accuracy, and why it differs from the val figures above."""
+    line = f"test accuracy          {s['test_accuracy']:.4f} on {s['test_images']} images (retrained, last epoch)"
+    if "retrain_epochs" not in s:  # a summary of an older unitune
+        return [line]
+    pad = " " * 23
+    search = ("a short stand-alone training" if s.get("search_fitness") == "standalone"
+              else "the supernet's shared weights")
+    lines = [line + "; it differs from val", f"{pad}by design: the search's val uses {search};"]
+    if s.get("pick_standalone_val_accuracy") is not None:
+        lines.append(f"{pad}the re-rank's val follows {s['rerank_epochs']} epochs of training on train;")
+    return lines + [f"{pad}test follows {s['retrain_epochs']} epochs of retraining on train+val, scored once on test"]
