@@ -107,7 +107,8 @@ def check_tensor(key: str, value: torch.Tensor, expected: torch.Tensor, source: 
     if expected.is_floating_point() and not value.is_floating_point():
         raise UniTuneError(f"{source}: {key} is a {value.dtype} tensor, expected a floating-point one "
                            f"({expected.dtype})")
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if value.is_floating_point() and not value.is_meta and not bool(torch.isfinite(value).all()):
+        # (a meta tensor, built for shapes only, has no values to check)
         raise UniTuneError(f"{source}: {key} holds NaN or infinite values")
 
 

@@ -17,7 +17,8 @@ from .datasets import ArrayDataset, DataError, FileDataset, ImageDataset, Subset
 from .generated import SyntheticDataset, digits_dataset, digits_split_indices
 from .loader import EpochSampler, SeededFetch, build_loader, sample_rng
 from .sources import build_dataset, fixed_subset, read_classes, read_list, select_classes
-from .split import SPLIT_FILE, check_split, record_split
+from .split import SPLIT_FILE
+from .split_record import check_split, record_split
 from .transforms import DATA_CONFIG_KEYS, RANDAUGMENT, build_transform, resolve_data_config
 
 __all__ = [
