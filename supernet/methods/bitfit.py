@@ -9,7 +9,8 @@ Where an op has no bias (``qkv_bias=False``, a LayerNorm without affine paramete
 trains one and the merge creates it: that is the one place it departs from the original, which
 could only train the biases a model already has.
 
-Being a shift of the output channels, it folds exactly into the op's bias (:func:`fold_bias`).
+Being a shift of the output channels, it folds exactly into the op's bias (:func:`fold_bias`). It is
+a point method, as SSF (:mod:`.point`: the same sites, on/off layer and backbone check).
 """
 
 from __future__ import annotations
@@ -19,26 +20,20 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer
-from .base import Method
 from .fold import new_param
-from .ssf import unfoldable_point, wrap_points
+from .point import PointLayer, PointMethod
 
 
-class BitFit(PeftLayer):
+class BitFit(PointLayer):
     """Wraps a module whose output's last dimension is ``dim``; ``size`` is 0 (off) or 1 (on)."""
 
     def __init__(self, module: nn.Module, dim: int, device=None, dtype=None):
-        super().__init__(1)
-        self.module = module
+        super().__init__(module)
         # Not called ``bias``: the wrapper stands where timm's op stood, and code that reads
         # ``op.bias`` must not mistake the delta for the op's own bias.
         self.bias_delta = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.module(x, *args, **kwargs)
-        if self.size == 0:
-            return y
+    def update(self, y: torch.Tensor) -> torch.Tensor:
         # In the activation's dtype (as SSF): under bf16 autocast an fp32 delta would promote y.
         return y + self.bias_delta.to(y.dtype)
 
@@ -70,11 +65,11 @@ def fold_bias(op: nn.Module, delta: torch.Tensor) -> list[str]:
     return created
 
 
-class BitFitMethod(Method):
+class BitFitMethod(PointMethod):
     name = "bitfit"
     label = "BitFit"
-    on_off = True
-    foldable = True
+    layer_class = BitFit
+    fold_hint = "BitFit folds only into the bias of a Linear, Conv2d or LayerNorm"
     # Between LoRA (innermost) and SSF on the same op: SSF(BitFit(LoRA(op))) computes
     # γ ⊙ (W'x + b + δ) + β, so the folds go LoRA, then the shift, then the scale.
     inject_rank = 15
@@ -83,17 +78,6 @@ class BitFitMethod(Method):
     def params(self, size, block, dims, space):
         return sum(block.ssf.values())  # the same six points as SSF, one value per output channel
 
-    def inject(self, vit, space, block, size, dd):
-        return wrap_points(vit, block, lambda module, width: BitFit(module, width, **dd))
-
     def fold(self, vit, block, suffix, layer):
         path = f"blocks.{block}.{suffix}"
         return [f"{path}.{p}" for p in fold_bias(vit.get_submodule(path), layer.bias_delta)]
-
-    def check_backbone(self, vit, name, sizes):
-        found = unfoldable_point(vit, sizes)
-        if found:
-            i, path, op = found
-            raise UniTuneError(f"{name}: BitFit after block {i}'s {path} (a {type(op).__name__}) could not be "
-                               f"merged into the backbone (BitFit folds only into the bias of a Linear, "
-                               f"Conv2d or LayerNorm); BitFit must stay off on this backbone (space.bitfit: [0])")

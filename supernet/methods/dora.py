@@ -7,8 +7,10 @@ The weight is split into a magnitude and a direction, and LoRA updates the direc
 with the norm taken per output unit over the input dimension, ``m`` (one value per output unit)
 starting at ``‖W‖_row`` and ``B`` at zero, so a fresh layer *is* the base linear (bit for bit: the
 scale ``m / ‖W‖`` is exactly 1). The bias is untouched. Rank r uses the first r rows of ``A`` and
-columns of ``B`` (weight entanglement, as :class:`~unitune.supernet.lora.LoRALinear`); ``m`` is
-used whole at any rank > 0, and rank 0 is the base linear. Parameters: ``r·(in + out) + out``.
+columns of ``B`` (weight entanglement, as :class:`~unitune.supernet.methods.lora.LoRALinear`, of
+which :class:`DoRALinear` is a subclass); ``m`` is used whole at any rank > 0, and rank 0 is the
+base linear. Parameters: ``r·(in + out) + out``. On other backbone weights of the same shapes,
+``m`` must be recomputed (:func:`recompute_dora_magnitude`).
 
 It folds exactly: ``W ← W'`` (:meth:`DoRALinear.merged_weight`), bias unchanged.
 """
@@ -19,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PeftLayer
 from .base import Method, Option, finite_number, subset_of
-from .lora import LORA_PATHS, LORA_TARGETS, low_rank_factors, wrap_linears
+from .lora import LORA_PATHS, LORA_TARGETS, LoRALinear, wrap_linears
 
 
 def _row_norm(weight: torch.Tensor) -> torch.Tensor:
@@ -29,12 +30,15 @@ def _row_norm(weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(weight, dim=1)
 
 
-class DoRALinear(PeftLayer):
-    """Wraps an ``nn.Linear``; ``scale`` is fixed (not ``alpha / r``), as LoRALinear's, so a rank-r
-    slice means the same update in every subnet that shares it.
+class DoRALinear(LoRALinear):
+    """LoRA plus a learned magnitude, as HF PEFT makes DoRA a LoRA variant: the low-rank factors,
+    their initialisation, the fixed ``scale`` (not ``alpha / r``, so a rank-r slice means the same
+    update in every subnet that shares it) and :meth:`delta_weight` are LoRALinear's; DoRA adds
+    ``magnitude`` and its own forward pass and fold.
 
-    Not a subclass of LoRALinear on purpose: the merge dispatches on the layer type, and folding a
-    DoRA layer as ``W + s·B A`` would silently drop the magnitude.
+    Being a subclass is safe for the merge: it dispatches on the method that injected a layer
+    (``PeftViT.layer_sites``), never on the layer's type, so a DoRA layer is never folded as
+    ``W + s·B A`` (which would drop the magnitude).
 
     The norm is detached from the gradient graph, as the DoRA paper (§4.3) suggests and HF PEFT
     does: ``‖W + s·B A‖`` still follows the update in the forward pass but is treated as a
@@ -43,29 +47,15 @@ class DoRALinear(PeftLayer):
     fused qkv of ViT-B, 1.8M entries), which the paper reports costs little accuracy.
     """
 
-    _size_dims = {"lora_A": 0, "lora_B": 1}
-
     def __init__(self, base: nn.Linear, max_rank: int, scale: float = 1.0, device=None, dtype=None):
-        super().__init__(max_rank)
-        self.base = base
-        self.scale = scale
+        super().__init__(base, max_rank, scale, device=device, dtype=dtype)
         dd = dict(device=device or base.weight.device, dtype=dtype or base.weight.dtype)
-        self.lora_A, self.lora_B = low_rank_factors(base, max_rank, dd)
         # The very expression the forward pass divides by at B = 0, so m / ‖W‖ is exactly 1.
         self.magnitude = nn.Parameter(_row_norm(base.weight.detach().to(**dd)))
 
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
     def directed_weight(self) -> torch.Tensor:
         """``W + s·B[:, :r] A[:r]`` at the active rank r > 0 (dense ``out × in``)."""
-        r = self.size
-        return self.base.weight + self.scale * self.lora_B[:, :r] @ self.lora_A[:r]
+        return self.base.weight + self.delta_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size == 0:
@@ -75,6 +65,19 @@ class DoRALinear(PeftLayer):
         return F.linear(x, weight * col_scale.unsqueeze(1), self.base.bias)
 
     @torch.no_grad()
+    def recompute_magnitude(self) -> None:
+        """Set ``m = ‖W + s·B A‖_row`` for the linear this layer now wraps, at the active rank
+        (``‖W‖`` at rank 0): what DoRA's initialisation computes from these factors.
+
+        The magnitude is computed from the backbone weight, so PEFT weights trained on one
+        backbone and loaded onto another (other weights, same shapes) carry a magnitude that
+        belongs to the first: call this after such a load. The layer then computes
+        ``W + s·B A`` on the new weight (the learned change of magnitude is dropped; the
+        direction update is kept)."""
+        weight = self.directed_weight() if self.size else self.base.weight
+        self.magnitude.copy_(_row_norm(weight.detach()).to(self.magnitude.dtype))
+
+    @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """The folded weight ``m ⊙ W' / ‖W'‖`` in float64 (the base weight at rank 0)."""
         if self.size == 0:
@@ -82,6 +85,16 @@ class DoRALinear(PeftLayer):
         r = self.size
         weight = self.base.weight.double() + self.scale * self.lora_B[:, :r].double() @ self.lora_A[:r].double()
         return weight * (self.magnitude.double() / _row_norm(weight)).unsqueeze(1)
+
+
+def recompute_dora_magnitude(model: nn.Module) -> int:
+    """:meth:`DoRALinear.recompute_magnitude` on every DoRA layer of ``model`` (a PeftViT or any
+    module holding them); returns how many layers were recomputed. Call it after putting PEFT
+    weights trained on one backbone onto other backbone weights."""
+    layers = [m for m in model.modules() if isinstance(m, DoRALinear)]
+    for layer in layers:
+        layer.recompute_magnitude()
+    return len(layers)
 
 
 @torch.no_grad()
