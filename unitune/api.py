@@ -3,6 +3,7 @@
     import timm, unitune
     vit = timm.create_model("vit_base_patch16_224.augreg_in21k", pretrained=True, num_classes=100)
     model = unitune.get_peft_model(vit, subnet={"lora": 8, "ssf": 1})   # or space={"lora": [0, 4, 8]}
+    model = unitune.get_peft_model(vit, [unitune.LoraConfig(r=8), unitune.SSFConfig()])  # the same, as configs
     model.print_trainable_parameters()
     optimizer = unitune.make_optimizer(model, lr=1e-3)                   # inactive-slice guard attached
     ...                                                                  # any training loop
@@ -30,6 +31,9 @@ names) and ``peft_config.json``::
     weights: {file, sha256, bytes}
     backbone_tensors: {name: shape} of the frozen backbone (the head aside): from_pretrained refuses
         a base model that lacks one of them or has others (a save without it is not checked)
+    backbone_sha256: backbone_fingerprint(vit), the sha256 of those tensors' bytes: from_pretrained
+        refuses other weights of the same shapes unless allow_other_backbone=True (a save without
+        it loads unchecked, with a note)
 
 The weights are written first and the config last, each atomically; the config names the
 weights' sha256, so a folder whose two files come from different saves is refused on loading.
@@ -37,11 +41,12 @@ weights' sha256, so a folder whose two files come from different saves is refuse
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import safetensors.torch
 import torch
@@ -52,12 +57,19 @@ from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
+from unitune.supernet.methods.dora import recompute_dora_magnitude
 from unitune.supernet.layers import unwrap
+from unitune.supernet.peft_config import (AdapterConfig, AdapterPlusConfig, BitFitConfig, DoraConfig, LoraConfig,
+                                          MethodConfig, SSFConfig, SSFGlobalConfig, UnituneConfig, VPTConfig,
+                                          as_unitune_config, config_class, method_configs, subnet_from_dict)
 from unitune.supernet.model import _strip, classifier_heads
 from unitune.supernet.wrap import check_model, check_plain, make_optimizer, wrap_vit
 
 __all__ = ["PeftModel", "get_peft_model", "make_optimizer", "nb_trainable_parameters", "trainable_parameters_line",
-           "save_pretrained", "read_pretrained_config", "from_pretrained", "merge_and_unload"]
+           "save_pretrained", "read_pretrained_config", "from_pretrained", "merge_and_unload", "backbone_fingerprint",
+           "recompute_dora_magnitude", "MethodConfig", "LoraConfig", "DoraConfig", "AdapterConfig", "AdapterPlusConfig",
+           "VPTConfig", "SSFConfig", "SSFGlobalConfig", "BitFitConfig", "UnituneConfig", "config_class",
+           "method_configs"]
 
 PRETRAINED_FORMAT = "unitune-peft"
 PRETRAINED_VERSION = 1
@@ -101,9 +113,36 @@ class PeftModel(PeftViT):
         return save_pretrained(self, folder)
 
     @classmethod
-    def from_pretrained(cls, vit: VisionTransformer, folder: str | os.PathLike) -> "PeftModel":
-        """Wrap ``vit`` (in place) as :meth:`save_pretrained` recorded and load the saved weights."""
-        return from_pretrained(vit, folder)
+    def from_pretrained(cls, vit: VisionTransformer, folder: str | os.PathLike, is_trainable: bool = False,
+                        allow_other_backbone: bool = False) -> "PeftModel":
+        """Wrap ``vit`` (in place) as :meth:`save_pretrained` recorded and load the saved weights
+        (see :func:`from_pretrained`)."""
+        return from_pretrained(vit, folder, is_trainable=is_trainable, allow_other_backbone=allow_other_backbone)
+
+    def get_base_model(self) -> VisionTransformer:
+        """The timm model underneath, as HF PEFT's ``get_base_model``: the very ViT that was
+        wrapped (in place), PEFT layers still in it. ``backbone()`` gives a plain copy without them."""
+        return self.vit
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator["PeftModel"]:
+        """Inside the ``with`` block every PEFT layer is off (size 0: the frozen backbone's own
+        computation, bit for bit); the active subnet comes back on leaving it, also on an error.
+        The classifier head is the model's own (trained with the PEFT layers) and stays in use."""
+        sizes = {name: layer.size for name, layer in self.named_layers.items()}
+        try:
+            for layer in self.named_layers.values():
+                layer.set_size(0)
+            yield self
+        finally:
+            for name, layer in self.named_layers.items():
+                layer.set_size(sizes[name])
+
+    def recompute_dora_magnitude(self) -> int:
+        """Recompute every DoRA layer's magnitude from the backbone weight it now wraps (after
+        loading onto other backbone weights); returns the number of layers. See
+        :func:`unitune.supernet.methods.dora.recompute_dora_magnitude`."""
+        return recompute_dora_magnitude(self)
 
     def merge_and_unload(self) -> VisionTransformer:
         """The active subnet folded into a plain timm ``VisionTransformer`` (this model untouched)."""
@@ -115,11 +154,20 @@ class PeftModel(PeftViT):
 
 def get_peft_model(
     vit: VisionTransformer,
+    config: MethodConfig | Sequence[MethodConfig] | UnituneConfig | Subnet | SearchSpace | Mapping[str, Any]
+    | str | os.PathLike | None = None,
     space: SearchSpace | Mapping[str, Any] | None = None,
     subnet: Subnet | Mapping[str, Any] | str | os.PathLike | None = None,
 ) -> "PeftModel":
     """Wrap a timm ViT (in place, as HF PEFT's ``get_peft_model`` does) with PEFT layers.
 
+    - ``config``, as PEFT users pass it: a method config (``LoraConfig(r=8)``), a list of them or
+      a :class:`UnituneConfig` (a fixed subnet; methods left out are off); a :class:`Subnet` or a
+      subnet file's path (the subnet); a :class:`SearchSpace` (the supernet over it); or a dict,
+      which is always a **fixed subnet**: each method one size for every block (``{"lora": 8}``)
+      or a list with one size per block (exactly as many as the ViT has blocks), plus any option
+      (``lora_targets``). A dict is never read as a space: ``{"lora": [0, 8]}`` on a 4-block ViT
+      is a one-line error pointing to ``space=``.
     - ``space`` alone: the weight-sharing supernet over it (every layer at the space's largest
       size, the largest subnet active). A dict names the size lists of the methods it uses, e.g.
       ``{"lora": [0, 4, 8], "ssf": [0, 1]}``, plus any option (``lora_targets``, ``lora_scale``,
@@ -129,11 +177,48 @@ def get_peft_model(
       every block (``{"lora": 8, "ssf": 1}``) or a list per block (``{"lora": [8, 8, 0, 0]}``);
       ``ssf_global`` is 0 or 1. A :class:`Subnet`, a subnet file's path or its dict
       (``{"subnet": {...}}``) work too. With ``space`` as well, the sizes must be in it and its
-      options (``lora_targets``, scales, adapter style) shape the layers.
+      options (``lora_targets``, scales, adapter style) shape the layers. A dict, Subnet or file
+      given as ``config`` takes ``space`` the same way.
 
     Only the PEFT parameters and the classifier head are trainable; the backbone is frozen.
     """
+    if config is not None:
+        space, subnet = _from_config(vit, config, space, subnet)
     return wrap_vit(vit, space, subnet, model_class=PeftModel)
+
+
+def _from_config(vit: Any, config: Any, space: Any, subnet: Any) -> tuple[Any, Any]:
+    """``(space, subnet)`` for :func:`wrap_vit` from ``get_peft_model``'s ``config`` argument."""
+    if subnet is not None:
+        raise UniTuneError("get_peft_model: give config or subnet=, not both (both are the subnet)")
+    method_objects = isinstance(config, (MethodConfig, UnituneConfig, list, tuple))
+    if isinstance(config, SearchSpace):
+        if space is not None:
+            raise UniTuneError("get_peft_model: config is a SearchSpace; give it or space=, not both")
+        return config, None
+    if isinstance(config, (Subnet, str, os.PathLike)):
+        return space, config
+    check_plain(vit, "get_peft_model")  # the block count below needs a ViT
+    depth = len(vit.blocks)
+    if method_objects:
+        if space is not None:
+            raise UniTuneError("get_peft_model: method configs carry their own options; give space= only with a "
+                               "dict, Subnet or SearchSpace config")
+        unitune_config = as_unitune_config(config)
+        return unitune_config.to_space(depth), unitune_config.to_subnet(depth)
+    if isinstance(config, Mapping):
+        if "subnet" in config:  # the subnet file's own layout
+            return space, config
+        sizes, options = subnet_from_dict(config, depth)
+        if options:
+            if space is not None:
+                raise UniTuneError(f"get_peft_model: options {list(options)} in the config dict and space= as well; "
+                                   f"give the options in space=")
+            space = options  # the size lists are filled in from the subnet (wrap_vit)
+        return space, sizes
+    raise UniTuneError(f"get_peft_model: config must be a method config (LoraConfig, SSFConfig, ...), a list of them, "
+                       f"a UnituneConfig, a Subnet, a SearchSpace or a dict like {{'lora': 8}}, "
+                       f"got {type(config).__name__}")
 
 
 # ---- counting ----------------------------------------------------------------------------------
@@ -206,6 +291,7 @@ def save_pretrained(model: PeftViT, folder: str | os.PathLike) -> Path:
         },
         "weights": {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
         "backbone_tensors": backbone_tensors(model.vit),
+        "backbone_sha256": backbone_fingerprint(model.vit),
     }
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         tmp.write_bytes(data)
@@ -227,11 +313,20 @@ def read_pretrained_config(folder: str | os.PathLike) -> tuple[dict[str, Any], S
     return config, space, allocated, active
 
 
-def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftModel":
+def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike, is_trainable: bool = False,
+                    allow_other_backbone: bool = False) -> "PeftModel":
     """Wrap ``vit`` (in place) with the layers ``folder``'s config records, load the saved PEFT
     weights and head, and set the saved active subnet. ``vit`` must be the backbone they were
     trained on, created with the same ``num_classes``. Nothing is unpickled (JSON and
-    safetensors); on any error ``vit`` is left as it was."""
+    safetensors); on any error ``vit`` is left as it was.
+
+    As HF PEFT's: the model comes back in eval mode with every parameter frozen (an inference
+    model); ``is_trainable=True`` leaves the PEFT parameters and the head trainable, to go on
+    training. The save's backbone fingerprint (:func:`backbone_fingerprint`) must match
+    ``vit``'s: other weights of the same shapes are refused in one line naming both, unless
+    ``allow_other_backbone=True`` (then call ``model.recompute_dora_magnitude()`` if the save
+    holds DoRA: its magnitude belongs to the save's backbone). A save from before the
+    fingerprint loads unchecked, with a note (once per folder)."""
     folder = Path(folder)
     config, space, allocated, active = read_pretrained_config(folder)
     path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -255,6 +350,7 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftM
         model.load_trainable_state_dict(state, source=str(weights))
         if "backbone_tensors" in config:
             check_backbone_tensors(vit, config["backbone_tensors"], str(path))
+        _check_fingerprint(vit, config, path, allow_other_backbone, model)
     except BaseException:
         # Leave the caller's model as it came: no PEFT wrapper, its own requires_grad flags and
         # head weights (the load may have copied the head before a later tensor did not fit).
@@ -265,30 +361,84 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike) -> "PeftM
         for p, flag in flags:
             p.requires_grad_(flag)
         raise
+    if not is_trainable:
+        model.requires_grad_(False)
     return model.eval()
 
 
-def backbone_tensors(vit: VisionTransformer) -> dict[str, list[int]]:
+_NOTED: set[str] = set()  # folders already noted as saved without a fingerprint (once per process)
+
+
+def _check_fingerprint(vit: VisionTransformer, config: dict[str, Any], path: Path, allow_other: bool,
+                       model: PeftViT) -> None:
+    saved = config.get("backbone_sha256")
+    if saved is None:
+        if str(path) not in _NOTED:
+            _NOTED.add(str(path))
+            warnings.warn(f"{path}: saved without a backbone fingerprint (before backbone_sha256 was recorded); "
+                          f"the base model's weights are not checked", UniTuneWarning, stacklevel=4)
+        return
+    if not isinstance(saved, str):
+        raise UniTuneError(f"{path}: 'backbone_sha256' must be a sha256 hex string, got {saved!r}")
+    own = backbone_fingerprint(vit)
+    if own == saved:
+        return
+    if not allow_other:
+        raise UniTuneError(f"{path}: the PEFT weights were trained on backbone weights {saved[:12]}..., but the base "
+                           f"model's are {own[:12]}... (sha256 of the frozen backbone tensors); load onto the same "
+                           f"pretrained weights, or pass allow_other_backbone=True")
+    if any(m == "dora" for m, _, _ in model.layer_sites.values()):
+        warnings.warn(f"{path}: loaded onto other backbone weights ({own[:12]}..., saved on {saved[:12]}...); DoRA's "
+                      f"magnitude belongs to the saved backbone: call model.recompute_dora_magnitude()",
+                      UniTuneWarning, stacklevel=4)
+
+
+def _backbone_items(vit: VisionTransformer) -> dict[str, torch.Tensor]:
     """The frozen backbone's tensors (parameters and persistent buffers) by their plain timm
-    names, the classifier heads aside, looking through any PEFT wrapper: what the PEFT weights
-    were trained on top of (a qkv bias BitFit shifts, for one)."""
+    names, the classifier heads aside, looking through any PEFT wrapper."""
     heads = set(classifier_heads(vit))
-    out: dict[str, list[int]] = {}
+    out: dict[str, torch.Tensor] = {}
 
     def walk(module: torch.nn.Module, prefix: str) -> None:
         module = unwrap(module)
         for name, t in module._parameters.items():
             if t is not None:
-                out[prefix + name] = list(t.shape)
+                out[prefix + name] = t
         for name, t in module._buffers.items():
             if t is not None and name not in module._non_persistent_buffers_set:
-                out[prefix + name] = list(t.shape)
+                out[prefix + name] = t
         for name, child in module._modules.items():
             if child is not None and not (module is vit and name in heads):
                 walk(child, f"{prefix}{name}.")
 
     walk(vit, "")
     return out
+
+
+def backbone_tensors(vit: VisionTransformer) -> dict[str, list[int]]:
+    """The frozen backbone's tensors (parameters and persistent buffers) by their plain timm
+    names, the classifier heads aside, looking through any PEFT wrapper: what the PEFT weights
+    were trained on top of (a qkv bias BitFit shifts, for one)."""
+    return {name: list(t.shape) for name, t in _backbone_items(vit).items()}
+
+
+def backbone_fingerprint(vit: VisionTransformer) -> str:
+    """sha256 over the frozen backbone's tensors (:func:`backbone_tensors`' set, heads aside,
+    looking through PEFT wrappers), in name order, each as its name, dtype, shape and every byte.
+
+    What ``save_pretrained`` records and ``from_pretrained`` compares: PEFT weights trained on
+    one set of backbone weights are refused on another of the same shapes. All bytes, not a
+    sample: a fine-tuned backbone may differ from its parent in few values. On ViT-B/16 (86M
+    parameters, 343 MB in fp32) it takes about half a second on one CPU core (measured in
+    ``tests/test_api_config.py``'s module doc); a GPU model is copied to the CPU tensor by tensor.
+    A model in another dtype (bf16) has another fingerprint."""
+    h = hashlib.sha256()
+    for name, t in sorted(_backbone_items(vit).items()):
+        t = t.detach()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def check_backbone_tensors(vit: VisionTransformer, saved: Any, source: str) -> None:
