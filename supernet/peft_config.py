@@ -216,25 +216,31 @@ _GENERATED: dict[str, type[MethodConfig]] = {}
 
 def config_class(name: str) -> type[MethodConfig]:
     """The config class of the registered method ``name``: the one written above, or one made
-    from the registry (field ``size``, default 1 for an on/off method else 8, and one field per
-    option named without the method's prefix, default ``None``: the space default)."""
+    from the registry by :func:`generate_config_class` (once per method)."""
     method = get_method(name)
     for cls in WRITTEN:
         if cls.method == name:
             return cls
     if name not in _GENERATED:
-        prefix = f"{name}_"
-        fields = {o.name[len(prefix):] if o.name.startswith(prefix) else o.name: o.name for o in method.options}
-        size_type = int if method.site == "model" else int | Sequence[int]
-        spec = [("size", size_type, field(default=1 if method.on_off else 8))]
-        spec += [(f, Any, field(default=None)) for f in fields]
-        title = "".join(part.capitalize() for part in name.split("_")) + "Config"
-        cls = dataclasses.make_dataclass(title, spec, bases=(MethodConfig,), kw_only=True,
-                                         namespace={"method": name, "option_fields": fields,
-                                                    "__doc__": f"{method.label or name}: made from the registry."})
-        cls.__module__ = __name__
-        _GENERATED[name] = cls
+        _GENERATED[name] = generate_config_class(method)
     return _GENERATED[name]
+
+
+def generate_config_class(method: Method) -> type[MethodConfig]:
+    """A config class for ``method`` made from what it declares: field ``size`` (default 1 for
+    an on/off method, else 8) and one field per option, named without the method's prefix
+    (``vera_scale`` -> ``scale``), default ``None`` (the space's default)."""
+    prefix = f"{method.name}_"
+    fields = {o.name[len(prefix):] if o.name.startswith(prefix) else o.name: o.name for o in method.options}
+    size_type = int if method.site == "model" else int | Sequence[int]
+    spec = [("size", size_type, field(default=1 if method.on_off else 8))]
+    spec += [(f, Any, field(default=None)) for f in fields]
+    title = "".join(part.capitalize() for part in method.name.split("_")) + "Config"
+    cls = dataclasses.make_dataclass(title, spec, bases=(MethodConfig,), kw_only=True,
+                                     namespace={"method": method.name, "option_fields": fields,
+                                                "__doc__": f"{method.label or method.name}: made from the registry."})
+    cls.__module__ = __name__
+    return cls
 
 
 def method_configs() -> dict[str, type[MethodConfig]]:
