@@ -23,6 +23,8 @@ from unitune.progress import StageProgress
 from unitune.pretrain import pretrained_weights
 from unitune.stagelog import StageLog
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
+from unitune.supernet.fingerprint import backbone_fingerprint
+from unitune.supernet.methods.dora import recompute_dora_magnitude
 from unitune.supernet.model import check_vit
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
@@ -94,7 +96,11 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
         check_compatible(meta, supernet_file, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
         supernet = build_model(run, num_classes, device, weights, label)
         supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
-        return supernet.materialize(subnet)
+        model = supernet.materialize(subnet)
+        if other_backbone(meta, model, backbone):
+            # DoRA's magnitude was computed from (and trained with) the supernet's backbone weight.
+            recompute_dora_magnitude(model)
+        return model
     vit = build_backbone(run, num_classes, weights, label)
     return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
 
@@ -104,6 +110,15 @@ def _run_depth(run: RunConfig) -> int:
     from unitune.backbone import create_backbone
 
     return len(create_backbone(run.model.backbone, 1, kwargs=run.model.kwargs, meta=True).blocks)
+
+
+def other_backbone(meta: dict[str, Any], model: PeftViT, backbone: str | Path | None) -> bool:
+    """Whether ``model``'s backbone weights differ from those the supernet was trained on: by the
+    fingerprint the supernet file records, or (a file from before it) by ``--backbone`` given."""
+    saved = meta.get("backbone_sha256")
+    if isinstance(saved, str):
+        return backbone_fingerprint(model.vit) != saved
+    return backbone is not None
 
 
 def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> Subnet:

@@ -1,7 +1,8 @@
 """The trained supernet file: ``supernet.safetensors`` holds what was trained (PEFT weights at
 their largest sizes and the head) and, as metadata, what is needed to rebuild the model around
 it: backbone, classes, search space, data config. The frozen backbone is not in it; it comes
-from the same pretrained source the run config names."""
+from the same pretrained source the run config names; its fingerprint (``backbone_sha256``,
+:func:`~unitune.supernet.fingerprint.backbone_fingerprint`) is in the metadata."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path
 
+from .fingerprint import backbone_fingerprint
 from .model import PeftViT
 
 FORMAT = "unitune-supernet/1"
@@ -26,7 +28,9 @@ META_TYPES = {"backbone": str, "space": dict, "num_classes": int, "data_config":
 
 def save_supernet(path: str | os.PathLike, model: PeftViT, meta: dict[str, Any]) -> Path:
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
-    metadata = {"format": FORMAT, "space": json.dumps(model.space.to_dict())}
+    # The backbone the weights were trained on (a retrain on other weights recomputes DoRA's magnitude).
+    metadata = {"format": FORMAT, "space": json.dumps(model.space.to_dict()),
+                "backbone_sha256": json.dumps(backbone_fingerprint(model.vit))}
     metadata.update({k: json.dumps(v) for k, v in meta.items()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -385,3 +385,50 @@ def test_point_methods_share_one_base():
     assert issubclass(SSF, PointLayer) and issubclass(BitFit, PointLayer)
     assert isinstance(METHODS["ssf"], PointMethod) and isinstance(METHODS["bitfit"], PointMethod)
     assert METHODS["ssf"].layer_class is SSF and METHODS["bitfit"].layer_class is BitFit
+
+
+# ---- retrain --init supernet --backbone OTHER: DoRA's magnitude recomputed --------------------
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_retrain_init_supernet_on_another_backbone_recomputes_dora_magnitude(tmp_path, same):
+    import yaml
+    from safetensors.torch import save_file
+
+    from tiny import TINY
+    from unitune.config import load_run_config
+    from unitune.retrain.train import build_subnet_model
+    from unitune.supernet.store import read_supernet, save_supernet
+
+    files = {}
+    for seed in (0, 1):  # two "pretrained" backbones of the same shapes
+        files[seed] = tmp_path / f"backbone{seed}.safetensors"
+        save_file(tiny_vit(seed=seed).state_dict(), str(files[seed]))
+    space = {"lora": [0, 2], "dora": [0, 1, 2], "dora_targets": ["qkv", "fc1"]}
+    cfg = {"name": "dora", "device": "cpu",
+           "model": {"backbone": "vit_tiny_patch16_224", "weights": str(files[0]), "kwargs": TINY},
+           "data": {"source": "synthetic", "num_classes": CLASSES, "samples_per_class": 2, "image_size": 32,
+                    "batch_size": 2, "num_workers": 0},
+           "space": space}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = load_run_config(tmp_path / "run.yaml")
+    trained = unitune.get_peft_model(tiny_vit(seed=0), space=SearchSpace.from_dict(run.space))  # on backbone 0
+    perturb_peft(trained)
+    meta = {"backbone": "vit_tiny_patch16_224", "model": run.section("model"), "num_classes": CLASSES,
+            "data_config": {"input_size": [3, 32, 32]}}
+    path = save_supernet(tmp_path / "supernet.safetensors", trained, meta)
+    assert read_supernet(path)[1]["backbone_sha256"] == backbone_fingerprint(tiny_vit(seed=0))
+    subnet = Subnet.uniform(DEPTH, lora=2, dora=1)
+    model = build_subnet_model(run, subnet, CLASSES, torch.device("cpu"), tmp_path, "supernet", path,
+                               backbone=files[0 if same else 1])
+    assert backbone_fingerprint(model.vit) == backbone_fingerprint(tiny_vit(seed=0 if same else 1))
+    for name, layer in model.named_layers.items():
+        if model.layer_sites[name][0] != "dora":
+            continue
+        supernet_m = dict(trained.peft_named_parameters())[f"{name}.magnitude"]
+        w = (layer.base.weight + layer.delta_weight()).detach()  # rank 1: the subnet's
+        if same:  # the supernet's own weights: its trained magnitude is kept, bit for bit
+            assert torch.equal(layer.magnitude, supernet_m)
+        else:  # another backbone: m = ‖W + s·B A‖ of the new weight, at the subnet's rank
+            assert torch.allclose(layer.magnitude, torch.linalg.vector_norm(w, dim=1), rtol=1e-6, atol=0)
+            assert not torch.allclose(layer.magnitude, supernet_m)

@@ -56,6 +56,7 @@ from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.io import atomic_path, read_json, write_json_atomic
 from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
+from unitune.supernet.fingerprint import backbone_fingerprint, backbone_items
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.dora import recompute_dora_magnitude
 from unitune.supernet.layers import unwrap
@@ -393,53 +394,11 @@ def _check_fingerprint(vit: VisionTransformer, config: dict[str, Any], path: Pat
                       UniTuneWarning, stacklevel=4)
 
 
-def _backbone_items(vit: VisionTransformer) -> dict[str, torch.Tensor]:
-    """The frozen backbone's tensors (parameters and persistent buffers) by their plain timm
-    names, the classifier heads aside, looking through any PEFT wrapper."""
-    heads = set(classifier_heads(vit))
-    out: dict[str, torch.Tensor] = {}
-
-    def walk(module: torch.nn.Module, prefix: str) -> None:
-        module = unwrap(module)
-        for name, t in module._parameters.items():
-            if t is not None:
-                out[prefix + name] = t
-        for name, t in module._buffers.items():
-            if t is not None and name not in module._non_persistent_buffers_set:
-                out[prefix + name] = t
-        for name, child in module._modules.items():
-            if child is not None and not (module is vit and name in heads):
-                walk(child, f"{prefix}{name}.")
-
-    walk(vit, "")
-    return out
-
-
 def backbone_tensors(vit: VisionTransformer) -> dict[str, list[int]]:
     """The frozen backbone's tensors (parameters and persistent buffers) by their plain timm
     names, the classifier heads aside, looking through any PEFT wrapper: what the PEFT weights
     were trained on top of (a qkv bias BitFit shifts, for one)."""
-    return {name: list(t.shape) for name, t in _backbone_items(vit).items()}
-
-
-def backbone_fingerprint(vit: VisionTransformer) -> str:
-    """sha256 over the frozen backbone's tensors (:func:`backbone_tensors`' set, heads aside,
-    looking through PEFT wrappers), in name order, each as its name, dtype, shape and every byte.
-
-    What ``save_pretrained`` records and ``from_pretrained`` compares: PEFT weights trained on
-    one set of backbone weights are refused on another of the same shapes. All bytes, not a
-    sample: a fine-tuned backbone may differ from its parent in few values. On ViT-B/16 (85.8M
-    parameters, 343 MB in fp32) it took 0.20-0.25 s on one CPU core (as long as sha256 over the
-    bytes alone: the walk costs nothing), paid once per save and load; a GPU model is copied to
-    the CPU tensor by tensor.
-    A model in another dtype (bf16) has another fingerprint."""
-    h = hashlib.sha256()
-    for name, t in sorted(_backbone_items(vit).items()):
-        t = t.detach()
-        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+    return {name: list(t.shape) for name, t in backbone_items(vit).items()}
 
 
 def check_backbone_tensors(vit: VisionTransformer, saved: Any, source: str) -> None:
