@@ -231,7 +231,9 @@ def generate_config_class(method: Method) -> type[MethodConfig]:
     an on/off method, else 8) and one field per option, named without the method's prefix
     (``vera_scale`` -> ``scale``), default ``None`` (the space's default)."""
     prefix = f"{method.name}_"
-    fields = {o.name[len(prefix):] if o.name.startswith(prefix) else o.name: o.name for o in method.options}
+    short = {o.name: o.name[len(prefix):] if o.name.startswith(prefix) else o.name for o in method.options}
+    # An option whose short name is a base field (``size``, ``blocks``) keeps its full name.
+    fields = {(s if s not in ("size", "blocks") else o): o for o, s in short.items()}
     size_type = int if method.site == "model" else int | Sequence[int]
     spec = [("size", size_type, field(default=1 if method.on_off else 8))]
     spec += [(f, Any, field(default=None)) for f in fields]

@@ -44,7 +44,10 @@ class MlpAdapter(PeftLayer):
 
     def adapter(self, x: torch.Tensor) -> torch.Tensor:
         k = self.size
-        h = F.gelu(F.linear(x, self.down_weight[:k], self.down_bias[:k]))
+        # A contiguous input: on a strided one (a block's output in a ViT without a class token)
+        # torch's linear picks its kernel by whether the weight requires grad, so a frozen copy
+        # (from_pretrained's default) would differ from the trained model in the last bits.
+        h = F.gelu(F.linear(x.contiguous(), self.down_weight[:k], self.down_bias[:k]))
         return F.linear(h, self.up_weight[:, :k], self.up_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
