@@ -51,7 +51,8 @@ class MethodConfig:
         size = getattr(self, self.size_field)
         if isinstance(size, (list, tuple)):
             if m.site == "model":
-                raise UniTuneError(f"{where}.{self.size_field}: {m.label} is one size for the whole model, got {size!r}")
+                raise UniTuneError(f"{where}.{self.size_field}: {m.label} is one size for the whole model, "
+                                   f"got {size!r}")
             if self.blocks is not None:
                 raise UniTuneError(f"{where}: give {self.size_field} as a list per block or blocks=, not both")
             for s in size:

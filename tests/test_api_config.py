@@ -66,8 +66,9 @@ def test_every_registered_method_has_a_config_whose_options_are_the_registrys():
         assert issubclass(cls, MethodConfig) and cls.method == name
         assert sorted(cls.option_fields.values()) == sorted(o.name for o in METHODS[name].options), name
         made = cls()  # every field has a default
-        sizes = made.sizes(DEPTH)
-        assert sizes == (sizes if METHODS[name].site == "model" else (sizes[0],) * DEPTH)
+        size = getattr(made, cls.size_field)
+        want = size if METHODS[name].site == "model" else (size,) * DEPTH
+        assert isinstance(size, int) and size > 0 and made.sizes(DEPTH) == want, name
     assert {cls.method for cls in WRITTEN} <= set(METHODS)  # no written config for an unregistered method
 
 
@@ -194,7 +195,8 @@ def test_a_bare_dict_is_always_a_fixed_subnet():
     ({}, {}, r"^get_peft_model: the config dict names no method; expected e\.g\. \{'lora': 8\}$"),
     ({"lora_targets": ["qkv"]}, {}, r"^get_peft_model: the config dict names no method, only options "),
     ({"lora": -1}, {}, r"^get_peft_model: config: subnet\.lora\[0\]: expected a non-negative integer, got -1$"),
-    ({"ssf": 2}, {}, r"^get_peft_model: config: subnet\.ssf: SSF is off \(0\) or on \(1\) per block, got \[2, 2, 2, 2\]$"),
+    ({"ssf": 2}, {}, r"^get_peft_model: config: subnet\.ssf: SSF is off \(0\) or on \(1\) per block, "
+                     r"got \[2, 2, 2, 2\]$"),
     ({"lora": 4, "lora_targets": ["fc1"]}, {"space": {"lora": [0, 4]}},
      r"^get_peft_model: options \['lora_targets'\] in the config dict and space= as well; give the options in space=$"),
     ({"lora": 5}, {"space": {"lora": [0, 4]}},

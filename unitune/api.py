@@ -59,7 +59,6 @@ from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_p
 from unitune.supernet.fingerprint import backbone_fingerprint, backbone_items
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.dora import recompute_dora_magnitude
-from unitune.supernet.layers import unwrap
 from unitune.supernet.peft_config import (AdapterConfig, AdapterPlusConfig, BitFitConfig, DoraConfig, LoraConfig,
                                           MethodConfig, SSFConfig, SSFGlobalConfig, UnituneConfig, VPTConfig,
                                           as_unitune_config, config_class, method_configs, subnet_from_dict)
@@ -321,9 +320,9 @@ def from_pretrained(vit: VisionTransformer, folder: str | os.PathLike, is_traina
     trained on, created with the same ``num_classes``. Nothing is unpickled (JSON and
     safetensors); on any error ``vit`` is left as it was.
 
-    As HF PEFT's: the model comes back in eval mode with every parameter frozen (an inference
-    model); ``is_trainable=True`` leaves the PEFT parameters and the head trainable, to go on
-    training. The save's backbone fingerprint (:func:`backbone_fingerprint`) must match
+    As HF PEFT's: the model comes back with every parameter frozen (an inference model);
+    ``is_trainable=True`` leaves the PEFT parameters and the head trainable, to go on training.
+    Either way it is in eval mode (a training loop calls ``model.train()``). The save's backbone fingerprint (:func:`backbone_fingerprint`) must match
     ``vit``'s: other weights of the same shapes are refused in one line naming both, unless
     ``allow_other_backbone=True`` (then call ``model.recompute_dora_magnitude()`` if the save
     holds DoRA: its magnitude belongs to the save's backbone). A save from before the
