@@ -9,6 +9,7 @@ merged (LoRA and SSF folded into the backbone) and exported to ``<run>/export``.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from unitune.backbone import create_backbone
 from unitune.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-from unitune.errors import UniTuneError
+from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
 from unitune.pretrain import pretrained_weights
@@ -99,7 +100,11 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
         model = supernet.materialize(subnet)
         if other_backbone(meta, model, backbone):
             # DoRA's magnitude was computed from (and trained with) the supernet's backbone weight.
-            recompute_dora_magnitude(model)
+            n = recompute_dora_magnitude(model)
+            if n:
+                warnings.warn(f"{supernet_file}: trained on other backbone weights than this retrain's; DoRA's "
+                              f"magnitude recomputed from them ({n} layers, m = ||W + s*B A||)", UniTuneWarning,
+                              stacklevel=2)
         return model
     vit = build_backbone(run, num_classes, weights, label)
     return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)

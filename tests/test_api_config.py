@@ -421,8 +421,13 @@ def test_retrain_init_supernet_on_another_backbone_recomputes_dora_magnitude(tmp
     path = save_supernet(tmp_path / "supernet.safetensors", trained, meta)
     assert read_supernet(path)[1]["backbone_sha256"] == backbone_fingerprint(tiny_vit(seed=0))
     subnet = Subnet.uniform(DEPTH, lora=2, dora=1)
-    model = build_subnet_model(run, subnet, CLASSES, torch.device("cpu"), tmp_path, "supernet", path,
-                               backbone=files[0 if same else 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_subnet_model(run, subnet, CLASSES, torch.device("cpu"), tmp_path, "supernet", path,
+                                   backbone=files[0 if same else 1])
+    notes = [str(w.message) for w in caught if issubclass(w.category, UniTuneWarning)]
+    assert notes == ([] if same else [f"{path}: trained on other backbone weights than this retrain's; DoRA's "
+                                      f"magnitude recomputed from them ({2 * DEPTH} layers, m = ||W + s*B A||)"])
     assert backbone_fingerprint(model.vit) == backbone_fingerprint(tiny_vit(seed=0 if same else 1))
     for name, layer in model.named_layers.items():
         if model.layer_sites[name][0] != "dora":
