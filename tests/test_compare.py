@@ -412,6 +412,37 @@ def test_standalone_fitness_search_trains_no_supernet(tmp_path, monkeypatch):
     assert "| orientation | n/a (stand-alone fitness: no supernet ranking to check) |" in (out / "table.md").read_text()
 
 
+def test_any_registered_method_is_a_row(tmp_path):
+    """Rows come from the method registry: BitFit, DoRA and VeRA (not in the default rows) each at
+    the largest size of the space within the 6k budget, counted by their formulas (d = 64, 4 blocks,
+    qkv 64 -> 192); and search minus each of them in the paired table."""
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "location",
+                 "--methods", "bitfit,dora,vera", "--seeds", "0", "--quiet",
+                 "space.bitfit=[0,1]", "space.dora=[0,2,8]", "space.vera=[0,4,16]"]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [r["method"] for r in rows] == ["bitfit", "dora", "vera"]
+    by = {r["method"]: r for r in rows}
+    d, depth = 64, 4
+    assert int(by["bitfit"]["params"]) == 11 * d * depth  # the six output widths per block
+    assert int(by["dora"]["params"]) == (2 * (d + 3 * d) + 3 * d) * depth  # r=2 (r=8: 8,960 > 6k)
+    assert int(by["vera"]["params"]) == (16 + 3 * d) * depth  # r=16: r + out per block
+    assert [by[m]["sizes"] for m in ("bitfit", "dora", "vera")] == ["bitfit 1", "dora 2", "vera 16"]
+    table = (out / "table.md").read_text()
+    for m, r in by.items():
+        assert f"| {m} | {int(r['params']):,} | {100 * float(r['test_accuracy']):.1f} |" in table, m
+
+
+def test_a_row_the_space_gives_no_size_is_refused_up_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet",
+                 "--methods", "linear,vera"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"unitune: error: {CONFIG}: space.vera: has no size above 0 for the 'vera' row; give it sizes "
+                   f"(e.g. the override space.vera=[0,4,8]) or drop 'vera' from the methods\n")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "linear,prompt"], "--methods: unknown method 'prompt', expected some of"),
     (["--tasks", ","], "--tasks: expected a comma-separated list, got an empty one"),

@@ -4,8 +4,11 @@ For each task and seed, with one and the same retrain recipe (the config's ``ret
 trained on ``trainval`` and scored once on ``test`` after its last epoch:
 
 - ``linear``: the linear probe (only the head trains);
-- ``lora`` / ``adapter`` / ``vpt`` / ``ssf``: one method at the same size in every block, the
-  largest size of the search space whose count fits the run's budget (``search.budget``);
+- any registered PEFT method (``lora``, ``adapter``, ``vpt``, ``ssf``, ``bitfit``, ``dora``,
+  ``vera``, ...: the registry in ``unitune.supernet.methods``): that method alone at the same size
+  in every block, the largest size of the search space whose count fits the run's budget
+  (``search.budget``); its sizes come from ``space:`` (a method the space does not name has none:
+  give it some, e.g. ``space.dora=[0,4,8]``);
 - ``full``: full fine-tuning (every weight of the backbone and the head);
 - ``search``: the searched subnet: supernet on train, search on val (``unitune run``'s stages;
   no supernet with ``search.fitness: standalone``), then retrained per seed. The supernet and
@@ -52,8 +55,9 @@ from .errors import UniTuneError
 from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 from .schema import Key, check_record, json_key
 
-METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")
-SINGLE = ("lora", "adapter", "vpt", "ssf")
+METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")  # the default rows
+# The rows that are no registered PEFT method; every other row is one (:func:`known_rows`).
+SPECIAL = ("linear", "full", "search")
 SECTION_KEYS = ("tasks", "groups", "seeds", "methods", "quick")
 QUICK_KEYS = ("overrides", "tasks", "seeds", "methods")
 # VTAB-1k's task folders (NOAH's names) by group.
@@ -73,6 +77,19 @@ CSV_COLUMNS = ("task", "group", "method", "seed", "test_accuracy", "test_images"
 
 
 # ------------------------------------------------------------------------------------ the plan
+
+def known_rows() -> tuple[str, ...]:
+    """Every row a comparison can have: the linear probe, each registered method (in registry
+    order), full fine-tuning and the search."""
+    from unitune.supernet.methods import METHODS as REGISTRY
+
+    return ("linear", *REGISTRY, "full", "search")
+
+
+def method_rows(methods: Sequence[str]) -> list[str]:
+    """The rows of ``methods`` that are one registered method at one size (not linear, full, search)."""
+    return [m for m in methods if m not in SPECIAL]
+
 
 @dataclass
 class Plan:
@@ -259,10 +276,11 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     raw.pop("compare", None)
 
     # The method, task and seed lists: command line, then compare.quick, then compare, then data.task.
+    known = known_rows()
     if methods is not None:
-        methods = _check_names(list(methods), "--methods", METHODS)
+        methods = _check_names(list(methods), "--methods", known)
     else:
-        methods = _check_names(defaults.get("methods", list(METHODS)), f"{src}: compare.methods", METHODS)
+        methods = _check_names(defaults.get("methods", list(METHODS)), f"{src}: compare.methods", known)
     if seeds is not None:
         seeds = _check_seeds(list(seeds), "--seeds")
     else:
@@ -316,15 +334,22 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
             split_set = build_dataset(run.data, split, None)
         split_set.verify_files()  # the test files are read after training: verified (not decoded) now
         task_runs[t] = run
+    from unitune.supernet import SearchSpace
+
+    space = SearchSpace.from_dict(task_runs[tasks[0]].space, f"{src}: space")
+    for m in method_rows(methods):  # a row's size comes from the space: refused now, not after the pretraining
+        if not any(space.choices(m)):
+            raise UniTuneError(f"{src}: space.{m}: has no size above 0 for the {m!r} row; give it sizes "
+                               f"(e.g. the override space.{m}=[0,4,8]) or drop {m!r} from the methods")
     if "search" in methods:
         from unitune.retrain.train import check_init_source
         from unitune.search.stage import check_search_stage
 
         check_search_stage(task_runs[tasks[0]], out)
         check_init_source(task_runs[tasks[0]])
-    elif any(m in SINGLE for m in methods):
+    elif method_rows(methods):
         _budget(task_runs[tasks[0]])  # a malformed budget fails now, not after the pretraining
-        _check_methods_fit(task_runs[tasks[0]], [m for m in methods if m in SINGLE])
+        _check_methods_fit(task_runs[tasks[0]], method_rows(methods))
     fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick)
 
@@ -803,7 +828,7 @@ def paired_vs_single(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Se
     by = {(r["task"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
     pairs = [(t, s) for t in tasks for s in seeds]
     out = []
-    for m in [m for m in SINGLE if m in methods]:
+    for m in method_rows(methods):
         diffs = [by[t, "search", s] - by[t, m, s] for t, s in pairs]
         mean, std = _mean_std(diffs)
         out.append({"method": m, "baseline_mean": statistics.fmean(by[t, m, s] for t, s in pairs),
