@@ -49,11 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checks import check_output_dir, check_seed
-from .config import RunConfig, load_config_dict, load_run_config
-from .errors import UniTuneError
-from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
-from .schema import Key, check_record, json_key
+from ..checks import check_output_dir, check_seed
+from ..config import RunConfig, load_config_dict, load_run_config
+from ..errors import UniTuneError
+from ..io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from ..schema import Key, check_record, json_key
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")  # the default rows
 # The rows that are no registered PEFT method; every other row is one (:func:`known_rows`).
@@ -541,7 +541,7 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     supernet_seconds = time.perf_counter() - started
     found, written = search_stage(run, folder, progress=progress)
     if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
-        from .curves import CURVES_FILE
+        from ..curves import CURVES_FILE
 
         pngs = {Path(p) for p in written.values() if Path(p).suffix == ".png"}
         pngs |= {folder / CURVES_FILE} if (folder / CURVES_FILE).is_file() else set()
@@ -794,7 +794,7 @@ def stamp_quick(path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
     from PIL.PngImagePlugin import PngInfo
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     with Image.open(path) as img:
         plot = img.convert("RGB")
