@@ -18,6 +18,8 @@ from PIL import Image
 
 import unitune.compare as compare
 from unitune.cli import main
+from unitune.compare import report as compare_report
+from unitune.compare import run as compare_run
 from unitune.data import DataConfig, build_dataset
 from unitune.data.minivtab import MiniVtabDataset
 
@@ -32,7 +34,7 @@ def load_events(monkeypatch) -> list[tuple]:
     """Record every image a minivtab dataset renders (task, split of the item, index) and every
     cell result written, in order."""
     events: list[tuple] = []
-    real_load, real_write = MiniVtabDataset.load, compare.write_json_atomic
+    real_load, real_write = MiniVtabDataset.load, compare_run.write_json_atomic
 
     def load(self, index):
         events.append(("load", self.task, self.items[index][0], self.items[index][1]))
@@ -44,7 +46,7 @@ def load_events(monkeypatch) -> list[tuple]:
             events.append(("cell", data["task"], data["method"], data["seed"]))
 
     monkeypatch.setattr(MiniVtabDataset, "load", load)
-    monkeypatch.setattr(compare, "write_json_atomic", write)
+    monkeypatch.setattr(compare_run, "write_json_atomic", write)
     return events
 
 
@@ -79,8 +81,8 @@ def quick_run(tmp_path_factory):
     """One quick comparison of two tasks, every method, seed 0, with every image read recorded."""
     mp = pytest.MonkeyPatch()
     events = load_events(mp)
-    real_figure = compare.accuracy_figure
-    mp.setattr(compare, "accuracy_figure", lambda *a, **k: FIGURES.append(real_figure(*a, **k)) or FIGURES[-1])
+    real_figure = compare_report.accuracy_figure
+    mp.setattr(compare_report, "accuracy_figure", lambda *a, **k: FIGURES.append(real_figure(*a, **k)) or FIGURES[-1])
     out = tmp_path_factory.mktemp("compare") / "run"
     try:
         code = main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", ",".join(TASKS),
@@ -340,7 +342,7 @@ def test_the_plot_draws_error_bars_from_two_seeds_and_marks_quick(n_seeds, quick
 KILL_AFTER_CELLS = r"""
 import os, signal, sys
 from pathlib import Path
-import unitune.compare as compare
+import unitune.compare.run as compare
 real, written = compare.write_json_atomic, []
 def write(path, data):
     real(path, data)
@@ -368,8 +370,8 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     assert not (out / "results.csv").exists()
 
     ran = []
-    real_cell = compare.run_cell
-    monkeypatch.setattr(compare, "run_cell", lambda plan, *cell, **kw: ran.append(cell) or real_cell(plan, *cell, **kw))
+    real_cell = compare_run.run_cell
+    monkeypatch.setattr(compare_run, "run_cell", lambda plan, *cell, **kw: ran.append(cell) or real_cell(plan, *cell, **kw))
     assert main(args) == 0
     assert ran == [("location", m, s) for m in ("lora", "full") for s in (0, 1)]
     assert {p: p.read_bytes() for p in done} == before  # finished cells untouched
