@@ -3,8 +3,6 @@ seeds per task, the group means and their mean) and ``accuracy_vs_params.png``."
 
 from __future__ import annotations
 
-import csv
-import io
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,32 +44,53 @@ def describe(subnet) -> str:
 
 
 
+def results_frame(rows: list[dict[str, Any]], tasks: Sequence[str], groups: dict[str, str], seeds: Sequence[int],
+                  methods: Sequence[str]):
+    """The cells as a pandas DataFrame, one row per (task, method, seed) in that nested order (the
+    plan's), with the task's ``group`` (from ``groups``) and ``accuracy`` (test accuracy in %).
+    A cell missing from ``rows`` is a ``KeyError`` naming it; of two rows of one cell the last counts."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows).drop_duplicates(["task", "method", "seed"], keep="last")
+    frame = frame.set_index(["task", "method", "seed"])
+    cells = pd.MultiIndex.from_product([list(tasks), list(methods), list(seeds)], names=["task", "method", "seed"])
+    missing = cells.difference(frame.index, sort=False)
+    if len(missing):
+        raise KeyError(missing[0])
+    frame = frame.loc[cells].reset_index()
+    frame["group"] = frame["task"].map(groups)
+    frame["accuracy"] = 100 * frame["test_accuracy"]
+    return frame
+
+
+def _fmean(values) -> float:
+    """``statistics.fmean`` (exactly rounded, whatever the order) of a column: the report's numbers
+    are the ones the table showed before pandas held the cells."""
+    return statistics.fmean(values.tolist())
+
+
 def summarise(rows: list[dict[str, Any]], tasks: Sequence[str], groups: dict[str, str], seeds: Sequence[int],
               methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per method: mean +- std over seeds per task, per group, and of the mean of group means
     (computed per seed, then averaged: its std is the seed-to-seed spread of the headline number).
     ``params`` (no head) is the mean over tasks and seeds; ``params_per_task`` and
     ``params_with_head`` are per task (each task's head has its own size: their mean is no model's)."""
-    by = {(r["task"], r["method"], r["seed"]): r for r in rows}
+    frame = results_frame(rows, tasks, groups, seeds, methods)
     used = {groups[t] for t in tasks}
     present = [g for g in GROUP_ORDER if g in used] + sorted(used - set(GROUP_ORDER))
     out = {}
-    for m in methods:
-        per_task = {t: _mean_std([100 * by[t, m, s]["test_accuracy"] for s in seeds]) for t in tasks}
-        per_group, headline = {}, []
-        for g in present:
-            members = [t for t in tasks if groups[t] == g]
-            per_group[g] = _mean_std([statistics.fmean(100 * by[t, m, s]["test_accuracy"] for t in members)
-                                      for s in seeds])
-        for s in seeds:
-            headline.append(statistics.fmean(
-                statistics.fmean(100 * by[t, m, s]["test_accuracy"] for t in tasks if groups[t] == g) for g in present))
-        out[m] = {"tasks": per_task, "groups": per_group, "mean_of_groups": _mean_std(headline),
-                  "params": statistics.fmean(by[t, m, s]["params"] for t in tasks for s in seeds),
-                  "params_per_task": {t: statistics.fmean(by[t, m, s]["params"] for s in seeds) for t in tasks},
-                  "params_with_head": {t: statistics.fmean(by[t, m, s]["params_with_head"] for s in seeds)
-                                       for t in tasks},
-                  "seconds": statistics.fmean(by[t, m, s]["seconds"] for t in tasks for s in seeds)}
+    for m, cells in frame.groupby("method", sort=False):  # sort=False: the plan's order throughout
+        by_task = cells.groupby("task", sort=False)
+        # per group and seed, the mean over the group's tasks; then per seed the mean of the group means
+        group_seed = cells.groupby(["group", "seed"], sort=False)["accuracy"].agg(_fmean)
+        headline = group_seed.loc[present].groupby(level="seed", sort=False).agg(_fmean)
+        out[m] = {"tasks": {t: _mean_std(c["accuracy"].tolist()) for t, c in by_task},
+                  "groups": {g: _mean_std(group_seed.loc[g].tolist()) for g in present},
+                  "mean_of_groups": _mean_std(headline.tolist()),
+                  "params": _fmean(cells["params"]),
+                  "params_per_task": {t: _fmean(c["params"]) for t, c in by_task},
+                  "params_with_head": {t: _fmean(c["params_with_head"]) for t, c in by_task},
+                  "seconds": _fmean(cells["seconds"])}
     return out
 
 
@@ -263,13 +282,19 @@ def _tau_text(v: dict[str, Any]) -> str:
     return f"{v['kendall_tau']:.2f} (n={n}{ci})"
 
 
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    """``results.csv``: one line per cell, the columns of :data:`CSV_COLUMNS`. The frame holds the
+    values as objects, so each is written as the cell file has it (an accuracy of ``1`` stays ``1``,
+    a missing ``stage_seconds`` is empty)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
 def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dict[str, Any]:
     rows = [plan.read_cell(*c) for c in plan.cells]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(plan.out / CSV_FILE, buf.getvalue())
+    write_text_atomic(plan.out / CSV_FILE, results_csv(rows))
     summary = summarise(rows, plan.tasks, plan.groups, plan.seeds, plan.methods)
     table = format_table(summary, plan.tasks, plan.groups, len(plan.seeds))
     if plan.quick:  # first, in the file and on stdout: nobody should quote these
