@@ -248,6 +248,35 @@ def synthetic_rows(seeds, methods=("linear", "lora")) -> list[dict]:
 GROUPS = {"a": "natural", "b": "structured"}
 
 
+def test_summary_by_hand_and_the_results_frame():
+    """The summary against a computation by hand (three seeds, groups of one and two tasks, rows
+    in any order); the frame is the plan's cells in order, and a missing cell is named."""
+    seeds, tasks, groups = (0, 1, 2), ("a", "b", "c"), {"a": "natural", "b": "structured", "c": "structured"}
+    rows = [{"task": t, "method": m, "seed": s, "test_accuracy": (1 + s + 3 * i + 7 * j) / 64,
+             "params": 10 * j + s, "params_with_head": 1000 + i, "seconds": 0.5 * s}
+            for i, t in enumerate(tasks) for j, m in enumerate(("lora", "vera")) for s in seeds][::-1]
+    summary = compare.summarise(rows, tasks, groups, seeds, ("vera", "lora"))
+    assert list(summary) == ["vera", "lora"]
+    for j, m in ((1, "vera"), (0, "lora")):
+        acc = {(i, s): 100 * (1 + s + 3 * i + 7 * j) / 64 for i in range(3) for s in seeds}
+        got = summary[m]
+        assert got["tasks"] == {t: (statistics.fmean(acc[i, s] for s in seeds), statistics.stdev(acc[i, s] for s in seeds))
+                                for i, t in enumerate(tasks)}
+        natural = [acc[0, s] for s in seeds]
+        structured = [(acc[1, s] + acc[2, s]) / 2 for s in seeds]
+        assert got["groups"]["natural"] == pytest.approx((statistics.fmean(natural), statistics.stdev(natural)))
+        assert got["groups"]["structured"] == pytest.approx((statistics.fmean(structured), statistics.stdev(structured)))
+        headline = [(a + b) / 2 for a, b in zip(natural, structured)]
+        assert got["mean_of_groups"] == pytest.approx((statistics.fmean(headline), statistics.stdev(headline)))
+        assert got["params"] == 10 * j + 1 and got["params_per_task"] == {t: 10 * j + 1 for t in tasks}
+        assert got["params_with_head"] == {t: 1000 + i for i, t in enumerate(tasks)} and got["seconds"] == 0.5
+    frame = compare.results_frame(rows, tasks, groups, seeds, ("vera",))
+    assert list(zip(frame["task"], frame["method"], frame["seed"])) == [(t, "vera", s) for t in tasks for s in seeds]
+    assert list(frame["group"]) == [groups[t] for t in tasks for _ in seeds]
+    with pytest.raises(KeyError, match="'c', 'vera', 2"):
+        compare.summarise(rows[1:], tasks, groups, seeds, ("vera",))  # rows[0] is c/vera/seed 2
+
+
 @pytest.mark.parametrize("seeds", [(0,), (0, 1), (0, 1, 2)])
 def test_the_table_shows_a_spread_only_from_two_seeds(seeds):
     rows = synthetic_rows(seeds)

@@ -32,6 +32,11 @@ The ``compare:`` section of a config (optional; ``configs/vtab/*.yaml`` have non
       methods: [linear, lora, adapter, vpt, ssf, full, search]
       quick:                                  # what --quick changes: a run of minutes
         overrides: {retrain.epochs: 1, data.split_sizes: [40, 20, 40]}
+
+The package: :mod:`.plan` (the plan, the cell record and the checks made before any work),
+:mod:`.run` (pretraining, search and cells, in worker processes with ``--jobs``) and
+:mod:`.report` (the cells as a pandas DataFrame; CSV, table and figure). Its public names are
+re-exported here.
 """
 
 
@@ -40,13 +45,13 @@ from .plan import (CELL_KEYS, CSV_COLUMNS, CSV_FILE, GROUP_ORDER, META_FILE, MET
                    QUICK_KEYS, SEARCH_RESULT, SECTION_KEYS, SPECIAL, TABLE_FILE, VTAB_GROUPS, CellRecord, Plan,
                    known_rows, method_rows, parse_names, parse_seeds, plan_compare)
 from .report import (MARKERS, QUICK_NOTE, _tau_text, accuracy_figure, describe, format_notes, format_paired,
-                     format_table, head_sizes, paired_vs_single, save_plot, search_trust, stamp_quick, summarise,
-                     write_report)
+                     format_table, head_sizes, paired_vs_single, results_csv, results_frame, save_plot, search_trust,
+                     stamp_quick, summarise, write_report)
 from .run import full_finetune, largest_uniform, run_cell, run_compare
 
 __all__ = ["UniTuneError", "CELL_KEYS", "CSV_COLUMNS", "CSV_FILE", "GROUP_ORDER", "META_FILE", "METHODS", "PLOT_FILE",
            "PRETRAIN_RESULT", "QUICK_KEYS", "SEARCH_RESULT", "SECTION_KEYS", "SPECIAL", "TABLE_FILE", "VTAB_GROUPS",
            "CellRecord", "Plan", "known_rows", "method_rows", "parse_names", "parse_seeds", "plan_compare", "MARKERS",
            "QUICK_NOTE", "accuracy_figure", "describe", "format_notes", "format_paired", "format_table",
-           "head_sizes", "paired_vs_single", "save_plot", "search_trust", "stamp_quick", "summarise", "write_report",
-           "full_finetune", "largest_uniform", "run_cell", "run_compare"]
+           "head_sizes", "paired_vs_single", "results_csv", "results_frame", "save_plot", "search_trust",
+           "stamp_quick", "summarise", "write_report", "full_finetune", "largest_uniform", "run_cell", "run_compare"]

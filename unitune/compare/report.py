@@ -3,6 +3,7 @@ seeds per task, the group means and their mean) and ``accuracy_vs_params.png``."
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,13 +52,13 @@ def results_frame(rows: list[dict[str, Any]], tasks: Sequence[str], groups: dict
     A cell missing from ``rows`` is a ``KeyError`` naming it; of two rows of one cell the last counts."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows).drop_duplicates(["task", "method", "seed"], keep="last")
-    frame = frame.set_index(["task", "method", "seed"])
-    cells = pd.MultiIndex.from_product([list(tasks), list(methods), list(seeds)], names=["task", "method", "seed"])
-    missing = cells.difference(frame.index, sort=False)
-    if len(missing):
+    have = {(r["task"], r["method"], r["seed"]) for r in rows}
+    cells = list(itertools.product(tasks, methods, seeds))
+    missing = [c for c in cells if c not in have]
+    if missing:
         raise KeyError(missing[0])
-    frame = frame.loc[cells].reset_index()
+    frame = pd.DataFrame(rows).drop_duplicates(["task", "method", "seed"], keep="last")
+    frame = frame.set_index(["task", "method", "seed"]).loc[cells].reset_index()
     frame["group"] = frame["task"].map(groups)
     frame["accuracy"] = 100 * frame["test_accuracy"]
     return frame
