@@ -717,8 +717,7 @@ def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
 def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
     """The ``full`` row's test accuracy is scored in fp32 (``amp=False``), as retrain scores every
     PEFT row, and its loaders are told the device (pinned memory only for CUDA), as retrain's are."""
-    import unitune.data
-    import unitune.train
+    import unitune.retrain.train as retrain_train  # full fine-tuning is retrain's mode: its names
     from unitune.compare import full_finetune
     from unitune.config import load_run_config
 
@@ -731,7 +730,7 @@ def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(cfg))
     run = load_run_config(path)
     amps, devices = [], []
-    real_evaluate, real_loader = unitune.train.evaluate, unitune.data.build_loader
+    real_evaluate, real_loader = retrain_train.evaluate, retrain_train.build_loader
 
     def evaluate(*args, **kwargs):
         amps.append(kwargs.get("amp", args[4] if len(args) > 4 else False))
@@ -741,8 +740,8 @@ def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
         devices.append(kwargs.get("device"))
         return real_loader(*args, **kwargs)
 
-    monkeypatch.setattr(unitune.train, "evaluate", evaluate)
-    monkeypatch.setattr(unitune.data, "build_loader", build_loader)
+    monkeypatch.setattr(retrain_train, "evaluate", evaluate)
+    monkeypatch.setattr(retrain_train, "build_loader", build_loader)
     result = full_finetune(run, tmp_path)
     assert amps == [False]
     assert devices == [torch.device("cpu")] * 2

@@ -45,43 +45,15 @@ def largest_uniform(method: str, run: RunConfig):
 
 
 def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str, Any]:
-    """Every weight trainable, the retrain recipe, trainval, scored once on test after the last epoch."""
-    from unitune.backbone import create_backbone
-    from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-    from unitune.pretrain import pretrained_weights
-    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
-        train_epoch
+    """Every weight trainable, the retrain recipe, trainval, scored once on test after the last
+    epoch: retrain's full mode (:func:`unitune.retrain.train.retrain` with ``full=True``), resumed
+    from its checkpoint when one is there."""
+    from unitune.retrain.train import CKPT_DIR, retrain
 
-    cfg = run.retrain
-    device = pick_device(run.device)
-    seed_everything(cfg.seed)
-    train_set = build_dataset(run.data, "trainval", None)
-    num_classes = train_set.num_classes
-    model = create_backbone(run.model.backbone, num_classes, pretrained=run.model.pretrained and not run.model.weights,
-                            weights=pretrained_weights(run, out), kwargs=run.model.kwargs,
-                            weights_label="model.weights" if run.pretrain is None else "pretrained backbone").to(device)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    data_config = resolve_data_config(model)
-    train_set.transform = build_transform(data_config, train=True, cfg=run.data)
-    loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
-    optimizer = build_optimizer(model.named_parameters(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
-    criterion = Criterion(cfg, num_classes)
-    step = 0
-    for epoch in range(cfg.epochs):
-        loader.sampler.set_epoch(epoch)
-        _, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
-                              f"full fine-tuning epoch {epoch + 1}/{cfg.epochs}", progress)
-    # The test split is built and read only now, once, after the last epoch.
-    test_set = build_dataset(run.data, "test", build_transform(data_config, train=False, cfg=run.data))
-    # In fp32 whatever ``amp`` trained with, as retrain scores the PEFT rows: one precision per table.
-    test = evaluate(model, build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device), device,
-                    num_classes, amp=False)
-    trainable = sum(p.numel() for p in model.parameters())
-    head = sum(p.numel() for p in model.get_classifier().parameters())
-    return {"test_accuracy": test["accuracy"], "test_images": test["n"], "params": trainable - head,
-            "params_with_head": trainable}
+    r = retrain(run, None, out, full=True, resume=(Path(out) / CKPT_DIR / "state.pt").exists(), progress=progress,
+                curves=False)
+    return {"test_accuracy": r["test_accuracy"], "test_images": r["test_images"],
+            "params": r["params"]["trainable_params"], "params_with_head": r["params"]["trainable_params_with_head"]}
 
 
 def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = False) -> dict[str, Any]:
