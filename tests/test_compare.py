@@ -18,6 +18,8 @@ from PIL import Image
 
 import unitune.compare as compare
 from unitune.cli import main
+from unitune.compare import report as compare_report
+from unitune.compare import run as compare_run
 from unitune.data import DataConfig, build_dataset
 from unitune.data.minivtab import MiniVtabDataset
 
@@ -32,7 +34,7 @@ def load_events(monkeypatch) -> list[tuple]:
     """Record every image a minivtab dataset renders (task, split of the item, index) and every
     cell result written, in order."""
     events: list[tuple] = []
-    real_load, real_write = MiniVtabDataset.load, compare.write_json_atomic
+    real_load, real_write = MiniVtabDataset.load, compare_run.write_json_atomic
 
     def load(self, index):
         events.append(("load", self.task, self.items[index][0], self.items[index][1]))
@@ -44,7 +46,7 @@ def load_events(monkeypatch) -> list[tuple]:
             events.append(("cell", data["task"], data["method"], data["seed"]))
 
     monkeypatch.setattr(MiniVtabDataset, "load", load)
-    monkeypatch.setattr(compare, "write_json_atomic", write)
+    monkeypatch.setattr(compare_run, "write_json_atomic", write)
     return events
 
 
@@ -79,8 +81,8 @@ def quick_run(tmp_path_factory):
     """One quick comparison of two tasks, every method, seed 0, with every image read recorded."""
     mp = pytest.MonkeyPatch()
     events = load_events(mp)
-    real_figure = compare.accuracy_figure
-    mp.setattr(compare, "accuracy_figure", lambda *a, **k: FIGURES.append(real_figure(*a, **k)) or FIGURES[-1])
+    real_figure = compare_report.accuracy_figure
+    mp.setattr(compare_report, "accuracy_figure", lambda *a, **k: FIGURES.append(real_figure(*a, **k)) or FIGURES[-1])
     out = tmp_path_factory.mktemp("compare") / "run"
     try:
         code = main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", ",".join(TASKS),
@@ -246,6 +248,35 @@ def synthetic_rows(seeds, methods=("linear", "lora")) -> list[dict]:
 GROUPS = {"a": "natural", "b": "structured"}
 
 
+def test_summary_by_hand_and_the_results_frame():
+    """The summary against a computation by hand (three seeds, groups of one and two tasks, rows
+    in any order); the frame is the plan's cells in order, and a missing cell is named."""
+    seeds, tasks, groups = (0, 1, 2), ("a", "b", "c"), {"a": "natural", "b": "structured", "c": "structured"}
+    rows = [{"task": t, "method": m, "seed": s, "test_accuracy": (1 + s + 3 * i + 7 * j) / 64,
+             "params": 10 * j + s, "params_with_head": 1000 + i, "seconds": 0.5 * s}
+            for i, t in enumerate(tasks) for j, m in enumerate(("lora", "vera")) for s in seeds][::-1]
+    summary = compare.summarise(rows, tasks, groups, seeds, ("vera", "lora"))
+    assert list(summary) == ["vera", "lora"]
+    for j, m in ((1, "vera"), (0, "lora")):
+        acc = {(i, s): 100 * (1 + s + 3 * i + 7 * j) / 64 for i in range(3) for s in seeds}
+        got = summary[m]
+        assert got["tasks"] == {t: (statistics.fmean(acc[i, s] for s in seeds), statistics.stdev(acc[i, s] for s in seeds))
+                                for i, t in enumerate(tasks)}
+        natural = [acc[0, s] for s in seeds]
+        structured = [(acc[1, s] + acc[2, s]) / 2 for s in seeds]
+        assert got["groups"]["natural"] == pytest.approx((statistics.fmean(natural), statistics.stdev(natural)))
+        assert got["groups"]["structured"] == pytest.approx((statistics.fmean(structured), statistics.stdev(structured)))
+        headline = [(a + b) / 2 for a, b in zip(natural, structured)]
+        assert got["mean_of_groups"] == pytest.approx((statistics.fmean(headline), statistics.stdev(headline)))
+        assert got["params"] == 10 * j + 1 and got["params_per_task"] == {t: 10 * j + 1 for t in tasks}
+        assert got["params_with_head"] == {t: 1000 + i for i, t in enumerate(tasks)} and got["seconds"] == 0.5
+    frame = compare.results_frame(rows, tasks, groups, seeds, ("vera",))
+    assert list(zip(frame["task"], frame["method"], frame["seed"])) == [(t, "vera", s) for t in tasks for s in seeds]
+    assert list(frame["group"]) == [groups[t] for t in tasks for _ in seeds]
+    with pytest.raises(KeyError, match="'c', 'vera', 2"):
+        compare.summarise(rows[1:], tasks, groups, seeds, ("vera",))  # rows[0] is c/vera/seed 2
+
+
 @pytest.mark.parametrize("seeds", [(0,), (0, 1), (0, 1, 2)])
 def test_the_table_shows_a_spread_only_from_two_seeds(seeds):
     rows = synthetic_rows(seeds)
@@ -340,7 +371,7 @@ def test_the_plot_draws_error_bars_from_two_seeds_and_marks_quick(n_seeds, quick
 KILL_AFTER_CELLS = r"""
 import os, signal, sys
 from pathlib import Path
-import unitune.compare as compare
+import unitune.compare.run as compare
 real, written = compare.write_json_atomic, []
 def write(path, data):
     real(path, data)
@@ -368,8 +399,8 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
     assert not (out / "results.csv").exists()
 
     ran = []
-    real_cell = compare.run_cell
-    monkeypatch.setattr(compare, "run_cell", lambda plan, *cell, **kw: ran.append(cell) or real_cell(plan, *cell, **kw))
+    real_cell = compare_run.run_cell
+    monkeypatch.setattr(compare_run, "run_cell", lambda plan, *cell, **kw: ran.append(cell) or real_cell(plan, *cell, **kw))
     assert main(args) == 0
     assert ran == [("location", m, s) for m in ("lora", "full") for s in (0, 1)]
     assert {p: p.read_bytes() for p in done} == before  # finished cells untouched
@@ -410,6 +441,37 @@ def test_standalone_fitness_search_trains_no_supernet(tmp_path, monkeypatch):
     (row,) = read_csv(out / "results.csv")
     assert row["method"] == "search" and 0 <= float(row["test_accuracy"]) <= 1
     assert "| orientation | n/a (stand-alone fitness: no supernet ranking to check) |" in (out / "table.md").read_text()
+
+
+def test_any_registered_method_is_a_row(tmp_path):
+    """Rows come from the method registry: BitFit, DoRA and VeRA (not in the default rows) each at
+    the largest size of the space within the 6k budget, counted by their formulas (d = 64, 4 blocks,
+    qkv 64 -> 192); and search minus each of them in the paired table."""
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "location",
+                 "--methods", "bitfit,dora,vera", "--seeds", "0", "--quiet",
+                 "space.bitfit=[0,1]", "space.dora=[0,2,8]", "space.vera=[0,4,16]"]) == 0
+    rows = read_csv(out / "results.csv")
+    assert [r["method"] for r in rows] == ["bitfit", "dora", "vera"]
+    by = {r["method"]: r for r in rows}
+    d, depth = 64, 4
+    assert int(by["bitfit"]["params"]) == 11 * d * depth  # the six output widths per block
+    assert int(by["dora"]["params"]) == (2 * (d + 3 * d) + 3 * d) * depth  # r=2 (r=8: 8,960 > 6k)
+    assert int(by["vera"]["params"]) == (16 + 3 * d) * depth  # r=16: r + out per block
+    assert [by[m]["sizes"] for m in ("bitfit", "dora", "vera")] == ["bitfit 1", "dora 2", "vera 16"]
+    table = (out / "table.md").read_text()
+    for m, r in by.items():
+        assert f"| {m} | {int(r['params']):,} | {100 * float(r['test_accuracy']):.1f} |" in table, m
+
+
+def test_a_row_the_space_gives_no_size_is_refused_up_front(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet",
+                 "--methods", "linear,vera"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"unitune: error: {CONFIG}: space.vera: has no size above 0 for the 'vera' row; give it sizes "
+                   f"(e.g. the override space.vera=[0,4,8]) or drop 'vera' from the methods\n")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -655,8 +717,7 @@ def test_vtab_recipe_runs_unchanged_on_vtab_lists(tmp_path):
 def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
     """The ``full`` row's test accuracy is scored in fp32 (``amp=False``), as retrain scores every
     PEFT row, and its loaders are told the device (pinned memory only for CUDA), as retrain's are."""
-    import unitune.data
-    import unitune.train
+    import unitune.retrain.train as retrain_train  # full fine-tuning is retrain's mode: its names
     from unitune.compare import full_finetune
     from unitune.config import load_run_config
 
@@ -669,7 +730,7 @@ def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(cfg))
     run = load_run_config(path)
     amps, devices = [], []
-    real_evaluate, real_loader = unitune.train.evaluate, unitune.data.build_loader
+    real_evaluate, real_loader = retrain_train.evaluate, retrain_train.build_loader
 
     def evaluate(*args, **kwargs):
         amps.append(kwargs.get("amp", args[4] if len(args) > 4 else False))
@@ -679,8 +740,8 @@ def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
         devices.append(kwargs.get("device"))
         return real_loader(*args, **kwargs)
 
-    monkeypatch.setattr(unitune.train, "evaluate", evaluate)
-    monkeypatch.setattr(unitune.data, "build_loader", build_loader)
+    monkeypatch.setattr(retrain_train, "evaluate", evaluate)
+    monkeypatch.setattr(retrain_train, "build_loader", build_loader)
     result = full_finetune(run, tmp_path)
     assert amps == [False]
     assert devices == [torch.device("cpu")] * 2

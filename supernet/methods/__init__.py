@@ -67,6 +67,7 @@ from .ssf_global import GlobalSSF  # noqa: E402
 from .bitfit import BitFitMethod  # noqa: E402
 from .dora import DoRA  # noqa: E402
 from .adapter_plus import AdapterPlusMethod  # noqa: E402
+from .vera import VeRA  # noqa: E402
 
 register_method(LoRA())
 register_method(Adapter())
@@ -76,6 +77,7 @@ register_method(GlobalSSF())
 register_method(BitFitMethod())
 register_method(DoRA())
 register_method(AdapterPlusMethod())
+register_method(VeRA())
 
 __all__ = ["METHODS", "Method", "Option", "register_method", "get_method", "block_methods", "model_methods",
            "option_names"]

@@ -22,8 +22,36 @@ How to add a method — one new file plus one registration line:
      merged model;
    - optionally ``check_backbone`` (refuse, before training, a backbone the merge could not
      fold into), ``no_weight_decay`` (parameter names AdamW must not decay), ``inject_rank``
-     (wrapping order inside a block: smaller wraps first, i.e. sits innermost) and
-     ``fold_rank`` (folding order: smaller folds first).
+     (wrapping order inside a block: smaller wraps first, i.e. sits innermost),
+     ``fold_rank`` (folding order: smaller folds first) and ``build_shared`` (below).
+
+   The layer class keeps three rules the rest of the code relies on:
+
+   - **Trainable tensors are its own parameters, frozen ones are buffers.** A layer's PEFT
+     parameters *are* ``named_parameters(recurse=False)``
+     (:meth:`~unitune.supernet.layers.PeftLayer.peft_named_parameters`): the analytic counts are
+     checked against their ``numel``, the optimiser, the weight-decay groups, the inactive-entry
+     guard, ``take_slices`` (materialise, merge) and every checkpoint and PEFT save take exactly
+     those. A frozen tensor held as a parameter (even with ``requires_grad=False``) would be
+     counted, saved and sliced as if trained; as a buffer it is none of these.
+   - **The wrapped backbone module is its first child** (assigned first in ``__init__``, before
+     any other submodule). :func:`~unitune.supernet.layers.unwrap` finds it as
+     ``next(iter(module.children()))``, and everything that looks through wrappers uses that:
+     ``get_path`` (every method's ``inject``, the backbone check, :class:`BackboneDims`),
+     ``PeftViT.backbone`` (the copy materialise and merge fold into, whose wrappers are replaced
+     by what ``unwrap`` returns) and the API's record of the frozen backbone tensors. Another
+     submodule registered first would be taken for the backbone op. (Canonical layer names and the
+     guard do not depend on nesting: they go through ``PeftViT.named_layers``.)
+   - **Sizes are prefixes**: a layer of size k uses the leading block of each parameter along the
+     dimension ``_size_dims`` names (or the whole parameter); the supernet shares weights that way.
+
+   State shared by many layers of one model (VeRA's frozen random matrices, one pair per shape)
+   comes from the model-level hook ``build_shared(vit, space, sizes, dd)``: called once per
+   model, before any layer is injected, it returns an ``nn.Module`` holding that state as
+   buffers (or ``None``: nothing shared, the default). The model keeps it once, as
+   ``model.shared[<name>]`` (so ``.to()`` moves it once and the layers keep sharing it), and
+   hands it to every ``inject`` of the method as ``inject(..., shared=module)``. A layer refers to
+   it without registering it as a submodule (it is neither the wrapped module nor its state).
 
 2. Append ``register_method(<Name>Method())`` in ``supernet/methods/__init__.py``. Registration
    order is the order of Optuna parameters, files and tables, so a new method goes last and
@@ -51,6 +79,7 @@ if TYPE_CHECKING:  # the registry sits below the model: only type names are need
     from ..layers import PeftLayer
     from ..params import BackboneDims, BlockDims
     from ..space import SearchSpace
+    from ..subnet import Subnet
 
 SITES = ("block", "model")
 # A cap on every size: a rank, bottleneck or prompt count above it cannot fit any ViT's width or
@@ -162,6 +191,13 @@ class Method:
         """Wrap modules of block ``block`` (``None``: the model) with layers of largest size
         ``size`` (> 0) on device/dtype ``dd``; return ``[(name suffix, layer), ...]``."""
         raise NotImplementedError
+
+    def build_shared(self, vit: VisionTransformer, space: SearchSpace, sizes: Subnet, dd: dict) -> nn.Module | None:
+        """The model-level hook: state shared by this method's layers across the whole model,
+        built once per model before any ``inject`` (``sizes``: the model's allocated sizes; ``dd``:
+        device/dtype). Return an ``nn.Module`` holding it as buffers, which the model keeps once
+        and passes to each ``inject`` as ``shared=``; or ``None`` (the default: nothing shared)."""
+        return None
 
     def fold(self, vit: VisionTransformer, block: int | None, suffix: str, layer: PeftLayer) -> list[str]:
         """Fold ``layer`` (at its active size) into the plain timm ``vit``; return the names of

@@ -1,0 +1,352 @@
+"""The plan of a comparison: every task config, seed and row checked before any work, and the
+cell record every finished cell is read back through."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..checks import check_output_dir, check_seed
+from ..config import RunConfig, load_config_dict, load_run_config
+from ..errors import UniTuneError
+from ..io import check_no_outside_links, inside, read_json
+from ..schema import Key, check_record, json_key
+
+METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")  # the default rows
+# The rows that are no registered PEFT method; every other row is one (:func:`known_rows`).
+SPECIAL = ("linear", "full", "search")
+SECTION_KEYS = ("tasks", "groups", "seeds", "methods", "quick")
+QUICK_KEYS = ("overrides", "tasks", "seeds", "methods")
+# VTAB-1k's task folders (NOAH's names) by group.
+VTAB_GROUPS = {
+    "natural": ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
+    "specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),
+    "structured": ("clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
+                   "smallnorb_azi", "smallnorb_ele"),
+}
+GROUP_ORDER = ("natural", "specialized", "structured")
+META_FILE = "compare.json"
+PRETRAIN_RESULT = "pretrain_result.json"
+SEARCH_RESULT = "search_result.json"
+CSV_FILE, TABLE_FILE, PLOT_FILE = "results.csv", "table.md", "accuracy_vs_params.png"
+CSV_COLUMNS = ("task", "group", "method", "seed", "test_accuracy", "test_images", "params", "params_with_head",
+               "epochs", "seconds", "cpu_seconds", "sizes", "stage_seconds")
+
+
+
+def known_rows() -> tuple[str, ...]:
+    """Every row a comparison can have: the linear probe, each registered method (in registry
+    order), full fine-tuning and the search."""
+    from unitune.supernet.methods import METHODS as REGISTRY
+
+    return ("linear", *REGISTRY, "full", "search")
+
+
+def method_rows(methods: Sequence[str]) -> list[str]:
+    """The rows of ``methods`` that are one registered method at one size (not linear, full, search)."""
+    return [m for m in methods if m not in SPECIAL]
+
+
+@dataclass
+class Plan:
+    """Everything checked before any work: the task configs, seeds, methods and the folder."""
+
+    base: RunConfig
+    out: Path
+    tasks: tuple[str, ...]
+    groups: dict[str, str]  # task -> group
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    task_runs: dict[str, RunConfig]
+    fingerprint: str
+    quick: bool = False  # --quick: the outputs say their numbers mean nothing
+
+    @property
+    def cells(self) -> list[tuple[str, str, int]]:
+        return [(t, m, s) for t in self.tasks for m in self.methods for s in self.seeds]
+
+    def cell_file(self, task: str, method: str, seed: int) -> Path:
+        return self.out / "cells" / task / f"{method}-seed{seed}.json"
+
+    def read_cell(self, task: str, method: str, seed: int) -> dict[str, Any]:
+        """The finished cell's row, checked (:class:`CellRecord`): of this cell and this comparison."""
+        return CellRecord.load(self.cell_file(task, method, seed), (task, method, seed), self.fingerprint).to_json()
+
+    def cell_dir(self, task: str, method: str, seed: int) -> Path:
+        return self.out / "tasks" / task / method / f"seed{seed}"
+
+    def search_dir(self, task: str) -> Path:
+        return self.out / "tasks" / task / "search"
+
+
+def _number(lo: float | None = None, hi: float | None = None) -> Any:
+    """A key rule: a finite number (JSON reads NaN and Infinity), within [lo, hi] where given."""
+    def rule(name: str, value: Any, where: str) -> None:
+        if value is None:
+            return
+        if value != value or value in (float("inf"), float("-inf")) or \
+                (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f" in [{lo}, {hi}]" if hi is not None else f" >= {lo}" if lo is not None else ""
+            raise UniTuneError(f"{where}: {name!r}: expected a finite number{span}, got {value!r}")
+    return rule
+
+
+NUMBER = (int, float)
+# The keys of a cell file (cells/<task>/<method>-seed<k>.json), their JSON types and ranges.
+CELL_KEYS: dict[str, Key] = {
+    "task": json_key(str), "group": json_key(str), "method": json_key(str), "seed": json_key(int),
+    "test_accuracy": json_key(NUMBER, _number(0, 1)), "test_images": json_key(int, _number(1)),
+    "params": json_key(int, _number(0)), "params_with_head": json_key(int, _number(0)),
+    "epochs": json_key(int, _number(0)), "seconds": json_key(NUMBER, _number(0)),
+    "cpu_seconds": json_key(NUMBER, _number(0)), "sizes": json_key(str),
+    "stage_seconds": json_key((*NUMBER, type(None)), _number(0)), "fingerprint": json_key(str),
+}
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One finished cell, as its file holds it. Every cell is read back through :meth:`load`
+    (a rerun's resume, the report, the benchmark scripts): a damaged, hand-edited or copied file
+    is a one-line error naming the file and the key, never a traceback or a silent NaN in the table."""
+
+    task: str
+    group: str
+    method: str
+    seed: int
+    test_accuracy: float
+    test_images: int
+    params: int
+    params_with_head: int
+    epochs: int
+    seconds: float
+    cpu_seconds: float
+    sizes: str
+    stage_seconds: float | None
+    fingerprint: str
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> "CellRecord":
+        check_record(data, CELL_KEYS, source)
+        extra = sorted(set(data) - set(CELL_KEYS))
+        if extra:
+            raise UniTuneError(f"{source}: unknown key {extra[0]!r}, expected the keys {list(CELL_KEYS)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path, cell: tuple[str, str, int], fingerprint: str) -> "CellRecord":
+        """The record of ``path``, which must be the file of ``cell`` written by the comparison
+        whose plan has ``fingerprint`` (a file copied from another folder or config is refused)."""
+        record = cls.from_json(read_json(path), str(path))
+        got = (record.task, record.method, record.seed)
+        if got != tuple(cell):
+            raise UniTuneError(f"{path}: holds the cell {'/'.join(map(str, got))}, expected "
+                               f"{'/'.join(map(str, cell))}; remove it to recompute the cell")
+        if record.fingerprint != fingerprint:
+            raise UniTuneError(f"{path}: 'fingerprint' {record.fingerprint!r} is of another comparison (this one is "
+                               f"{fingerprint!r}); remove the file to recompute the cell")
+        return record
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_names(text: str, what: str) -> tuple[str, ...]:
+    """``'a,b'`` -> ``('a', 'b')``; an empty list is a mistake."""
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    if not names:
+        raise UniTuneError(f"--{what}: expected a comma-separated list, got an empty one ({text!r})")
+    return names
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    seeds = []
+    for part in parse_names(text, "seeds"):
+        try:
+            seeds.append(int(part))
+        except ValueError:
+            raise UniTuneError(f"--seeds: expected integers like 0,1,2, got {part!r}") from None
+    return _check_seeds(seeds, "--seeds")
+
+
+def _check_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (list, tuple)) or not seeds:
+        raise UniTuneError(f"{where}: expected a non-empty list of integer seeds, got {seeds!r}")
+    for s in seeds:  # each becomes retrain.seed: the range every seed has (unitune.checks)
+        check_seed(s, where)
+    if len(set(seeds)) != len(seeds):
+        raise UniTuneError(f"{where}: duplicate seed in {list(seeds)}")
+    return tuple(seeds)
+
+
+def _check_names(names: Any, where: str, known: Sequence[str] | None = None) -> tuple[str, ...]:
+    if isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple)) or not names:
+        raise UniTuneError(f"{where}: expected a non-empty list, got {names!r}")
+    for n in names:
+        if not isinstance(n, str) or not n:
+            raise UniTuneError(f"{where}: expected names, got {n!r}")
+        if known is not None and n not in known:
+            raise UniTuneError(f"{where}: unknown method {n!r}, expected some of {list(known)}")
+    if len(set(names)) != len(names):
+        raise UniTuneError(f"{where}: duplicate in {list(names)}")
+    return tuple(names)
+
+
+def _overrides(mapping: Any, where: str) -> list[str]:
+    if not isinstance(mapping, dict):
+        raise UniTuneError(f"{where}: expected a mapping of dotted keys to values, got {mapping!r}")
+    return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]  # JSON is YAML: read back as written
+
+
+def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None, methods: Sequence[str] | None = None, quick: bool = False,
+                 overrides: Sequence[str] = ()) -> Plan:
+    """Read and check everything a comparison needs; nothing is written, no weight is loaded."""
+    from unitune.data import DataConfig, build_dataset
+    from unitune.data.minivtab import GROUPS as MINIVTAB_GROUPS
+
+    src = str(config)
+    raw = load_config_dict(config, overrides)
+    section = raw.pop("compare", None) or {}
+    if not isinstance(section, dict):
+        raise UniTuneError(f"{src}: compare: expected a mapping, got {section!r}")
+    for key in section:
+        if key not in SECTION_KEYS:
+            raise UniTuneError(f"{src}: compare.{key}: unknown key, expected one of {list(SECTION_KEYS)}")
+    defaults = dict(section)
+    quick_overrides: list[str] = []
+    q = section.get("quick")
+    if q is not None:  # checked on every run: a typo (`overides`) is found before anyone runs --quick
+        if not isinstance(q, dict):
+            raise UniTuneError(f"{src}: compare.quick: expected a mapping (overrides for a short run), got {q!r}")
+        for key in q:
+            if key not in QUICK_KEYS:
+                raise UniTuneError(f"{src}: compare.quick.{key}: unknown key, expected one of {list(QUICK_KEYS)}")
+        _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
+    if quick:
+        if not isinstance(q, dict):
+            raise UniTuneError(f"{src}: --quick needs a compare.quick section (overrides for a short run)")
+        quick_overrides = _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
+        defaults.update({k: v for k, v in q.items() if k != "overrides"})
+    all_overrides = [*quick_overrides, *overrides]
+    raw = load_config_dict(config, all_overrides)
+    raw.pop("compare", None)
+
+    # The method, task and seed lists: command line, then compare.quick, then compare, then data.task.
+    known = known_rows()
+    if methods is not None:
+        methods = _check_names(list(methods), "--methods", known)
+    else:
+        methods = _check_names(defaults.get("methods", list(METHODS)), f"{src}: compare.methods", known)
+    if seeds is not None:
+        seeds = _check_seeds(list(seeds), "--seeds")
+    else:
+        seeds = _check_seeds(defaults.get("seeds", [raw.get("retrain", {}).get("seed", 0)]), f"{src}: compare.seeds")
+    data_raw = raw.get("data") or {}
+    if tasks is not None:
+        tasks = _check_names(list(tasks), "--tasks")
+    elif "tasks" in defaults:
+        tasks = _check_names(defaults["tasks"], f"{src}: compare.tasks")
+    elif isinstance(data_raw, dict) and data_raw.get("task"):
+        tasks = (str(data_raw["task"]),)
+    else:
+        raise UniTuneError(f"{src}: no tasks: give --tasks, compare.tasks or data.task")
+
+    groups: dict[str, str] = {}
+    configured = defaults.get("groups") or {}
+    if not isinstance(configured, dict):
+        raise UniTuneError(f"{src}: compare.groups: expected a mapping of group to task list, got {configured!r}")
+    for group, names in configured.items():
+        for t in _check_names(names, f"{src}: compare.groups.{group}"):
+            if t in groups:  # its rows would count in one group's mean and silently not in the other's
+                raise UniTuneError(f"{src}: compare.groups.{group}: task {t!r} is already in group {groups[t]!r}; "
+                                   f"a task belongs to one group")
+            groups[t] = str(group)
+    for t in tasks:
+        if t not in groups:
+            vtab = next((g for g, names in VTAB_GROUPS.items() if t in names), None)
+            groups[t] = vtab or MINIVTAB_GROUPS.get(t, "other")
+
+    # The base run (with pretrain, if any), checked whole; then one run per task.
+    base = load_run_config(config, all_overrides)
+    # A file there, or no right to write, fails now, not after the pretraining.
+    out = check_output_dir(Path(out) if out else inside("runs", Path("runs") / base.name))
+    check_no_outside_links(out)
+    weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
+    task_runs = {}
+    for t in tasks:
+        traw = copy.deepcopy(raw)
+        traw["name"] = f"{base.name}-{t}"
+        traw.setdefault("data", {})["task"] = t
+        if weights is not None:
+            traw.pop("pretrain", None)
+            traw.setdefault("model", {})["weights"] = weights
+        data = DataConfig.from_dict(traw["data"], source=f"{src}: data (task {t!r})")
+        for folder in ("tasks", "cells"):  # t is a plain name (DataConfig): its folders stay inside
+            inside(out, out / folder / t)
+        run = dataclasses.replace(base, name=traw["name"], data=data, raw=traw, pretrain=None, pretrain_data=None,
+                                  model=dataclasses.replace(base.model, weights=weights or base.model.weights),
+                                  source=str(out / "tasks" / t / "config.yaml"))
+        for split in ("train", "val", "trainval", "test"):  # indexed, not read: a missing list fails now
+            split_set = build_dataset(run.data, split, None)
+        split_set.verify_files()  # the test files are read after training: verified (not decoded) now
+        task_runs[t] = run
+    from unitune.supernet import SearchSpace
+
+    space = SearchSpace.from_dict(task_runs[tasks[0]].space, f"{src}: space")
+    for m in method_rows(methods):  # a row's size comes from the space: refused now, not after the pretraining
+        if not any(space.choices(m)):
+            raise UniTuneError(f"{src}: space.{m}: has no size above 0 for the {m!r} row; give it sizes "
+                               f"(e.g. the override space.{m}=[0,4,8]) or drop {m!r} from the methods")
+    if "search" in methods:
+        from unitune.retrain.train import check_init_source
+        from unitune.search.stage import check_search_stage
+
+        check_search_stage(task_runs[tasks[0]], out)
+        check_init_source(task_runs[tasks[0]])
+    elif method_rows(methods):
+        _budget(task_runs[tasks[0]])  # a malformed budget fails now, not after the pretraining
+        _check_methods_fit(task_runs[tasks[0]], method_rows(methods))
+    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick)
+
+
+# ------------------------------------------------------ what the rows need of a task config
+
+def _dims(run: RunConfig):
+    from unitune.backbone import create_backbone
+    from unitune.data import build_dataset
+    from unitune.supernet import BackboneDims
+
+    num_classes = build_dataset(run.data, "trainval", None).num_classes
+    vit = create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True)
+    return BackboneDims.from_model(vit), vit
+
+
+def _budget(run: RunConfig) -> int | None:
+    from unitune.supernet.params import parse_budget
+
+    if run.search.budget is None:
+        return None
+    dims, vit = _dims(run)
+    head = {id(p) for p in vit.get_classifier().parameters()}
+    frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
+    return parse_budget(run.search.budget, frozen, source=f"{run.source}: search.budget")
+
+
+def _check_methods_fit(run: RunConfig, methods: Sequence[str]) -> None:
+    """The single-method rows' methods (with the model-level ones reported with them) must fit
+    the backbone (SSF folds only into a bias): refused now, not after the pretraining."""
+    from unitune.supernet import SearchSpace, Subnet, check_vit
+    from unitune.supernet.methods import METHODS as REGISTRY
+
+    space = SearchSpace.from_dict(run.space)
+    dims, vit = _dims(run)
+    names = [g.name for g in REGISTRY.values() if g.name in methods or (g.site == "model" and g.report_key in methods)]
+    check_vit(vit, sizes=Subnet.uniform(dims.depth, **{n: space.max_size(n) for n in names}))
+
+

@@ -1,0 +1,249 @@
+"""Running a comparison: the pretraining (once), the search (once per task), every cell (one
+task x row x seed, each trained and scored by itself, in worker processes with ``--jobs``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import UniTuneError
+from ..io import read_json, write_json_atomic, write_yaml_atomic
+from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, _budget, _dims
+from .report import _count, describe, stamp_quick, write_report
+
+def largest_uniform(method: str, run: RunConfig):
+    """The one-method subnet, same size in every block, with the most parameters within the
+    budget (without a budget: the largest); when even the smallest size is over budget, the
+    smallest (the row's parameter count shows it)."""
+    from unitune.supernet import SearchSpace, Subnet, count_params
+
+    space = SearchSpace.from_dict(run.space)
+    dims, _ = _dims(run)
+    budget = _budget(run)
+    from unitune.supernet.methods import METHODS
+
+    companions = [g.name for g in METHODS.values() if g.site == "model" and g.report_key == method]
+    options = []
+    for size in space.choices(method):
+        if size == 0:
+            continue
+        # with each choice of the model-level methods reported with it (SSF: the global SSF)
+        for extra in itertools.product(*([(g, c) for c in space.choices(g)] for g in companions)):
+            subnet = Subnet.uniform(dims.depth, **{method: size}, **dict(extra))
+            options.append((count_params(subnet, dims, space).total, subnet))
+    if not options:
+        raise UniTuneError(f"{run.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
+    fitting = [o for o in options if budget is None or o[0] <= budget]
+    return (max(fitting, key=lambda o: o[0]) if fitting else min(options, key=lambda o: o[0]))[1]
+
+
+
+
+def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Every weight trainable, the retrain recipe, trainval, scored once on test after the last
+    epoch: retrain's full mode (:func:`unitune.retrain.train.retrain` with ``full=True``), resumed
+    from its checkpoint when one is there."""
+    from unitune.retrain.train import CKPT_DIR, retrain
+
+    r = retrain(run, None, out, full=True, resume=(Path(out) / CKPT_DIR / "state.pt").exists(), progress=progress,
+                curves=False)
+    return {"test_accuracy": r["test_accuracy"], "test_images": r["test_images"],
+            "params": r["params"]["trainable_params"], "params_with_head": r["params"]["trainable_params_with_head"]}
+
+
+def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = False) -> dict[str, Any]:
+    """Train and score one cell; its JSON file is written (atomically) only once it is complete."""
+    from unitune.retrain.train import CKPT_DIR, retrain
+    from unitune.supernet import Subnet
+    from unitune.supernet.train import SUPERNET_FILE
+
+    base = plan.task_runs[task]
+    run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
+                              raw={**base.raw, "retrain": {**base.raw.get("retrain", {}), "seed": seed}})
+    out = plan.cell_dir(task, method, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    started, cpu = time.perf_counter(), time.process_time()
+    stage_seconds = None
+    if method == "full":
+        r = full_finetune(run, out, progress)
+        params, with_head, sizes, images = r["params"], r["params_with_head"], "all weights", r["test_images"]
+    else:
+        if method == "search":
+            search_dir = plan.search_dir(task)
+            path = search_dir / "best_subnet.yaml"
+            stage_seconds = read_json(search_dir / SEARCH_RESULT)["seconds"]
+        else:
+            subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
+            path = subnet.save(out / "subnet.yaml")
+        r = retrain(run, path, out, supernet_file=plan.search_dir(task) / SUPERNET_FILE if method == "search" else None,
+                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress, curves=False)
+        params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
+        sizes, images = describe(Subnet.load(path)), r["test_images"]
+    row = {"task": task, "group": plan.groups[task], "method": method, "seed": seed,
+           "test_accuracy": r["test_accuracy"], "test_images": images, "params": params,
+           "params_with_head": with_head, "epochs": run.retrain.epochs,
+           "seconds": round(time.perf_counter() - started, 2),
+           "cpu_seconds": round(time.process_time() - cpu, 2), "sizes": sizes, "stage_seconds": stage_seconds,
+           "fingerprint": plan.fingerprint}
+    row = CellRecord(**row).to_json()  # the one record type every cell is read back through
+    write_json_atomic(plan.cell_file(task, method, seed), row)
+    return row
+
+
+def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
+    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+
+    if plan.base.pretrain is None:
+        return None
+    folder = plan.out / PRETRAIN_DIR
+    result = folder / PRETRAIN_RESULT
+    if (folder / WEIGHTS_FILE).is_file() and result.is_file():
+        return read_json(result)
+    started, cpu = time.perf_counter(), time.process_time()
+    pretrain(plan.base, plan.out, progress=progress)
+    log = [json.loads(ln) for ln in (folder / "log.jsonl").read_text().splitlines() if ln.strip()]
+    data = plan.base.pretrain_data
+    info = {"source": data.to_dict(), "epochs": plan.base.pretrain.epochs, "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1), "source_val_accuracy": log[-1]["val_acc"] if log else None}
+    write_json_atomic(result, info)
+    return info
+
+
+def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
+    """Supernet on train, search on val, once per task: ``best_subnet.yaml`` for the search rows."""
+    from unitune.search.stage import search_stage
+    from unitune.supernet.train import CKPT_DIR, SUPERNET_FILE, train_supernet
+
+    folder = plan.search_dir(task)
+    result = folder / SEARCH_RESULT
+    if result.is_file():
+        return read_json(result)
+    run = plan.task_runs[task]
+    started, cpu = time.perf_counter(), time.process_time()
+    if run.search.needs_supernet and not (folder / SUPERNET_FILE).is_file():
+        train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
+    supernet_seconds = time.perf_counter() - started
+    found, written = search_stage(run, folder, progress=progress)
+    if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
+        from ..curves import CURVES_FILE
+
+        pngs = {Path(p) for p in written.values() if Path(p).suffix == ".png"}
+        pngs |= {folder / CURVES_FILE} if (folder / CURVES_FILE).is_file() else set()
+        for png in sorted(pngs):
+            stamp_quick(png)
+    best = found.best_trial
+    info = {"seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+            "supernet_seconds": round(supernet_seconds, 1),
+            "trials": found.n_complete, "best_val_accuracy": best.user_attrs["val_accuracy"],
+            "params": best.user_attrs["n_params"]}
+    write_json_atomic(result, info)
+    return info
+
+
+def _worker(job: tuple) -> Any:
+    """One unit of work in a worker process (``--jobs`` > 1): a search stage or a cell."""
+    import torch
+
+    plan, kind, args, threads = job
+    torch.set_num_threads(threads)
+    if kind == "search":
+        return _search_stage(plan, *args, progress=False)
+    return run_cell(plan, *args, progress=False)
+
+
+def _check_folder(plan: Plan) -> None:
+    """A run folder belongs to one config: refuse to mix cells of another one into its table.
+    Every finished cell is read (checked) now, before anything is written or trained: a damaged
+    one fails the rerun at once, not in the report after hours of work."""
+    meta = plan.out / META_FILE
+    if meta.exists() or meta.is_symlink():
+        saved = read_json(meta)  # a folder, FIFO or broken link there: one line naming it
+        if not isinstance(saved, dict) or not isinstance(saved.get("fingerprint"), str):
+            got = type(saved).__name__ if not isinstance(saved, dict) else f"'fingerprint' {saved.get('fingerprint')!r}"
+            raise UniTuneError(f"{meta}: expected the JSON object compare writes (with a 'fingerprint' string), "
+                               f"got {got}; use another --out or remove the file")
+        if saved["fingerprint"] != plan.fingerprint:
+            raise UniTuneError(f"{meta}: this folder holds a comparison of another config (or of --quick / "
+                               f"overrides that differ); use another --out or remove the folder")
+    for cell in plan.cells:
+        if plan.cell_file(*cell).exists() or plan.cell_file(*cell).is_symlink():
+            plan.read_cell(*cell)
+
+
+def _check_checkpoints(plan: Plan) -> None:
+    """The checkpoints a rerun would resume (a cell's retrain, a task's supernet) must load: a
+    damaged one is named now, before any cell starts (with ``--jobs``, others would run beside it)."""
+    from unitune.retrain.train import CKPT_DIR
+    from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
+    from unitune.train import load_checkpoint
+
+    folders = [plan.cell_dir(*c) / CKPT_DIR for c in plan.cells if not plan.cell_file(*c).is_file()]
+    if "search" in plan.methods:
+        folders += [plan.search_dir(t) / SUPERNET_CKPT for t in plan.tasks
+                    if not (plan.search_dir(t) / SEARCH_RESULT).is_file()]
+    for folder in folders:
+        load_checkpoint(folder)  # None when there is none; a damaged one is a one-line error
+
+
+def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Pretrain (once), search (once per task), then every missing cell; then the CSV, table and plot."""
+    from tqdm import tqdm
+
+    _check_folder(plan)
+    _check_checkpoints(plan)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan.out / META_FILE, {"fingerprint": plan.fingerprint, "config": plan.base.source,
+                                             "tasks": list(plan.tasks), "seeds": list(plan.seeds),
+                                             "methods": list(plan.methods)})
+    for t, run in plan.task_runs.items():  # the resolved config of each task, for `unitune retrain --config`
+        write_yaml_atomic(plan.out / "tasks" / t / "config.yaml", run.raw)
+    started = time.perf_counter()
+    pre = _pretrain_stage(plan, progress)
+    if pre is not None and progress:
+        print(f"pretrain: source val accuracy {pre['source_val_accuracy']:.4f} in {pre['seconds']} s")
+
+    searches = [t for t in plan.tasks if "search" in plan.methods]
+    todo = [c for c in plan.cells if not plan.cell_file(*c).is_file()]
+    if progress:
+        print(f"compare: {_count(len(plan.cells), 'cell')} ({_count(len(plan.tasks), 'task')} x "
+              f"{_count(len(plan.methods), 'method')} x {_count(len(plan.seeds), 'seed')}), "
+              f"{len(plan.cells) - len(todo)} already complete")
+    bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), desc="compare", unit="cell",
+               disable=not progress)
+    if jobs <= 1:  # task by task, so an interrupted suite leaves whole tasks done
+        for t in plan.tasks:
+            if t in searches:
+                bar.set_postfix_str(f"{t}: supernet + search")
+                _search_stage(plan, t, progress=False)
+            for cell in [c for c in todo if c[0] == t]:
+                bar.set_postfix_str("/".join(map(str, cell)))
+                run_cell(plan, *cell, progress=False)
+                bar.update()
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        from unitune.voice import install
+
+        # each worker prints warnings in the CLI's voice, other packages' repeats once per worker
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=install) as pool:
+            try:
+                for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
+                    f.result()
+                for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
+                    f.result()
+                    bar.update()
+            except BaseException:
+                # The first failure stops the comparison: cells not yet started are not started
+                # (the running ones finish and keep their complete results, as one job would).
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    bar.close()
+    report = write_report(plan, pretrain_info=pre)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
