@@ -40,6 +40,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 import unitune
+from unitune.context import RunLayout
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
@@ -472,4 +473,4 @@ def open_existing_study(storage: str | os.PathLike | BaseStorage, study_name: st
 
 def default_storage(out_dir: str | os.PathLike) -> Path:
     """The default storage of a run folder: ``DIR/study.db``."""
-    return Path(out_dir) / "study.db"
+    return RunLayout(out_dir).study_db

@@ -48,6 +48,7 @@ from typing import Any, Sequence
 
 from .checks import check_output_dir, check_seed
 from .config import RunConfig, load_config_dict, load_run_config
+from .context import RunContext, RunLayout
 from .errors import UniTuneError
 from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
 from .schema import Key, check_record, json_key
@@ -444,9 +445,8 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
 
 def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = False) -> dict[str, Any]:
     """Train and score one cell; its JSON file is written (atomically) only once it is complete."""
-    from unitune.retrain.train import CKPT_DIR, retrain
+    from unitune.retrain.train import retrain
     from unitune.supernet import Subnet
-    from unitune.supernet.train import SUPERNET_FILE
 
     base = plan.task_runs[task]
     run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
@@ -461,13 +461,14 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
     else:
         if method == "search":
             search_dir = plan.search_dir(task)
-            path = search_dir / "best_subnet.yaml"
+            path = RunLayout(search_dir).best_subnet
             stage_seconds = read_json(search_dir / SEARCH_RESULT)["seconds"]
         else:
             subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
             path = subnet.save(out / "subnet.yaml")
-        r = retrain(run, path, out, supernet_file=plan.search_dir(task) / SUPERNET_FILE if method == "search" else None,
-                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress, curves=False)
+        ctx = RunContext(run, out)
+        r = retrain(ctx, path, out, supernet_file=RunLayout(plan.search_dir(task)).supernet if method == "search" else None,
+                    resume=ctx.layout.retrain_state.exists(), progress=progress, curves=False)
         params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
         sizes, images = describe(Subnet.load(path)), r["test_images"]
     row = {"task": task, "group": plan.groups[task], "method": method, "seed": seed,
@@ -503,18 +504,19 @@ def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
 def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     """Supernet on train, search on val, once per task: ``best_subnet.yaml`` for the search rows."""
     from unitune.search.stage import search_stage
-    from unitune.supernet.train import CKPT_DIR, SUPERNET_FILE, train_supernet
+    from unitune.supernet.train import train_supernet
 
     folder = plan.search_dir(task)
     result = folder / SEARCH_RESULT
     if result.is_file():
         return read_json(result)
     run = plan.task_runs[task]
+    ctx = RunContext(run, folder)  # one per task: the supernet and the search share it
     started, cpu = time.perf_counter(), time.process_time()
-    if run.search.needs_supernet and not (folder / SUPERNET_FILE).is_file():
-        train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
+    if run.search.needs_supernet and not ctx.layout.supernet.is_file():
+        train_supernet(ctx, resume=ctx.layout.supernet_state.exists(), progress=progress)
     supernet_seconds = time.perf_counter() - started
-    found, written = search_stage(run, folder, progress=progress)
+    found, written = search_stage(ctx, progress=progress)
     if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
         from .curves import CURVES_FILE
 
@@ -822,7 +824,7 @@ def search_trust(plan: Plan) -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for t in plan.tasks:
-        path = plan.search_dir(t) / "best_subnet.yaml"
+        path = RunLayout(plan.search_dir(t)).best_subnet
         if "search" in plan.methods and path.is_file():
             from unitune.supernet import Subnet
 

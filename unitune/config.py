@@ -265,6 +265,8 @@ class RunConfig:
     logging: tuple[str, ...] = ()
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    # ``space`` as the SearchSpace load_run_config checked it built (unitune.context.RunContext.space)
+    search_space: Any = field(default=None, compare=False, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data (for manifests, checkpoints and provenance)."""
@@ -294,7 +296,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     device = check_device(raw.get("device", "auto"), f"{src}: device")
     space = raw.get("space")
     space = {} if space is None else space  # an empty list or string is a mistake, not the default space
-    SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
+    search_space = SearchSpace.from_dict(space, source=f"{src}: space")  # validated now; the run's context keeps it
     pretrain = pretrain_data = None
     if raw.get("pretrain") is not None:
         pretrain = from_mapping(PretrainConfig, raw["pretrain"], f"{src}: pretrain")
@@ -315,6 +317,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         logging=parse_logging(raw.get("logging"), f"{src}: logging"),
         source=src,
         raw=raw,
+        search_space=search_space,
     )
 
 

@@ -189,6 +189,8 @@ class RunContext:
     def space(self):
         from unitune.supernet.space import SearchSpace
 
+        if self.run.search_space is not None:  # built when the config was checked
+            return self.run.search_space
         return SearchSpace.from_dict(self.run.space, source=f"{self.run.source}: space")
 
     @cached_property
