@@ -168,8 +168,9 @@ class RunContext:
         return cls(run, out)
 
     def moved(self, out: str | os.PathLike) -> "RunContext":
-        """This context for another run folder: what the config alone decides (space, shapes,
-        dims, frozen count, device, budgets) is kept; what depends on the folder is not."""
+        """This context for another run folder: what the config alone decides and this context has
+        built (space, shapes, dims, frozen count, device, budgets) is shared; what depends on the
+        folder (the search's checked settings: its default storage) is not."""
         other = RunContext(self.run, out)
         for name in ("space", "shapes", "dims", "frozen", "device"):
             if name in self.__dict__:
