@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import optuna
 
-from unitune.config import RunConfig
+from unitune.config import RerankConfig, RunConfig, rerank_settings
 from unitune.context import RERANK_PLOT, RunContext, RunLayout
 from unitune.errors import UniTuneError
 
@@ -44,33 +44,15 @@ _logger = logging.getLogger("unitune.search")
 # On by default (issue 15): the supernet's inherited accuracy alone picked worse subnets than
 # the single methods it was meant to beat; five short stand-alone trainings plus the single
 # methods cost little next to the supernet, and they measure how far to trust it (tau).
-DEFAULT_RERANK = {"top_k": 5, "epochs": 5}
+DEFAULT_RERANK = dataclasses.asdict(RerankConfig())
 LOW_TAU = 0.3  # below this (or a CI reaching 0) the supernet's ranking is not to be trusted
 PLOT = RERANK_PLOT
 
 
 def check_rerank(value: Any, where: str = "search.rerank") -> tuple[int, int]:
-    """(top_k, epochs) from the config value; a missing key takes its default (on: top 5, 5
-    epochs); None or top_k 0 turn re-ranking off."""
-    if value is None:
-        return 0, 0
-    if not isinstance(value, dict):
-        raise UniTuneError(f"{where}: expected a mapping {{top_k: K, epochs: E}}, got {value!r}")
-    unknown = set(value) - {"top_k", "epochs"}
-    if unknown:
-        raise UniTuneError(f"{where}.{sorted(unknown)[0]}: unknown key, expected one of ['epochs', 'top_k']")
-    out = []
-    for key, default in DEFAULT_RERANK.items():
-        v = value.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise UniTuneError(f"{where}.{key}: expected a non-negative integer, got {v!r}")
-        out.append(v)
-    top_k, epochs = out
-    if not top_k:
-        return 0, 0
-    if not epochs:
-        raise UniTuneError(f"{where}.epochs: expected a positive integer when top_k is {top_k}, got 0")
-    return top_k, epochs
+    """(top_k, epochs) from the config value, checked as the config's :class:`RerankConfig` (a
+    missing key takes its default: on, top 5, 5 epochs); None or top_k 0 turn re-ranking off."""
+    return rerank_settings(value, where)
 
 
 def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:

@@ -40,6 +40,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 import unitune
+from unitune.config import OBJECTIVES, objective_names
 from unitune.context import RunLayout
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
@@ -59,16 +60,13 @@ from .storage import (close_storage, open_storage, recover_dead_trials, requeue_
 _logger = logging.getLogger("unitune.search")
 
 DIRECTIONS = {"acc": "maximize", "params": "minimize"}
-VALID_OBJECTIVES = (("acc",), ("acc", "params"))
+VALID_OBJECTIVES = OBJECTIVES  # the config's vocabulary (unitune/config.py)
 # Study user attributes that must agree when a run joins an existing study.
 CHECKED_ATTRS = ("budget", "objectives", "depth", "space", "backbone")
 
 
 def parse_objectives(objectives: Sequence[str] | str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in objectives.split(",")) if isinstance(objectives, str) else tuple(objectives)
-    if parts not in VALID_OBJECTIVES:
-        raise UniTuneError(f"objectives: expected 'acc' or 'acc,params', got {','.join(map(str, parts))!r}")
-    return parts
+    return objective_names(objectives)
 
 
 def check_search_settings(

@@ -21,7 +21,7 @@ import yaml
 from .checks import check_device
 from .errors import UniTuneError
 from .io import check_plain_name, read_yaml, safe_load
-from .schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
+from .schema import check_fields, choice, count, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
 def _type_name(tp: Any) -> str:
@@ -105,12 +105,60 @@ def _warmup_within_epochs(cfg: "TrainConfig", where: str) -> None:
         raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
 
 
-def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
-    # The names and the rule (a pruner needs one objective) are the search package's; imported
-    # when the rule runs, so that importing this core module does not import the search stage.
-    from unitune.search.pruning import check_fitness_pruner
+# The search's vocabulary, declared with its section (search/ imports these names from here).
+SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
+FITNESSES = ("supernet", "standalone")  # inherited weights | each subnet trained alone (search/pruning.py)
+PRUNERS = ("auto", "none", "sha", "hyperband")
+OBJECTIVES = (("acc",), ("acc", "params"))
 
-    check_fitness_pruner(cfg.fitness, cfg.pruner, cfg.objectives, where)
+
+def objective_names(value: Any, where: str = "objectives") -> tuple[str, ...]:
+    """``'acc'``, ``'acc,params'`` (or a sequence of the names) as a tuple of names."""
+    parts = tuple(p.strip() for p in value.split(",")) if isinstance(value, str) else tuple(value)
+    if parts not in OBJECTIVES:
+        raise UniTuneError(f"{where}: expected 'acc' or 'acc,params', got {','.join(map(str, parts))!r}")
+    return parts
+
+
+def _objectives(cfg: "SearchConfig", where: str) -> None:
+    objective_names(cfg.objectives, f"{where}.objectives")
+
+
+def _pruner_needs_one_objective(cfg: "SearchConfig", where: str) -> None:
+    if cfg.pruner not in ("auto", "none") and len(objective_names(cfg.objectives)) > 1:
+        # Optuna's trial.report is single-objective only.
+        raise UniTuneError(f"{where}.pruner: {cfg.pruner!r} needs the single objective 'acc' "
+                           f"(Optuna prunes single-objective studies only); use pruner none with acc,params")
+
+
+def _epochs_when_ranking(cfg: "RerankConfig", where: str) -> None:
+    if cfg.top_k and not cfg.epochs:
+        raise UniTuneError(f"{where}.epochs: expected a positive integer when top_k is {cfg.top_k}, got 0")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """``search.rerank``: re-rank the search's ``top_k`` best subnets (and the single methods) by
+    ``epochs`` of stand-alone training (search/rerank.py); ``top_k: 0`` is off. (``Any``: the
+    count check names every wrong value, a bool or a string included, the same way.)"""
+
+    top_k: Any = count(5, ge=0, expected="a non-negative integer")
+    epochs: Any = count(5, ge=0, expected="a non-negative integer", rule=_epochs_when_ranking)
+
+
+def rerank_settings(value: Any, where: str = "search.rerank") -> tuple[int, int]:
+    """(top_k, epochs) of a ``search.rerank`` value; a missing key takes its default (on: top 5,
+    5 epochs); None or top_k 0 turn re-ranking off."""
+    if value is None:
+        return 0, 0
+    if not isinstance(value, Mapping):
+        raise UniTuneError(f"{where}: expected a mapping {{top_k: K, epochs: E}}, got {value!r}")
+    cfg = from_mapping(RerankConfig, value, where)
+    return (cfg.top_k, cfg.epochs) if cfg.top_k else (0, 0)
+
+
+def _rerank(cfg: "SearchConfig", where: str) -> None:
+    rerank_settings(cfg.rerank, f"{where}.rerank")
 
 
 @dataclass(frozen=True)
@@ -192,16 +240,17 @@ class SupernetConfig(TrainConfig):
 class SearchConfig:
     budget: str | int | None = None  # 400000, "0.4M", "0.5%" (of the backbone)
     trials: int = num(100, ge=1)
-    sampler: str = "tpe"
+    sampler: str = choice("tpe", SAMPLERS)
     storage: str | None = None  # default: sqlite:///<out>/study.db
     study: str | None = None  # default: the config's name
-    objectives: str = "acc"  # acc | acc,params
+    objectives: str = rule_only("acc", _objectives)  # acc | acc,params
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
-    # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
-    rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
-    fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
-    # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py; the rule checks fitness too
-    pruner: str = rule_only("auto", _fitness_and_pruner)
+    # {top_k: K, epochs: E} (RerankConfig): stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off.
+    # A mapping here (as given: run manifests record it so), checked as a RerankConfig.
+    rerank: dict = rule_only(dataclasses.field(default_factory=lambda: {"top_k": 5, "epochs": 5}), _rerank)
+    fitness: str = choice("supernet", FITNESSES)  # supernet (inherited weights) | standalone (train each subnet)
+    # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
+    pruner: str = choice("auto", PRUNERS, rule=_pruner_needs_one_objective)
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
 
     @property
