@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from unitune.config import RunConfig
 from unitune.context import RunContext
 from unitune.errors import UniTuneError
-from unitune.supernet import Subnet, check_vit
+from unitune.supernet import BackboneDims, Subnet, check_vit
 
 from .export import best_trial, trial_subnet, write_outputs
 from .fitness import StandaloneFitness, SupernetFitness
@@ -76,7 +76,7 @@ def _check_search_stage(ctx: RunContext, budget, trials, sampler, storage, objec
 def prepared_search(ctx: RunContext, **overrides: Any) -> PreparedSearch:
     """What :func:`check_search_stage` checked for these ``overrides`` (checking it now if not yet)."""
     check_search_stage(ctx, **overrides)
-    return ctx.once(_search_key(**overrides), lambda: None)[2]
+    return ctx.cached(_search_key(**overrides))[2]
 
 
 def _search_key(budget=None, trials=None, sampler=None, storage=None, objectives=None, seed_subnets=()) -> tuple:
@@ -148,18 +148,20 @@ def search_stage(run: RunConfig | RunContext, out: str | Path | None = None, *, 
     run, out, layout, cfg = ctx.run, ctx.out, ctx.layout, ctx.run.search
     overrides = dict(budget=budget, trials=trials, sampler=sampler, storage=storage, objectives=objectives,
                      seed_subnets=seed_subnets)
-    budget, settings, frozen = check_search_stage(ctx, **overrides)
-    prepared = prepared_search(ctx, **overrides)
+    budget, settings, frozen = check_search_stage(ctx, out, **overrides)
+    checked = ctx.cached(_search_key(**overrides))
+    prepared = checked[2] if checked else None  # what that check prepared (None: run_search prepares it)
     pruner = check_fitness_pruner(cfg.fitness, cfg.pruner, settings["objectives"], f"{run.source}: search")
-    space, dims = ctx.space, ctx.dims
     if cfg.fitness == "standalone":  # no supernet: each trial trains its subnet (search/pruning.py)
         # Counts with the head read the shapes-only build's 2-class head here, as before the context.
+        space, dims = ctx.space, ctx.dims
         fitness: Any = StandaloneFitness(ctx, out, cfg.standalone_epochs)
         attrs: dict[str, Any] = {"backbone": run.model.backbone, "config": run.source,
                                  "fitness": f"standalone, {cfg.standalone_epochs} epochs"}
     else:
         fitness = SupernetFitness(ctx, out, supernet_file)
-        dims = ctx.dims_for(fitness.num_classes)
+        # The trained supernet's space and dims (its head sized by its data); the frozen count is the context's.
+        space, dims = fitness.model.space, BackboneDims.from_model(fitness.model)
         attrs = {"backbone": run.model.backbone, "supernet": fitness.meta["path"],
                  "config": run.source, "val_images": fitness.num_images}
     attrs["pruner"] = pruner

@@ -246,6 +246,10 @@ class RunContext:
             self._budgets[key] = parse_budget(value, self.frozen, source=where)
         return self._budgets[key]
 
+    def cached(self, key: Any) -> Any:
+        """What :meth:`once` built for ``key``, or None."""
+        return self._once.get(key)
+
     def once(self, key: Any, build: Callable[[], Any]) -> Any:
         """``build()`` the first time ``key`` is asked for; its value after that."""
         if key not in self._once:
