@@ -272,6 +272,50 @@ class PretrainConfig(TrainConfig):
     data: dict = field(default_factory=dict)
 
 
+def _overrides_mapping(cfg: "CompareQuick", where: str) -> None:
+    if not isinstance(cfg.overrides, Mapping):
+        raise UniTuneError(f"{where}.overrides: expected a mapping of dotted keys to values, got {cfg.overrides!r}")
+
+
+@dataclass(frozen=True)
+class CompareQuick:
+    """``compare.quick``: overrides for a short run (``--quick``), and lists used instead of compare's."""
+
+    overrides: Any = rule_only(field(default_factory=dict), _overrides_mapping)
+    tasks: Any = None
+    seeds: Any = None
+    methods: Any = None
+
+
+def _quick(cfg: "CompareConfig", where: str) -> None:
+    if cfg.quick is None:
+        return
+    if not isinstance(cfg.quick, Mapping):
+        raise UniTuneError(f"{where}.quick: expected a mapping (overrides for a short run), got {cfg.quick!r}")
+    from_mapping(CompareQuick, cfg.quick, f"{where}.quick")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The ``compare:`` section of `unitune compare` (the stages ignore it). Its keys and its
+    ``quick`` part are declared here; the lists (``tasks``, ``seeds``, ``methods``, ``groups``)
+    are checked where the command line, ``compare.quick`` and ``compare`` are resolved in that
+    order (unitune/compare.py), since the first one given is the one used."""
+
+    tasks: Any = None
+    groups: Any = None
+    seeds: Any = None
+    methods: Any = None
+    quick: Any = rule_only(None, _quick)  # checked on every run: a typo (`overides`) is found before --quick
+
+
+def check_compare_section(value: Any, src: str) -> CompareConfig:
+    """The ``compare:`` section of the config file ``src``, checked (one-line errors)."""
+    if not isinstance(value, Mapping):
+        raise UniTuneError(f"{src}: compare: expected a mapping, got {value!r}")
+    return from_mapping(CompareConfig, value, f"{src}: compare")
+
+
 LOGGERS = ("csv", "tensorboard")
 
 
@@ -290,7 +334,8 @@ def parse_logging(value: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))  # in the given order, each once
 
 
-# ``compare`` belongs to `unitune compare` (unitune/compare.py checks it); the stages ignore it.
+# ``compare`` belongs to `unitune compare` (declared as CompareConfig, checked by check_compare_section
+# when a comparison is planned); the stages ignore it.
 RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare",
                 "logging")
 
