@@ -359,7 +359,8 @@ class RunConfig:
     logging: tuple[str, ...] = ()
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
-    # ``space`` as the SearchSpace load_run_config checked it built (unitune.context.RunContext.space)
+    # ``space`` as the SearchSpace load_run_config checked it built (unitune.context.RunContext.space);
+    # a dataclasses.replace(run, space=...) must set it to None (or the new SearchSpace) too
     search_space: Any = field(default=None, compare=False, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
