@@ -68,8 +68,9 @@ def counted_run(tmp_path_factory):
 def test_one_run_builds_each_thing_once(counted_run):
     _, _, summary, counts = counted_run
     assert summary["complete"] and summary["search_trials"] == 4
-    # Before the context (beb7f60, the same run with the default re-rank): the space 1 + 9 more,
-    # a shapes-only backbone 15 times, the budget 4, the seeds 4 and the sampler 4 times.
+    # Before the context (e9367a8, `unitune run` on configs/demo.yaml with its epochs cut): the
+    # run's space was built 13 times, a shapes-only backbone 14, the budget parsed 4 times, the
+    # seeds prepared 4 and the sampler made 4 times.
     assert counts["space"] == 1  # load_run_config checks it built; the context keeps that one
     assert counts["shapes"] == 1
     assert counts["budget"] == 1
