@@ -20,33 +20,31 @@ from typing import Any
 
 import torch
 
-from unitune.backbone import create_backbone
 from unitune.config import RunConfig
+from unitune.context import EXPORT_DIR, RETRAIN_CKPT, RETRAIN_LOG, RETRAIN_RESULT, RunContext, RunLayout
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
 from unitune.pretrain import pretrained_weights
 from unitune.stagelog import StageLog
-from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
+from unitune.supernet import PeftViT, Subnet, count_params
 from unitune.supernet.fingerprint import backbone_fingerprint
 from unitune.supernet.methods.dora import recompute_dora_magnitude
 from unitune.supernet.model import check_vit, classifier_heads
 from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
+from unitune.supernet.train import _changed_keys, build_backbone, build_model
 from unitune.supernet.wrap import make_optimizer, wrap_vit
 from unitune.train import (
-    Criterion, build_optimizer, build_scheduler, evaluate, load_checkpoint, pick_device,
+    Criterion, build_optimizer, build_scheduler, evaluate, load_checkpoint,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 from unitune.weights import check_tensor
 
 from .export import export_model
 
-CKPT_DIR = "retrain_ckpt"
-LOG_FILE = "retrain_log.jsonl"
-RESULT_FILE = "retrain_result.json"
-EXPORT_DIR = "export"
+# The names other modules import from here (unitune/context.py names every file of a run folder).
+CKPT_DIR, LOG_FILE, RESULT_FILE, EXPORT_DIR = RETRAIN_CKPT, RETRAIN_LOG, RETRAIN_RESULT, EXPORT_DIR
 
 
 # Settings a resumed retrain may change without changing what is trained (another machine, another
@@ -91,17 +89,20 @@ def check_init_source(run: RunConfig) -> None:
                            f"search.fitness: standalone trains no supernet; use retrain.init: pretrained")
 
 
-def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
-                       init: str, supernet_file: Path | None, backbone: str | Path | None = None) -> PeftViT:
+def build_subnet_model(run: RunConfig | RunContext, subnet: Subnet, num_classes: int, device: torch.device,
+                       out: Path, init: str, supernet_file: Path | None,
+                       backbone: str | Path | None = None) -> PeftViT:
     """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's
     trained weights (sliced to the subnet's sizes, head included)."""
+    ctx = RunContext.of(run, out)
+    run = ctx.run
     weights = backbone_weights(run, out, backbone)
     label = "--backbone" if backbone is not None else None
     if init == "supernet":
-        supernet_file = supernet_file or out / SUPERNET_FILE
+        supernet_file = supernet_file or RunLayout(out).supernet
         tensors, meta = read_supernet(supernet_file)
-        check_compatible(meta, supernet_file, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
-        supernet = build_model(run, num_classes, device, weights, label)
+        check_compatible(meta, supernet_file, run.model.backbone, ctx.space.to_dict())
+        supernet = build_model(ctx, num_classes, device, weights, label)
         supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
         model = supernet.materialize(subnet)
         if other_backbone(meta, model, backbone):
@@ -112,15 +113,8 @@ def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device:
                               f"magnitude recomputed from them ({n} layers, m = ||W + s*B A||)", UniTuneWarning,
                               stacklevel=2)
         return model
-    vit = build_backbone(run, num_classes, weights, label)
-    return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
-
-
-def _run_depth(run: RunConfig) -> int:
-    """The backbone's block count (built on the meta device: shapes only, no weight read)."""
-    from unitune.backbone import create_backbone
-
-    return len(create_backbone(run.model.backbone, 1, kwargs=run.model.kwargs, meta=True).blocks)
+    vit = build_backbone(ctx, num_classes, weights, label)
+    return wrap_vit(vit, ctx.space, subnet).to(device)
 
 
 def other_backbone(meta: dict[str, Any], model: PeftViT, backbone: str | Path | None) -> bool:
@@ -132,12 +126,14 @@ def other_backbone(meta: dict[str, Any], model: PeftViT, backbone: str | Path | 
     return backbone is not None
 
 
-def load_subnet(path: str | Path, run: RunConfig, index: int | None = None) -> Subnet:
+def load_subnet(path: str | Path, run: RunConfig | RunContext, index: int | None = None) -> Subnet:
     """The subnet of a subnet file, or one entry of an ``export-subnet --top/--pareto`` list
     (``FILE#N``, ``FILE#trial-T`` or ``index``: see :func:`unitune.search.select_subnet`)."""
     from unitune.search.export import select_subnet
 
-    subnet, _, path = select_subnet(path, index, depth=lambda _: _run_depth(run))
+    ctx = run if isinstance(run, RunContext) else RunContext(run, ".")  # no folder read: the depth is the context's
+    run = ctx.run
+    subnet, _, path = select_subnet(path, index, depth=lambda _: ctx.depth)
     if subnet.backbone and subnet.backbone != run.model.backbone:
         raise UniTuneError(f"{path}: a subnet for backbone {subnet.backbone!r}, but the config uses "
                            f"{run.model.backbone!r}")
@@ -162,7 +158,7 @@ def load_full_state(model: PeftViT, state: dict[str, torch.Tensor], source: str)
             p.copy_(state[name])
 
 
-def retrain(run: RunConfig, subnet_path: str | Path | None, out: str | Path, init: str | None = None,
+def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: str | Path, init: str | None = None,
             supernet_file: str | Path | None = None, resume: bool = False, progress: bool = True,
             subnet_index: int | None = None, backbone: str | Path | None = None,
             curves: bool = True, full: bool = False) -> dict[str, Any]:
@@ -172,20 +168,20 @@ def retrain(run: RunConfig, subnet_path: str | Path | None, out: str | Path, ini
     ``backbone``: the pretrained weights from another run folder or a weights file; ``curves``:
     redraw ``out/plots/curves.png`` at the end (compare's many cells skip it). ``full``: full
     fine-tuning of the pretrained backbone instead of a subnet (``subnet_path`` None)."""
-    out = Path(out)
-    cfg = run.retrain
+    ctx = RunContext.of(run, out)
+    run, out, cfg = ctx.run, ctx.out, ctx.run.retrain
     init = "pretrained" if full else init or cfg.init  # full fine-tuning starts from the backbone
     if init not in ("pretrained", "supernet"):
         raise UniTuneError(f"--init: expected 'pretrained' or 'supernet', got {init!r}")
     if full != (subnet_path is None):
         raise ValueError("retrain: give a subnet file, or full=True without one")
-    subnet = Subnet.uniform(_run_depth(run)) if full else load_subnet(subnet_path, run, subnet_index)
+    subnet = Subnet.uniform(ctx.depth) if full else load_subnet(subnet_path, ctx, subnet_index)
     if subnet_index is not None:
         subnet_path = f"{subnet_path}#{subnet_index}"  # what the result and provenance record
     if backbone is not None:
         backbone_weights(run, out, backbone)  # checked before any work
-    device = pick_device(run.device)
-    ckpt_dir = out / CKPT_DIR
+    device = ctx.device
+    ckpt_dir = ctx.layout.retrain_ckpt
     refuse_unasked_resume(ckpt_dir, resume)
     seed_everything(cfg.seed)
 
@@ -194,13 +190,12 @@ def retrain(run: RunConfig, subnet_path: str | Path | None, out: str | Path, ini
     test_set = build_dataset(run.data, "test", None)
     test_set.verify_files()  # read only after the last epoch: a broken file is named now, not then
     num_classes = train_set.num_classes
-    space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
-    shapes = create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True)
+    space, shapes = ctx.space, ctx.shapes
     subnet.check(len(shapes.blocks), space, source=str(subnet_path))  # before any weight is loaded
     check_vit(shapes, f"backbone {run.model.backbone!r}", sizes=subnet)  # SSF only where the merge can fold it
-    model = build_subnet_model(run, subnet, num_classes, device, out, init,
+    model = build_subnet_model(ctx, subnet, num_classes, device, out, init,
                                Path(supernet_file) if supernet_file else None, backbone)
-    dims = BackboneDims.from_model(model)
+    dims = ctx.dims_for(num_classes)
     count = count_params(subnet, dims, space)
     materialised = sum(p.numel() for _, p in model.peft_named_parameters())
     assert materialised == count.total, (materialised, count.total)  # exact sizes, no super-size tensor
@@ -256,7 +251,7 @@ def retrain(run: RunConfig, subnet_path: str | Path | None, out: str | Path, ini
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_epoch = state["epoch"]
-    log = StageLog(out / LOG_FILE, "retrain", out, run.logging,
+    log = StageLog(ctx.layout.retrain_log, "retrain", out, run.logging,
                    resume_epoch=start_epoch if loaded is not None else None)
 
     started = time.perf_counter()
@@ -293,12 +288,12 @@ def retrain(run: RunConfig, subnet_path: str | Path | None, out: str | Path, ini
         result["mode"] = "full"
     provenance = {"config": run.raw, "config_file": run.source, "subnet_file": result["subnet_file"], "init": init,
                   "backbone_file": backbone_weights(run, out, backbone),
-                  "supernet_file": str(supernet_file or out / SUPERNET_FILE) if init == "supernet" else None,
+                  "supernet_file": str(supernet_file or ctx.layout.supernet) if init == "supernet" else None,
                   "test_accuracy": test["accuracy"], "test_split": "test", "test_precision": "float32",
                   "data": run.data.to_dict()}
     # The result first: the test score is the run's one measurement and must survive a failing merge.
-    write_json_atomic(out / RESULT_FILE, result)
-    export_model(out / EXPORT_DIR, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,
+    write_json_atomic(ctx.layout.retrain_result, result)
+    export_model(ctx.layout.export, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,
                  class_names=list(train_set.classes), data_config=data_config, provenance=provenance)
     if progress:  # under --quiet the command prints it (cli._retrain)
         print(result_line(result, out))

@@ -15,11 +15,12 @@ from typing import Any
 from optuna.storages import BaseStorage
 
 from unitune.checks import check_port, is_loopback
+from unitune.context import STUDY_DB
 from unitune.errors import UniTuneError
 
 from .storage import open_storage
 
-RUN_FOLDER_STORAGES = ("study.db", "study.log", "study.journal")
+RUN_FOLDER_STORAGES = (STUDY_DB, "study.log", "study.journal")
 
 
 def dashboard_storage(spec: str | os.PathLike | BaseStorage) -> BaseStorage:

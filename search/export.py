@@ -29,6 +29,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
+from unitune.context import BEST_SUBNET, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import read_yaml, write_yaml_atomic
 from unitune.supernet import BackboneDims, Subnet, count_params
@@ -81,7 +82,7 @@ def export_best(study: optuna.Study, path: str | os.PathLike) -> Path:
 def export_subnets(
     storage: str | os.PathLike | BaseStorage | optuna.Study,
     study_name: str | None = None,
-    out: str | os.PathLike = "best_subnet.yaml",
+    out: str | os.PathLike = BEST_SUBNET,
     top_k: int | None = None,
     pareto: bool = False,
 ) -> Path:
@@ -151,11 +152,11 @@ def write_outputs(study: optuna.Study, out_dir: str | os.PathLike, top_heatmap: 
     chosen trial is also marked on the study for optuna-dashboard (a note and ``best_trial``);
     ``dims`` (the backbone's shapes) adds per-block parameter counts to that note."""
     out_dir = Path(out_dir)
-    written = {"best_subnet": export_best(study, out_dir / "best_subnet.yaml")}
+    written = {"best_subnet": export_best(study, RunLayout(out_dir).best_subnet)}
     best = best_trial(study)
     subnet = trial_subnet(best, _encoding(study))
     mark_best(study, best, subnet, count_params(subnet, dims, _encoding(study).space) if dims else None)
-    written.update(save_plots(study, out_dir / "plots", top=top_heatmap))
+    written.update(save_plots(study, RunLayout(out_dir).plots, top=top_heatmap))
     written.update(write_trial_table(study, out_dir / TABLE_CSV))
     return written
 

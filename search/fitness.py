@@ -16,23 +16,26 @@ from typing import Iterator
 import torch
 
 from unitune.config import RunConfig
+from unitune.context import RunContext
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
-from unitune.supernet import PeftViT, SearchSpace, Subnet
+from unitune.supernet import PeftViT, Subnet
 from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import SUPERNET_FILE, build_model
-from unitune.train import evaluate, pick_device
+from unitune.supernet.train import build_model
+from unitune.train import evaluate
 
 
-def load_trained_supernet(run: RunConfig, out: str | Path, supernet_file: str | Path | None = None,
+def load_trained_supernet(run: RunConfig | RunContext, out: str | Path | None = None,
+                          supernet_file: str | Path | None = None,
                           device: torch.device | None = None) -> tuple[PeftViT, dict]:
     """The supernet of ``run`` with its trained weights, and the file's metadata."""
-    path = Path(supernet_file) if supernet_file else Path(out) / SUPERNET_FILE
+    ctx = RunContext.of(run, out)
+    path = Path(supernet_file) if supernet_file else ctx.layout.supernet
     tensors, meta = read_supernet(path)
-    check_compatible(meta, path, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
-    device = device or pick_device(run.device)
-    model = build_model(run, meta["num_classes"], device, pretrained_weights(run, out))
+    check_compatible(meta, path, ctx.run.model.backbone, ctx.space.to_dict())
+    device = device or ctx.device
+    model = build_model(ctx, meta["num_classes"], device, pretrained_weights(ctx.run, ctx.out))
     model.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(path))
     return model.eval(), {**meta, "path": str(path)}
 
@@ -40,9 +43,12 @@ def load_trained_supernet(run: RunConfig, out: str | Path, supernet_file: str | 
 class SupernetFitness:
     """``fitness(subnet) -> val accuracy`` with inherited weights; call it as Optuna trials run."""
 
-    def __init__(self, run: RunConfig, out: str | Path, supernet_file: str | Path | None = None):
-        self.device = pick_device(run.device)
-        self.model, self.meta = load_trained_supernet(run, out, supernet_file, self.device)
+    def __init__(self, run: RunConfig | RunContext, out: str | Path | None = None,
+                 supernet_file: str | Path | None = None):
+        ctx = RunContext.of(run, out)
+        run = ctx.run
+        self.device = ctx.device
+        self.model, self.meta = load_trained_supernet(ctx, None, supernet_file, self.device)
         data_config = resolve_data_config(self.model.vit)
         if json.loads(json.dumps(data_config)) != self.meta["data_config"]:  # the NOAH defect: stages normalising differently
             raise UniTuneError(f"{self.meta['path']}: trained with data config {self.meta['data_config']}, "
@@ -107,8 +113,9 @@ class StandaloneFitness:
     no supernet. ``staged`` yields the val accuracy after each epoch, for Hyperband /
     successive halving (:mod:`.pruning`). The test split is never built."""
 
-    def __init__(self, run: RunConfig, out: str | Path, epochs: int, progress: bool = False):
-        self.run, self.out, self.n_stages, self.progress = run, Path(out), int(epochs), progress
+    def __init__(self, run: RunConfig | RunContext, out: str | Path | None, epochs: int, progress: bool = False):
+        ctx = RunContext.of(run, out)
+        self.run, self.out, self.n_stages, self.progress = ctx, ctx.out, int(epochs), progress
         self.last_cost: dict = {}
 
     def staged(self, subnet: Subnet) -> Iterator[tuple[int, float]]:

@@ -28,10 +28,9 @@ from __future__ import annotations
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, NopPruner, SuccessiveHalvingPruner
 
+from unitune.config import FITNESSES, PRUNERS  # the config declares the names (search.fitness, search.pruner)
 from unitune.errors import UniTuneError
 
-FITNESSES = ("supernet", "standalone")
-PRUNERS = ("auto", "none", "sha", "hyperband")
 REDUCTION_FACTOR = 2
 PRUNED_AT_ATTR = "pruned_at_step"
 

@@ -30,7 +30,8 @@ from typing import Any, Iterator
 import numpy as np
 import optuna
 
-from unitune.config import RunConfig
+from unitune.config import RerankConfig, RunConfig, rerank_settings
+from unitune.context import RERANK_PLOT, RunContext, RunLayout
 from unitune.errors import UniTuneError
 
 from .export import trial_meta, trial_subnet
@@ -43,33 +44,15 @@ _logger = logging.getLogger("unitune.search")
 # On by default (issue 15): the supernet's inherited accuracy alone picked worse subnets than
 # the single methods it was meant to beat; five short stand-alone trainings plus the single
 # methods cost little next to the supernet, and they measure how far to trust it (tau).
-DEFAULT_RERANK = {"top_k": 5, "epochs": 5}
+DEFAULT_RERANK = dataclasses.asdict(RerankConfig())
 LOW_TAU = 0.3  # below this (or a CI reaching 0) the supernet's ranking is not to be trusted
-PLOT = "rerank_tau.png"
+PLOT = RERANK_PLOT
 
 
 def check_rerank(value: Any, where: str = "search.rerank") -> tuple[int, int]:
-    """(top_k, epochs) from the config value; a missing key takes its default (on: top 5, 5
-    epochs); None or top_k 0 turn re-ranking off."""
-    if value is None:
-        return 0, 0
-    if not isinstance(value, dict):
-        raise UniTuneError(f"{where}: expected a mapping {{top_k: K, epochs: E}}, got {value!r}")
-    unknown = set(value) - {"top_k", "epochs"}
-    if unknown:
-        raise UniTuneError(f"{where}.{sorted(unknown)[0]}: unknown key, expected one of ['epochs', 'top_k']")
-    out = []
-    for key, default in DEFAULT_RERANK.items():
-        v = value.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise UniTuneError(f"{where}.{key}: expected a non-negative integer, got {v!r}")
-        out.append(v)
-    top_k, epochs = out
-    if not top_k:
-        return 0, 0
-    if not epochs:
-        raise UniTuneError(f"{where}.epochs: expected a positive integer when top_k is {top_k}, got 0")
-    return top_k, epochs
+    """(top_k, epochs) from the config value, checked as the config's :class:`RerankConfig` (a
+    missing key takes its default: on, top 5, 5 epochs); None or top_k 0 turn re-ranking off."""
+    return rerank_settings(value, where)
 
 
 def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial]:
@@ -102,7 +85,7 @@ def kendall(x: list[float], y: list[float]) -> dict[str, Any]:
     return result
 
 
-def standalone_val_accuracy(run: RunConfig, out: Path, subnet, epochs: int, progress: bool = False) -> float:
+def standalone_val_accuracy(run: RunConfig | RunContext, out: Path, subnet, epochs: int, progress: bool = False) -> float:
     """Train ``subnet`` from the pretrained backbone for ``epochs`` on the train split; its val accuracy."""
     accuracy = float("nan")
     for _, accuracy in standalone_epochs(run, out, subnet, epochs, progress):
@@ -110,22 +93,24 @@ def standalone_val_accuracy(run: RunConfig, out: Path, subnet, epochs: int, prog
     return accuracy
 
 
-def standalone_epochs(run: RunConfig, out: Path, subnet, epochs: int, progress: bool = False,
+def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: int, progress: bool = False,
                       cost: dict | None = None) -> Iterator[tuple[int, float]]:
     """Train ``subnet`` as :func:`standalone_val_accuracy` does, yielding ``(epoch, val accuracy)``
     after each epoch (the search's ``standalone`` fitness reports them to Optuna's pruner).
     ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far."""
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
     from unitune.retrain.train import build_subnet_model
-    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, train_epoch
+    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, train_epoch
 
+    ctx = RunContext.of(run, out)
+    run = ctx.run
     cfg = dataclasses.replace(run.retrain, epochs=epochs)
-    device = pick_device(run.device)
+    device = ctx.device
     seed_everything(cfg.seed)
     train_set = build_dataset(run.data, "train", None)
     val_set = build_dataset(run.data, "val", None)
     num_classes = train_set.num_classes
-    model = build_subnet_model(run, subnet, num_classes, device, out, "pretrained", None)
+    model = build_subnet_model(ctx, subnet, num_classes, device, out, "pretrained", None)
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
     val_set.transform = build_transform(data_config, train=False, cfg=run.data)
@@ -146,7 +131,7 @@ def standalone_epochs(run: RunConfig, out: Path, subnet, epochs: int, progress: 
         yield epoch + 1, float(result["accuracy"])
 
 
-def score_key(run: RunConfig | None, out: Path, epochs: int) -> str:
+def score_key(run: RunConfig | RunContext | None, out: Path, epochs: int) -> str:
     """A digest of everything a stand-alone score depends on: the retrain recipe at ``epochs``
     (lr, seed, schedule, ...), the data, model and space sections (as a retrain checkpoint's
     resume check reads them) and the bytes of the backbone weights it starts from. The re-rank
@@ -155,6 +140,8 @@ def score_key(run: RunConfig | None, out: Path, epochs: int) -> str:
     import hashlib
     import json
 
+    if isinstance(run, RunContext):
+        run = run.run
     if not isinstance(run, RunConfig):  # the tests' stand-ins (no run): the epochs are all there is
         return f"epochs={epochs}"
     from unitune.pretrain import pretrained_weights
@@ -172,7 +159,7 @@ def score_key(run: RunConfig | None, out: Path, epochs: int) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: int, epochs: int,
+def rerank(run: RunConfig | RunContext, out: str | os.PathLike, study: optuna.Study, top_k: int, epochs: int,
            progress: bool = False, train=standalone_val_accuracy) -> dict[str, Any]:
     """Re-rank the study's best trials by stand-alone val accuracy; write ``best_subnet.yaml`` and
     ``plots/rerank_tau.png``; store and return the figures. ``train(run, out, subnet, epochs)``
@@ -214,9 +201,9 @@ def rerank(run: RunConfig, out: str | os.PathLike, study: optuna.Study, top_k: i
             "standalone_val_accuracy": best["standalone_val_accuracy"],
             "kendall_tau": stats["tau"], "kendall_n": stats["n"], "kendall_ci95": stats["ci95"]}
     winner_subnet = trial_subnet(winner, encoding, backbone)
-    winner_subnet.save(out / "best_subnet.yaml", meta=meta)
+    winner_subnet.save(RunLayout(out).best_subnet, meta=meta)
     mark_best(study, winner, winner_subnet, None)  # the dashboard's study note names the new pick
-    plot_rerank(rows, stats, out / "plots" / PLOT, winner=best["trial"])
+    plot_rerank(rows, stats, RunLayout(out).rerank_plot, winner=best["trial"])
 
     tau, ci = stats["tau"], stats["ci95"]
     if tau is None:

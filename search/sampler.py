@@ -54,6 +54,7 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from unitune.config import SAMPLERS  # noqa: F401 (the config declares the sampler names; part of this API)
 from unitune.errors import UniTuneError
 
 from .dedup import held_keys, params_key
@@ -61,7 +62,6 @@ from .encoding import SubnetEncoding
 from .repair import repair_indices
 from .storage import WORKER_ATTR, trial_storage, worker_token
 
-SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
 SINGLE_OBJECTIVE = ("cmaes", "evolution")
 REPAIR_STEPS_ATTR = "unitune:repair_steps"
 RESAMPLED_ATTR = "unitune:resampled"  # proposals dropped because their subnet was already held

@@ -40,6 +40,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 import unitune
+from unitune.config import OBJECTIVES, objective_names
+from unitune.context import RunLayout
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
@@ -58,16 +60,13 @@ from .storage import (close_storage, open_storage, recover_dead_trials, requeue_
 _logger = logging.getLogger("unitune.search")
 
 DIRECTIONS = {"acc": "maximize", "params": "minimize"}
-VALID_OBJECTIVES = (("acc",), ("acc", "params"))
+VALID_OBJECTIVES = OBJECTIVES  # the config's vocabulary (unitune/config.py)
 # Study user attributes that must agree when a run joins an existing study.
 CHECKED_ATTRS = ("budget", "objectives", "depth", "space", "backbone")
 
 
 def parse_objectives(objectives: Sequence[str] | str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in objectives.split(",")) if isinstance(objectives, str) else tuple(objectives)
-    if parts not in VALID_OBJECTIVES:
-        raise UniTuneError(f"objectives: expected 'acc' or 'acc,params', got {','.join(map(str, parts))!r}")
-    return parts
+    return objective_names(objectives)
 
 
 def check_search_settings(
@@ -86,12 +85,47 @@ def check_search_settings(
     sampler_options: Mapping[str, Any] | None = None,
 ) -> int:
     """Validate everything a user gives a search, touching no storage and loading nothing heavy;
-    return the budget as a parameter count.
+    return the budget as a parameter count (:func:`prepare_search` keeps the rest).
 
     ``dims`` may come from a backbone built on the meta device, so a typo in a budget, a sampler
     name, a seed subnet or a storage URL is reported in seconds, before a supernet and its
     validation images are loaded. :func:`run_search` calls it first as well.
     """
+    return prepare_search(space, dims, budget, n_trials=n_trials, objectives=objectives, sampler=sampler, seed=seed,
+                          seed_subnets=seed_subnets, backbone=backbone, backbone_params=backbone_params,
+                          storage=storage, sampler_options=sampler_options).budget
+
+
+@dataclass(frozen=True)
+class PreparedSearch:
+    """A search's settings as :func:`prepare_search` checked them: what :func:`run_search` uses
+    without checking (or building) them again."""
+
+    budget: int
+    objectives: tuple[str, ...]
+    encoding: SubnetEncoding
+    seeds: list[dict[str, int]]
+
+
+def prepare_search(
+    space: SearchSpace,
+    dims: BackboneDims,
+    budget: int | str,
+    *,
+    n_trials: int,
+    objectives: Sequence[str] | str = ("acc",),
+    sampler: str | BaseSampler = "tpe",
+    seed: int | None = None,
+    seed_subnets: Sequence[Subnet | str | os.PathLike] = (),
+    backbone: str | None = None,
+    backbone_params: int | None = None,
+    storage: str | os.PathLike | BaseStorage | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+) -> PreparedSearch:
+    """:func:`check_search_settings`, keeping what it prepared: the budget as a count, the
+    objectives, the encoding and the seed subnets' parameters. The sampler is built once here to
+    check its name and options; :func:`run_search` builds the one it uses with the seed of its
+    worker, known only once the study is joined."""
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
         raise UniTuneError(f"n_trials: expected a positive integer, got {n_trials!r}")
     parsed = parse_objectives(objectives)
@@ -99,11 +133,11 @@ def check_search_settings(
         budget = parse_budget(budget, backbone_params)
     check_budget(budget, space, dims)
     encoding = SubnetEncoding(space, dims.depth, dims)
-    prepare_seeds(seed_subnets, encoding, budget, backbone=backbone)
+    seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=backbone)
     make_sampler(sampler, encoding, budget, seed=seed, n_objectives=len(parsed), **dict(sampler_options or {}))
     if not isinstance(storage, BaseStorage):
         resolve_storage(storage)
-    return budget
+    return PreparedSearch(budget, parsed, encoding, seeds)
 
 
 @dataclass
@@ -287,6 +321,7 @@ def run_search(
     max_retries: int = 3,
     single_methods: bool = True,
     pruner: str = "none",
+    prepared: PreparedSearch | None = None,
 ) -> SearchResult:
     """Search subnets of ``space`` on a backbone ``dims`` under ``budget`` until the study holds
     ``n_trials`` COMPLETE trials.
@@ -304,16 +339,19 @@ def run_search(
     ``pruner``: ``none``, ``sha`` or ``hyperband`` (:mod:`.pruning`), for a fitness with ``staged``.
 
     Everything the user gives is validated before the storage is touched, so bad input stores
-    nothing.
+    nothing. ``prepared``: what :func:`prepare_search` made of these same settings (a stage that
+    checked them before its supernet loaded passes it: nothing is checked or built twice).
     """
     # ---- validate (nothing stored yet) ----
     backbone = (study_attrs or {}).get("backbone")
-    budget = check_search_settings(space, dims, budget, n_trials=n_trials, objectives=objectives, sampler=sampler,
-                                   seed=seed, seed_subnets=seed_subnets, backbone=backbone,
-                                   backbone_params=backbone_params, storage=storage, sampler_options=sampler_options)
-    objectives = parse_objectives(objectives)
-    encoding = SubnetEncoding(space, dims.depth, dims)
-    seeds = prepare_seeds(seed_subnets, encoding, budget, backbone=backbone)
+    if prepared is None:
+        prepared = prepare_search(space, dims, budget, n_trials=n_trials, objectives=objectives, sampler=sampler,
+                                  seed=seed, seed_subnets=seed_subnets, backbone=backbone,
+                                  backbone_params=backbone_params, storage=storage, sampler_options=sampler_options)
+    else:  # checked quietly before the supernet loaded: its warning (a budget every subnet fits) is given now
+        check_budget(prepared.budget, space, dims)
+    budget, objectives, seeds = prepared.budget, prepared.objectives, prepared.seeds
+    encoding = SubnetEncoding(space, dims.depth, dims)  # these dims: a prepared search's may be shapes-only
     options = dict(sampler_options or {})
     attrs = _study_attrs(encoding, budget, objectives, {**dict(study_attrs or {}),
                                                         "seed": seed if seed is not None else draw_seed()})
@@ -433,4 +471,4 @@ def open_existing_study(storage: str | os.PathLike | BaseStorage, study_name: st
 
 def default_storage(out_dir: str | os.PathLike) -> Path:
     """The default storage of a run folder: ``DIR/study.db``."""
-    return Path(out_dir) / "study.db"
+    return RunLayout(out_dir).study_db

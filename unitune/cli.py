@@ -33,6 +33,7 @@ def _inspect_source(args: argparse.Namespace):
     a run folder (its ``best_subnet.yaml``, else the subnet of its ``export/``; the config the
     stages recorded there when ``--config`` is not given);
     ``--config`` gives the run config's model, kwargs, space and class count."""
+    from unitune.context import RunLayout
     from unitune.io import read_json, read_yaml
     from unitune.search.export import select_subnet
     from unitune.supernet import SearchSpace
@@ -46,8 +47,8 @@ def _inspect_source(args: argparse.Namespace):
     folder = Path(spec) if Path(spec).is_dir() else None
     exported = None
     if folder is not None:
-        spec = folder / "best_subnet.yaml"
-        manifest = folder / "export" / "unitune.json"
+        spec = RunLayout(folder).best_subnet
+        manifest = RunLayout(folder).export_manifest
         if not spec.is_file() and manifest.is_file() and args.subnet_index is None:
             exported = manifest  # a folder of `retrain --subnet FILE`: the subnet it retrained
         elif not spec.is_file():
@@ -282,15 +283,17 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
+    from unitune.context import RunLayout
     from unitune.retrain.train import result_line, retrain
 
     run = _load_run(args)
     out = _out_dir(args, run)
-    if not args.subnet and not (out / "best_subnet.yaml").exists():
+    best = RunLayout(out).best_subnet
+    if not args.subnet and not best.exists():
         again = f"unitune search --config {args.config}" + (f" --out {args.out}" if args.out else "")
-        raise UniTuneError(f"{out / 'best_subnet.yaml'}: file not found: no searched subnet in {out}; run "
+        raise UniTuneError(f"{best}: file not found: no searched subnet in {out}; run "
                            f"`{again}` first, or give --subnet FILE")
-    result = retrain(run, args.subnet or out / "best_subnet.yaml", out, init=args.init, supernet_file=args.supernet,
+    result = retrain(run, args.subnet or best, out, init=args.init, supernet_file=args.supernet,
                      resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index,
                      backbone=args.backbone)
     _record(run, out)

@@ -21,7 +21,7 @@ import yaml
 from .checks import check_device
 from .errors import UniTuneError
 from .io import check_plain_name, read_yaml, safe_load
-from .schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
+from .schema import check_fields, choice, count, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
 def _type_name(tp: Any) -> str:
@@ -105,12 +105,60 @@ def _warmup_within_epochs(cfg: "TrainConfig", where: str) -> None:
         raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
 
 
-def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
-    # The names and the rule (a pruner needs one objective) are the search package's; imported
-    # when the rule runs, so that importing this core module does not import the search stage.
-    from unitune.search.pruning import check_fitness_pruner
+# The search's vocabulary, declared with its section (search/ imports these names from here).
+SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")
+FITNESSES = ("supernet", "standalone")  # inherited weights | each subnet trained alone (search/pruning.py)
+PRUNERS = ("auto", "none", "sha", "hyperband")
+OBJECTIVES = (("acc",), ("acc", "params"))
 
-    check_fitness_pruner(cfg.fitness, cfg.pruner, cfg.objectives, where)
+
+def objective_names(value: Any, where: str = "objectives") -> tuple[str, ...]:
+    """``'acc'``, ``'acc,params'`` (or a sequence of the names) as a tuple of names."""
+    parts = tuple(p.strip() for p in value.split(",")) if isinstance(value, str) else tuple(value)
+    if parts not in OBJECTIVES:
+        raise UniTuneError(f"{where}: expected 'acc' or 'acc,params', got {','.join(map(str, parts))!r}")
+    return parts
+
+
+def _objectives(cfg: "SearchConfig", where: str) -> None:
+    objective_names(cfg.objectives, f"{where}.objectives")
+
+
+def _pruner_needs_one_objective(cfg: "SearchConfig", where: str) -> None:
+    if cfg.pruner not in ("auto", "none") and len(objective_names(cfg.objectives)) > 1:
+        # Optuna's trial.report is single-objective only.
+        raise UniTuneError(f"{where}.pruner: {cfg.pruner!r} needs the single objective 'acc' "
+                           f"(Optuna prunes single-objective studies only); use pruner none with acc,params")
+
+
+def _epochs_when_ranking(cfg: "RerankConfig", where: str) -> None:
+    if cfg.top_k and not cfg.epochs:
+        raise UniTuneError(f"{where}.epochs: expected a positive integer when top_k is {cfg.top_k}, got 0")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """``search.rerank``: re-rank the search's ``top_k`` best subnets (and the single methods) by
+    ``epochs`` of stand-alone training (search/rerank.py); ``top_k: 0`` is off. (``Any``: the
+    count check names every wrong value, a bool or a string included, the same way.)"""
+
+    top_k: Any = count(5, ge=0, expected="a non-negative integer")
+    epochs: Any = count(5, ge=0, expected="a non-negative integer", rule=_epochs_when_ranking)
+
+
+def rerank_settings(value: Any, where: str = "search.rerank") -> tuple[int, int]:
+    """(top_k, epochs) of a ``search.rerank`` value; a missing key takes its default (on: top 5,
+    5 epochs); None or top_k 0 turn re-ranking off."""
+    if value is None:
+        return 0, 0
+    if not isinstance(value, Mapping):
+        raise UniTuneError(f"{where}: expected a mapping {{top_k: K, epochs: E}}, got {value!r}")
+    cfg = from_mapping(RerankConfig, value, where)
+    return (cfg.top_k, cfg.epochs) if cfg.top_k else (0, 0)
+
+
+def _rerank(cfg: "SearchConfig", where: str) -> None:
+    rerank_settings(cfg.rerank, f"{where}.rerank")
 
 
 @dataclass(frozen=True)
@@ -192,16 +240,17 @@ class SupernetConfig(TrainConfig):
 class SearchConfig:
     budget: str | int | None = None  # 400000, "0.4M", "0.5%" (of the backbone)
     trials: int = num(100, ge=1)
-    sampler: str = "tpe"
+    sampler: str = choice("tpe", SAMPLERS)
     storage: str | None = None  # default: sqlite:///<out>/study.db
     study: str | None = None  # default: the config's name
-    objectives: str = "acc"  # acc | acc,params
+    objectives: str = rule_only("acc", _objectives)  # acc | acc,params
     seed: int = seed_field()  # sampler seed (fitness may use data.val_subset for a fixed, smaller val set)
-    # {top_k: K, epochs: E}: stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off
-    rerank: dict = field(default_factory=lambda: {"top_k": 5, "epochs": 5})
-    fitness: str = "supernet"  # supernet (inherited weights) | standalone (train each subnet, no supernet)
-    # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py; the rule checks fitness too
-    pruner: str = rule_only("auto", _fitness_and_pruner)
+    # {top_k: K, epochs: E} (RerankConfig): stand-alone re-rank of the final pick (search/rerank.py); top_k 0 is off.
+    # A mapping here (as given: run manifests record it so), checked as a RerankConfig.
+    rerank: dict = rule_only(dataclasses.field(default_factory=lambda: {"top_k": 5, "epochs": 5}), _rerank)
+    fitness: str = choice("supernet", FITNESSES)  # supernet (inherited weights) | standalone (train each subnet)
+    # auto | none | sha | hyperband (Optuna's pruners): see search/pruning.py
+    pruner: str = choice("auto", PRUNERS, rule=_pruner_needs_one_objective)
     standalone_epochs: int = num(3, ge=1)  # epochs per trial of the standalone fitness (its fidelities)
 
     @property
@@ -223,6 +272,50 @@ class PretrainConfig(TrainConfig):
     data: dict = field(default_factory=dict)
 
 
+def _overrides_mapping(cfg: "CompareQuick", where: str) -> None:
+    if not isinstance(cfg.overrides, Mapping):
+        raise UniTuneError(f"{where}.overrides: expected a mapping of dotted keys to values, got {cfg.overrides!r}")
+
+
+@dataclass(frozen=True)
+class CompareQuick:
+    """``compare.quick``: overrides for a short run (``--quick``), and lists used instead of compare's."""
+
+    overrides: Any = rule_only(field(default_factory=dict), _overrides_mapping)
+    tasks: Any = None
+    seeds: Any = None
+    methods: Any = None
+
+
+def _quick(cfg: "CompareConfig", where: str) -> None:
+    if cfg.quick is None:
+        return
+    if not isinstance(cfg.quick, Mapping):
+        raise UniTuneError(f"{where}.quick: expected a mapping (overrides for a short run), got {cfg.quick!r}")
+    from_mapping(CompareQuick, cfg.quick, f"{where}.quick")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The ``compare:`` section of `unitune compare` (the stages ignore it). Its keys and its
+    ``quick`` part are declared here; the lists (``tasks``, ``seeds``, ``methods``, ``groups``)
+    are checked where the command line, ``compare.quick`` and ``compare`` are resolved in that
+    order (unitune/compare.py), since the first one given is the one used."""
+
+    tasks: Any = None
+    groups: Any = None
+    seeds: Any = None
+    methods: Any = None
+    quick: Any = rule_only(None, _quick)  # checked on every run: a typo (`overides`) is found before --quick
+
+
+def check_compare_section(value: Any, src: str) -> CompareConfig:
+    """The ``compare:`` section of the config file ``src``, checked (one-line errors)."""
+    if not isinstance(value, Mapping):
+        raise UniTuneError(f"{src}: compare: expected a mapping, got {value!r}")
+    return from_mapping(CompareConfig, value, f"{src}: compare")
+
+
 LOGGERS = ("csv", "tensorboard")
 
 
@@ -241,7 +334,8 @@ def parse_logging(value: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))  # in the given order, each once
 
 
-# ``compare`` belongs to `unitune compare` (unitune/compare/plan.py checks it); the stages ignore it.
+# ``compare`` belongs to `unitune compare` (declared as CompareConfig, checked by check_compare_section
+# in unitune/compare/plan.py); the stages ignore it.
 RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare",
                 "logging")
 
@@ -265,6 +359,9 @@ class RunConfig:
     logging: tuple[str, ...] = ()
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    # ``space`` as the SearchSpace load_run_config checked it built (unitune.context.RunContext.space);
+    # a dataclasses.replace(run, space=...) must set it to None (or the new SearchSpace) too
+    search_space: Any = field(default=None, compare=False, repr=False)
 
     def section(self, name: str) -> dict[str, Any]:
         """A section as plain data (for manifests, checkpoints and provenance)."""
@@ -294,7 +391,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
     device = check_device(raw.get("device", "auto"), f"{src}: device")
     space = raw.get("space")
     space = {} if space is None else space  # an empty list or string is a mistake, not the default space
-    SearchSpace.from_dict(space, source=f"{src}: space")  # validated now, built by the stages
+    search_space = SearchSpace.from_dict(space, source=f"{src}: space")  # validated now; the run's context keeps it
     pretrain = pretrain_data = None
     if raw.get("pretrain") is not None:
         pretrain = from_mapping(PretrainConfig, raw["pretrain"], f"{src}: pretrain")
@@ -315,6 +412,7 @@ def load_run_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> R
         logging=parse_logging(raw.get("logging"), f"{src}: logging"),
         source=src,
         raw=raw,
+        search_space=search_space,
     )
 
 

@@ -12,26 +12,28 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_run_records, record_run
+from .context import SUMMARY_FILE, RunContext, RunLayout
 from .errors import UniTuneError
 from .io import check_no_outside_links, read_json, write_json_atomic
 
-SUMMARY_FILE = "run_summary.json"
+__all__ = ["SUMMARY_FILE", "best_story", "format_summary", "run_all"]
 
 
-def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: bool | None = None) -> dict[str, Any]:
+def run_all(run: RunConfig | RunContext, out: str | Path | None = None, progress: bool = True,
+            headers: bool | None = None) -> dict[str, Any]:
     """Every stage into ``out``; the summary. ``progress``: bars (or, off a terminal, a line per
-    epoch); ``headers`` (default: ``progress``): one line as each stage starts, kept by ``--quiet``."""
+    epoch); ``headers`` (default: ``progress``): one line as each stage starts, kept by ``--quiet``.
+    One :class:`~unitune.context.RunContext` is built for the run and passed to every stage."""
     headers = progress if headers is None else headers
     from unitune.data import build_dataset
-    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+    from unitune.pretrain import pretrain
     from unitune.retrain.evaluate import evaluate_export
-    from unitune.retrain.train import CKPT_DIR as RETRAIN_CKPT
-    from unitune.retrain.train import EXPORT_DIR, RESULT_FILE, check_init_source, retrain
+    from unitune.retrain.train import check_init_source, retrain
     from unitune.search.stage import check_search_stage, finished_search, search_stage
-    from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
-    from unitune.supernet.train import SUPERNET_FILE, train_supernet
+    from unitune.supernet.train import train_supernet
 
-    out = Path(out)
+    ctx = RunContext.of(run, out)
+    run, out, layout = ctx.run, ctx.out, ctx.layout
     seconds: dict[str, float | None] = {}
     skipped: list[str] = []
     # Before the first stage: what later stages would reject after hours of training. The data
@@ -42,7 +44,7 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         split_set = build_dataset(run.data, split, None)
     # The test split is read once, after the retrain's last epoch: its files are verified now.
     split_set.verify_files()
-    check_search_stage(run, out)
+    check_search_stage(ctx)
     check_init_source(run)
     check_run_records(run, out)
     earlier = _earlier_seconds(out)
@@ -63,29 +65,29 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         seconds[name] = round(time.perf_counter() - started, 1)
         record_run(run, out)
         # Recorded now, so a run killed in a later stage still knows what this one took.
-        write_json_atomic(out / SUMMARY_FILE, {"config": run.source, "complete": False, "seconds": seconds,
-                                               "skipped": skipped})
+        write_json_atomic(layout.summary, {"config": run.source, "complete": False, "seconds": seconds,
+                                           "skipped": skipped})
         return value
 
     if run.pretrain is not None:
-        stage("pretrain", (out / PRETRAIN_DIR / WEIGHTS_FILE).is_file(), lambda: pretrain(run, out, progress))
+        stage("pretrain", layout.pretrain_weights.is_file(), lambda: pretrain(ctx, progress=progress))
     standalone = not run.search.needs_supernet
-    stage("supernet", (out / SUPERNET_FILE).is_file() or standalone,
-          lambda: train_supernet(run, out, resume=(out / SUPERNET_CKPT / "state.pt").exists(), progress=progress),
+    stage("supernet", layout.supernet.is_file() or standalone,
+          lambda: train_supernet(ctx, resume=layout.supernet_state.exists(), progress=progress),
           why="search.fitness is standalone" if standalone else "complete")
     # A search an earlier run finished (its trials, its pick, the re-rank the config asks for) is
     # skipped like any complete stage: its recorded time stays, and the re-rank is not redone.
-    finished = finished_search(run, out)
-    searched = stage("search", finished is not None, lambda: search_stage(run, out, progress=progress))
+    finished = finished_search(ctx)
+    searched = stage("search", finished is not None, lambda: search_stage(ctx, progress=progress))
     result = finished if finished is not None else searched[0]
-    exported = (out / EXPORT_DIR / "unitune.json").is_file() and (out / RESULT_FILE).is_file()
-    stage("retrain", exported, lambda: retrain(run, out / "best_subnet.yaml", out,
-                                               resume=(out / RETRAIN_CKPT / "state.pt").exists(), progress=progress))
-    evaluation = stage("evaluate", False, lambda: evaluate_export(out / EXPORT_DIR, run.data, device=run.device))
+    exported = layout.export_manifest.is_file() and layout.retrain_result.is_file()
+    stage("retrain", exported, lambda: retrain(ctx, layout.best_subnet, out, resume=layout.retrain_state.exists(),
+                                               progress=progress))
+    evaluation = stage("evaluate", False, lambda: evaluate_export(layout.export, run.data, device=run.device))
 
-    retrained = read_json(out / RESULT_FILE)
+    retrained = read_json(layout.retrain_result)
     if abs(evaluation["accuracy"] - retrained["test_accuracy"]) > 1e-9:
-        raise UniTuneError(f"{out / EXPORT_DIR}: the export scores {evaluation['accuracy']:.4f} on test, "
+        raise UniTuneError(f"{layout.export}: the export scores {evaluation['accuracy']:.4f} on test, "
                            f"but retrain recorded {retrained['test_accuracy']:.4f}")
     from unitune.curves import write_curves
     from unitune.search import best_ties
@@ -117,16 +119,16 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
         "test_images": retrained["test_images"],
         "retrain_epochs": run.retrain.epochs,
         "search_fitness": run.search.fitness,
-        "export": str(out / EXPORT_DIR),
+        "export": str(layout.export),
         "complete": True,
         "seconds": seconds,
         "skipped": skipped,
         "artefacts": _artefacts(out, run, evaluation),
         "next": _next_commands(out, run),
         # Resume state only: a complete run never reads it again.
-        "checkpoints": [str(out / d) + "/" for d in (SUPERNET_CKPT, RETRAIN_CKPT) if (out / d).is_dir()],
+        "checkpoints": [str(d) + "/" for d in (layout.supernet_ckpt, layout.retrain_ckpt) if d.is_dir()],
     }
-    write_json_atomic(out / SUMMARY_FILE, summary)
+    write_json_atomic(layout.summary, summary)
     return summary
 
 
@@ -156,7 +158,7 @@ def best_story(study, pick) -> dict[str, Any]:
 
 def _earlier_seconds(out: Path) -> dict[str, float]:
     """Stage durations a previous run recorded in ``run_summary.json`` (numbers only)."""
-    path = out / SUMMARY_FILE
+    path = RunLayout(out).summary
     if not path.is_file():
         return {}
     try:
@@ -168,33 +170,29 @@ def _earlier_seconds(out: Path) -> dict[str, float]:
 
 def _artefacts(out: Path, run: RunConfig, evaluation: dict[str, Any]) -> dict[str, str]:
     """What the run wrote, by what a person looks for (files that exist only)."""
-    from unitune.curves import CURVES_FILE
-    from unitune.retrain.train import EXPORT_DIR
-    from unitune.stagelog import TENSORBOARD_DIR
-
+    layout = RunLayout(out)
     found = {
-        "best subnet": out / "best_subnet.yaml",
-        "study (Optuna)": out / "study.db",
-        "trial table": out / "trials.csv",  # and trials.md: every trial, the pick marked
-        "plots": out / "plots",
-        "training curves": out / CURVES_FILE,
-        "tensorboard": out / TENSORBOARD_DIR,
-        "export": out / EXPORT_DIR,
+        "best subnet": layout.best_subnet,
+        "study (Optuna)": layout.study_db,
+        "trial table": layout.trials_csv,  # and trials.md: every trial, the pick marked
+        "plots": layout.plots,
+        "training curves": layout.curves,
+        "tensorboard": layout.tensorboard,
+        "export": layout.export,
         "evaluation": Path(evaluation["out"]),
-        "summary": out / SUMMARY_FILE,
+        "summary": layout.summary,
     }
     return {k: str(v) + ("/" if v.is_dir() else "") for k, v in found.items() if v.exists()}
 
 
 def _next_commands(out: Path, run: RunConfig) -> list[str]:
-    from unitune.retrain.train import EXPORT_DIR
-
-    export = out / EXPORT_DIR
+    layout = RunLayout(out)
+    export = layout.export
     return [
         f"unitune dashboard {out}",
         f"unitune evaluate {export} --split test",
         f"unitune predict {export} IMAGE...",
-        f"unitune inspect --config {run.source} --subnet {out / 'best_subnet.yaml'}",
+        f"unitune inspect --config {run.source} --subnet {layout.best_subnet}",
         f"unitune export-subnet --storage {out} --top 5 --out {out / 'top5.yaml'}",
     ]
 

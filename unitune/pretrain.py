@@ -16,16 +16,17 @@ from safetensors.torch import save_file
 from .backbone import create_backbone
 from .checks import check_safetensors_file
 from .config import RunConfig
+from .context import PRETRAIN_DIR, RunContext
+from .context import PRETRAIN_WEIGHTS as WEIGHTS_FILE
 from .data import build_dataset, build_loader, build_transform, resolve_data_config
 from .errors import UniTuneError
 from .io import atomic_path
 from .progress import StageProgress
 from .stagelog import StageLog
-from .train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
+from .train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, \
     train_epoch
 
-PRETRAIN_DIR = "pretrain"
-WEIGHTS_FILE = "backbone.safetensors"
+__all__ = ["PRETRAIN_DIR", "WEIGHTS_FILE", "pretrain", "pretrained_weights"]  # the names run folders use
 
 
 def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
@@ -43,21 +44,24 @@ def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
     return str(path)
 
 
-def pretrain(run: RunConfig, out: str | Path, progress: bool = True) -> Path:
+def pretrain(run: RunConfig | RunContext, out: str | Path | None = None, progress: bool = True) -> Path:
     """Train every weight of the backbone on the source task; returns the weights file."""
+    ctx = RunContext.of(run, out)
+    run, out = ctx.run, ctx.out
     if run.pretrain is None:
         raise UniTuneError(f"{run.source}: has no pretrain section")
     cfg, data = run.pretrain, run.pretrain_data
-    path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
-    device = pick_device(run.device)
+    path = ctx.layout.pretrain_weights
+    device = ctx.device
     m = run.model
     # name, kwargs and ViT structure checked on the meta device (milliseconds) before the data is read
-    create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True)
+    ctx.shapes
     seed_everything(cfg.seed)
     train_set = build_dataset(data, "train", None)
     val_set = build_dataset(data, "val", None)
     # create_backbone checks the name, the kwargs and the ViT structure, as every other stage does
-    model = create_backbone(m.backbone, train_set.num_classes, pretrained=m.pretrained, kwargs=m.kwargs)
+    model = create_backbone(m.backbone, train_set.num_classes, pretrained=m.pretrained, kwargs=m.kwargs,
+                            shapes=ctx.shapes)
     model.to(device)
     data_config = resolve_data_config(model)
     train_set.transform = build_transform(data_config, train=True, cfg=data)

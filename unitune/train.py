@@ -407,24 +407,25 @@ def save_checkpoint(folder: str | os.PathLike, weights: dict[str, torch.Tensor],
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         if current.exists():
             os.replace(current, prev)
-    with atomic_path(folder / "state.pt") as tmp:
+    with atomic_path(folder / STATE_FILE) as tmp:
         torch.save({**state, "weights_sha256": digest}, tmp)
     prev.unlink(missing_ok=True)
 
 
+STATE_FILE = "state.pt"  # a checkpoint folder's resume state
 PREV_WEIGHTS = "weights.prev.safetensors"
 
 
 def refuse_unasked_resume(ckpt_dir: Path, resume: bool) -> None:
     """A fresh start must not overwrite a checkpoint someone may want to continue."""
-    if not resume and (Path(ckpt_dir) / "state.pt").exists():
+    if not resume and (Path(ckpt_dir) / STATE_FILE).exists():
         raise UniTuneError(f"{ckpt_dir}: a checkpoint exists; pass --resume to continue it or remove it to start over")
 
 
 def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The checkpoint in ``folder``, or ``None`` if there is none; a damaged one is a user error."""
     folder = Path(folder)
-    state_path = folder / "state.pt"
+    state_path = folder / STATE_FILE
     if not state_path.exists():
         return None
     try:

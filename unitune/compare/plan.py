@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..checks import check_output_dir, check_seed
-from ..config import RunConfig, load_config_dict, load_run_config
+from ..config import RunConfig, check_compare_section, load_config_dict, load_run_config
 from ..errors import UniTuneError
 from ..io import check_no_outside_links, inside, read_json
 from ..schema import Key, check_record, json_key
@@ -20,8 +20,6 @@ from ..schema import Key, check_record, json_key
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")  # the default rows
 # The rows that are no registered PEFT method; every other row is one (:func:`known_rows`).
 SPECIAL = ("linear", "full", "search")
-SECTION_KEYS = ("tasks", "groups", "seeds", "methods", "quick")
-QUICK_KEYS = ("overrides", "tasks", "seeds", "methods")
 # VTAB-1k's task folders (NOAH's names) by group.
 VTAB_GROUPS = {
     "natural": ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
@@ -212,21 +210,10 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     src = str(config)
     raw = load_config_dict(config, overrides)
     section = raw.pop("compare", None) or {}
-    if not isinstance(section, dict):
-        raise UniTuneError(f"{src}: compare: expected a mapping, got {section!r}")
-    for key in section:
-        if key not in SECTION_KEYS:
-            raise UniTuneError(f"{src}: compare.{key}: unknown key, expected one of {list(SECTION_KEYS)}")
+    check_compare_section(section, src)  # its keys and compare.quick, declared in unitune/config.py
     defaults = dict(section)
     quick_overrides: list[str] = []
     q = section.get("quick")
-    if q is not None:  # checked on every run: a typo (`overides`) is found before anyone runs --quick
-        if not isinstance(q, dict):
-            raise UniTuneError(f"{src}: compare.quick: expected a mapping (overrides for a short run), got {q!r}")
-        for key in q:
-            if key not in QUICK_KEYS:
-                raise UniTuneError(f"{src}: compare.quick.{key}: unknown key, expected one of {list(QUICK_KEYS)}")
-        _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
     if quick:
         if not isinstance(q, dict):
             raise UniTuneError(f"{src}: --quick needs a compare.quick section (overrides for a short run)")

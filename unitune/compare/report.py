@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..context import RunLayout
 from ..io import write_text_atomic
 from .plan import CSV_COLUMNS, CSV_FILE, GROUP_ORDER, PLOT_FILE, TABLE_FILE, Plan, method_rows
 
@@ -231,7 +232,7 @@ def search_trust(plan: Plan) -> dict[str, dict[str, Any]]:
 
     out: dict[str, dict[str, Any]] = {}
     for t in plan.tasks:
-        path = plan.search_dir(t) / "best_subnet.yaml"
+        path = RunLayout(plan.search_dir(t)).best_subnet
         if "search" in plan.methods and path.is_file():
             from unitune.supernet import Subnet
 

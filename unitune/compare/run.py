@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
+from ..context import RunContext, RunLayout
 from ..errors import UniTuneError
 from ..io import read_json, write_json_atomic, write_yaml_atomic
 from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, _budget, _dims
@@ -48,19 +49,18 @@ def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str
     """Every weight trainable, the retrain recipe, trainval, scored once on test after the last
     epoch: retrain's full mode (:func:`unitune.retrain.train.retrain` with ``full=True``), resumed
     from its checkpoint when one is there."""
-    from unitune.retrain.train import CKPT_DIR, retrain
+    from unitune.retrain.train import retrain
 
-    r = retrain(run, None, out, full=True, resume=(Path(out) / CKPT_DIR / "state.pt").exists(), progress=progress,
-                curves=False)
+    ctx = RunContext(run, Path(out))
+    r = retrain(ctx, None, out, full=True, resume=ctx.layout.retrain_state.exists(), progress=progress, curves=False)
     return {"test_accuracy": r["test_accuracy"], "test_images": r["test_images"],
             "params": r["params"]["trainable_params"], "params_with_head": r["params"]["trainable_params_with_head"]}
 
 
 def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = False) -> dict[str, Any]:
     """Train and score one cell; its JSON file is written (atomically) only once it is complete."""
-    from unitune.retrain.train import CKPT_DIR, retrain
+    from unitune.retrain.train import retrain
     from unitune.supernet import Subnet
-    from unitune.supernet.train import SUPERNET_FILE
 
     base = plan.task_runs[task]
     run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
@@ -75,13 +75,14 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
     else:
         if method == "search":
             search_dir = plan.search_dir(task)
-            path = search_dir / "best_subnet.yaml"
+            path = RunLayout(search_dir).best_subnet
             stage_seconds = read_json(search_dir / SEARCH_RESULT)["seconds"]
         else:
             subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
             path = subnet.save(out / "subnet.yaml")
-        r = retrain(run, path, out, supernet_file=plan.search_dir(task) / SUPERNET_FILE if method == "search" else None,
-                    resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress, curves=False)
+        ctx = RunContext(run, out)
+        r = retrain(ctx, path, out, supernet_file=RunLayout(plan.search_dir(task)).supernet if method == "search" else None,
+                    resume=ctx.layout.retrain_state.exists(), progress=progress, curves=False)
         params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
         sizes, images = describe(Subnet.load(path)), r["test_images"]
     row = {"task": task, "group": plan.groups[task], "method": method, "seed": seed,
@@ -117,18 +118,19 @@ def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
 def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     """Supernet on train, search on val, once per task: ``best_subnet.yaml`` for the search rows."""
     from unitune.search.stage import search_stage
-    from unitune.supernet.train import CKPT_DIR, SUPERNET_FILE, train_supernet
+    from unitune.supernet.train import train_supernet
 
     folder = plan.search_dir(task)
     result = folder / SEARCH_RESULT
     if result.is_file():
         return read_json(result)
     run = plan.task_runs[task]
+    ctx = RunContext(run, folder)  # one per task: the supernet and the search share it
     started, cpu = time.perf_counter(), time.process_time()
-    if run.search.needs_supernet and not (folder / SUPERNET_FILE).is_file():
-        train_supernet(run, folder, resume=(folder / CKPT_DIR / "state.pt").exists(), progress=progress)
+    if run.search.needs_supernet and not ctx.layout.supernet.is_file():
+        train_supernet(ctx, resume=ctx.layout.supernet_state.exists(), progress=progress)
     supernet_seconds = time.perf_counter() - started
-    found, written = search_stage(run, folder, progress=progress)
+    found, written = search_stage(ctx, progress=progress)
     if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
         from ..curves import CURVES_FILE
 

@@ -1,0 +1,128 @@
+"""One RunContext per command: a tiny `unitune run` builds the search space, the shapes-only
+backbone, the budget and the seed subnets once, and the sampler once to check it plus once seeded
+for its study; the context's dims and frozen count agree with a real backbone's; RunLayout names
+what the stages write."""
+
+from __future__ import annotations
+
+import collections
+import sys
+
+import pytest
+import torch
+
+import unitune.backbone
+import unitune.search.sampler
+import unitune.search.study
+import unitune.supernet.params
+from test_pipeline import write_config
+from unitune.backbone import create_backbone
+from unitune.config import load_run_config
+from unitune.context import RunContext, RunLayout
+from unitune.errors import UniTuneError
+from unitune.pipeline import run_all
+from unitune.supernet import BackboneDims, SearchSpace
+
+
+def _count_calls(monkeypatch, counts: collections.Counter, func, name: str, when=lambda args, kwargs: True) -> None:
+    """Count ``func``'s calls under every name a unitune module imported it as."""
+    def counted(*args, **kwargs):
+        if when(args, kwargs):
+            counts[name] += 1
+        return func(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("unitune"):
+            for attr, value in list(vars(module).items()):
+                if value is func:
+                    monkeypatch.setattr(module, attr, counted)
+
+
+@pytest.fixture(scope="module")
+def counted_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ctx")
+    config = write_config(folder, pretrain__epochs=1, supernet__epochs=1, retrain__epochs=1, search__trials=4,
+                          search__rerank={"top_k": 2, "epochs": 1})
+    counts: collections.Counter = collections.Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        run_space = f"{config}: space"
+        from_dict = SearchSpace.from_dict.__func__
+
+        def counted_from_dict(cls, data, source="space"):
+            counts["space"] += source == run_space  # the run's (a study's or an export's space is read back)
+            return from_dict(cls, data, source)
+
+        mp.setattr(SearchSpace, "from_dict", classmethod(counted_from_dict))
+        import unitune.pipeline  # noqa: F401 (every stage module imported before the counters go in)
+        import unitune.retrain.train  # noqa: F401
+        import unitune.search.stage  # noqa: F401
+
+        _count_calls(mp, counts, unitune.backbone.create_backbone, "shapes", lambda a, k: k.get("meta", False))
+        _count_calls(mp, counts, unitune.supernet.params.parse_budget, "budget")
+        _count_calls(mp, counts, unitune.search.study.prepare_seeds, "seeds")
+        _count_calls(mp, counts, unitune.search.sampler.make_sampler, "sampler")
+        summary = run_all(load_run_config(config), folder / "out", progress=False)
+    return config, folder / "out", summary, counts
+
+
+def test_one_run_builds_each_thing_once(counted_run):
+    _, _, summary, counts = counted_run
+    assert summary["complete"] and summary["search_trials"] == 4
+    # Before the context (e9367a8, `unitune run` on configs/demo.yaml with its epochs cut): the
+    # run's space was built 13 times, a shapes-only backbone 14, the budget parsed 4 times, the
+    # seeds prepared 4 and the sampler made 4 times.
+    assert counts["space"] == 1  # load_run_config checks it built; the context keeps that one
+    assert counts["shapes"] == 1
+    assert counts["budget"] == 1
+    assert counts["seeds"] == 1
+    # Once to check the name and options before the supernet trains, once seeded by the worker's
+    # seed that only joining the study decides.
+    assert counts["sampler"] == 2
+
+
+def test_layout_names_what_the_stages_wrote(counted_run):
+    _, out, summary, _ = counted_run
+    layout = RunLayout(out)
+    for path in (layout.config_echo, layout.summary, layout.pretrain_weights, layout.supernet, layout.supernet_log,
+                 layout.supernet_state, layout.study_db, layout.best_subnet, layout.trials_csv, layout.rerank_plot,
+                 layout.curves, layout.retrain_log, layout.retrain_result, layout.export_manifest,
+                 layout.retrain_state):
+        assert path.is_file(), path
+    assert summary["export"] == str(layout.export)
+    assert summary["artefacts"]["best subnet"] == str(layout.best_subnet)
+
+
+def test_context_dims_and_frozen_count_match_a_real_backbone(counted_run):
+    config, out, _, _ = counted_run
+    run = load_run_config(config)
+    ctx = RunContext(run, out)
+    for classes in (2, 3, 10):
+        real = create_backbone(run.model.backbone, classes, kwargs=run.model.kwargs)
+        assert ctx.dims_for(classes) == BackboneDims.from_model(real)
+        head = sum(p.numel() for p in real.get_classifier().parameters())
+        assert ctx.frozen == sum(p.numel() for p in real.parameters()) - head
+    # the percentage budget refers to that count
+    assert ctx.budget("1%") == round(ctx.frozen / 100)
+
+
+def test_context_is_reused_and_moved_with_its_config_share(counted_run, tmp_path):
+    config, out, _, _ = counted_run
+    ctx = RunContext(load_run_config(config), out)
+    assert RunContext.of(ctx) is ctx and RunContext.of(ctx, out) is ctx
+    assert ctx.frozen > 0  # builds the shapes (and the space) the moved context then shares
+    other = RunContext.of(ctx, tmp_path)
+    assert other.out == tmp_path and other.layout.best_subnet == tmp_path / "best_subnet.yaml"
+    assert other.space is ctx.space and other.shapes is ctx.shapes
+    with pytest.raises(TypeError, match="needs its run folder"):
+        RunContext.of(ctx.run)
+
+
+def test_budget_is_parsed_once_per_value_and_a_bad_one_names_where(counted_run):
+    config, out, _, _ = counted_run
+    ctx = RunContext(load_run_config(config), out)
+    assert ctx.budget("1.5k") == 1500 and ctx.budget(1500) == 1500
+    with pytest.raises(UniTuneError, match=r"^x: search.budget"):
+        ctx.budget("lots", "x: search.budget")
+    with pytest.raises(UniTuneError, match=r"^y: supernet.budget"):  # not cached: each caller's name
+        ctx.budget("lots", "y: supernet.budget")
+    assert torch.device(ctx.device).type == "cpu"
