@@ -6,7 +6,7 @@ subnet materialised, and Optuna's overhead per trial for each storage.
     python benchmarks/bench_trial.py --backbone vit_base_patch16_224  # random-init ViT-B/16, synthetic val
 
 Part 1, one trial's evaluation. ``trial`` is exactly what the search calls
-(:class:`SupernetFitness`: ``set_subnet`` + :func:`unitune.train.evaluate` over the validation
+(:class:`SupernetFitness`: ``set_subnet`` + :func:`unitune.engine.train.evaluate` over the validation
 tensors it decoded once); ``plain forward`` is a ``torch.no_grad`` loop of ``model(x)`` of the
 materialised subnet (``supernet.materialize(subnet)``) over the same tensors; ``static evaluate``
 is the same :func:`evaluate` on the materialised subnet (isolates weight sharing from the
@@ -37,7 +37,7 @@ from unitune.search import SubnetEncoding, repair_subnet, run_search
 from unitune.search.fitness import SupernetFitness
 from unitune.supernet import BackboneDims, Subnet, count_params
 from unitune.supernet.params import parse_budget
-from unitune.train import autocast, evaluate
+from unitune.engine.train import autocast, evaluate
 
 TARGET = 1.10
 

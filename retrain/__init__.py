@@ -7,6 +7,6 @@ The Python API for an export folder::
 """
 
 from .export import export_model, load_export, load_model
-from .merge import MergedModel, merge
+from unitune.supernet.merge import MergedModel, merge
 
 __all__ = ["export_model", "load_export", "load_model", "MergedModel", "merge"]

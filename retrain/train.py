@@ -12,22 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from unitune.backbone import create_backbone
-from unitune.config import RunConfig
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
-from unitune.pretrain import pretrained_weights
 from unitune.stagelog import StageLog
-from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
+from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.model import check_vit
-from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import SUPERNET_FILE, _changed_keys, build_backbone, build_model
-from unitune.supernet.wrap import make_optimizer, wrap_vit
-from unitune.train import (
+from unitune.engine.subnet_model import backbone_weights, build_subnet_model, retrain_fingerprint
+from unitune.engine.supernet_train import SUPERNET_FILE, changed_keys
+from unitune.supernet.wrap import make_optimizer
+from unitune.engine.train import (
     Criterion, build_scheduler, evaluate, load_checkpoint, pick_device,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
@@ -40,39 +37,6 @@ RESULT_FILE = "retrain_result.json"
 EXPORT_DIR = "export"
 
 
-# Settings a resumed retrain may change without changing what is trained (another machine, another
-# worker count, the config file moved: ``data.where`` holds its path).
-RESUMABLE_CHANGES = {"data": ("num_workers", "check_images", "where"), "retrain": ("log_every",)}
-
-
-def _fingerprint(run: RunConfig) -> dict[str, Any]:
-    """What must not change between a retrain checkpoint and its resumption."""
-    return {name: {k: v for k, v in run.section(name).items() if k not in RESUMABLE_CHANGES.get(name, ())}
-            for name in ("model", "data", "space", "retrain")}
-
-
-def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = None) -> str | None:
-    """The pretrained backbone's weights file: ``backbone`` (a weights file, or a run folder whose
-    ``pretrain/backbone.safetensors`` is taken) or this run's (:func:`pretrained_weights`)."""
-    if backbone is None:
-        return pretrained_weights(run, out)
-    from unitune.checks import check_safetensors_file
-    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE
-    from unitune.weights import TORCH_SUFFIXES
-
-    path = Path(backbone)
-    if path.is_dir():
-        path = path / PRETRAIN_DIR / WEIGHTS_FILE
-        if not path.is_file():
-            raise UniTuneError(f"--backbone {backbone}: a folder without {PRETRAIN_DIR}/{WEIGHTS_FILE}; give a run "
-                               f"folder that pretrained its backbone or a .safetensors weights file")
-    elif not path.is_file():
-        raise UniTuneError(f"--backbone {backbone}: no such file or run folder")
-    if path.suffix.lower() not in TORCH_SUFFIXES:  # a torch.save'd state dict is read by the loader itself
-        check_safetensors_file(path, "pretrained backbone")
-    return str(path)
-
-
 def check_init_source(run: RunConfig) -> None:
     """``retrain.init: supernet`` starts from a supernet's weights, which a standalone-fitness
     search never trains: ``unitune run`` and ``unitune compare`` refuse the pair before their
@@ -82,26 +46,9 @@ def check_init_source(run: RunConfig) -> None:
                            f"search.fitness: standalone trains no supernet; use retrain.init: pretrained")
 
 
-def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
-                       init: str, supernet_file: Path | None, backbone: str | Path | None = None) -> PeftViT:
-    """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's
-    trained weights (sliced to the subnet's sizes, head included)."""
-    weights = backbone_weights(run, out, backbone)
-    label = "--backbone" if backbone is not None else None
-    if init == "supernet":
-        supernet_file = supernet_file or out / SUPERNET_FILE
-        tensors, meta = read_supernet(supernet_file)
-        check_compatible(meta, supernet_file, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
-        supernet = build_model(run, num_classes, device, weights, label)
-        supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
-        return supernet.materialize(subnet)
-    vit = build_backbone(run, num_classes, weights, label)
-    return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
-
-
 def _run_depth(run: RunConfig) -> int:
     """The backbone's block count (built on the meta device: shapes only, no weight read)."""
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
 
     return len(create_backbone(run.model.backbone, 1, kwargs=run.model.kwargs, meta=True).blocks)
 
@@ -169,7 +116,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
     criterion = Criterion(cfg, num_classes)
-    fingerprint = {"config": _fingerprint(run), "subnet": subnet.to_dict()["subnet"], "init": init}
+    fingerprint = {"config": retrain_fingerprint(run), "subnet": subnet.to_dict()["subnet"], "init": init}
 
     start_epoch = 0
     loaded = load_checkpoint(ckpt_dir) if resume else None
@@ -177,7 +124,7 @@ def retrain(run: RunConfig, subnet_path: str | Path, out: str | Path, init: str 
         weights, state = loaded
         saved = state["fingerprint"]
         if saved != fingerprint:
-            changed = _changed_keys(saved.get("config", {}), fingerprint["config"])
+            changed = changed_keys(saved.get("config", {}), fingerprint["config"])
             if saved.get("subnet") != fingerprint["subnet"]:
                 changed.append("the subnet")
             if saved.get("init") != init:

@@ -5,9 +5,9 @@ The budget is hard: every sampled subnet is repaired to fit before it is evaluat
 are exactly the subnet that was evaluated.
 """
 
-from .budget import budget_bounds, check_budget, parse_budget
+from unitune.supernet.budget import budget_bounds, check_budget, parse_budget
 from .dashboard import dashboard_app, dashboard_storage, serve_dashboard
-from .encoding import SubnetEncoding, param_name
+from unitune.supernet.encoding import SubnetEncoding, param_name
 from .evolution import EvolutionSampler
 from .export import (
     best_ties,
@@ -22,7 +22,7 @@ from .export import (
     write_outputs,
 )
 from .plots import save_plots
-from .repair import repair_params, repair_subnet
+from unitune.supernet.repair import repair_params, repair_subnet
 from .sampler import SAMPLERS, RepairSampler, make_base_sampler, make_sampler
 from .storage import open_storage, recover_dead_trials, resolve_storage, storage_lock
 from .study import SearchResult, default_storage, open_existing_study, prepare_seeds, run_search, study_encoding

@@ -15,14 +15,14 @@ from typing import Iterator
 
 import torch
 
-from unitune.config import RunConfig
+from unitune.engine.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
-from unitune.pretrain import pretrained_weights
+from unitune.engine.pretrain import pretrained_weights
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import SUPERNET_FILE, build_model
-from unitune.train import evaluate, pick_device
+from unitune.engine.supernet_train import SUPERNET_FILE, build_model
+from unitune.engine.train import evaluate, pick_device
 
 
 def load_trained_supernet(run: RunConfig, out: str | Path, supernet_file: str | Path | None = None,

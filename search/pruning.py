@@ -28,28 +28,11 @@ from __future__ import annotations
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, NopPruner, SuccessiveHalvingPruner
 
+from unitune.engine.config import PRUNERS
 from unitune.errors import UniTuneError
 
-FITNESSES = ("supernet", "standalone")
-PRUNERS = ("auto", "none", "sha", "hyperband")
 REDUCTION_FACTOR = 2
 PRUNED_AT_ATTR = "pruned_at_step"
-
-
-def check_fitness_pruner(fitness: str, pruner: str, objectives: str | tuple[str, ...], where: str) -> str:
-    """Validate ``search.fitness`` and ``search.pruner``; the pruner name ``auto`` resolves to."""
-    if fitness not in FITNESSES:
-        raise UniTuneError(f"{where}.fitness: expected one of {list(FITNESSES)}, got {fitness!r}")
-    if pruner not in PRUNERS:
-        raise UniTuneError(f"{where}.pruner: expected one of {list(PRUNERS)}, got {pruner!r}")
-    n_objectives = len(objectives.split(",")) if isinstance(objectives, str) else len(objectives)
-    if pruner == "auto":
-        return "hyperband" if fitness == "standalone" and n_objectives == 1 else "none"
-    if pruner != "none" and n_objectives > 1:
-        # Optuna's trial.report is single-objective only.
-        raise UniTuneError(f"{where}.pruner: {pruner!r} needs the single objective 'acc' "
-                           f"(Optuna prunes single-objective studies only); use pruner none with acc,params")
-    return pruner
 
 
 def make_pruner(name: str, max_step: int) -> BasePruner:

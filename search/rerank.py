@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 import optuna
 
-from unitune.config import RunConfig
+from unitune.engine.config import RunConfig
 from unitune.errors import UniTuneError
 
 from .export import trial_meta, trial_subnet
@@ -116,8 +116,8 @@ def standalone_epochs(run: RunConfig, out: Path, subnet, epochs: int, progress: 
     after each epoch (the search's ``standalone`` fitness reports them to Optuna's pruner).
     ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far."""
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-    from unitune.retrain.train import build_subnet_model
-    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, train_epoch
+    from unitune.engine.subnet_model import build_subnet_model
+    from unitune.engine.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, train_epoch
 
     cfg = dataclasses.replace(run.retrain, epochs=epochs)
     device = pick_device(run.device)
@@ -157,10 +157,10 @@ def score_key(run: RunConfig | None, out: Path, epochs: int) -> str:
 
     if not isinstance(run, RunConfig):  # the tests' stand-ins (no run): the epochs are all there is
         return f"epochs={epochs}"
-    from unitune.pretrain import pretrained_weights
-    from unitune.retrain.train import _fingerprint
+    from unitune.engine.pretrain import pretrained_weights
+    from unitune.engine.subnet_model import retrain_fingerprint
 
-    what = _fingerprint(run)
+    what = retrain_fingerprint(run)
     what["retrain"] = {**what["retrain"], "epochs": epochs}
     weights = pretrained_weights(run, out)
     if weights and Path(weights).is_file():

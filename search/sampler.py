@@ -57,8 +57,8 @@ from optuna.trial import FrozenTrial, TrialState
 from unitune.errors import UniTuneError
 
 from .dedup import held_keys, params_key
-from .encoding import SubnetEncoding
-from .repair import repair_indices
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_indices
 from .storage import WORKER_ATTR, trial_storage, worker_token
 
 SAMPLERS = ("tpe", "cmaes", "gp", "nsga2", "random", "evolution")

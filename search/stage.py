@@ -13,15 +13,15 @@ from typing import Any, Sequence
 
 from optuna.trial import TrialState
 
-from unitune.backbone import create_backbone
-from unitune.config import RunConfig
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import RunConfig
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, check_vit
 
 from .export import best_trial, trial_subnet, write_outputs
 from .fitness import StandaloneFitness, SupernetFitness
 from .plots import save_plots
-from .pruning import check_fitness_pruner
+from unitune.engine.config import check_fitness_pruner
 from .rerank import check_rerank, forget_rerank, rerank, score_key
 from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
 from .table import CSV_FILE as TABLE_CSV
@@ -76,7 +76,7 @@ def finished_search(run: RunConfig, out: str | Path) -> SearchResult | None:
     (re-ranking again would train nothing, but would print, plot and warn as if it had)."""
     from unitune.io import read_yaml
 
-    from .budget import parse_budget
+    from unitune.supernet.budget import parse_budget
     from .dedup import FINISHED
     from .export import run_folder_storage
     from .study import open_existing_study, parse_objectives

@@ -24,7 +24,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from .layers import get_path, out_dim, unwrap
+from .methods.layers import get_path, out_dim, unwrap
 from .methods import METHODS, Method
 from .methods.lora import LORA_PATHS
 from .methods.ssf import SSF_POINTS

@@ -79,8 +79,8 @@ class SubnetSampler:
         the search's own repair (``search/repair.py``, seeded from this sampler's generator), so
         the supernet trains the distribution the search draws from (issue 15), near the budget
         when uniform proposals exceed it."""
-        from unitune.search.encoding import SubnetEncoding  # the search builds on this package
-        from unitune.search.repair import repair_subnet
+        from unitune.supernet.encoding import SubnetEncoding  # the search builds on this package
+        from unitune.supernet.repair import repair_subnet
 
         if getattr(self, "_encoding", None) is None:
             self._encoding = SubnetEncoding(self.space, self.dims.depth, self.dims)

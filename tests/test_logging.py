@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from unitune.cli import main
+from unitune.commands.cli import main
 from unitune.curves import write_curves
 from unitune.errors import UniTuneWarning
 from unitune.progress import StageProgress

@@ -9,10 +9,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from unitune.errors import UniTuneError
-from unitune.retrain.merge import fold_scale_shift, merge
+from unitune.supernet.merge import fold_scale_shift, merge
 from unitune.supernet import BackboneDims, PeftViT, Subnet, count_params
 from unitune.supernet.adapter import MlpAdapter
-from unitune.supernet.layers import PeftLayer
+from unitune.supernet.methods.layers import PeftLayer
 from unitune.supernet.vpt import PromptedBlock
 
 from retrain_cases import (  # noqa: F401  (one_thread is a fixture)

@@ -158,7 +158,7 @@ def test_repair_bias_on_vit_b_stays_within_bounds():
     parameters where SSF kept 42%."""
     import numpy as np
 
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.supernet import BackboneDims
     from unitune.supernet.space import METHODS
 

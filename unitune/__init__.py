@@ -2,7 +2,7 @@
 
 The core package holds what the supernet, search and retrain stages share: errors, safe file
 I/O, configuration and the command line. The Python API (``unitune.get_peft_model`` and the
-names below, see :mod:`unitune.api`) is imported on first use: ``import unitune`` alone (the
+names below, see :mod:`unitune.supernet.api`) is imported on first use: ``import unitune`` alone (the
 CLI, ``unitune.errors``) does not load torch and timm.
 """
 
@@ -12,12 +12,12 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _API = {
-    "get_peft_model": "unitune.api",
-    "PeftModel": "unitune.api",
-    "make_optimizer": "unitune.api",
-    "from_pretrained": "unitune.api",
-    "save_pretrained": "unitune.api",
-    "merge_and_unload": "unitune.api",
+    "get_peft_model": "unitune.supernet.api",
+    "PeftModel": "unitune.supernet.api",
+    "make_optimizer": "unitune.supernet.api",
+    "from_pretrained": "unitune.supernet.api",
+    "save_pretrained": "unitune.supernet.api",
+    "merge_and_unload": "unitune.supernet.api",
     "PeftViT": "unitune.supernet",
     "SearchSpace": "unitune.supernet",
     "Subnet": "unitune.supernet",

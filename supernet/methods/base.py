@@ -3,7 +3,7 @@
 How to add a method — one new file plus one registration line:
 
 1. Write ``supernet/methods/<name>.py`` holding the layer class (a
-   :class:`~unitune.supernet.layers.PeftLayer`: it holds its largest size and ``size`` picks a
+   :class:`~unitune.supernet.methods.layers.PeftLayer`: it holds its largest size and ``size`` picks a
    prefix of its parameters; size 0 takes it out of the computation) and a :class:`Method`
    subclass that sets
 
@@ -48,7 +48,7 @@ from unitune.errors import UniTuneError
 if TYPE_CHECKING:  # the registry sits below the model: only type names are needed here
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..layers import PeftLayer
+    from .layers import PeftLayer
     from ..params import BackboneDims, BlockDims
     from ..space import SearchSpace
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer
+from .layers import PeftLayer
 from .base import Method
 from .fold import new_param
 from .ssf import unfoldable_point, wrap_points

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PeftLayer
+from .layers import PeftLayer
 from .base import Method, Option, finite_number, subset_of
 from .lora import LORA_PATHS, LORA_TARGETS, low_rank_factors, wrap_linears
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer, get_path, out_dim, set_path, unwrap
+from .layers import PeftLayer, get_path, out_dim, set_path, unwrap
 from .base import Method, foldable_op
 from .fold import fold_scale_shift
 

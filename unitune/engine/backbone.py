@@ -9,7 +9,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from .errors import UniTuneError
+from unitune.errors import UniTuneError
 
 
 def create_backbone(

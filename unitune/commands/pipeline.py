@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_run_records, record_run
-from .errors import UniTuneError
-from .io import check_no_outside_links, read_json, write_json_atomic
+from unitune.engine.config import RunConfig, check_run_records, record_run
+from unitune.errors import UniTuneError
+from unitune.io import check_no_outside_links, read_json, write_json_atomic
 
 SUMMARY_FILE = "run_summary.json"
 
@@ -23,13 +23,13 @@ def run_all(run: RunConfig, out: str | Path, progress: bool = True, headers: boo
     epoch); ``headers`` (default: ``progress``): one line as each stage starts, kept by ``--quiet``."""
     headers = progress if headers is None else headers
     from unitune.data import build_dataset
-    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
     from unitune.retrain.evaluate import evaluate_export
     from unitune.retrain.train import CKPT_DIR as RETRAIN_CKPT
     from unitune.retrain.train import EXPORT_DIR, RESULT_FILE, check_init_source, retrain
     from unitune.search.stage import check_search_stage, finished_search, search_stage
-    from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
-    from unitune.supernet.train import SUPERNET_FILE, train_supernet
+    from unitune.engine.supernet_train import CKPT_DIR as SUPERNET_CKPT
+    from unitune.engine.supernet_train import SUPERNET_FILE, train_supernet
 
     out = Path(out)
     seconds: dict[str, float | None] = {}

@@ -17,26 +17,26 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from unitune.backbone import create_backbone
-from unitune.config import RunConfig
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
-from unitune.pretrain import pretrained_weights
+from unitune.engine.pretrain import pretrained_weights
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
-from unitune.train import (
+from unitune.engine.train import (
     Criterion, Dist, StepChecks, all_reduce_gradients, autocast, build_scheduler,
     clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb, pick_device,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-from .model import PeftViT, check_vit
-from .params import BackboneDims, parse_budget
-from .sampler import SubnetSampler
-from .space import SearchSpace
-from .store import save_supernet
-from .subnet import Subnet
-from .wrap import make_optimizer, wrap_vit
+from unitune.supernet.model import PeftViT, check_vit
+from unitune.supernet.params import BackboneDims, parse_budget
+from unitune.supernet.sampler import SubnetSampler
+from unitune.supernet.space import SearchSpace
+from unitune.supernet.store import save_supernet
+from unitune.supernet.subnet import Subnet
+from unitune.supernet.wrap import make_optimizer, wrap_vit
 
 SUPERNET_FILE = "supernet.safetensors"
 CKPT_DIR = "supernet_ckpt"
@@ -85,7 +85,7 @@ def _fingerprint(run: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, with both values: ``supernet.lr: 0.01 -> 0.02``."""
     changed = []
     for name in sorted(set(saved) | set(now)):
@@ -152,7 +152,7 @@ def train_supernet(run: RunConfig, out: str | Path, resume: bool = False, progre
     loaded = load_checkpoint(ckpt_dir) if resume else None
     if loaded is not None:
         weights, state = loaded
-        changed = _changed_keys(state["fingerprint"], _fingerprint(run))
+        changed = changed_keys(state["fingerprint"], _fingerprint(run))
         if changed:
             more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
             raise UniTuneError(f"{ckpt_dir}: the config changed since this checkpoint ({'; '.join(changed[:3])}{more}); "

@@ -46,11 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .checks import check_output_dir, check_seed
-from .config import RunConfig, load_config_dict, load_run_config
-from .errors import UniTuneError
-from .io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
-from .schema import Key, check_record, json_key
+from unitune.checks import check_output_dir, check_seed
+from unitune.engine.config import RunConfig, load_config_dict, load_run_config
+from unitune.errors import UniTuneError
+from unitune.io import check_no_outside_links, inside, read_json, write_json_atomic, write_text_atomic, write_yaml_atomic
+from unitune.schema import Key, check_record, json_key
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")
 SINGLE = ("lora", "adapter", "vpt", "ssf")
@@ -332,7 +332,7 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
 # ------------------------------------------------------------------------------ running the cells
 
 def _dims(run: RunConfig):
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.data import build_dataset
     from unitune.supernet import BackboneDims
 
@@ -404,10 +404,10 @@ def describe(subnet) -> str:
 
 def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str, Any]:
     """Every weight trainable, the retrain recipe, trainval, scored once on test after the last epoch."""
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-    from unitune.pretrain import pretrained_weights
-    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
+    from unitune.engine.pretrain import pretrained_weights
+    from unitune.engine.train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
         train_epoch
 
     cfg = run.retrain
@@ -446,7 +446,7 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
     """Train and score one cell; its JSON file is written (atomically) only once it is complete."""
     from unitune.retrain.train import CKPT_DIR, retrain
     from unitune.supernet import Subnet
-    from unitune.supernet.train import SUPERNET_FILE
+    from unitune.engine.supernet_train import SUPERNET_FILE
 
     base = plan.task_runs[task]
     run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
@@ -482,7 +482,7 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
 
 
 def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
-    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
 
     if plan.base.pretrain is None:
         return None
@@ -503,7 +503,7 @@ def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
 def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     """Supernet on train, search on val, once per task: ``best_subnet.yaml`` for the search rows."""
     from unitune.search.stage import search_stage
-    from unitune.supernet.train import CKPT_DIR, SUPERNET_FILE, train_supernet
+    from unitune.engine.supernet_train import CKPT_DIR, SUPERNET_FILE, train_supernet
 
     folder = plan.search_dir(task)
     result = folder / SEARCH_RESULT
@@ -516,7 +516,7 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     supernet_seconds = time.perf_counter() - started
     found, written = search_stage(run, folder, progress=progress)
     if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
-        from .curves import CURVES_FILE
+        from unitune.curves import CURVES_FILE
 
         pngs = {Path(p) for p in written.values() if Path(p).suffix == ".png"}
         pngs |= {folder / CURVES_FILE} if (folder / CURVES_FILE).is_file() else set()
@@ -565,8 +565,8 @@ def _check_checkpoints(plan: Plan) -> None:
     """The checkpoints a rerun would resume (a cell's retrain, a task's supernet) must load: a
     damaged one is named now, before any cell starts (with ``--jobs``, others would run beside it)."""
     from unitune.retrain.train import CKPT_DIR
-    from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
-    from unitune.train import load_checkpoint
+    from unitune.engine.supernet_train import CKPT_DIR as SUPERNET_CKPT
+    from unitune.engine.train import load_checkpoint
 
     folders = [plan.cell_dir(*c) / CKPT_DIR for c in plan.cells if not plan.cell_file(*c).is_file()]
     if "search" in plan.methods:
@@ -769,7 +769,7 @@ def stamp_quick(path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
     from PIL.PngImagePlugin import PngInfo
 
-    from .io import atomic_path
+    from unitune.io import atomic_path
 
     with Image.open(path) as img:
         plot = img.convert("RGB")

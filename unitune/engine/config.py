@@ -18,10 +18,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .checks import check_device
-from .errors import UniTuneError
-from .io import check_plain_name, read_yaml, safe_load
-from .schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
+from unitune.checks import check_device
+from unitune.errors import UniTuneError
+from unitune.io import check_plain_name, read_yaml, safe_load
+from unitune.schema import check_fields, choice, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
 def _type_name(tp: Any) -> str:
@@ -105,11 +105,29 @@ def _warmup_within_epochs(cfg: "TrainConfig", where: str) -> None:
         raise UniTuneError(f"{where}.warmup_epochs: expected 0..epochs ({cfg.epochs}), got {cfg.warmup_epochs}")
 
 
-def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
-    # The names and the rule (a pruner needs one objective) are the search package's; imported
-    # when the rule runs, so that importing this core module does not import the search stage.
-    from unitune.search.pruning import check_fitness_pruner
+# The fitness and pruner names and their rule live with the config that names them (the search
+# stage builds the pruners: unitune.search.pruning), so the engine never imports the search.
+FITNESSES = ("supernet", "standalone")
+PRUNERS = ("auto", "none", "sha", "hyperband")
 
+
+def check_fitness_pruner(fitness: str, pruner: str, objectives: str | tuple[str, ...], where: str) -> str:
+    """Validate ``search.fitness`` and ``search.pruner``; the pruner name ``auto`` resolves to."""
+    if fitness not in FITNESSES:
+        raise UniTuneError(f"{where}.fitness: expected one of {list(FITNESSES)}, got {fitness!r}")
+    if pruner not in PRUNERS:
+        raise UniTuneError(f"{where}.pruner: expected one of {list(PRUNERS)}, got {pruner!r}")
+    n_objectives = len(objectives.split(",")) if isinstance(objectives, str) else len(objectives)
+    if pruner == "auto":
+        return "hyperband" if fitness == "standalone" and n_objectives == 1 else "none"
+    if pruner != "none" and n_objectives > 1:
+        # Optuna's trial.report is single-objective only.
+        raise UniTuneError(f"{where}.pruner: {pruner!r} needs the single objective 'acc' "
+                           f"(Optuna prunes single-objective studies only); use pruner none with acc,params")
+    return pruner
+
+
+def _fitness_and_pruner(cfg: "SearchConfig", where: str) -> None:
     check_fitness_pruner(cfg.fitness, cfg.pruner, cfg.objectives, where)
 
 
@@ -142,7 +160,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = seed_field()
     # steps between reads of the loss from the device (the bar's loss, the non-finite checks:
-    # unitune.train.StepChecks); 0 = every 25 steps
+    # unitune.engine.train.StepChecks); 0 = every 25 steps
     log_every: int = num(0, ge=0)
 
 

@@ -1,0 +1,69 @@
+"""The materialised subnet on its pretrained backbone: what the retrain trains and what the
+re-rank's stand-alone training scores (both build it here, so the search does not import the
+retrain stage), with the retrain settings' fingerprint both key on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unitune.errors import UniTuneError
+from unitune.supernet import PeftViT, SearchSpace, Subnet
+from unitune.supernet.store import check_compatible, read_supernet
+from unitune.supernet.wrap import wrap_vit
+
+from .config import RunConfig
+from .pretrain import pretrained_weights
+from .supernet_train import SUPERNET_FILE, build_backbone, build_model
+
+
+# Settings a resumed retrain may change without changing what is trained (another machine, another
+# worker count, the config file moved: ``data.where`` holds its path).
+RESUMABLE_CHANGES = {"data": ("num_workers", "check_images", "where"), "retrain": ("log_every",)}
+
+
+def retrain_fingerprint(run: RunConfig) -> dict[str, Any]:
+    """What must not change between a retrain checkpoint and its resumption."""
+    return {name: {k: v for k, v in run.section(name).items() if k not in RESUMABLE_CHANGES.get(name, ())}
+            for name in ("model", "data", "space", "retrain")}
+
+
+def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = None) -> str | None:
+    """The pretrained backbone's weights file: ``backbone`` (a weights file, or a run folder whose
+    ``pretrain/backbone.safetensors`` is taken) or this run's (:func:`pretrained_weights`)."""
+    if backbone is None:
+        return pretrained_weights(run, out)
+    from unitune.checks import check_safetensors_file
+    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE
+    from unitune.weights import TORCH_SUFFIXES
+
+    path = Path(backbone)
+    if path.is_dir():
+        path = path / PRETRAIN_DIR / WEIGHTS_FILE
+        if not path.is_file():
+            raise UniTuneError(f"--backbone {backbone}: a folder without {PRETRAIN_DIR}/{WEIGHTS_FILE}; give a run "
+                               f"folder that pretrained its backbone or a .safetensors weights file")
+    elif not path.is_file():
+        raise UniTuneError(f"--backbone {backbone}: no such file or run folder")
+    if path.suffix.lower() not in TORCH_SUFFIXES:  # a torch.save'd state dict is read by the loader itself
+        check_safetensors_file(path, "pretrained backbone")
+    return str(path)
+
+
+def build_subnet_model(run: RunConfig, subnet: Subnet, num_classes: int, device: torch.device, out: Path,
+                       init: str, supernet_file: Path | None, backbone: str | Path | None = None) -> PeftViT:
+    """The materialised subnet: fresh PEFT weights on the pretrained backbone, or the supernet's
+    trained weights (sliced to the subnet's sizes, head included)."""
+    weights = backbone_weights(run, out, backbone)
+    label = "--backbone" if backbone is not None else None
+    if init == "supernet":
+        supernet_file = supernet_file or out / SUPERNET_FILE
+        tensors, meta = read_supernet(supernet_file)
+        check_compatible(meta, supernet_file, run.model.backbone, SearchSpace.from_dict(run.space).to_dict())
+        supernet = build_model(run, num_classes, device, weights, label)
+        supernet.load_trainable_state_dict({k: v.to(device) for k, v in tensors.items()}, source=str(supernet_file))
+        return supernet.materialize(subnet)
+    vit = build_backbone(run, num_classes, weights, label)
+    return wrap_vit(vit, SearchSpace.from_dict(run.space), subnet).to(device)
