@@ -33,10 +33,12 @@ import torch
 from common import (
     add_common_args, default_workdir, demo_overrides, demo_run, interleaved, median_ratio, random_supernet_run, setup,
 )
-from unitune.search import SubnetEncoding, repair_subnet, run_search
+from unitune.search import run_search
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_subnet
 from unitune.search.fitness import SupernetFitness
 from unitune.supernet import BackboneDims, Subnet, count_params
-from unitune.supernet.params import parse_budget
+from unitune.supernet.budget import parse_budget
 from unitune.engine.train import autocast, evaluate
 
 TARGET = 1.10

@@ -348,7 +348,7 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
                 kept.append(f"{m} (block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)})")
         raise UniTuneError(f"merge_and_unload: the active subnet's {' and '.join(kept)} "
                            f"{'does' if len(kept) == 1 else 'do'} not fold into the weights; "
-                           f"unitune.supernet.merge(model).model keeps them as modules")
+                           f"unitune.retrain.merge(model).model keeps them as modules")
     if merged.model_kwargs or merged.added_params:
         what = f"timm.create_model(..., {', '.join(f'{k}={v!r}' for k, v in merged.model_kwargs.items())})" \
             if merged.model_kwargs else "no timm keyword"

@@ -21,13 +21,8 @@ from unitune.weights import check_tensor
 
 from .methods.layers import PeftLayer, backbone_dd, prefix_slice
 from .methods.layers import get_path as _get
-from .methods.layers import out_dim as _out_dim  # noqa: F401 (old import path)
-from .methods.layers import set_path as _set  # noqa: F401 (old import path)
 from .methods.layers import unwrap
 from .methods import METHODS
-from .methods.base import foldable_op as _foldable  # noqa: F401 (old import path)
-from .methods.lora import LORA_PATHS  # noqa: F401 (old import path)
-from .methods.ssf import SSF_POINTS  # noqa: F401 (old import path)
 from .space import SearchSpace
 from .subnet import Subnet
 

@@ -16,13 +16,9 @@ The budget excludes the classifier head (as NOAH counts); ``with_head`` adds it.
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 
 from torch import nn
-
-from unitune.errors import UniTuneError
 
 from .methods.layers import get_path, out_dim, unwrap
 from .methods import METHODS, Method
@@ -134,11 +130,6 @@ def cost_table(space: SearchSpace, dims: BackboneDims) -> dict[tuple[str, int | 
     }
 
 
-def block_params(method: str, size: int, block: BlockDims, space: SearchSpace, dims: BackboneDims | None = None) -> int:
-    """Parameters of ``method`` at ``size`` in one block (kept for old callers; see the registry)."""
-    return METHODS[method].count(size, block, dims, space)
-
-
 def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None = None) -> ParamCount:
     space = space or SearchSpace()
     subnet.check(dims.depth)
@@ -153,34 +144,3 @@ def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None =
         n = sum(b[m.name] for b in per_block) if m.site == "block" else per_model[m.name]
         per_method[m.report_key] = per_method.get(m.report_key, 0) + n
     return ParamCount(per_method, per_block, per_model, dims.head_params)
-
-
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg%]?)\s*$", re.IGNORECASE)
-
-
-def parse_budget(value: str | int | float, backbone_params: int | None = None, source: str = "budget") -> int:
-    """``400000``, ``'400k'``, ``'0.4M'``, ``'0.5%'`` -> a positive parameter count.
-
-    ``backbone_params`` (the frozen backbone's parameter count) is needed for a percentage only.
-    """
-    if isinstance(value, bool):
-        raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
-    if isinstance(value, (int, float)):
-        number, suffix = float(value), ""
-    else:
-        match = _BUDGET_RE.match(str(value))
-        if not match:
-            raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
-        number, suffix = float(match.group(1)), match.group(2).lower()
-    if suffix == "%":
-        if backbone_params is None:
-            raise UniTuneError(f"{source}: {value!r} is a percentage of the backbone, but its parameter count is unknown")
-        if not 0 < number <= 100:
-            raise UniTuneError(f"{source}: a percentage must be in (0, 100], got {value!r}")
-        budget = number / 100 * backbone_params
-    else:
-        budget = number * _SUFFIX[suffix]
-    if not math.isfinite(budget) or round(budget) < 1:
-        raise UniTuneError(f"{source}: expected a positive parameter count, got {value!r}")
-    return int(round(budget))

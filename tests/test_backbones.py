@@ -27,7 +27,7 @@ from unitune.errors import UniTuneError
 from unitune.retrain.export import export_model, load_model
 from unitune.supernet.merge import merge
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet
-from unitune.supernet.vpt import PromptedBlock
+from unitune.supernet.methods.vpt import PromptedBlock
 
 from tiny import TINY
 

@@ -146,7 +146,7 @@ def test_budget_warning_is_one_line_in_the_tools_voice(capsys):
     line; another package's repeated warning once."""
     from search_util import tiny_dims
 
-    from unitune.search import check_budget
+    from unitune.supernet.budget import check_budget
     from unitune.supernet import SearchSpace
     from unitune.voice import tool_voice
 

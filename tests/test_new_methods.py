@@ -18,7 +18,10 @@ from unitune.supernet.methods.layers import prefix_slice
 from unitune.supernet.methods.adapter_plus import AdapterPlus
 from unitune.supernet.methods.bitfit import BitFit, fold_bias
 from unitune.supernet.methods.dora import DoRALinear, fold_dora
-from unitune.supernet.model import LORA_PATHS, SSF_POINTS, _get, _out_dim, _set, _strip, unwrap
+from unitune.supernet.methods.layers import get_path as _get, out_dim as _out_dim, set_path as _set, unwrap
+from unitune.supernet.methods.lora import LORA_PATHS
+from unitune.supernet.methods.ssf import SSF_POINTS
+from unitune.supernet.model import _strip
 
 VARIANTS = ("cls", "no_qkv_bias")  # the variant every bias-creating fold must survive, and the plain one
 

@@ -176,7 +176,7 @@ def test_the_low_tau_warning_says_what_it_means_for_this_run(reranked, tmp_path,
 def test_a_pick_without_a_note_gets_one_from_its_attributes():
     import optuna
 
-    from unitune.search import SubnetEncoding
+    from unitune.supernet.encoding import SubnetEncoding
     from unitune.search.notes import mark_best
     from unitune.supernet import Subnet, count_params
 

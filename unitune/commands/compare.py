@@ -342,7 +342,7 @@ def _dims(run: RunConfig):
 
 
 def _budget(run: RunConfig) -> int | None:
-    from unitune.supernet.params import parse_budget
+    from unitune.supernet.budget import parse_budget
 
     if run.search.budget is None:
         return None

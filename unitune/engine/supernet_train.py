@@ -31,7 +31,8 @@ from unitune.engine.train import (
 )
 
 from unitune.supernet.model import PeftViT, check_vit
-from unitune.supernet.params import BackboneDims, parse_budget
+from unitune.supernet.budget import parse_budget
+from unitune.supernet.params import BackboneDims
 from unitune.supernet.sampler import SubnetSampler
 from unitune.supernet.space import SearchSpace
 from unitune.supernet.store import save_supernet
