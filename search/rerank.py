@@ -259,10 +259,10 @@ def _ci_text(ci: list[float] | None) -> str:
 
 
 def plot_rerank(rows: list[dict], stats: dict, path: Path, winner: int | None = None) -> Path:
-    from .plots import _save
+    from .plots import save_figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(rerank_figure(rows, stats, winner), path)
+    return save_figure(rerank_figure(rows, stats, winner), path)
 
 
 MARKERS = "osD^vPX<>hp"  # hollow and distinct: candidates on one point all show
@@ -271,9 +271,9 @@ MARKERS = "osD^vPX<>hp"  # hollow and distinct: candidates on one point all show
 def rerank_figure(rows: list[dict], stats: dict, winner: int | None = None):
     """Inherited against stand-alone val accuracy, one legend entry per candidate (labels beside
     the points overlapped) and the pick ringed; returned unsaved, for the tests."""
-    from .plots import _figure
+    from .plots import new_figure
 
-    fig = _figure(figsize=(6.4, 4.5))
+    fig = new_figure(figsize=(6.4, 4.5))
     ax = fig.add_subplot(111)
     for i, r in enumerate(rows):
         label = f"#{r['trial']}" + (f" {r['single_method']}" if r["single_method"] else "")

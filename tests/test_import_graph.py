@@ -281,3 +281,40 @@ def test_an_upward_import_inside_a_function_is_a_layer_violation(tmp_path):
         "pkg.low imports pkg.high (pkg.low.core -> pkg.high, pkg.low.core -> pkg.high.run)"]
     assert layer_violations(packages, ["pkg", "pkg.high", "pkg.low"]) == [  # the other order: the other import
         "pkg.high imports pkg.low (pkg.high.run -> pkg.low, pkg.high.run -> pkg.low.core)"]
+
+
+def private_imports_across_packages(modules: dict[str, Path]) -> list[str]:
+    """``from module import _name`` where ``module`` lies in another package than the importer (a
+    dunder such as ``__version__`` is public). A name one package keeps private is free to change
+    under its users; one another package imports is public and is named so."""
+    found = []
+    for name, path in modules.items():
+        package = package_of(name, modules)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                source = f"{base}.{node.module}" if node.module else base
+            else:
+                source = node.module
+            if source in modules and package_of(source, modules) != package:
+                found += [f"{name} imports {source}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.endswith("__")]
+    return found
+
+
+def test_no_private_name_crosses_a_package():
+    crossing = private_imports_across_packages(package_modules(ROOT))
+    assert not crossing, "private names imported from another package:\n" + "\n".join(crossing)
+
+
+def test_a_private_import_from_another_package_is_found(tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[tool.setuptools]\npackages = ["pkg", "pkg.sub"]\n')
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("__version__ = '1'\n")
+    (tmp_path / "pkg" / "a.py").write_text("def _own():\n    pass\n")
+    (tmp_path / "pkg" / "b.py").write_text("from .a import _own\n")  # the same package: its own business
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "c.py").write_text("from pkg import __version__\n\ndef f():\n    from ..a import _own\n")
+    assert private_imports_across_packages(package_modules(tmp_path)) == ["pkg.sub.c imports pkg.a._own"]

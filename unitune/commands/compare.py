@@ -736,9 +736,9 @@ def accuracy_figure(summary: dict[str, dict[str, Any]], title: str, n_seeds: int
     legend entry per method; the figure is returned unsaved, for :func:`save_plot` and the tests."""
     import math
 
-    from unitune.search.plots import _figure
+    from unitune.search.plots import new_figure
 
-    fig = _figure(figsize=(7.2, 4.4))
+    fig = new_figure(figsize=(7.2, 4.4))
     ax = fig.add_subplot(111)
     for i, (m, s) in enumerate(summary.items()):
         mean, std = s["mean_of_groups"]
@@ -785,9 +785,9 @@ def stamp_quick(path: Path) -> None:
 
 
 def save_plot(summary: dict[str, dict[str, Any]], path: Path, title: str, n_seeds: int, quick: bool = False) -> None:
-    from unitune.search.plots import _save
+    from unitune.search.plots import save_figure
 
-    _save(accuracy_figure(summary, title, n_seeds, quick), path)  # bbox "tight": no clipped label
+    save_figure(accuracy_figure(summary, title, n_seeds, quick), path)  # bbox "tight": no clipped label
 
 
 def paired_vs_single(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
