@@ -544,7 +544,7 @@ ROWS += [
         "predict: argument --top-k: invalid int value: 'abc'"),
     Row("missing-required-option", ["export-subnet", "--storage", "{tmp}/s.db"],
         "export-subnet: the following arguments are required: --out"),
-    # -- logging branch: the run config's `logging` key (unitune/config.py parse_logging)
+    # -- logging branch: the run config's `logging` key (unitune/engine/config.py parse_logging)
     Row("run-unknown-logger", ["run", *STAGE, "logging=wandb"],
         ("{cfg}", "logging: unknown logger 'wandb', expected some of ['csv', 'tensorboard']")),
     Row("supernet-logging-not-a-name", ["supernet", *STAGE, "logging=[csv, 3]"],

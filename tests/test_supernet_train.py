@@ -471,7 +471,7 @@ def test_sandwich_step_moves_every_entry_with_a_gradient_and_nothing_outside_its
     subnets = sampler()
     assert len(subnets) == 4 and subnets[0] == Subnet.largest(narrow, 4)
     union: dict[str, torch.Tensor] = {}
-    for subnet in subnets:  # the loop of supernet/train.py
+    for subnet in subnets:  # the loop of unitune/engine/supernet_train.py
         model.set_subnet(subnet)
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         for name, mask in active_masks(model).items():  # a second computation: OR of every subnet's mask

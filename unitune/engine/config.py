@@ -259,7 +259,7 @@ def parse_logging(value: Any, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))  # in the given order, each once
 
 
-# ``compare`` belongs to `unitune compare` (unitune/compare.py checks it); the stages ignore it.
+# ``compare`` belongs to `unitune compare` (unitune/commands/compare.py checks it); the stages ignore it.
 RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare",
                 "logging")
 
