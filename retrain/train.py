@@ -20,7 +20,7 @@ from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
-from unitune.supernet.model import check_vit
+from unitune.supernet.methods.vit import check_vit
 from unitune.engine.subnet_model import backbone_weights, build_subnet_model, retrain_fingerprint
 from unitune.engine.supernet_train import SUPERNET_FILE, changed_keys
 from unitune.supernet.wrap import make_optimizer

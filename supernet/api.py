@@ -53,7 +53,8 @@ from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.layers import unwrap
-from unitune.supernet.model import _strip, classifier_heads
+from unitune.supernet.methods.vit import classifier_heads
+from unitune.supernet.model import _strip
 from unitune.supernet.wrap import check_model, check_plain, make_optimizer, wrap_vit
 
 __all__ = ["PeftModel", "get_peft_model", "make_optimizer", "nb_trainable_parameters", "trainable_parameters_line",

@@ -12,8 +12,9 @@ so on), so nothing is imported to build it.
 
 Imports under ``if TYPE_CHECKING:`` are not edges: they never run, and they are how a lower layer
 names a higher layer's types in its annotations (the method registry's ``Method`` contract names
-``BackboneDims`` and ``SearchSpace``, whose modules build on the registry). Moving one of them out
-of its block is what would close a cycle, and then this test sees it.
+``SearchSpace``, whose module builds on the registry; the backbone dims it names live beside it,
+``supernet/methods/dims.py``). Moving one of them out of its block is what would close a cycle, and
+then this test sees it.
 """
 
 from __future__ import annotations

@@ -48,9 +48,9 @@ from unitune.errors import UniTuneError
 if TYPE_CHECKING:  # the registry sits below the model: only type names are needed here
     from timm.models.vision_transformer import VisionTransformer
 
-    from .layers import PeftLayer
-    from ..params import BackboneDims, BlockDims
     from ..space import SearchSpace
+    from .dims import BackboneDims, BlockDims
+    from .layers import PeftLayer
 
 SITES = ("block", "model")
 # A cap on every size: a rank, bottleneck or prompt count above it cannot fit any ViT's width or

@@ -30,7 +30,7 @@ def create_backbone(
     refused in one line at once when the hub cannot be reached. ``meta=True`` builds on the meta
     device: shapes only, for counting.
     """
-    from unitune.supernet.model import check_vit
+    from unitune.supernet.methods.vit import check_vit
 
     if not isinstance(name, str) or not timm.is_model(name):
         raise UniTuneError(f"backbone {name!r}: unknown timm model name (see timm.list_models('vit_*'))")

@@ -30,9 +30,10 @@ from unitune.engine.train import (
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-from unitune.supernet.model import PeftViT, check_vit
+from unitune.supernet.methods.vit import check_vit
+from unitune.supernet.model import PeftViT
 from unitune.supernet.budget import parse_budget
-from unitune.supernet.params import BackboneDims
+from unitune.supernet.methods.dims import BackboneDims
 from unitune.supernet.sampler import SubnetSampler
 from unitune.supernet.space import SearchSpace
 from unitune.supernet.store import save_supernet
