@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import RunConfig
-from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+from unitune.engine.subnet_model import backbone_weights, build_subnet_model, retrain_fingerprint
+from unitune.engine.supernet_train import SUPERNET_FILE, changed_keys
 from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.methods.vit import check_vit
-from unitune.engine.subnet_model import backbone_weights, build_subnet_model, retrain_fingerprint
-from unitune.engine.supernet_train import SUPERNET_FILE, changed_keys
 from unitune.supernet.wrap import make_optimizer
 from unitune.engine.train import (
     Criterion, build_scheduler, evaluate, load_checkpoint, pick_device,

@@ -14,14 +14,13 @@ from typing import Any, Sequence
 from optuna.trial import TrialState
 
 from unitune.engine.backbone import create_backbone
-from unitune.engine.config import RunConfig
+from unitune.engine.config import RunConfig, check_fitness_pruner
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, check_vit
 
 from .export import best_trial, trial_subnet, write_outputs
 from .fitness import StandaloneFitness, SupernetFitness
 from .plots import save_plots
-from unitune.engine.config import check_fitness_pruner
 from .rerank import check_rerank, forget_rerank, rerank, score_key
 from .study import SearchResult, check_search_settings, default_storage, run_search, study_encoding
 from .table import CSV_FILE as TABLE_CSV

@@ -18,12 +18,13 @@ from torch import nn
 from unitune.errors import UniTuneError
 from unitune.weights import check_tensor
 
+from .methods import METHODS
 from .methods.layers import PeftLayer, backbone_dd, prefix_slice
 from .methods.layers import unwrap
-from .methods import METHODS
 from .methods.vit import backbone_name, check_methods, check_vit, classifier_heads
 from .space import SearchSpace
 from .subnet import Subnet
+
 
 def _strip(module: nn.Module) -> None:
     """Replace every PEFT wrapper below ``module`` by the backbone module it wraps."""

@@ -20,8 +20,8 @@ from unitune.errors import UniTuneError
 from unitune.schema import check_fields, num
 
 from .guard import InactiveGuard
-from .methods.layers import PeftLayer
 from .methods import METHODS
+from .methods.layers import PeftLayer
 from .model import PeftViT, check_vit
 from .space import SearchSpace
 from .subnet import Subnet

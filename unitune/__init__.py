@@ -1,9 +1,9 @@
 """unitune: search a per-layer mix of Adapter, LoRA, VPT and SSF for a timm ViT under a parameter budget.
 
-The core package holds what the supernet, search and retrain stages share: errors, safe file
-I/O, configuration and the command line. The Python API (``unitune.get_peft_model`` and the
-names below, see :mod:`unitune.supernet.api`) is imported on first use: ``import unitune`` alone (the
-CLI, ``unitune.errors``) does not load torch and timm.
+The top-level modules are the ground every other package stands on (errors, safe file I/O, the
+schema, checks, progress and logs; README's Layout section lists the layers). The Python API
+(``unitune.get_peft_model`` and the names below, see :mod:`unitune.supernet.api`) is imported on
+first use: ``import unitune`` alone (the CLI, ``unitune.errors``) does not load torch and timm.
 """
 
 from .errors import UniTuneError

@@ -13,14 +13,15 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from .backbone import create_backbone
 from unitune.checks import check_safetensors_file
-from .config import RunConfig
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
+
+from .backbone import create_backbone
+from .config import RunConfig
 from .train import Criterion, build_optimizer, build_scheduler, evaluate, pick_device, seed_everything, \
     train_epoch
 

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import RunConfig
-from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-from unitune.errors import UniTuneError
 from unitune.engine.pretrain import pretrained_weights
+from unitune.errors import UniTuneError
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
 from unitune.engine.train import (
@@ -30,10 +30,10 @@ from unitune.engine.train import (
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-from unitune.supernet.methods.vit import check_vit
-from unitune.supernet.model import PeftViT
 from unitune.supernet.budget import parse_budget
 from unitune.supernet.methods.dims import BackboneDims
+from unitune.supernet.methods.vit import check_vit
+from unitune.supernet.model import PeftViT
 from unitune.supernet.sampler import SubnetSampler
 from unitune.supernet.space import SearchSpace
 from unitune.supernet.store import save_supernet
