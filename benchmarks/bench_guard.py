@@ -30,10 +30,10 @@ import timm
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from unitune.config import TrainConfig
+from unitune.engine.config import TrainConfig
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.guard import InactiveGuard
-from unitune.train import build_optimizer
+from unitune.engine.train import build_optimizer
 
 
 class OpCount(TorchDispatchMode):

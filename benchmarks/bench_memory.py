@@ -4,7 +4,7 @@
     python benchmarks/bench_memory.py --backbone vit_base_patch16_224   # ViT-B/16, random init
     python benchmarks/bench_memory.py --quick
 
-Both train on the same batch with AdamW (``unitune.train.build_optimizer``):
+Both train on the same batch with AdamW (``unitune.engine.train.build_optimizer``):
 
 - ``peft supernet``: :class:`PeftViT` with every layer at the space's largest size, the largest
   subnet active (the supernet's most expensive step), :class:`InactiveGuard` on the optimiser;
@@ -39,10 +39,10 @@ from pathlib import Path
 import torch
 
 from common import add_common_args, build_vit, interleaved, median_ratio, setup, space_for
-from unitune.config import TrainConfig
+from unitune.engine.config import TrainConfig
 from unitune.supernet import PeftViT, Subnet
 from unitune.supernet.guard import InactiveGuard
-from unitune.train import Criterion, build_optimizer
+from unitune.engine.train import Criterion, build_optimizer
 
 VARIANTS = ("peft supernet", "full fine-tuning")
 

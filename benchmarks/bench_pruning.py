@@ -70,7 +70,7 @@ def _space(run):
 
 
 def _dims(run):
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
 
     return BackboneDims.from_model(create_backbone(run.model.backbone, 2, kwargs=run.model.kwargs, meta=True))
 
@@ -137,7 +137,7 @@ def part2(run, out: Path, trials: int, seed: int, epochs: int, top_k: int, super
     study = search(fitness, run, run.search.trials, seed, "none").study
     search_s = time.perf_counter() - started
     search_val = sum(t.user_attrs.get("val_images_seen", 0) for t in study.trials)
-    from unitune.search.encoding import SubnetEncoding
+    from unitune.supernet.encoding import SubnetEncoding
     from unitune.search.rerank import candidates
 
     encoding = SubnetEncoding(_space(run), run_depth(run), None)
@@ -215,8 +215,8 @@ def suite_task(suite: Path, task: str, scratch: Path, device: str = "cpu"):
 
     import yaml
 
-    from unitune.config import load_run_config
-    from unitune.supernet.train import SUPERNET_FILE
+    from unitune.engine.config import load_run_config
+    from unitune.engine.supernet_train import SUPERNET_FILE
 
     src, out = suite / "tasks" / task, scratch / task
     out.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ import time
 
 import numpy as np
 
-from unitune.backbone import create_backbone
-from unitune.search import SubnetEncoding, parse_budget
-from unitune.search.repair import repair_indices
+from unitune.engine.backbone import create_backbone
+from unitune.supernet.budget import parse_budget
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_indices
 from unitune.supernet import BackboneDims, SearchSpace
 from unitune.supernet.space import METHODS
 

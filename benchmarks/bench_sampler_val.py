@@ -173,7 +173,7 @@ def row_subnets(runs: dict[str, Path], singles: list[str], task: str) -> dict[st
 def run_cell(run, row: str, subnet_file: Path, seed: int, keep: list[int], out: Path) -> dict:
     import dataclasses
 
-    from unitune.compare import describe
+    from unitune.commands.compare import describe
     from unitune.retrain.train import retrain
     from unitune.supernet import Subnet
 
@@ -312,7 +312,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
     from unitune.io import write_json_atomic
 
     torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ from common import add_common_args, default_workdir, demo_overrides, demo_run, m
 from unitune.search import run_search
 from unitune.search.fitness import SupernetFitness
 from unitune.supernet import BackboneDims, Subnet
-from unitune.supernet.params import parse_budget
+from unitune.supernet.budget import parse_budget
 
 
 class Memo:

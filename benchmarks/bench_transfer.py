@@ -11,7 +11,7 @@ is the demo search's ``best_subnet.yaml`` (searched on train/val with the supern
 weights; the test split is not used before this table).
 
 Rows (all through ``unitune.retrain.train.retrain``: hand-written subnet files, and full
-fine-tuning as its full mode, ``unitune.compare.full_finetune``, same recipe):
+fine-tuning as its full mode, ``unitune.commands.compare.full_finetune``, same recipe):
 
 - linear probe: the all-zero subnet (only the head trains);
 - full fine-tuning: every parameter of the backbone and the head;
@@ -31,13 +31,13 @@ import time
 from pathlib import Path
 
 from common import add_common_args, default_workdir, demo_overrides, demo_run, demo_search, mean_std, setup
-from unitune.backbone import create_backbone
-from unitune.config import load_run_config
-from unitune.compare import full_finetune  # the same loop as `unitune compare`'s full fine-tuning rows
-from unitune.pretrain import PRETRAIN_DIR
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import load_run_config
+from unitune.commands.compare import full_finetune  # the same loop as `unitune compare`'s full fine-tuning rows
+from unitune.engine.pretrain import PRETRAIN_DIR
 from unitune.retrain.train import retrain
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
-from unitune.supernet.train import SUPERNET_FILE
+from unitune.engine.supernet_train import SUPERNET_FILE
 
 SINGLE = ("lora", "adapter", "vpt", "ssf")
 

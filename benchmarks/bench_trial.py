@@ -6,7 +6,7 @@ subnet materialised, and Optuna's overhead per trial for each storage.
     python benchmarks/bench_trial.py --backbone vit_base_patch16_224  # random-init ViT-B/16, synthetic val
 
 Part 1, one trial's evaluation. ``trial`` is exactly what the search calls
-(:class:`SupernetFitness`: ``set_subnet`` + :func:`unitune.train.evaluate` over the validation
+(:class:`SupernetFitness`: ``set_subnet`` + :func:`unitune.engine.train.evaluate` over the validation
 tensors it decoded once); ``plain forward`` is a ``torch.no_grad`` loop of ``model(x)`` of the
 materialised subnet (``supernet.materialize(subnet)``) over the same tensors; ``static evaluate``
 is the same :func:`evaluate` on the materialised subnet (isolates weight sharing from the
@@ -33,11 +33,13 @@ import torch
 from common import (
     add_common_args, default_workdir, demo_overrides, demo_run, interleaved, median_ratio, random_supernet_run, setup,
 )
-from unitune.search import SubnetEncoding, repair_subnet, run_search
+from unitune.search import run_search
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_subnet
 from unitune.search.fitness import SupernetFitness
 from unitune.supernet import BackboneDims, Subnet, count_params
-from unitune.supernet.params import parse_budget
-from unitune.train import autocast, evaluate
+from unitune.supernet.budget import parse_budget
+from unitune.engine.train import autocast, evaluate
 
 TARGET = 1.10
 

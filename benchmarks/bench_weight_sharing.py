@@ -25,11 +25,12 @@ import time
 import torch
 
 from common import add_common_args, build_vit, interleaved, median_ratio, setup, space_for
-from unitune.config import TrainConfig
-from unitune.search import SubnetEncoding, repair_subnet
+from unitune.engine.config import TrainConfig
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_subnet
 from unitune.supernet import BackboneDims, PeftViT, Subnet, count_params
 from unitune.supernet.guard import InactiveGuard
-from unitune.train import Criterion, build_optimizer
+from unitune.engine.train import Criterion, build_optimizer
 
 TARGET = 1.10
 

@@ -125,9 +125,9 @@ def demo_overrides(quick: bool) -> list[str]:
 def demo_run(out: str | Path, overrides: list[str], progress: bool = False):
     """The demo config with ``overrides``, its backbone pretrained and its supernet trained into
     ``out`` (each skipped when already there): ``(run_config, out)``."""
-    from unitune.config import load_run_config
-    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
-    from unitune.supernet.train import CKPT_DIR, SUPERNET_FILE, train_supernet
+    from unitune.engine.config import load_run_config
+    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+    from unitune.engine.supernet_train import CKPT_DIR, SUPERNET_FILE, train_supernet
 
     out = Path(out)
     run = load_run_config(DEMO_CONFIG, overrides)
@@ -159,11 +159,11 @@ def random_supernet_run(backbone: str, out: str | Path, images: int, batch: int,
     fitness on backbones that cannot be trained here (ViT-B/16 on a CPU). ``(run_config, out)``."""
     import json
 
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
     from unitune.data import build_dataset, resolve_data_config
     from unitune.io import write_yaml_atomic
     from unitune.supernet.store import save_supernet
-    from unitune.supernet.train import SUPERNET_FILE, build_model
+    from unitune.engine.supernet_train import SUPERNET_FILE, build_model
 
     out = Path(out)
     name, kwargs = TINY if backbone == "tiny" else (backbone, {})

@@ -12,7 +12,7 @@ every section, so a run stopped from outside keeps what was done.
 
 - ``env``: versions, the GPU, ``device: auto`` -> CUDA, bf16 support, a one-rank NCCL all-reduce.
 - ``train``: ViT-B/16 (random init) training steps at batch 64 with bf16 autocast
-  (``unitune.train.autocast``, as the supernet and retrain stages use it), images/s and peak GPU
+  (``unitune.engine.train.autocast``, as the supernet and retrain stages use it), images/s and peak GPU
   memory of (a) the supernet (NOAH's space, every layer allocated) with its largest subnet active
   and ``InactiveGuard`` on the optimiser, the same with unitune's health checks (``StepChecks``:
   the losses read and the weights checked every 25 steps), (b) that subnet materialised, (c) HF
@@ -156,7 +156,7 @@ def fresh_dir(path: Path) -> Path:
 def cli(*argv: str) -> None:
     """``unitune ARGV`` through the CLI's own entry point; ``--debug`` so that a user error
     raises with its message instead of only returning 2."""
-    from unitune.cli import main
+    from unitune.commands.cli import main
 
     rc = main(["--debug", *argv])
     if rc:
@@ -176,7 +176,7 @@ def section_env(args, device: torch.device) -> dict:
     import optuna
     import timm
 
-    from unitune.train import pick_device
+    from unitune.engine.train import pick_device
 
     figures: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
@@ -230,9 +230,9 @@ def make_step(model, named, x, y, device, subnet=None, guard=False, checks=False
     ``per_step_syncs`` does those checks as the loop did before StepChecks, for the comparison:
     the loss's finiteness read before the backward pass, ``loss.item()``, every weight's
     finiteness read after the update (three host-device synchronisations a step)."""
-    from unitune.config import TrainConfig
+    from unitune.engine.config import TrainConfig
     from unitune.supernet.guard import InactiveGuard
-    from unitune.train import Criterion, StepChecks, autocast, build_optimizer, clip_gradients
+    from unitune.engine.train import Criterion, StepChecks, autocast, build_optimizer, clip_gradients
 
     cfg = TrainConfig(lr=1e-4)
     optimizer = build_optimizer(named, cfg)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from unitune.compare import paired_vs_single, plan_compare, search_trust, summarise, write_report
+from unitune.commands.compare import paired_vs_single, plan_compare, search_trust, summarise, write_report
 from unitune.io import read_json
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

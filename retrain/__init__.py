@@ -1,4 +1,5 @@
-"""Materialise, train, merge and export a chosen subnet; evaluate and use the export.
+"""Materialise, train, merge and export a chosen subnet; evaluate and use the export. (``merge`` is
+the PEFT library's, :mod:`unitune.supernet.merge`, named here too as this stage's API.)
 
 The Python API for an export folder::
 
@@ -6,7 +7,8 @@ The Python API for an export folder::
     model = load_model("runs/demo/export")   # a ready nn.Module (eval mode)
 """
 
+from unitune.supernet.merge import MergedModel, merge
+
 from .export import export_model, load_export, load_model
-from .merge import MergedModel, merge
 
 __all__ = ["export_model", "load_export", "load_model", "MergedModel", "merge"]

@@ -19,7 +19,7 @@ from unitune.data import DataConfig, build_dataset, build_loader, build_transfor
 from unitune.checks import check_input_file, check_output_dir
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path, inside, write_json_atomic
-from unitune.train import evaluate, pick_device, round_metric
+from unitune.engine.train import evaluate, pick_device, round_metric
 
 from .export import load_export
 

@@ -4,7 +4,7 @@ An export is what people deploy. The manifest says how to rebuild the module the
 ``timm.create_model(backbone, pretrained=False, num_classes=K, **model_kwargs)``, plus the
 parameters a merge had to add that no timm keyword builds, plus, when Adapters or VPT stay,
 a :class:`PeftViT` with exactly the unmerged sizes — so :func:`load_export` reconstructs the very
-structure :func:`~unitune.retrain.merge.merge` produced and loads the weights strictly.
+structure :func:`~unitune.supernet.merge.merge` produced and loads the weights strictly.
 
 ``unitune.json`` (format version 1)::
 
@@ -46,7 +46,7 @@ from unitune.schema import Key, check_record, digest, equals, json_key, version
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, check_vit, count_params
 from unitune.supernet.methods import METHODS
 
-from .merge import MergedModel, add_params, merge, unmerged_subnet
+from unitune.supernet.merge import MergedModel, add_params, merge, unmerged_subnet
 
 FORMAT = "unitune-export"
 FORMAT_VERSION = 1

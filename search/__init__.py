@@ -2,12 +2,11 @@
 
 The budget is hard: every sampled subnet is repaired to fit before it is evaluated and stored
 (:class:`RepairSampler`), so every trial in the storage is feasible and its stored parameters
-are exactly the subnet that was evaluated.
+are exactly the subnet that was evaluated. The budget, the subnet encoding and the repair it
+builds on are the PEFT library's (``unitune.supernet.budget``, ``.encoding``, ``.repair``).
 """
 
-from .budget import budget_bounds, check_budget, parse_budget
 from .dashboard import dashboard_app, dashboard_storage, serve_dashboard
-from .encoding import SubnetEncoding, param_name
 from .evolution import EvolutionSampler
 from .export import (
     best_ties,
@@ -22,7 +21,6 @@ from .export import (
     write_outputs,
 )
 from .plots import save_plots
-from .repair import repair_params, repair_subnet
 from .sampler import SAMPLERS, RepairSampler, make_base_sampler, make_sampler
 from .storage import open_storage, recover_dead_trials, resolve_storage, storage_lock
 from .study import SearchResult, default_storage, open_existing_study, prepare_seeds, run_search, study_encoding
@@ -32,11 +30,8 @@ __all__ = [
     "EvolutionSampler",
     "RepairSampler",
     "SearchResult",
-    "SubnetEncoding",
     "best_ties",
     "best_trial",
-    "budget_bounds",
-    "check_budget",
     "dashboard_app",
     "dashboard_storage",
     "default_storage",
@@ -48,13 +43,9 @@ __all__ = [
     "open_existing_study",
     "open_storage",
     "pareto_trials",
-    "param_name",
-    "parse_budget",
     "prepare_seeds",
     "ranked_trials",
     "recover_dead_trials",
-    "repair_params",
-    "repair_subnet",
     "resolve_storage",
     "run_search",
     "save_plots",

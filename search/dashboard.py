@@ -15,7 +15,7 @@ from typing import Any
 from optuna.storages import BaseStorage
 
 from unitune.checks import check_port, is_loopback
-from unitune.context import STUDY_DB
+from unitune.engine.context import STUDY_DB
 from unitune.errors import UniTuneError
 
 from .storage import open_storage

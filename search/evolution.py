@@ -47,8 +47,8 @@ from optuna.trial import FrozenTrial, TrialState
 from unitune.errors import UniTuneError
 from unitune.supernet.methods import METHODS
 
-from .encoding import SubnetEncoding
-from .repair import repair_indices
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_indices
 from .storage import trial_storage
 
 ROLE_ATTR = "unitune:evolution"

@@ -29,13 +29,13 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
-from unitune.context import BEST_SUBNET, RunLayout
+from unitune.engine.context import BEST_SUBNET, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import read_yaml, write_yaml_atomic
 from unitune.supernet import BackboneDims, Subnet, count_params
 
 from .dashboard import RUN_FOLDER_STORAGES
-from .encoding import SubnetEncoding
+from unitune.supernet.encoding import SubnetEncoding
 from .notes import mark_best
 from .plots import save_plots
 # re-exported: callers of export_subnets and best_subnet.yaml have always found the ranking here

@@ -15,15 +15,15 @@ from typing import Iterator
 
 import torch
 
-from unitune.config import RunConfig
-from unitune.context import RunContext
+from unitune.engine.config import RunConfig
+from unitune.engine.context import RunContext
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.errors import UniTuneError
-from unitune.pretrain import pretrained_weights
+from unitune.engine.pretrain import pretrained_weights
 from unitune.supernet import PeftViT, Subnet
 from unitune.supernet.store import check_compatible, read_supernet
-from unitune.supernet.train import build_model
-from unitune.train import evaluate
+from unitune.engine.supernet_train import build_model
+from unitune.engine.train import evaluate
 
 
 def load_trained_supernet(run: RunConfig | RunContext, out: str | Path | None = None,

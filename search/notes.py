@@ -127,7 +127,7 @@ def _rewrite_trial_note(study: optuna.Study, trial: FrozenTrial, pick: str, coun
     if not body:  # no note yet (a trial stored without one): written from its attributes
         from unitune.supernet import SearchSpace
 
-        from .encoding import SubnetEncoding  # (study.study_encoding's work: study.py imports this module)
+        from unitune.supernet.encoding import SubnetEncoding  # (study.study_encoding's work: study.py imports this module)
 
         attrs = trial.user_attrs
         per_method = {m: attrs[f"params_{m}"] for m in METHODS if f"params_{m}" in attrs}

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 from unitune.supernet import Subnet, count_params
 
 from .dedup import DUPLICATE, FINISHED, duplicate_of
-from .encoding import SubnetEncoding, sizes_summary
+from unitune.supernet.encoding import SubnetEncoding, sizes_summary
 from .pruning import PRUNED_AT_ATTR
 from .seeds import SINGLE_SOURCE
 from .notes import save_trial_note

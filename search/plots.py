@@ -28,7 +28,7 @@ from .ranking import RERANK_ATTR, pareto_trials, ranked_trials
 from .study import study_encoding
 
 
-def _figure(**kwargs):
+def new_figure(**kwargs):
     """A figure on its own Agg canvas: no pyplot, so no global backend or figure state is touched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -38,7 +38,8 @@ def _figure(**kwargs):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically (these plots, the re-rank's and compare's)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     return path
@@ -71,12 +72,12 @@ def _mark_pick(ax, study: optuna.Study, x: float, pick) -> None:
 
 
 def plot_history(study: optuna.Study, path: str | os.PathLike) -> Path:
-    return _save(history_figure(study), Path(path))
+    return save_figure(history_figure(study), Path(path))
 
 
 def history_figure(study: optuna.Study):
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
-    fig = _figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.add_subplot(111)
     numbers = [t.number for t in trials]
     acc = [t.values[0] for t in trials]
@@ -96,13 +97,13 @@ def history_figure(study: optuna.Study):
 
 
 def plot_pareto(study: optuna.Study, path: str | os.PathLike) -> Path:
-    return _save(pareto_figure(study), Path(path))
+    return save_figure(pareto_figure(study), Path(path))
 
 
 def pareto_figure(study: optuna.Study):
     trials = ranked_trials(study)
     front = pareto_trials(study)
-    fig = _figure(figsize=(7, 4))
+    fig = new_figure(figsize=(7, 4))
     ax = fig.add_subplot(111)
     ax.scatter([t.user_attrs.get("n_params", 0) for t in trials], [t.values[0] for t in trials], s=12, alpha=0.5,
                label="trial")
@@ -126,7 +127,7 @@ def pareto_figure(study: optuna.Study):
 def plot_sizes_heatmap(study: optuna.Study, path: str | os.PathLike, top: int = 10) -> Path:
     """The top trials' sizes: one panel per method (columns: blocks), a column for every global
     method (``ssf_global``, any model-level method), and each row's parameter count (and share of the budget) on the right."""
-    return _save(sizes_heatmap_figure(study, top), Path(path))
+    return save_figure(sizes_heatmap_figure(study, top), Path(path))
 
 
 def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
@@ -140,7 +141,7 @@ def sizes_heatmap_figure(study: optuna.Study, top: int = 10):
     depth, rows = encoding.depth, max(1, len(trials))
     widths = [depth] * len(methods) + [1] * len(globals_) + [2.4]
     cell = 0.42
-    fig = _figure(figsize=(2.0 + cell * sum(widths) + 0.3 * len(widths), 1.6 + cell * rows))
+    fig = new_figure(figsize=(2.0 + cell * sum(widths) + 0.3 * len(widths), 1.6 + cell * rows))
     grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.12)
     panels = [(m, [s.sizes(m) for s in subnets], space.choices(m), range(depth)) for m in methods]
     panels += [(g, [[s.sizes(g)] for s in subnets], space.choices(g), ["on" if METHODS[g].on_off else "size"])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, NopPruner, SuccessiveHalvingPruner
 
-from unitune.config import FITNESSES, PRUNERS  # the config declares the names (search.fitness, search.pruner)
+from unitune.engine.config import FITNESSES, PRUNERS  # the config declares the names (search.fitness, search.pruner)
 from unitune.errors import UniTuneError
 
 REDUCTION_FACTOR = 2

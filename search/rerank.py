@@ -30,8 +30,8 @@ from typing import Any, Iterator
 import numpy as np
 import optuna
 
-from unitune.config import RerankConfig, RunConfig, rerank_settings
-from unitune.context import RERANK_PLOT, RunContext, RunLayout
+from unitune.engine.config import RerankConfig, RunConfig, rerank_settings
+from unitune.engine.context import RERANK_PLOT, RunContext, RunLayout
 from unitune.errors import UniTuneError
 
 from .export import trial_meta, trial_subnet
@@ -99,8 +99,8 @@ def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: in
     after each epoch (the search's ``standalone`` fitness reports them to Optuna's pruner).
     ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far."""
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-    from unitune.retrain.train import build_subnet_model
-    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, train_epoch
+    from unitune.engine.subnet_model import build_subnet_model
+    from unitune.engine.train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, train_epoch
 
     ctx = RunContext.of(run, out)
     run = ctx.run
@@ -144,10 +144,10 @@ def score_key(run: RunConfig | RunContext | None, out: Path, epochs: int) -> str
         run = run.run
     if not isinstance(run, RunConfig):  # the tests' stand-ins (no run): the epochs are all there is
         return f"epochs={epochs}"
-    from unitune.pretrain import pretrained_weights
-    from unitune.retrain.train import _fingerprint
+    from unitune.engine.pretrain import pretrained_weights
+    from unitune.engine.subnet_model import retrain_fingerprint
 
-    what = _fingerprint(run)
+    what = retrain_fingerprint(run)
     what["retrain"] = {**what["retrain"], "epochs": epochs}
     weights = pretrained_weights(run, out)
     if weights and Path(weights).is_file():
@@ -246,10 +246,10 @@ def _ci_text(ci: list[float] | None) -> str:
 
 
 def plot_rerank(rows: list[dict], stats: dict, path: Path, winner: int | None = None) -> Path:
-    from .plots import _save
+    from .plots import save_figure
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(rerank_figure(rows, stats, winner), path)
+    return save_figure(rerank_figure(rows, stats, winner), path)
 
 
 MARKERS = "osD^vPX<>hp"  # hollow and distinct: candidates on one point all show
@@ -258,9 +258,9 @@ MARKERS = "osD^vPX<>hp"  # hollow and distinct: candidates on one point all show
 def rerank_figure(rows: list[dict], stats: dict, winner: int | None = None):
     """Inherited against stand-alone val accuracy, one legend entry per candidate (labels beside
     the points overlapped) and the pick ringed; returned unsaved, for the tests."""
-    from .plots import _figure
+    from .plots import new_figure
 
-    fig = _figure(figsize=(6.4, 4.5))
+    fig = new_figure(figsize=(6.4, 4.5))
     ax = fig.add_subplot(111)
     for i, r in enumerate(rows):
         label = f"#{r['trial']}" + (f" {r['single_method']}" if r["single_method"] else "")

@@ -54,12 +54,12 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from unitune.config import SAMPLERS  # noqa: F401 (the config declares the sampler names; part of this API)
+from unitune.engine.config import SAMPLERS  # noqa: F401 (the config declares the sampler names; part of this API)
 from unitune.errors import UniTuneError
 
 from .dedup import held_keys, params_key
-from .encoding import SubnetEncoding
-from .repair import repair_indices
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_indices
 from .storage import WORKER_ATTR, trial_storage, worker_token
 
 SINGLE_OBJECTIVE = ("cmaes", "evolution")

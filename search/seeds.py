@@ -26,7 +26,7 @@ import numpy as np
 from unitune.supernet import Subnet
 from unitune.supernet.methods import METHODS
 
-from .encoding import SubnetEncoding
+from unitune.supernet.encoding import SubnetEncoding
 
 SINGLE_SOURCE = "single-method"
 

@@ -13,15 +13,15 @@ from typing import Any, Sequence
 
 from optuna.trial import TrialState
 
-from unitune.config import RunConfig
-from unitune.context import RunContext
+from unitune.engine.config import RunConfig
+from unitune.engine.context import RunContext
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, Subnet, check_vit
 
 from .export import best_trial, trial_subnet, write_outputs
 from .fitness import StandaloneFitness, SupernetFitness
-from .plots import save_plots
 from .pruning import check_fitness_pruner
+from .plots import save_plots
 from .rerank import check_rerank, forget_rerank, rerank, score_key
 from .study import PreparedSearch, SearchResult, default_storage, prepare_search, run_search, study_encoding
 from .table import write_trial_table

@@ -40,14 +40,14 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 import unitune
-from unitune.config import OBJECTIVES, objective_names
-from unitune.context import RunLayout
+from unitune.engine.config import OBJECTIVES, objective_names
+from unitune.engine.context import RunLayout
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet
 
-from .budget import check_budget, parse_budget
+from unitune.supernet.budget import check_budget, parse_budget
 from .dedup import DUPLICATE, FINISHED
-from .encoding import SubnetEncoding, check_stored_format
+from unitune.supernet.encoding import SubnetEncoding, check_stored_format
 from .notes import set_metric_names
 from .objective import SubnetObjective
 from .pruning import make_pruner

@@ -22,7 +22,7 @@ from typing import Any
 
 import optuna
 
-from unitune.context import TRIALS_CSV, TRIALS_MD
+from unitune.engine.context import TRIALS_CSV, TRIALS_MD
 from unitune.io import atomic_path, write_text_atomic
 from unitune.supernet.methods import METHODS
 

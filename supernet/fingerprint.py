@@ -12,8 +12,8 @@ import hashlib
 import torch
 from torch import nn
 
-from .layers import unwrap
-from .model import classifier_heads
+from .methods.layers import unwrap
+from .methods.vit import classifier_heads
 
 
 def backbone_items(vit: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,71 +16,12 @@ The budget excludes the classifier head (as NOAH counts); ``with_head`` adds it.
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from torch import nn
-
-from unitune.errors import UniTuneError
-
-from .layers import get_path, out_dim, unwrap
 from .methods import METHODS, Method
-from .methods.lora import LORA_PATHS
-from .methods.ssf import SSF_POINTS
-from .model import REQUIRED, check_vit, classifier_heads
+from .methods.dims import BackboneDims
 from .space import SearchSpace
 from .subnet import Subnet
-
-
-BLOCK_OPS = tuple(p for p in REQUIRED if p not in ("attn", "mlp"))  # the block's norms and linears
-
-
-@dataclass(frozen=True)
-class BlockDims:
-    dim: int
-    lora: dict[str, tuple[int, int]]  # target -> (in_features, out_features)
-    ssf: dict[str, int]  # SSF point -> output width
-    # Every op of timm's standard block (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2) ->
-    # its own backbone parameters' shapes ({"weight": (192, 64), "bias": (192,)}; no bias key
-    # when it has none): what a method that counts from the ops themselves reads (e.g. biases).
-    ops: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)
-
-    @property
-    def ssf_width(self) -> int:
-        return sum(self.ssf.values())
-
-
-@dataclass(frozen=True)
-class BackboneDims:
-    """What parameter counting needs to know about a timm ViT."""
-
-    dim: int
-    blocks: tuple[BlockDims, ...]
-    head_params: int
-    num_classes: int
-
-    @property
-    def depth(self) -> int:
-        return len(self.blocks)
-
-    @classmethod
-    def from_model(cls, model: nn.Module) -> "BackboneDims":
-        vit = check_vit(getattr(model, "vit", model))
-        dim = vit.embed_dim
-        blocks = []
-        for block in vit.blocks:
-            block = unwrap(block)
-            lora = {}
-            for target, path in LORA_PATHS.items():
-                linear = unwrap(get_path(block, path))
-                lora[target] = (linear.in_features, linear.out_features)
-            ssf = {path: out_dim(unwrap(get_path(block, path)), dim) for path in SSF_POINTS}
-            ops = {path: {n: tuple(p.shape) for n, p in unwrap(get_path(block, path)).named_parameters(recurse=False)}
-                   for path in BLOCK_OPS}
-            blocks.append(BlockDims(dim, lora, ssf, ops))
-        head_params = sum(p.numel() for head in classifier_heads(vit).values() for p in head.parameters())
-        return cls(dim, tuple(blocks), head_params, vit.num_classes)
 
 
 @dataclass(frozen=True)
@@ -134,11 +75,6 @@ def cost_table(space: SearchSpace, dims: BackboneDims) -> dict[tuple[str, int | 
     }
 
 
-def block_params(method: str, size: int, block: BlockDims, space: SearchSpace, dims: BackboneDims | None = None) -> int:
-    """Parameters of ``method`` at ``size`` in one block (kept for old callers; see the registry)."""
-    return METHODS[method].count(size, block, dims, space)
-
-
 def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None = None) -> ParamCount:
     space = space or SearchSpace()
     subnet.check(dims.depth)
@@ -153,34 +89,3 @@ def count_params(subnet: Subnet, dims: BackboneDims, space: SearchSpace | None =
         n = sum(b[m.name] for b in per_block) if m.site == "block" else per_model[m.name]
         per_method[m.report_key] = per_method.get(m.report_key, 0) + n
     return ParamCount(per_method, per_block, per_model, dims.head_params)
-
-
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg%]?)\s*$", re.IGNORECASE)
-
-
-def parse_budget(value: str | int | float, backbone_params: int | None = None, source: str = "budget") -> int:
-    """``400000``, ``'400k'``, ``'0.4M'``, ``'0.5%'`` -> a positive parameter count.
-
-    ``backbone_params`` (the frozen backbone's parameter count) is needed for a percentage only.
-    """
-    if isinstance(value, bool):
-        raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
-    if isinstance(value, (int, float)):
-        number, suffix = float(value), ""
-    else:
-        match = _BUDGET_RE.match(str(value))
-        if not match:
-            raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
-        number, suffix = float(match.group(1)), match.group(2).lower()
-    if suffix == "%":
-        if backbone_params is None:
-            raise UniTuneError(f"{source}: {value!r} is a percentage of the backbone, but its parameter count is unknown")
-        if not 0 < number <= 100:
-            raise UniTuneError(f"{source}: a percentage must be in (0, 100], got {value!r}")
-        budget = number / 100 * backbone_params
-    else:
-        budget = number * _SUFFIX[suffix]
-    if not math.isfinite(budget) or round(budget) < 1:
-        raise UniTuneError(f"{source}: expected a positive parameter count, got {value!r}")
-    return int(round(budget))

@@ -76,11 +76,11 @@ class SubnetSampler:
 
     def within_budget(self) -> Subnet:
         """A subnet as the search evaluates them: a uniform proposal, repaired into the budget by
-        the search's own repair (``search/repair.py``, seeded from this sampler's generator), so
+        the search's own repair (``supernet/repair.py``, seeded from this sampler's generator), so
         the supernet trains the distribution the search draws from (issue 15), near the budget
         when uniform proposals exceed it."""
-        from unitune.search.encoding import SubnetEncoding  # the search builds on this package
-        from unitune.search.repair import repair_subnet
+        from .encoding import SubnetEncoding  # (it names its positions as Optuna distributions: loaded on use)
+        from .repair import repair_subnet
 
         if getattr(self, "_encoding", None) is None:
             self._encoding = SubnetEncoding(self.space, self.dims.depth, self.dims)

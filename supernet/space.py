@@ -28,9 +28,6 @@ from unitune.errors import UniTuneError
 
 from .methods import METHODS as REGISTRY
 from .methods import get_method, option_names
-from .methods.adapter import ADAPTER_STYLES  # noqa: F401 (old import path)
-from .methods.base import MAX_SIZE  # noqa: F401 (old import path)
-from .methods.lora import LORA_TARGETS  # noqa: F401 (old import path)
 
 # The block methods the default space searches (the original four): kept for old imports and
 # tests. Library code iterates the registry (``unitune.supernet.methods.METHODS``).

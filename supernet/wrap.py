@@ -1,7 +1,7 @@
 """The one way to wrap a timm ViT with PEFT layers and to build its optimizer.
 
 ``unitune.get_peft_model`` / ``unitune.make_optimizer`` (the Python API) and the supernet and
-retrain stages all come here: the API adds HF PEFT's methods on top (:class:`unitune.api.PeftModel`,
+retrain stages all come here: the API adds HF PEFT's methods on top (:class:`unitune.supernet.api.PeftModel`,
 passed as ``model_class``), the stages take the plain :class:`PeftViT`. These live in the model
 package, not in the API, because the API sits above the stages (it merges through
 ``unitune.retrain``): a stage importing the API would make data flow both ways.
@@ -10,18 +10,18 @@ package, not in the API, because the API sits above the stages (it merges throug
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from unitune.config import TrainConfig, check_fields
 from unitune.errors import UniTuneError
-from unitune.train import build_optimizer
+from unitune.schema import check_fields, num
 
 from .guard import InactiveGuard
-from .layers import PeftLayer
 from .methods import METHODS
+from .methods.layers import PeftLayer
 from .model import PeftViT, check_vit
 from .space import SearchSpace
 from .subnet import Subnet
@@ -34,7 +34,7 @@ def wrap_vit(
     model_class: type[PeftViT] = PeftViT,
 ) -> PeftViT:
     """Wrap ``vit`` in place: the supernet over ``space``, or the fixed ``subnet`` (see
-    :func:`unitune.api.get_peft_model` for the forms both take). ``model_class`` is what is built:
+    :func:`unitune.supernet.api.get_peft_model` for the forms both take). ``model_class`` is what is built:
     :class:`PeftViT` or a subclass of it."""
     check_plain(vit, "get_peft_model")
     depth = len(vit.blocks)
@@ -74,6 +74,28 @@ def _as_subnet(subnet: Subnet | Mapping[str, Any] | str | os.PathLike, depth: in
     return Subnet.coerce(subnet, depth, "get_peft_model")
 
 
+@dataclass(frozen=True)
+class _Rates:
+    """make_optimizer's arguments, checked with the run config's own limits (``TrainConfig.lr`` and
+    ``.weight_decay`` in unitune.engine.config, which this library sits below)."""
+
+    lr: float = num(1e-3, gt=0)
+    weight_decay: float = num(1e-4, ge=0)
+
+
+def adamw(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
+          no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
+    """AdamW; no weight decay on 1-d parameters (biases, norms, SSF's scale and shift: as timm
+    does) nor on the names in ``no_weight_decay`` (a model's declared exceptions, e.g.
+    ``PeftViT.no_weight_decay()``: VPT's prompts). The stages' ``build_optimizer`` comes here too."""
+    skip = set(no_weight_decay)
+    decay, no_decay = [], []
+    for name, p in named_params:
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
 def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4) -> torch.optim.AdamW:
     """AdamW over the model's PEFT parameters and head (the stages' grouping: no weight decay on
     1-d parameters and prompts), with the inactive-slice guard attached.
@@ -84,9 +106,8 @@ def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4)
     were. ``optimizer.inactive_guard.remove()`` detaches it. For a fixed subnet it costs nothing.
     """
     check_model(model, "make_optimizer")
-    cfg = TrainConfig(lr=lr, weight_decay=weight_decay)
-    check_fields(cfg, "make_optimizer")  # the config file's own limits: lr > 0, weight_decay >= 0
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
+    check_fields(_Rates(lr=lr, weight_decay=weight_decay), "make_optimizer")  # lr > 0, weight_decay >= 0
+    optimizer = adamw(model.trainable_named_parameters(), lr, weight_decay, model.no_weight_decay())
     optimizer.inactive_guard = InactiveGuard(model, optimizer)
     return optimizer
 

@@ -56,7 +56,7 @@ def main() -> int:
 
     delay = float(os.environ.get("UNITUNE_TEST_STEP_DELAY", "0"))
     if delay:
-        import unitune.train as train  # retrain's epochs run unitune.train.train_epoch
+        import unitune.engine.train as train  # retrain's epochs run unitune.engine.train.train_epoch
 
         real_step_done = train.StepChecks.step_done
 
@@ -66,7 +66,7 @@ def main() -> int:
 
         train.StepChecks.step_done = slow_step_done
 
-    from unitune.cli import main as cli_main
+    from unitune.commands.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

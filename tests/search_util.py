@@ -45,12 +45,12 @@ def synthetic_accuracy(subnet: Subnet) -> float:
 
 def knapsack_optimum(space: SearchSpace, dims: BackboneDims, budget: int) -> float:
     """Best synthetic accuracy of any subnet within budget, by exact DP over parameter counts."""
-    from unitune.supernet.params import block_params
+    from unitune.supernet.methods import METHODS as REGISTRY
 
     groups = []
     for m in METHODS:
         for i, block in enumerate(dims.blocks):
-            groups.append([(block_params(m, s, block, space), position_value(m, i, s)) for s in space.choices(m)])
+            groups.append([(REGISTRY[m].count(s, block, None, space), position_value(m, i, s)) for s in space.choices(m)])
     groups.append([(4 * dims.dim if s else 0, position_value("ssf_global", None, s)) for s in space.ssf_global])
     best = {0: 0.0}  # params used -> best value
     for options in groups:

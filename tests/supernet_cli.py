@@ -23,7 +23,7 @@ import sys
 def main() -> int:
     record = os.environ.get("UNITUNE_TEST_RECORD")
     if not record:
-        from unitune.cli import main as cli_main
+        from unitune.commands.cli import main as cli_main
 
         return cli_main(sys.argv[1:])
 
@@ -52,7 +52,7 @@ def main() -> int:
 
     sys.addaudithook(hook)
 
-    import unitune.supernet.train as trainer
+    import unitune.engine.supernet_train as trainer
 
     class RecordingSampler(trainer.SubnetSampler):
         def __call__(self):
@@ -68,7 +68,7 @@ def main() -> int:
             json.dump({"subnets": subnets, "writes": writes}, f)
 
     atexit.register(dump)
-    from unitune.cli import main as cli_main
+    from unitune.commands.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

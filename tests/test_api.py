@@ -1,4 +1,4 @@
-"""The Python API (unitune.api): wrap, count, optimise with the guard, save/load, merge, and the
+"""The Python API (unitune.supernet.api): wrap, count, optimise with the guard, save/load, merge, and the
 README's notebook example, run as it stands."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from torch import nn
 import unitune
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
-from unitune.train import build_optimizer
-from unitune.config import TrainConfig
+from unitune.engine.train import build_optimizer
+from unitune.engine.config import TrainConfig
 
 from tiny import tiny_vit
 
@@ -263,7 +263,7 @@ def test_save_pretrained_round_trips_bit_for_bit(tmp_path, variant):
 
 
 def _untouched(vit: VisionTransformer, flags: list[bool]) -> bool:
-    from unitune.supernet.layers import PeftLayer
+    from unitune.supernet.methods.layers import PeftLayer
 
     return not any(isinstance(m, PeftLayer) for m in vit.modules()) and [p.requires_grad for p in vit.parameters()] == flags
 
@@ -510,5 +510,5 @@ def test_import_unitune_alone_loads_no_torch():
     import sys
 
     code = ("import sys, unitune; assert 'torch' not in sys.modules, 'torch imported'; "
-            "assert unitune.get_peft_model.__module__ == 'unitune.api'; assert 'get_peft_model' in dir(unitune)")
+            "assert unitune.get_peft_model.__module__ == 'unitune.supernet.api'; assert 'get_peft_model' in dir(unitune)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import unitune
-from unitune.api import backbone_fingerprint
+from unitune.supernet.api import backbone_fingerprint
 from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
@@ -304,7 +304,7 @@ def test_a_save_is_refused_on_other_backbone_weights_unless_allowed(tmp_path):
                   rf"{saved[:12]}\.\.\., but the base model's are {theirs[:12]}\.\.\. \(sha256 of the frozen backbone "
                   rf"tensors\); load onto the same pretrained weights, or pass allow_other_backbone=True$"):
         unitune.from_pretrained(other, folder)
-    assert not any(isinstance(m, unitune.supernet.layers.PeftLayer) for m in other.modules())
+    assert not any(isinstance(m, unitune.supernet.methods.layers.PeftLayer) for m in other.modules())
     assert [p.requires_grad for p in other.parameters()] == flags
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DoRA: no warning
@@ -314,7 +314,7 @@ def test_a_save_is_refused_on_other_backbone_weights_unless_allowed(tmp_path):
 
 
 def test_an_old_save_without_a_fingerprint_loads_with_one_note(tmp_path):
-    import unitune.api as api
+    import unitune.supernet.api as api
 
     folder = unitune.get_peft_model(tiny_vit(), {"lora": 2}).save_pretrained(tmp_path / "peft")
     config_path = folder / "peft_config.json"
@@ -398,7 +398,7 @@ def test_retrain_init_supernet_on_another_backbone_recomputes_dora_magnitude(tmp
     from safetensors.torch import save_file
 
     from tiny import TINY
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
     from unitune.retrain.train import build_subnet_model
     from unitune.supernet.store import read_supernet, save_supernet
 

@@ -20,14 +20,14 @@ import timm
 import torch
 import yaml
 
-from unitune.backbone import create_backbone
-from unitune.cli import main as cli_main
+from unitune.engine.backbone import create_backbone
+from unitune.commands.cli import main as cli_main
 from unitune.data import resolve_data_config
 from unitune.errors import UniTuneError
 from unitune.retrain.export import export_model, load_model
-from unitune.retrain.merge import merge
+from unitune.supernet.merge import merge
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet
-from unitune.supernet.vpt import PromptedBlock
+from unitune.supernet.methods.vpt import PromptedBlock
 
 from tiny import TINY
 
@@ -186,7 +186,7 @@ def test_retrain_result_is_written_before_the_merge(tmp_path, monkeypatch):
     monkeypatch.setattr(retrain_module, "export_model", failing_export)
     cfg = _run_config(tmp_path)
     subnet = Subnet((2, 0), (0, 2), (1, 0), (0, 0), 0).save(tmp_path / "s.yaml")
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
 
     with pytest.raises(UniTuneError, match="simulated"):
         retrain_module.retrain(load_run_config(cfg), subnet, tmp_path / "out", progress=False)

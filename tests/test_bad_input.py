@@ -2,7 +2,7 @@
 
 Each row is a command line, the bad input it gets (files made in the test's own folder), the
 expected exit status and a fragment of the message. Every row runs in-process through
-``unitune.cli.main`` and must:
+``unitune.commands.cli.main`` and must:
 
 - exit with status 2, print nothing on stdout and exactly one line on stderr, starting with
   ``unitune: error: `` and holding the fragment, with no traceback;
@@ -36,10 +36,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from unitune.cli import main
-from unitune.config import load_run_config
+from unitune.commands.cli import main
+from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
-from unitune.pipeline import run_all
+from unitune.commands.pipeline import run_all
 
 # Warnings stay on: a warning printed before the error line is a second line (issue 14).
 ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}, "OMP_NUM_THREADS": "1"}
@@ -544,7 +544,7 @@ ROWS += [
         "predict: argument --top-k: invalid int value: 'abc'"),
     Row("missing-required-option", ["export-subnet", "--storage", "{tmp}/s.db"],
         "export-subnet: the following arguments are required: --out"),
-    # -- logging branch: the run config's `logging` key (unitune/config.py parse_logging)
+    # -- logging branch: the run config's `logging` key (unitune/engine/config.py parse_logging)
     Row("run-unknown-logger", ["run", *STAGE, "logging=wandb"],
         ("{cfg}", "logging: unknown logger 'wandb', expected some of ['csv', 'tensorboard']")),
     Row("supernet-logging-not-a-name", ["supernet", *STAGE, "logging=[csv, 3]"],

@@ -303,11 +303,11 @@ def _tiny_suite(root: Path, task: str) -> Path:
     import torch
 
     from tiny import TINY
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
     from unitune.data import build_dataset, resolve_data_config
     from unitune.io import write_json_atomic, write_yaml_atomic
     from unitune.supernet.store import save_supernet
-    from unitune.supernet.train import SUPERNET_FILE, build_model
+    from unitune.engine.supernet_train import SUPERNET_FILE, build_model
 
     folder = root / "tasks" / task
     cfg = {"name": f"tiny-{task}", "device": "cpu",

@@ -16,10 +16,10 @@ import torch
 import yaml
 from PIL import Image
 
-import unitune.compare as compare
-from unitune.cli import main
-from unitune.compare import report as compare_report
-from unitune.compare import run as compare_run
+import unitune.commands.compare as compare
+from unitune.commands.cli import main
+from unitune.commands.compare import report as compare_report
+from unitune.commands.compare import run as compare_run
 from unitune.data import DataConfig, build_dataset
 from unitune.data.minivtab import MiniVtabDataset
 
@@ -371,7 +371,7 @@ def test_the_plot_draws_error_bars_from_two_seeds_and_marks_quick(n_seeds, quick
 KILL_AFTER_CELLS = r"""
 import os, signal, sys
 from pathlib import Path
-import unitune.compare.run as compare
+import unitune.commands.compare.run as compare
 real, written = compare.write_json_atomic, []
 def write(path, data):
     real(path, data)
@@ -380,7 +380,7 @@ def write(path, data):
         if len(written) == int(os.environ["KILL_AFTER"]):
             os.kill(os.getpid(), signal.SIGKILL)
 compare.write_json_atomic = write
-from unitune.cli import main
+from unitune.commands.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -422,7 +422,7 @@ def test_killed_compare_resumes_without_redoing_finished_cells(tmp_path, monkeyp
 def test_standalone_fitness_search_trains_no_supernet(tmp_path, monkeypatch):
     """``search.fitness: standalone`` trains each trial's subnet itself: compare's search row, like
     ``unitune run``, must not spend a supernet training first (it did, and never read it)."""
-    import unitune.supernet.train as supernet_train
+    import unitune.engine.supernet_train as supernet_train
 
     def no_supernet(*args, **kwargs):
         raise AssertionError("train_supernet called for a standalone-fitness search")
@@ -718,8 +718,8 @@ def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
     """The ``full`` row's test accuracy is scored in fp32 (``amp=False``), as retrain scores every
     PEFT row, and its loaders are told the device (pinned memory only for CUDA), as retrain's are."""
     import unitune.retrain.train as retrain_train  # full fine-tuning is retrain's mode: its names
-    from unitune.compare import full_finetune
-    from unitune.config import load_run_config
+    from unitune.commands.compare import full_finetune
+    from unitune.engine.config import load_run_config
 
     cfg = {"name": "tiny", "device": "cpu",
            "model": {"backbone": "vit_tiny_patch16_224",

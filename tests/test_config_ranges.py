@@ -9,7 +9,7 @@ import typing
 import pytest
 import yaml
 
-from unitune.config import PretrainConfig, RetrainConfig, SearchConfig, SupernetConfig, TrainConfig, from_mapping
+from unitune.engine.config import PretrainConfig, RetrainConfig, SearchConfig, SupernetConfig, TrainConfig, from_mapping
 from unitune.errors import UniTuneError
 from unitune.io import MAX_YAML_NODES, safe_load
 

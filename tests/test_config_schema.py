@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from unitune.config import PretrainConfig, RetrainConfig, SearchConfig, SupernetConfig, TrainConfig, from_mapping
+from unitune.engine.config import PretrainConfig, RetrainConfig, SearchConfig, SupernetConfig, TrainConfig, from_mapping
 from unitune.data import DataConfig
 from unitune.errors import UniTuneError
 
@@ -83,7 +83,7 @@ def test_a_data_config_built_in_code_is_checked_and_normalised():
 
 
 def test_the_manifest_and_peft_config_declare_their_keys_on_the_one_record_checker():
-    from unitune.api import CONFIG_KEYS
+    from unitune.supernet.api import CONFIG_KEYS
     from unitune.retrain.export import MANIFEST_KEYS
     from unitune.schema import Key
 

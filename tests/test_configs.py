@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from unitune.config import load_run_config
+from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 from unitune.supernet import SearchSpace, Subnet
 

@@ -11,16 +11,16 @@ import sys
 import pytest
 import torch
 
-import unitune.backbone
+import unitune.engine.backbone
 import unitune.search.sampler
 import unitune.search.study
 import unitune.supernet.params
 from test_pipeline import write_config
-from unitune.backbone import create_backbone
-from unitune.config import load_run_config
-from unitune.context import RunContext, RunLayout
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import load_run_config
+from unitune.engine.context import RunContext, RunLayout
 from unitune.errors import UniTuneError
-from unitune.pipeline import run_all
+from unitune.commands.pipeline import run_all
 from unitune.supernet import BackboneDims, SearchSpace
 
 
@@ -53,11 +53,11 @@ def counted_run(tmp_path_factory):
             return from_dict(cls, data, source)
 
         mp.setattr(SearchSpace, "from_dict", classmethod(counted_from_dict))
-        import unitune.pipeline  # noqa: F401 (every stage module imported before the counters go in)
+        import unitune.commands.pipeline  # noqa: F401 (every stage module imported before the counters go in)
         import unitune.retrain.train  # noqa: F401
         import unitune.search.stage  # noqa: F401
 
-        _count_calls(mp, counts, unitune.backbone.create_backbone, "shapes", lambda a, k: k.get("meta", False))
+        _count_calls(mp, counts, unitune.engine.backbone.create_backbone, "shapes", lambda a, k: k.get("meta", False))
         _count_calls(mp, counts, unitune.supernet.params.parse_budget, "budget")
         _count_calls(mp, counts, unitune.search.study.prepare_seeds, "seeds")
         _count_calls(mp, counts, unitune.search.sampler.make_sampler, "sampler")

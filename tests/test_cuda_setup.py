@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from unitune.data import DataConfig, build_dataset, build_loader
 from unitune.errors import UniTuneError
-from unitune.train import init_distributed, pick_device, rng_state, set_rng_state
+from unitune.engine.train import init_distributed, pick_device, rng_state, set_rng_state
 
 
 def fake_cuda(monkeypatch, count: int = 2, calls: list | None = None) -> list:

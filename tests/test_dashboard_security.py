@@ -16,7 +16,7 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pytest
 
-from unitune.cli import main
+from unitune.commands.cli import main
 from unitune.search import dashboard
 from unitune.search.dashboard import LoopbackHostOnly, dashboard_app
 

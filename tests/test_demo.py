@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unitune.cli import main
-from unitune.config import load_run_config
-from unitune.pipeline import run_all
+from unitune.commands.cli import main
+from unitune.engine.config import load_run_config
+from unitune.commands.pipeline import run_all
 
 DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 CHANCE = 1 / 5
@@ -38,7 +38,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert summary["test_accuracy"] > 2.5 * CHANCE
 
     # "best" told one way; a low tau is explained for this run (the pick was the re-rank's)
-    from unitune.pipeline import format_summary
+    from unitune.commands.pipeline import format_summary
     from unitune.search.rerank import LOW_TAU
 
     text = format_summary(summary)

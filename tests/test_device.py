@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from unitune.config import load_run_config
-from unitune.retrain.merge import merge
-from unitune.retrain.train import build_subnet_model
+from unitune.engine.config import load_run_config
+from unitune.supernet.merge import merge
+from unitune.engine.subnet_model import build_subnet_model
 from unitune.supernet import PeftViT, Subnet
 from unitune.supernet.store import save_supernet
 

@@ -19,7 +19,7 @@ from unitune.retrain.export import (
     FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, build_manifest, export_model, load_export, load_model,
     save_export,
 )
-from unitune.retrain.merge import merge
+from unitune.supernet.merge import merge
 from unitune.supernet import PeftViT, Subnet
 
 from retrain_cases import (  # noqa: F401  (one_thread is a fixture)

@@ -13,17 +13,17 @@ import json
 
 import torch
 
-import unitune.supernet.train as supernet_train
-import unitune.train as train
-from unitune.config import load_run_config
-from unitune.pipeline import run_all
+import unitune.engine.supernet_train as supernet_train
+import unitune.engine.train as train
+from unitune.engine.config import load_run_config
+from unitune.commands.pipeline import run_all
 from unitune.retrain.evaluate import evaluate_export
 
 from test_pipeline import write_config
 
 
 def cpu_bf16_autocast(device, enabled):
-    """unitune.train.autocast with the CPU standing in for CUDA."""
+    """unitune.engine.train.autocast with the CPU standing in for CUDA."""
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 

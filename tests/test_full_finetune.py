@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import unitune.retrain.train as retrain_train
-from unitune.config import load_run_config
+from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,9 +39,9 @@ def run(tmp_path):
 def plain_loop(run, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Full fine-tuning as its own loop (compare's ``full_finetune`` before it became a mode):
     the logits on ``x`` and the test accuracy."""
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-    from unitune.train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, train_epoch
+    from unitune.engine.train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, train_epoch
 
     cfg, device = run.retrain, torch.device("cpu")
     seed_everything(cfg.seed)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from unitune.config import TrainConfig
+from unitune.engine.config import TrainConfig
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.guard import InactiveGuard, active_masks
-from unitune.train import build_optimizer
+from unitune.engine.train import build_optimizer
 
 from tiny import TINY, tiny_vit
 
@@ -151,7 +151,7 @@ def test_evaluation_between_steps_does_not_widen_what_the_next_step_updates():
     """evaluate() runs without autograd: the supernet's end-of-epoch evaluation of the largest
     subnet must not count as a used forward pass, or the next (smaller) step would let weight
     decay move every entry the largest subnet has."""
-    from unitune.train import evaluate
+    from unitune.engine.train import evaluate
 
     space = SearchSpace(lora_targets=("qkv", "proj", "fc1", "fc2"))
     torch.manual_seed(0)

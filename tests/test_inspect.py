@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from unitune.cli import main
+from unitune.commands.cli import main
 
 BASE = "vit_base_patch16_224"
 
@@ -120,7 +120,7 @@ def test_every_option_of_every_command_has_help_and_version_prints(capsys):
     import argparse
 
     from unitune import __version__
-    from unitune.cli import build_parser
+    from unitune.commands.cli import build_parser
 
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

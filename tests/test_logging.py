@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from unitune.cli import main
+from unitune.commands.cli import main
 from unitune.curves import write_curves
 from unitune.errors import UniTuneWarning
 from unitune.progress import StageProgress
@@ -146,7 +146,7 @@ def test_budget_warning_is_one_line_in_the_tools_voice(capsys):
     line; another package's repeated warning once."""
     from search_util import tiny_dims
 
-    from unitune.search import check_budget
+    from unitune.supernet.budget import check_budget
     from unitune.supernet import SearchSpace
     from unitune.voice import tool_voice
 

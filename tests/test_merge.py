@@ -9,11 +9,12 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from unitune.errors import UniTuneError
-from unitune.retrain.merge import fold_scale_shift, merge
+from unitune.supernet.merge import merge
+from unitune.supernet.methods.fold import fold_scale_shift
 from unitune.supernet import BackboneDims, PeftViT, Subnet, count_params
-from unitune.supernet.adapter import MlpAdapter
-from unitune.supernet.layers import PeftLayer
-from unitune.supernet.vpt import PromptedBlock
+from unitune.supernet.methods.adapter import MlpAdapter
+from unitune.supernet.methods.layers import PeftLayer
+from unitune.supernet.methods.vpt import PromptedBlock
 
 from retrain_cases import (  # noqa: F401  (one_thread is a fixture)
     BACKBONE, MERGEABLE, MIXES, NUM_CLASSES, VARIANTS, images, one_thread, supernet, tiny_kwargs, tiny_vit,

@@ -20,8 +20,8 @@ import torch
 from tiny import TINY, VARIANTS, tiny_vit
 
 from unitune.retrain.export import export_model, load_export
-from unitune.retrain.merge import merge
-from unitune.search.encoding import SubnetEncoding
+from unitune.supernet.merge import merge
+from unitune.supernet.encoding import SubnetEncoding
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
 
@@ -150,7 +150,7 @@ def test_export_and_subnet_file_round_trip(tmp_path, name, variant):
 def test_save_pretrained_round_trips_bit_for_bit(tmp_path, name, variant):
     """The API's PEFT-only checkpoint: the supernet's weights, allocated sizes and active subnet,
     read back onto a fresh copy of the same backbone, bit for bit, outputs included."""
-    from unitune.api import from_pretrained, save_pretrained
+    from unitune.supernet.api import from_pretrained, save_pretrained
 
     plain, model, space, subnet = build(name, variant)
     folder = save_pretrained(model, tmp_path / "peft")

@@ -13,12 +13,15 @@ from torch import nn
 
 from tiny import TINY, tiny_vit
 from unitune.errors import UniTuneError
-from unitune.retrain.merge import _match_timm_bias_kwargs
-from unitune.supernet.layers import prefix_slice
+from unitune.supernet.merge import _match_timm_bias_kwargs
+from unitune.supernet.methods.layers import prefix_slice
 from unitune.supernet.methods.adapter_plus import AdapterPlus
 from unitune.supernet.methods.bitfit import BitFit, fold_bias
 from unitune.supernet.methods.dora import DoRALinear, fold_dora
-from unitune.supernet.model import LORA_PATHS, SSF_POINTS, _get, _out_dim, _set, _strip, unwrap
+from unitune.supernet.methods.layers import get_path as _get, out_dim as _out_dim, set_path as _set, unwrap
+from unitune.supernet.methods.lora import LORA_PATHS
+from unitune.supernet.methods.ssf import SSF_POINTS
+from unitune.supernet.model import _strip
 
 VARIANTS = ("cls", "no_qkv_bias")  # the variant every bias-creating fold must survive, and the plain one
 
@@ -337,7 +340,7 @@ def _all_on_model(variant: str, folding_only: bool = False):
 
 @pytest.mark.parametrize("variant", ("cls", "reg_layerscale", "no_qkv_bias"))
 def test_all_methods_together_materialise_count_and_merge(variant):
-    from unitune.retrain.merge import merge
+    from unitune.supernet.merge import merge
     from unitune.supernet import BackboneDims, count_params
 
     plain, model, space, subnet = _all_on_model(variant)
@@ -364,7 +367,7 @@ def test_all_methods_together_materialise_count_and_merge(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lora_ssf_bitfit_dora_merge_to_a_strict_timm_model(variant):
     from tiny import VARIANTS as TV
-    from unitune.retrain.merge import merge
+    from unitune.supernet.merge import merge
 
     _, model, _, _ = _all_on_model(variant, folding_only=True)
     x = _images()
@@ -434,10 +437,10 @@ def test_a_small_subnet_step_leaves_the_new_methods_inactive_entries_alone():
     """The inactive-slice guard with DoRA (A rows, B columns; m whole or nothing), Adapter+ (γ whole
     or nothing) and BitFit (whole or nothing): after a step of a small subnet, AdamW (weight decay,
     momentum from an earlier full-size step) moved every entry that subnet used and nothing else."""
-    from unitune.config import TrainConfig
+    from unitune.engine.config import TrainConfig
     from unitune.supernet import PeftViT, SearchSpace, Subnet
     from unitune.supernet.guard import InactiveGuard, active_masks
-    from unitune.train import build_optimizer
+    from unitune.engine.train import build_optimizer
 
     space = SearchSpace(lora=(0,), adapter=(0,), vpt=(0,), ssf=(0,), ssf_global=(0,), bitfit=(0, 1),
                         dora=(0, 2, 6), adapter_plus=(0, 3, 6), dora_targets=("qkv", "fc2"))

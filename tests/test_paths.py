@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from test_bad_input import CONFIG, snapshot
-from unitune.cli import main
+from unitune.commands.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 MINIVTAB = REPO / "configs" / "minivtab.yaml"
@@ -107,8 +107,8 @@ def as_user_without(path: Path):
     if os.geteuid() == 0:
         # The command imports its stage modules lazily; the interpreter's own library may be in a
         # folder only root reads, so they are imported now.
-        import unitune.pipeline  # noqa: F401
-        import unitune.supernet.train  # noqa: F401
+        import unitune.commands.pipeline  # noqa: F401
+        import unitune.engine.supernet_train  # noqa: F401
 
         os.setegid(NOBODY)
         os.seteuid(NOBODY)

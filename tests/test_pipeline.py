@@ -21,9 +21,9 @@ import torch
 import yaml
 from PIL import Image
 
-from unitune.cli import main
-from unitune.config import load_run_config
-from unitune.pipeline import run_all
+from unitune.commands.cli import main
+from unitune.engine.config import load_run_config
+from unitune.commands.pipeline import run_all
 from unitune.retrain import load_model
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.search import study_encoding
@@ -85,7 +85,7 @@ def test_every_stored_trial_is_within_budget_and_counted_exactly(tiny_run):
     run = load_run_config(config)
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
     space = SearchSpace.from_dict(run.space)
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
 
     dims = BackboneDims.from_model(create_backbone(run.model.backbone, 3, kwargs=run.model.kwargs, meta=True))
     encoding = study_encoding(study, dims)
@@ -234,7 +234,7 @@ def test_summary_names_why_the_best_trial_was_taken():
     """With ties on val accuracy the summary says Optuna's best_trial was taken and names the
     smallest tie; after search.rerank it says the re-rank's winner was taken (the ties on inherited
     accuracy decided nothing)."""
-    from unitune.pipeline import format_summary
+    from unitune.commands.pipeline import format_summary
 
     s = {"budget": 1000, "trainable_params": 900, "trainable_params_with_head": 950, "per_method": {"lora": 900},
          "search_trials": 5, "search_best_val_accuracy": 0.5, "search_best_trial": 3, "search_best_params": 900,
@@ -250,7 +250,7 @@ def test_summary_names_why_the_best_trial_was_taken():
 def test_summary_tells_best_one_way():
     """The search's best val (the dashboard's star), the pick with the stand-alone val that decided
     it, what a low tau means for this run, and why test differs from both."""
-    from unitune.pipeline import format_summary
+    from unitune.commands.pipeline import format_summary
 
     s = {"budget": 1000, "trainable_params": 900, "trainable_params_with_head": 950, "per_method": {"lora": 900},
          "search_trials": 60, "search_best_val_accuracy": 0.7709, "search_best_val_trial": 39, "search_best_trial": 52,
@@ -357,7 +357,7 @@ def test_inspect_reads_folders_made_by_the_stage_commands(tmp_path, capsys):
     """supernet + search make a folder without run_summary.json; inspect reads the run's own
     (depth-2) backbone from the config the stages recorded, as does a `retrain --subnet` folder
     (its export's subnet). Before, inspect built the default 12-block backbone and failed."""
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
 
     config = write_config(tmp_path, pretrain=None, search__trials=3, search__rerank={"top_k": 0},
                           supernet__epochs=1, retrain__epochs=1)

@@ -29,7 +29,7 @@ STAGES = {"pretrain": ("pretrain/log.jsonl", "val_acc"), "supernet": ("supernet_
 
 def _unitune(args, log: Path) -> int:
     with open(log, "w") as f:  # not a terminal: what a log file, a pipe or CI sees
-        return subprocess.run([sys.executable, "-m", "unitune.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+        return subprocess.run([sys.executable, "-m", "unitune.commands.cli", *args], stdout=f, stderr=subprocess.STDOUT,
                               env=ENV, cwd=ROOT, timeout=900).returncode
 
 
@@ -174,7 +174,7 @@ def test_the_summarys_next_commands_work_on_the_demo(demo, tmp_path, capsys):
     """`unitune inspect --config configs/demo.yaml --subnet RUN/best_subnet.yaml` (the issue's
     failing command), `export-subnet --storage RUN_DIR`, and a retrain of entry #2 of the top-k
     list into a new folder on the demo run's pretrained backbone."""
-    from unitune.cli import main
+    from unitune.commands.cli import main
 
     out, _ = demo
     summary = json.loads((out / "run_summary.json").read_text())

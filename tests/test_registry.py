@@ -12,14 +12,14 @@ from torch import nn
 
 import test_methods_matrix as matrix
 from unitune.errors import UniTuneError
-from unitune.search.encoding import SubnetEncoding
+from unitune.supernet.encoding import SubnetEncoding
 from unitune.supernet import PeftViT, SearchSpace, Subnet
-from unitune.supernet.layers import PeftLayer, get_path, set_path
+from unitune.supernet.methods.layers import PeftLayer, get_path, set_path
 from unitune.supernet.methods import METHODS, Method, get_method, register_method
 from unitune.supernet.methods.base import Option, finite_number
 from unitune.supernet.methods.fold import fold_scale_shift
 from unitune.supernet.sampler import SubnetSampler
-from unitune.train import TrainConfig, build_optimizer
+from unitune.engine.train import TrainConfig, build_optimizer
 
 LEGACY = ["lora", "adapter", "vpt", "ssf", "ssf_global"]
 

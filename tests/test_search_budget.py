@@ -10,7 +10,9 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from search_util import decode_independently, n_params, tiny_dims
 from unitune.errors import UniTuneError, UniTuneWarning
-from unitune.search import SubnetEncoding, budget_bounds, check_budget, parse_budget, repair_params, repair_subnet
+from unitune.supernet.budget import budget_bounds, check_budget, parse_budget
+from unitune.supernet.encoding import SubnetEncoding
+from unitune.supernet.repair import repair_params, repair_subnet
 from unitune.supernet import SearchSpace, Subnet, count_params
 
 D = 64  # tiny ViT width; MLP 256, 4 blocks
@@ -99,7 +101,7 @@ def test_encoding_names_distributions_and_round_trip():
 
 
 def test_encoding_width_grows_with_depth():
-    from unitune.search import param_name
+    from unitune.supernet.encoding import param_name
 
     assert param_name("lora", 3, 12) == "lora.03"
     assert param_name("vpt", 7, 120) == "vpt.007"
@@ -158,7 +160,7 @@ def test_repair_bias_on_vit_b_stays_within_bounds():
     parameters where SSF kept 42%."""
     import numpy as np
 
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.supernet import BackboneDims
     from unitune.supernet.space import METHODS
 

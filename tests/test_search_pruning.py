@@ -11,11 +11,11 @@ import yaml
 from optuna.trial import TrialState
 
 from search_util import synthetic_accuracy, tiny_dims
-from unitune.config import load_run_config
+from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 from unitune.search import run_search
 from unitune.search.dedup import duplicate_of, held_keys, params_key
-from unitune.search.encoding import SubnetEncoding
+from unitune.supernet.encoding import SubnetEncoding
 from unitune.search.fitness import StandaloneFitness, growing_parts
 from unitune.search.pruning import check_fitness_pruner
 from unitune.supernet import SearchSpace, Subnet
@@ -194,7 +194,7 @@ def test_standalone_search_needs_no_supernet_and_never_reads_test(tmp_path, guar
 
 
 def test_unitune_run_with_the_standalone_fitness_trains_no_supernet(tmp_path):
-    from unitune.pipeline import run_all
+    from unitune.commands.pipeline import run_all
 
     cfg = {**TINY_RUN, "pretrain": {"data": {"source": "digits", "classes": [0, 1, 2], "batch_size": 64,
                                              "num_workers": 0}, "epochs": 1, "lr": 0.003},

@@ -10,7 +10,7 @@ import yaml
 from scipy import stats
 
 from search_util import synthetic_accuracy, tiny_dims
-from unitune.config import load_run_config
+from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 from unitune.search import run_search
 from unitune.search.rerank import check_rerank, rerank, standalone_val_accuracy
@@ -79,7 +79,7 @@ def test_bad_rerank_settings_are_one_line_errors(value, fragment):
     # On by default: missing keys take their defaults; top_k 0 (or null) turns it off.
     assert check_rerank({}) == (5, 5) and check_rerank({"epochs": 2}) == (5, 2)
     assert check_rerank({"top_k": 0}) == (0, 0) and check_rerank(None) == (0, 0)
-    from unitune.config import SearchConfig
+    from unitune.engine.config import SearchConfig
     assert check_rerank(SearchConfig().rerank) == (5, 5)
 
 
@@ -170,7 +170,7 @@ def test_standalone_training_reads_train_and_val_never_test(tmp_path, monkeypatc
 
 
 def test_a_bad_rerank_setting_stops_unitune_run_before_any_work(tmp_path, capsys):
-    from unitune.cli import main
+    from unitune.commands.cli import main
 
     cfg = {"name": "tiny", "device": "cpu",
            "model": {"backbone": "vit_tiny_patch16_224",

@@ -307,7 +307,7 @@ def test_search_on_an_untrained_tiny_supernet():
 
 def test_enqueued_parameters_over_budget_are_never_evaluated():
     """Only enqueued parameters bypass the repairing sampler; the objective refuses them."""
-    from unitune.search import SubnetEncoding
+    from unitune.supernet.encoding import SubnetEncoding
 
     storage = optuna.storages.InMemoryStorage()
     run_search(synthetic_accuracy, SearchSpace(), tiny_dims(), BUDGET, 1, storage=storage, progress=False)

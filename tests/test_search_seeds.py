@@ -10,7 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search_util import decode_independently, n_params, synthetic_accuracy, tiny_dims
-from unitune.search import SubnetEncoding, run_search
+from unitune.search import run_search
+from unitune.supernet.encoding import SubnetEncoding
 from unitune.search.objective import SubnetObjective
 from unitune.search.seeds import single_method_subnets, worker_seed
 from unitune.supernet import SearchSpace, Subnet, count_params

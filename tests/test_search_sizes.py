@@ -11,7 +11,8 @@ from optuna.trial import TrialState
 from search_util import decode_independently, synthetic_accuracy, tiny_dims
 
 from unitune.errors import UniTuneError
-from unitune.search import SubnetEncoding, export_subnets, run_search
+from unitune.search import export_subnets, run_search
+from unitune.supernet.encoding import SubnetEncoding
 from unitune.search.sampler import make_sampler
 from unitune.supernet import SearchSpace, Subnet, count_params
 

@@ -8,7 +8,7 @@ import pytest
 from optuna.trial import TrialState
 from search_util import decode_independently, synthetic_accuracy, tiny_dims
 
-from unitune.cli import main
+from unitune.commands.cli import main
 from unitune.search import run_search, write_outputs
 from unitune.search.rerank import rerank
 from unitune.search.table import trial_table, write_trial_table
@@ -144,7 +144,7 @@ def test_export_subnet_table_needs_a_csv_name(reranked, tmp_path, capsys):
 def test_search_commands_closing_line_tells_best_one_way(reranked):
     from types import SimpleNamespace
 
-    from unitune.cli import search_line
+    from unitune.commands.cli import search_line
     from unitune.search import best_trial
 
     folder, study, first, record = reranked
@@ -176,7 +176,7 @@ def test_the_low_tau_warning_says_what_it_means_for_this_run(reranked, tmp_path,
 def test_a_pick_without_a_note_gets_one_from_its_attributes():
     import optuna
 
-    from unitune.search import SubnetEncoding
+    from unitune.supernet.encoding import SubnetEncoding
     from unitune.search.notes import mark_best
     from unitune.supernet import Subnet, count_params
 

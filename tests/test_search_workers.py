@@ -17,7 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search_util import synthetic_accuracy, tiny_dims
-from unitune.search import SubnetEncoding, make_sampler, recover_dead_trials, run_search
+from unitune.search import make_sampler, recover_dead_trials, run_search
+from unitune.supernet.encoding import SubnetEncoding
 from unitune.search.objective import SubnetObjective
 from unitune.search.seeds import worker_seed
 from unitune.search.storage import worker_is_dead, worker_token
@@ -336,8 +337,9 @@ def test_a_worker_killed_after_sampling_before_its_objective_is_recovered(tmp_pa
     child = f"""
 import os, optuna
 from search_util import tiny_dims
-from unitune.search import SubnetEncoding, make_sampler
+from unitune.search import make_sampler
 from unitune.supernet import SearchSpace
+from unitune.supernet.encoding import SubnetEncoding
 enc = SubnetEncoding(SearchSpace(), 4, tiny_dims())
 study = optuna.load_study(study_name="unitune", storage={storage!r}, sampler=make_sampler("random", enc, {BUDGET}))
 trial = study.ask()

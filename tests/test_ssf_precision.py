@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from unitune.supernet import PeftViT, SearchSpace, Subnet
-from unitune.supernet.ssf import SSF
+from unitune.supernet.methods.ssf import SSF
 
 from tiny import tiny_vit
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from unitune.config import TrainConfig
+from unitune.engine.config import TrainConfig
 from unitune.errors import UniTuneError
-from unitune.train import CHECK_EVERY, Criterion, StepChecks, build_optimizer, build_scheduler, train_epoch
+from unitune.engine.train import CHECK_EVERY, Criterion, StepChecks, build_optimizer, build_scheduler, train_epoch
 
 CLASSES = 3
 

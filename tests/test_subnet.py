@@ -105,7 +105,7 @@ def test_space_round_trip():
 
 def test_retrain_reads_one_size_for_every_block_at_the_configs_depth(tmp_path):
     """``unitune retrain --subnet`` with ``lora: 4`` alone: the block count is the config's backbone's."""
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
     from unitune.retrain.train import load_subnet
 
     config = tmp_path / "c.yaml"

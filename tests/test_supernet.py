@@ -11,7 +11,7 @@ import torch
 from unitune.errors import UniTuneError
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.guard import InactiveGuard, active_masks
-from unitune.supernet.vpt import PromptedBlock
+from unitune.supernet.methods.vpt import PromptedBlock
 
 from tiny import tiny_vit
 

@@ -23,14 +23,14 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from unitune.backbone import create_backbone
-from unitune.cli import main as cli_main
-from unitune.config import load_run_config
+from unitune.engine.backbone import create_backbone
+from unitune.commands.cli import main as cli_main
+from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.sampler import SubnetSampler
-from unitune.supernet.train import CKPT_DIR, LOG_FILE, SUPERNET_FILE, build_model
-from unitune.train import check_finite, load_checkpoint, save_checkpoint, seed_everything
+from unitune.engine.supernet_train import CKPT_DIR, LOG_FILE, SUPERNET_FILE, build_model
+from unitune.engine.train import check_finite, load_checkpoint, save_checkpoint, seed_everything
 
 from tiny import tiny_vit
 
@@ -280,7 +280,7 @@ def test_torchrun_two_processes_match_single_process(tmp_path, reference):
 
 def test_non_finite_training_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """lr=1e30: the first update is finite but absurd, the second step's loss is not finite."""
-    import unitune.supernet.train as trainer
+    import unitune.engine.supernet_train as trainer
 
     saved = []
 
@@ -433,10 +433,10 @@ def _sandwich_step_setup(sampler_space: SearchSpace, seed: int = 0):
     entry has non-zero weights and moments, and a sandwich sampler over ``sampler_space``."""
     from tiny import TINY
 
-    from unitune.config import TrainConfig
+    from unitune.engine.config import TrainConfig
     from unitune.supernet import PeftViT
     from unitune.supernet.guard import InactiveGuard
-    from unitune.train import build_optimizer
+    from unitune.engine.train import build_optimizer
 
     torch.manual_seed(seed)
     space = SearchSpace(lora_targets=("qkv", "proj", "fc1", "fc2"))
@@ -471,7 +471,7 @@ def test_sandwich_step_moves_every_entry_with_a_gradient_and_nothing_outside_its
     subnets = sampler()
     assert len(subnets) == 4 and subnets[0] == Subnet.largest(narrow, 4)
     union: dict[str, torch.Tensor] = {}
-    for subnet in subnets:  # the loop of supernet/train.py
+    for subnet in subnets:  # the loop of unitune/engine/supernet_train.py
         model.set_subnet(subnet)
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         for name, mask in active_masks(model).items():  # a second computation: OR of every subnet's mask

@@ -14,7 +14,7 @@ import torch
 from tiny import tiny_vit
 
 from unitune.errors import UniTuneError
-from unitune.retrain.merge import merge
+from unitune.supernet.merge import merge
 from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_params
 from unitune.supernet.guard import InactiveGuard
 from unitune.supernet.methods.vera import D_INIT, VeRALinear, random_pair

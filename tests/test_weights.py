@@ -34,10 +34,10 @@ import yaml
 from timm.layers import resample_abs_pos_embed
 
 import unitune
-from unitune import backbone as backbone_module
-from unitune.api import backbone_tensors
-from unitune.backbone import create_backbone, reachable
-from unitune.cli import main
+from unitune.engine import backbone as backbone_module
+from unitune.supernet.api import backbone_tensors
+from unitune.engine.backbone import create_backbone, reachable
+from unitune.commands.cli import main
 from unitune.errors import UniTuneError
 from unitune.weights import load_backbone_weights
 
@@ -216,7 +216,7 @@ def rewrite(folder: Path, key: str, value) -> Path:
 
 
 def refused(vit, folder: Path, message: str) -> None:
-    from unitune.supernet.layers import PeftLayer
+    from unitune.supernet.methods.layers import PeftLayer
 
     flags = [p.requires_grad for p in vit.parameters()]
     head = vit.head.weight.detach().clone()

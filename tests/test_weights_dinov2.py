@@ -16,7 +16,7 @@ onnx = pytest.importorskip("onnx")  # a dependency: present wherever unitune is 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from unitune import weights_dinov2 as wd  # noqa: E402
-from unitune.cli import main  # noqa: E402
+from unitune.commands.cli import main  # noqa: E402
 from unitune.errors import UniTuneError  # noqa: E402
 
 ort = pytest.importorskip("onnxruntime")  # the dev extra
@@ -302,7 +302,7 @@ def test_real_wheel_converts_and_matches_its_graph(tmp_path):
     assert diff <= wd.TOLERANCE and np.abs(want).max() > 1  # features of real size, equal to rounding
     assert record["self_check"]["max_abs_diff"] == pytest.approx(diff, abs=1e-5)
     # and through unitune's own route (model.weights): the loader resizes the grid as the graph does
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
 
     backbone = create_backbone("vit_small_patch14_dinov2", 5, weights=str(out), kwargs={"img_size": 224}).eval()
     with torch.no_grad():

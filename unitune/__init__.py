@@ -1,9 +1,9 @@
 """unitune: search a per-layer mix of Adapter, LoRA, VPT and SSF for a timm ViT under a parameter budget.
 
-The core package holds what the supernet, search and retrain stages share: errors, safe file
-I/O, configuration and the command line. The Python API (``unitune.get_peft_model`` and the
-names below, see :mod:`unitune.api`) is imported on first use: ``import unitune`` alone (the
-CLI, ``unitune.errors``) does not load torch and timm.
+The top-level modules are the ground every other package stands on (errors, safe file I/O, the
+schema, checks, progress and logs; README's Layout section lists the layers). The Python API
+(``unitune.get_peft_model`` and the names below, see :mod:`unitune.supernet.api`) is imported on
+first use: ``import unitune`` alone (the CLI, ``unitune.errors``) does not load torch and timm.
 """
 
 from .errors import UniTuneError
@@ -12,21 +12,21 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _API = {
-    "get_peft_model": "unitune.api",
-    "PeftModel": "unitune.api",
-    "make_optimizer": "unitune.api",
-    "from_pretrained": "unitune.api",
-    "save_pretrained": "unitune.api",
-    "merge_and_unload": "unitune.api",
-    "LoraConfig": "unitune.api",
-    "DoraConfig": "unitune.api",
-    "AdapterConfig": "unitune.api",
-    "AdapterPlusConfig": "unitune.api",
-    "VPTConfig": "unitune.api",
-    "SSFConfig": "unitune.api",
-    "SSFGlobalConfig": "unitune.api",
-    "BitFitConfig": "unitune.api",
-    "UnituneConfig": "unitune.api",
+    "get_peft_model": "unitune.supernet.api",
+    "PeftModel": "unitune.supernet.api",
+    "make_optimizer": "unitune.supernet.api",
+    "from_pretrained": "unitune.supernet.api",
+    "save_pretrained": "unitune.supernet.api",
+    "merge_and_unload": "unitune.supernet.api",
+    "LoraConfig": "unitune.supernet.api",
+    "DoraConfig": "unitune.supernet.api",
+    "AdapterConfig": "unitune.supernet.api",
+    "AdapterPlusConfig": "unitune.supernet.api",
+    "VPTConfig": "unitune.supernet.api",
+    "SSFConfig": "unitune.supernet.api",
+    "SSFGlobalConfig": "unitune.supernet.api",
+    "BitFitConfig": "unitune.supernet.api",
+    "UnituneConfig": "unitune.supernet.api",
     "PeftViT": "unitune.supernet",
     "SearchSpace": "unitune.supernet",
     "Subnet": "unitune.supernet",

@@ -15,7 +15,7 @@ from typing import Any
 
 from .io import atomic_path
 
-# The stages' logs, relative to the run folder (pretrain.py, supernet/train.py, retrain/train.py
+# The stages' logs, relative to the run folder (pretrain.py, unitune/engine/supernet_train.py, retrain/train.py
 # name them; not imported from there, as those modules import this one's caller).
 STAGE_LOGS = {"pretrain": "pretrain/log.jsonl", "supernet": "supernet_log.jsonl", "retrain": "retrain_log.jsonl"}
 CURVES_FILE = "plots/curves.png"

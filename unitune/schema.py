@@ -30,7 +30,7 @@ multi-line block in its own words ("1 validation error for ... Input should be .
 the ~170 one-line messages tests/test_bad_input.py pins would need a translation layer, and its
 lax mode turns ``"3"`` into 3 and ``1`` into ``True`` where the config refuses both. What it
 would add (a declared field per key) this module already gives in ~150 lines. So every section
-is a frozen dataclass checked by ``unitune.config.from_mapping`` and :func:`check_fields`:
+is a frozen dataclass checked by ``unitune.engine.config.from_mapping`` and :func:`check_fields`:
 ``search.sampler``, ``search.fitness`` and ``search.pruner`` are :func:`choice` fields over names
 the config declares (search/ imports them from there), ``search.objectives`` a rule, and
 ``search.rerank`` a nested section (``RerankConfig``, kept a mapping in the run config as

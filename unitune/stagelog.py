@@ -9,7 +9,7 @@
   of an epoch's record as a scalar, its step the record's ``epoch`` (from 0), so
   ``tensorboard --logdir <run>/tensorboard`` shows the stages as runs side by side.
 
-The JSONL log stays the record (``unitune.train.JsonlLog``); the others are rewritten from it
+The JSONL log stays the record (``JsonlLog``); the others are rewritten from it
 (CSV) or follow it (TensorBoard; a resumed stage purges the events of the epochs it redoes).
 When the stage ends, :meth:`StageLog.close` redraws ``<run>/plots/curves.png`` from every
 stage's JSONL log (unitune/curves.py).
@@ -18,14 +18,41 @@ stage's JSONL log (unitune/curves.py).
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .io import atomic_path
-from .train import JsonlLog
 
 TENSORBOARD_DIR = "tensorboard"
+
+
+class JsonlLog:
+    """One JSON object per line. On resume, lines from the epochs to be redone are dropped first.
+
+    Each record rewrites the file atomically (old lines + the new one) instead of appending in
+    place: a process killed mid-write leaves the previous, complete log, never a torn last line
+    that the resumed run could not parse. A log holds one line per epoch, so this costs nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_epoch: int | None = None):
+        self.path = Path(path)
+        if resume_epoch is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip()
+                    and json.loads(ln).get("epoch", -1) < resume_epoch]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in keep))
+
+    def write(self, record: dict[str, Any]) -> None:
+        previous = self.path.read_text() if self.path.exists() else ""
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(previous + json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()] if self.path.exists() else []
 
 
 class StageLog(JsonlLog):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PeftLayer
+from .layers import PeftLayer
 from .base import Method, Option, finite_number, one_of
 
 ADAPTER_STYLES = ("sequential", "parallel")

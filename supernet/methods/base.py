@@ -3,7 +3,7 @@
 How to add a method — one new file plus one registration line:
 
 1. Write ``supernet/methods/<name>.py`` holding the layer class (a
-   :class:`~unitune.supernet.layers.PeftLayer`: it holds its largest size and ``size`` picks a
+   :class:`~unitune.supernet.methods.layers.PeftLayer`: it holds its largest size and ``size`` picks a
    prefix of its parameters; size 0 takes it out of the computation) and a :class:`Method`
    subclass that sets
 
@@ -29,13 +29,13 @@ How to add a method — one new file plus one registration line:
 
    - **Trainable tensors are its own parameters, frozen ones are buffers.** A layer's PEFT
      parameters *are* ``named_parameters(recurse=False)``
-     (:meth:`~unitune.supernet.layers.PeftLayer.peft_named_parameters`): the analytic counts are
+     (:meth:`~unitune.supernet.methods.layers.PeftLayer.peft_named_parameters`): the analytic counts are
      checked against their ``numel``, the optimiser, the weight-decay groups, the inactive-entry
      guard, ``take_slices`` (materialise, merge) and every checkpoint and PEFT save take exactly
      those. A frozen tensor held as a parameter (even with ``requires_grad=False``) would be
      counted, saved and sliced as if trained; as a buffer it is none of these.
    - **The wrapped backbone module is its first child** (assigned first in ``__init__``, before
-     any other submodule). :func:`~unitune.supernet.layers.unwrap` finds it as
+     any other submodule). :func:`~unitune.supernet.methods.layers.unwrap` finds it as
      ``next(iter(module.children()))``, and everything that looks through wrappers uses that:
      ``get_path`` (every method's ``inject``, the backbone check, :class:`BackboneDims`),
      ``PeftViT.backbone`` (the copy materialise and merge fold into, whose wrappers are replaced
@@ -76,10 +76,10 @@ from unitune.errors import UniTuneError
 if TYPE_CHECKING:  # the registry sits below the model: only type names are needed here
     from timm.models.vision_transformer import VisionTransformer
 
-    from ..layers import PeftLayer
-    from ..params import BackboneDims, BlockDims
     from ..space import SearchSpace
     from ..subnet import Subnet
+    from .dims import BackboneDims, BlockDims
+    from .layers import PeftLayer
 
 SITES = ("block", "model")
 # A cap on every size: a rank, bottleneck or prompt count above it cannot fit any ViT's width or

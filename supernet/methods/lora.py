@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PeftLayer, get_path, set_path
+from .layers import PeftLayer, get_path, set_path
 from .base import Method, Option, finite_number, subset_of
 from .fold import fold_weight_delta
 

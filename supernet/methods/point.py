@@ -14,7 +14,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer, get_path, out_dim, set_path, unwrap
+from .layers import PeftLayer, get_path, out_dim, set_path, unwrap
 from .base import Method, foldable_op
 
 # Where the point methods go in each block: after these modules (paths relative to the block).

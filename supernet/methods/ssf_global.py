@@ -10,7 +10,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import unwrap
+from .layers import unwrap
 from .base import Method, foldable_op
 from .fold import fold_into_input, fold_scale_shift
 from .ssf import FOLD_HINT, SSF

@@ -34,7 +34,7 @@ from torch import nn
 
 from unitune.errors import UniTuneError
 
-from ..layers import PeftLayer, get_path
+from .layers import PeftLayer, get_path
 from .base import Method, Option, subset_of
 from .fold import fold_weight_delta
 from .lora import LORA_PATHS, LORA_TARGETS, wrap_linears

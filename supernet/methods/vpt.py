@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ..layers import PeftLayer
+from .layers import PeftLayer
 from .base import Method
 
 

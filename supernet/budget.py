@@ -7,11 +7,12 @@ A budget counts PEFT parameters with the classifier head excluded (as NOAH count
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 
 from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.supernet import BackboneDims, SearchSpace, cost_table
-from unitune.supernet.params import block_params, parse_budget  # noqa: F401 (part of this module's API)
 
 
 def budget_bounds(space: SearchSpace, dims: BackboneDims) -> tuple[int, int]:
@@ -49,3 +50,34 @@ def check_budget(budget: int, space: SearchSpace, dims: BackboneDims, source: st
             stacklevel=2,
         )
     return budget
+
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg%]?)\s*$", re.IGNORECASE)
+
+
+def parse_budget(value: str | int | float, backbone_params: int | None = None, source: str = "budget") -> int:
+    """``400000``, ``'400k'``, ``'0.4M'``, ``'0.5%'`` -> a positive parameter count.
+
+    ``backbone_params`` (the frozen backbone's parameter count) is needed for a percentage only.
+    """
+    if isinstance(value, bool):
+        raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, suffix = float(value), ""
+    else:
+        match = _BUDGET_RE.match(str(value))
+        if not match:
+            raise UniTuneError(f"{source}: expected a parameter count like 400000, 0.4M, 400k or 0.5%, got {value!r}")
+        number, suffix = float(match.group(1)), match.group(2).lower()
+    if suffix == "%":
+        if backbone_params is None:
+            raise UniTuneError(f"{source}: {value!r} is a percentage of the backbone, but its parameter count is unknown")
+        if not 0 < number <= 100:
+            raise UniTuneError(f"{source}: a percentage must be in (0, 100], got {value!r}")
+        budget = number / 100 * backbone_params
+    else:
+        budget = number * _SUFFIX[suffix]
+    if not math.isfinite(budget) or round(budget) < 1:
+        raise UniTuneError(f"{source}: expected a positive parameter count, got {value!r}")
+    return int(round(budget))

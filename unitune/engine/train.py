@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import os
 import random
@@ -32,19 +31,21 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm import tqdm
 
+from unitune.errors import UniTuneError
+from unitune.io import atomic_path
+from unitune.supernet.wrap import adamw
+
 from .config import TrainConfig
-from .errors import UniTuneError
-from .io import atomic_path
 
 if TYPE_CHECKING:
-    from .progress import StageProgress
+    from unitune.progress import StageProgress
 
 
 # ---- device and processes ---------------------------------------------------------------------
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    from .checks import check_device
+    from unitune.checks import check_device
 
     check_device(name)
     if name == "auto":
@@ -134,15 +135,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig,
                     no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
-    """AdamW; no weight decay on 1-d parameters (biases, norms, SSF's scale and shift: as timm
-    does) nor on the names in ``no_weight_decay`` (a model's declared exceptions, e.g.
-    ``PeftViT.no_weight_decay()``: VPT's prompts)."""
-    skip = set(no_weight_decay)
-    decay, no_decay = [], []
-    for name, p in named_params:
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    """AdamW at the recipe's lr and weight decay (:func:`unitune.supernet.wrap.adamw`: no weight
+    decay on 1-d parameters nor on the names in ``no_weight_decay``)."""
+    return adamw(named_params, cfg.lr, cfg.weight_decay, no_weight_decay)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
@@ -269,7 +264,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     ends the epoch) or a bool (a bar for this epoch only). ``stats``, when given, receives
     ``train_acc``: the accuracy of the epoch's training batches against their true labels, taken
     as they were trained (under mixup, of the mixed images), a cheap signal of learning."""
-    from .progress import StageProgress
+    from unitune.progress import StageProgress
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
@@ -446,36 +441,6 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     except Exception as e:
         raise UniTuneError(f"{weights_path}: damaged checkpoint ({type(e).__name__})") from None
     return weights, state
-
-
-# ---- logging ------------------------------------------------------------------------------------
-
-
-class JsonlLog:
-    """One JSON object per line. On resume, lines from the epochs to be redone are dropped first.
-
-    Each record rewrites the file atomically (old lines + the new one) instead of appending in
-    place: a process killed mid-write leaves the previous, complete log, never a torn last line
-    that the resumed run could not parse. A log holds one line per epoch, so this costs nothing.
-    """
-
-    def __init__(self, path: str | os.PathLike, resume_epoch: int | None = None):
-        self.path = Path(path)
-        if resume_epoch is None:
-            self.path.unlink(missing_ok=True)
-        elif self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip()
-                    and json.loads(ln).get("epoch", -1) < resume_epoch]
-            with atomic_path(self.path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in keep))
-
-    def write(self, record: dict[str, Any]) -> None:
-        previous = self.path.read_text() if self.path.exists() else ""
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(previous + json.dumps(record) + "\n")
-
-    def read(self) -> list[dict[str, Any]]:
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()] if self.path.exists() else []
 
 
 def cycle_batches(batches: Iterable, device: torch.device) -> Iterator:

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_run_records, record_run
-from .context import SUMMARY_FILE, RunContext, RunLayout
-from .errors import UniTuneError
-from .io import check_no_outside_links, read_json, write_json_atomic
+from unitune.engine.config import RunConfig, check_run_records, record_run
+from unitune.engine.context import SUMMARY_FILE, RunContext, RunLayout
+from unitune.errors import UniTuneError
+from unitune.io import check_no_outside_links, read_json, write_json_atomic
 
 __all__ = ["SUMMARY_FILE", "best_story", "format_summary", "run_all"]
 
@@ -23,14 +23,14 @@ def run_all(run: RunConfig | RunContext, out: str | Path | None = None, progress
             headers: bool | None = None) -> dict[str, Any]:
     """Every stage into ``out``; the summary. ``progress``: bars (or, off a terminal, a line per
     epoch); ``headers`` (default: ``progress``): one line as each stage starts, kept by ``--quiet``.
-    One :class:`~unitune.context.RunContext` is built for the run and passed to every stage."""
+    One :class:`~unitune.engine.context.RunContext` is built for the run and passed to every stage."""
     headers = progress if headers is None else headers
     from unitune.data import build_dataset
-    from unitune.pretrain import pretrain
+    from unitune.engine.pretrain import pretrain
     from unitune.retrain.evaluate import evaluate_export
     from unitune.retrain.train import check_init_source, retrain
     from unitune.search.stage import check_search_stage, finished_search, search_stage
-    from unitune.supernet.train import train_supernet
+    from unitune.engine.supernet_train import train_supernet
 
     ctx = RunContext.of(run, out)
     run, out, layout = ctx.run, ctx.out, ctx.layout

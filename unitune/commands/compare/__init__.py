@@ -40,7 +40,7 @@ re-exported here.
 """
 
 
-from ..errors import UniTuneError  # what every check here raises (as the single module offered it)
+from unitune.errors import UniTuneError  # what every check here raises (as the single module offered it)
 from .plan import (CELL_KEYS, CSV_COLUMNS, CSV_FILE, GROUP_ORDER, META_FILE, METHODS, PLOT_FILE, PRETRAIN_RESULT,
                    SEARCH_RESULT, SPECIAL, TABLE_FILE, VTAB_GROUPS, CellRecord, Plan,
                    known_rows, method_rows, parse_names, parse_seeds, plan_compare)

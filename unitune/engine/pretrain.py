@@ -13,16 +13,17 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from unitune.checks import check_safetensors_file
+from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+from unitune.errors import UniTuneError
+from unitune.io import atomic_path
+from unitune.progress import StageProgress
+from unitune.stagelog import StageLog
+
 from .backbone import create_backbone
-from .checks import check_safetensors_file
 from .config import RunConfig
 from .context import PRETRAIN_DIR, RunContext
 from .context import PRETRAIN_WEIGHTS as WEIGHTS_FILE
-from .data import build_dataset, build_loader, build_transform, resolve_data_config
-from .errors import UniTuneError
-from .io import atomic_path
-from .progress import StageProgress
-from .stagelog import StageLog
 from .train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, \
     train_epoch
 

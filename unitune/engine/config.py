@@ -18,10 +18,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .checks import check_device
-from .errors import UniTuneError
-from .io import check_plain_name, read_yaml, safe_load
-from .schema import check_fields, choice, count, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
+from unitune.checks import check_device
+from unitune.errors import UniTuneError
+from unitune.io import check_plain_name, read_yaml, safe_load
+from unitune.schema import check_fields, choice, count, num, rule_only, seed_field  # noqa: F401 (num etc.: part of this API)
 
 
 def _type_name(tp: Any) -> str:
@@ -190,7 +190,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, on CUDA only
     seed: int = seed_field()
     # steps between reads of the loss from the device (the bar's loss, the non-finite checks:
-    # unitune.train.StepChecks); 0 = every 25 steps
+    # unitune.engine.train.StepChecks); 0 = every 25 steps
     log_every: int = num(0, ge=0)
 
 
@@ -335,7 +335,7 @@ def parse_logging(value: Any, where: str) -> tuple[str, ...]:
 
 
 # ``compare`` belongs to `unitune compare` (declared as CompareConfig, checked by check_compare_section
-# in unitune/compare/plan.py); the stages ignore it.
+# in unitune/commands/compare/plan.py); the stages ignore it.
 RUN_SECTIONS = ("name", "device", "model", "data", "space", "pretrain", "supernet", "search", "retrain", "compare",
                 "logging")
 
@@ -359,7 +359,7 @@ class RunConfig:
     logging: tuple[str, ...] = ()
     source: str = ""
     raw: dict = field(default_factory=dict, compare=False, repr=False)
-    # ``space`` as the SearchSpace load_run_config checked it built (unitune.context.RunContext.space);
+    # ``space`` as the SearchSpace load_run_config checked it built (unitune.engine.context.RunContext.space);
     # a dataclasses.replace(run, space=...) must set it to None (or the new SearchSpace) too
     search_space: Any = field(default=None, compare=False, repr=False)
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..checks import check_output_dir, check_seed
-from ..config import RunConfig, check_compare_section, load_config_dict, load_run_config
-from ..errors import UniTuneError
-from ..io import check_no_outside_links, inside, read_json
-from ..schema import Key, check_record, json_key
+from unitune.checks import check_output_dir, check_seed
+from unitune.engine.config import RunConfig, check_compare_section, load_config_dict, load_run_config
+from unitune.errors import UniTuneError
+from unitune.io import check_no_outside_links, inside, read_json
+from unitune.schema import Key, check_record, json_key
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")  # the default rows
 # The rows that are no registered PEFT method; every other row is one (:func:`known_rows`).
@@ -305,7 +305,7 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
 # ------------------------------------------------------ what the rows need of a task config
 
 def _dims(run: RunConfig):
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.data import build_dataset
     from unitune.supernet import BackboneDims
 
@@ -315,7 +315,7 @@ def _dims(run: RunConfig):
 
 
 def _budget(run: RunConfig) -> int | None:
-    from unitune.supernet.params import parse_budget
+    from unitune.supernet.budget import parse_budget
 
     if run.search.budget is None:
         return None

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
-from ..context import RunContext, RunLayout
-from ..errors import UniTuneError
-from ..io import read_json, write_json_atomic, write_yaml_atomic
+from unitune.engine.config import RunConfig
+from unitune.engine.context import RunContext, RunLayout
+from unitune.errors import UniTuneError
+from unitune.io import read_json, write_json_atomic, write_yaml_atomic
 from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, _budget, _dims
 from .report import _count, describe, stamp_quick, write_report
 
@@ -97,7 +97,7 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
 
 
 def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
-    from unitune.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
 
     if plan.base.pretrain is None:
         return None
@@ -118,7 +118,7 @@ def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
 def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     """Supernet on train, search on val, once per task: ``best_subnet.yaml`` for the search rows."""
     from unitune.search.stage import search_stage
-    from unitune.supernet.train import train_supernet
+    from unitune.engine.supernet_train import train_supernet
 
     folder = plan.search_dir(task)
     result = folder / SEARCH_RESULT
@@ -132,7 +132,7 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     supernet_seconds = time.perf_counter() - started
     found, written = search_stage(ctx, progress=progress)
     if plan.quick:  # its plots too, the supernet's training curves included: the --quick numbers mean nothing
-        from ..curves import CURVES_FILE
+        from unitune.curves import CURVES_FILE
 
         pngs = {Path(p) for p in written.values() if Path(p).suffix == ".png"}
         pngs |= {folder / CURVES_FILE} if (folder / CURVES_FILE).is_file() else set()
@@ -181,8 +181,8 @@ def _check_checkpoints(plan: Plan) -> None:
     """The checkpoints a rerun would resume (a cell's retrain, a task's supernet) must load: a
     damaged one is named now, before any cell starts (with ``--jobs``, others would run beside it)."""
     from unitune.retrain.train import CKPT_DIR
-    from unitune.supernet.train import CKPT_DIR as SUPERNET_CKPT
-    from unitune.train import load_checkpoint
+    from unitune.engine.supernet_train import CKPT_DIR as SUPERNET_CKPT
+    from unitune.engine.train import load_checkpoint
 
     folders = [plan.cell_dir(*c) / CKPT_DIR for c in plan.cells if not plan.cell_file(*c).is_file()]
     if "search" in plan.methods:

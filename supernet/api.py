@@ -59,10 +59,12 @@ from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_p
 from unitune.supernet.fingerprint import backbone_fingerprint, backbone_items
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.dora import recompute_dora_magnitude
+from unitune.supernet.methods.layers import unwrap
+from unitune.supernet.methods.vit import classifier_heads
+from unitune.supernet.model import _strip
 from unitune.supernet.peft_config import (AdapterConfig, AdapterPlusConfig, BitFitConfig, DoraConfig, LoraConfig,
                                           MethodConfig, SSFConfig, SSFGlobalConfig, UnituneConfig, VPTConfig,
                                           as_unitune_config, config_class, method_configs, subnet_from_dict)
-from unitune.supernet.model import _strip, classifier_heads
 from unitune.supernet.wrap import check_model, check_plain, make_optimizer, wrap_vit
 
 __all__ = ["PeftModel", "get_peft_model", "make_optimizer", "nb_trainable_parameters", "trainable_parameters_line",
@@ -440,12 +442,12 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
     ``VisionTransformer`` (eval mode, frozen; ``model`` itself is untouched).
 
     A method that does not fold (Adapter, VPT) is a one-line error naming it and its blocks:
-    ``unitune.retrain.merge(model).model`` keeps such layers as the smallest modules that run
+    ``unitune.supernet.merge(model).model`` keeps such layers as the smallest modules that run
     them. When folding had to create biases timm builds only on request (SSF or BitFit on a
     ``qkv_bias=False`` model), a warning names the method and the ``timm.create_model`` keywords that rebuild
     the merged structure (also in ``merge(model).model_kwargs``).
     """
-    from unitune.retrain.merge import merge  # retrain sits above the model package
+    from unitune.supernet.merge import merge  # retrain sits above the model package
 
     check_model(model, "merge_and_unload")
     merged = merge(model)
@@ -457,7 +459,7 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
                 kept.append(f"{m} (block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)})")
         raise UniTuneError(f"merge_and_unload: the active subnet's {' and '.join(kept)} "
                            f"{'does' if len(kept) == 1 else 'do'} not fold into the weights; "
-                           f"unitune.retrain.merge(model).model keeps them as modules")
+                           f"unitune.supernet.merge(model).model keeps them as modules")
     if merged.model_kwargs or merged.added_params:
         what = f"timm.create_model(..., {', '.join(f'{k}={v!r}' for k, v in merged.model_kwargs.items())})" \
             if merged.model_kwargs else "no timm keyword"

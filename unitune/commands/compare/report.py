@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..context import RunLayout
-from ..io import write_text_atomic
+from unitune.engine.context import RunLayout
+from unitune.io import write_text_atomic
 from .plan import CSV_COLUMNS, CSV_FILE, GROUP_ORDER, PLOT_FILE, TABLE_FILE, Plan, method_rows
 
 QUICK_NOTE = "--quick: a smoke test; these numbers mean nothing"
@@ -146,9 +146,9 @@ def accuracy_figure(summary: dict[str, dict[str, Any]], title: str, n_seeds: int
     legend entry per method; the figure is returned unsaved, for :func:`save_plot` and the tests."""
     import math
 
-    from unitune.search.plots import _figure
+    from unitune.search.plots import new_figure
 
-    fig = _figure(figsize=(7.2, 4.4))
+    fig = new_figure(figsize=(7.2, 4.4))
     ax = fig.add_subplot(111)
     for i, (m, s) in enumerate(summary.items()):
         mean, std = s["mean_of_groups"]
@@ -179,7 +179,7 @@ def stamp_quick(path: Path) -> None:
     from PIL import Image, ImageDraw, ImageFont
     from PIL.PngImagePlugin import PngInfo
 
-    from ..io import atomic_path
+    from unitune.io import atomic_path
 
     with Image.open(path) as img:
         plot = img.convert("RGB")
@@ -195,9 +195,9 @@ def stamp_quick(path: Path) -> None:
 
 
 def save_plot(summary: dict[str, dict[str, Any]], path: Path, title: str, n_seeds: int, quick: bool = False) -> None:
-    from unitune.search.plots import _save
+    from unitune.search.plots import save_figure
 
-    _save(accuracy_figure(summary, title, n_seeds, quick), path)  # bbox "tight": no clipped label
+    save_figure(accuracy_figure(summary, title, n_seeds, quick), path)  # bbox "tight": no clipped label
 
 
 def paired_vs_single(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequence[int],

@@ -9,7 +9,7 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from .errors import UniTuneError
+from unitune.errors import UniTuneError
 
 
 def create_backbone(
@@ -32,7 +32,7 @@ def create_backbone(
     device: shapes only, for counting. ``shapes``: that meta build of this backbone, when the
     caller has one (a run's context keeps it), so it is not built again here.
     """
-    from unitune.supernet.model import check_vit
+    from unitune.supernet.methods.vit import check_vit
 
     if not isinstance(name, str) or not timm.is_model(name):
         raise UniTuneError(f"backbone {name!r}: unknown timm model name (see timm.list_models('vit_*'))")

@@ -36,9 +36,7 @@ from torch import nn
 from unitune.errors import UniTuneError
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.methods import METHODS
-from unitune.supernet.methods.fold import assign as _assign  # noqa: F401 (old import path)
-from unitune.supernet.methods.fold import fold_into_input as _fold_head  # noqa: F401 (old import path)
-from unitune.supernet.methods.fold import fold_scale_shift, fold_weight_delta
+from unitune.supernet.methods.fold import fold_weight_delta
 from unitune.supernet.methods.fold import new_param as _new_param
 from unitune.supernet.methods.lora import LoRALinear
 

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .checks import check_output_dir, check_output_file
-from .errors import UniTuneError
+from unitune.checks import check_output_dir, check_output_file
+from unitune.errors import UniTuneError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,7 +33,7 @@ def _inspect_source(args: argparse.Namespace):
     a run folder (its ``best_subnet.yaml``, else the subnet of its ``export/``; the config the
     stages recorded there when ``--config`` is not given);
     ``--config`` gives the run config's model, kwargs, space and class count."""
-    from unitune.context import RunLayout
+    from unitune.engine.context import RunLayout
     from unitune.io import read_json, read_yaml
     from unitune.search.export import select_subnet
     from unitune.supernet import SearchSpace
@@ -59,8 +59,8 @@ def _inspect_source(args: argparse.Namespace):
 
     def depth_of(file_backbone: str | None) -> int:
         """For sizes given once for every block: the block count of the backbone in use."""
-        from unitune.backbone import create_backbone
-        from unitune.config import load_run_config
+        from unitune.engine.backbone import create_backbone
+        from unitune.engine.config import load_run_config
 
         model_kwargs: dict = {}
         if config:
@@ -85,7 +85,7 @@ def _inspect_source(args: argparse.Namespace):
     classes = None
     name = args.backbone or subnet.backbone
     if config:
-        from unitune.config import load_run_config
+        from unitune.engine.config import load_run_config
         from unitune.data import build_dataset
 
         run = load_run_config(config, args.overrides)
@@ -112,7 +112,7 @@ def _inspect_source(args: argparse.Namespace):
 def _recorded_config(folder: Path) -> str | None:
     """The config a run folder was made with: the echo every stage writes (overrides applied), else
     the path `unitune run` recorded in its summary (folders of an older unitune)."""
-    from unitune.config import CONFIG_ECHO
+    from unitune.engine.config import CONFIG_ECHO
     from unitune.io import read_json
 
     if (folder / CONFIG_ECHO).is_file():
@@ -129,7 +129,7 @@ def _recorded_config(folder: Path) -> str | None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from unitune.backbone import create_backbone
+    from unitune.engine.backbone import create_backbone
     from unitune.supernet import BackboneDims, count_params
     from unitune.supernet.methods import METHODS
 
@@ -177,7 +177,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _load_run(args: argparse.Namespace):
-    from unitune.config import load_run_config
+    from unitune.engine.config import load_run_config
 
     return load_run_config(args.config, args.overrides)
 
@@ -186,7 +186,7 @@ def _out_dir(args: argparse.Namespace, run) -> Path:
     """The run folder, checked before any work: a file there, no right to write, or a link inside
     that leads out of it fails now rather than after the first epoch. A val split recorded there
     must still be the data's."""
-    from unitune.config import check_run_records
+    from unitune.engine.config import check_run_records
     from unitune.io import check_no_outside_links, inside
 
     out = check_output_dir(Path(args.out) if args.out else inside("runs", Path("runs") / run.name))
@@ -197,14 +197,14 @@ def _out_dir(args: argparse.Namespace, run) -> Path:
 
 def _record(run, out: Path) -> None:
     """After a stage command: the config echo (read by `inspect DIR`) and the val split records."""
-    from unitune.config import record_run
+    from unitune.engine.config import record_run
 
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 writes for all
         record_run(run, out)
 
 
 def _supernet(args: argparse.Namespace) -> int:
-    from unitune.supernet.train import train_supernet
+    from unitune.engine.supernet_train import train_supernet
 
     run = _load_run(args)
     out = _out_dir(args, run)
@@ -216,7 +216,7 @@ def _supernet(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from unitune.pretrain import pretrain
+    from unitune.engine.pretrain import pretrain
 
     run = _load_run(args)
     out = _out_dir(args, run)
@@ -245,7 +245,7 @@ def _search(args: argparse.Namespace) -> int:
 def search_line(result, paths) -> str:
     """``unitune search``'s closing line, telling "best" as the run summary does: the search's
     best val accuracy, then the pick and the figure that decided it."""
-    from unitune.pipeline import best_story
+    from unitune.commands.pipeline import best_story
 
     best = result.best_trial
     story = best_story(result.study, best)
@@ -283,7 +283,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from unitune.context import RunLayout
+    from unitune.engine.context import RunLayout
     from unitune.retrain.train import result_line, retrain
 
     run = _load_run(args)
@@ -332,7 +332,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from unitune.pipeline import format_summary, run_all
+    from unitune.commands.pipeline import format_summary, run_all
 
     run = _load_run(args)
     print(format_summary(run_all(run, _out_dir(args, run), progress=not args.quiet, headers=True)))
@@ -340,7 +340,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from unitune.compare import parse_names, parse_seeds, plan_compare, run_compare
+    from unitune.commands.compare import parse_names, parse_seeds, plan_compare, run_compare
 
     if args.jobs < 1:  # before the plan, which indexes every task's data
         raise UniTuneError(f"--jobs: expected an integer >= 1, got {args.jobs}")
@@ -368,7 +368,7 @@ def _fetch_weights(args: argparse.Namespace) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from unitune import __version__
 
     return __version__
 
@@ -538,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"unitune: error: {e}", file=sys.stderr)
         return UniTuneError.exit_code
-    from .voice import tool_voice
+    from unitune.voice import tool_voice
 
     try:
         with tool_voice():  # warnings as one line each: `unitune: warning: ...`

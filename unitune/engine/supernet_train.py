@@ -17,27 +17,30 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from unitune.backbone import create_backbone
-from unitune.config import RunConfig
-from unitune.context import SUPERNET_CKPT as CKPT_DIR  # noqa: F401 (the names other stages import from here)
-from unitune.context import SUPERNET_FILE, RunContext
-from unitune.context import SUPERNET_LOG as LOG_FILE  # noqa: F401
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import RunConfig
+from unitune.engine.context import SUPERNET_CKPT as CKPT_DIR  # noqa: F401 (the names other stages import from here)
+from unitune.engine.context import SUPERNET_FILE, RunContext
+from unitune.engine.context import SUPERNET_LOG as LOG_FILE  # noqa: F401
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+from unitune.engine.backbone import create_backbone
+from unitune.engine.config import RunConfig
+from unitune.engine.pretrain import pretrained_weights
 from unitune.errors import UniTuneError
-from unitune.pretrain import pretrained_weights
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
-from unitune.train import (
+from unitune.engine.train import (
     Criterion, Dist, StepChecks, all_reduce_gradients, autocast, build_scheduler,
     clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
 
-from .model import PeftViT, check_vit
-from .sampler import SubnetSampler
-from .store import save_supernet
-from .subnet import Subnet
-from .wrap import make_optimizer, wrap_vit
+from unitune.supernet.methods.vit import check_vit
+from unitune.supernet.model import PeftViT
+from unitune.supernet.sampler import SubnetSampler
+from unitune.supernet.store import save_supernet
+from unitune.supernet.subnet import Subnet
+from unitune.supernet.wrap import make_optimizer, wrap_vit
 
 
 
@@ -56,7 +59,7 @@ def build_backbone(run: RunConfig | RunContext, num_classes: int, weights: str |
 def build_model(run: RunConfig | RunContext, num_classes: int, device: torch.device, weights: str | None = None,
                 weights_label: str | None = None) -> PeftViT:
     """The supernet around the run's backbone (every layer at the space's largest size). ``run``:
-    a config, or the command's :class:`~unitune.context.RunContext` (its space and shapes kept)."""
+    a config, or the command's :class:`~unitune.engine.context.RunContext` (its space and shapes kept)."""
     ctx = run if isinstance(run, RunContext) else RunContext(run, ".")
     space = ctx.space
     # The backbone's fate, SSF included, on a shapes-only build: before any weight is read.
@@ -91,7 +94,7 @@ def _fingerprint(run: RunConfig) -> dict[str, Any]:
     return out
 
 
-def _changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ, with both values: ``supernet.lr: 0.01 -> 0.02``."""
     changed = []
     for name in sorted(set(saved) | set(now)):
@@ -159,7 +162,7 @@ def train_supernet(run: RunConfig | RunContext, out: str | Path | None = None, r
     loaded = load_checkpoint(ckpt_dir) if resume else None
     if loaded is not None:
         weights, state = loaded
-        changed = _changed_keys(state["fingerprint"], _fingerprint(run))
+        changed = changed_keys(state["fingerprint"], _fingerprint(run))
         if changed:
             more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
             raise UniTuneError(f"{ckpt_dir}: the config changed since this checkpoint ({'; '.join(changed[:3])}{more}); "

@@ -1,7 +1,7 @@
 """One run's context: what every stage of a command reads, built once and passed along.
 
 A command (``unitune run``, a stage command, ``unitune compare`` per task) builds one
-:class:`RunContext` from the checked :class:`~unitune.config.RunConfig` and its run folder and
+:class:`RunContext` from the checked :class:`~unitune.engine.config.RunConfig` and its run folder and
 hands it to each stage function. The context builds lazily and keeps:
 
 - ``space``: the :class:`~unitune.supernet.SearchSpace` of ``run.space`` (built once);
@@ -30,8 +30,8 @@ import torch
 
 from .backbone import create_backbone
 from .config import CONFIG_ECHO, RunConfig
-from .curves import CURVES_FILE
-from .stagelog import TENSORBOARD_DIR
+from unitune.curves import CURVES_FILE
+from unitune.stagelog import TENSORBOARD_DIR
 from .train import STATE_FILE, pick_device  # STATE_FILE: a checkpoint folder's resume state
 
 # ---- the names of a run folder ------------------------------------------------------------------
@@ -202,7 +202,7 @@ class RunContext:
 
     @cached_property
     def dims(self):
-        from unitune.supernet.params import BackboneDims
+        from unitune.supernet.methods.dims import BackboneDims
 
         return BackboneDims.from_model(self.shapes)
 
@@ -215,7 +215,7 @@ class RunContext:
     def _dims_for(self, num_classes: int):
         import copy
 
-        from unitune.supernet.params import BackboneDims
+        from unitune.supernet.methods.dims import BackboneDims
 
         with torch.device("meta"):  # the head alone is made anew, on the meta device
             shapes = copy.deepcopy(self.shapes)
@@ -241,7 +241,7 @@ class RunContext:
         ``where`` names it in the error of a first, failing parse."""
         key = (type(value).__name__, value)
         if key not in self._budgets:
-            from unitune.supernet.params import parse_budget
+            from unitune.supernet.budget import parse_budget
 
             self._budgets[key] = parse_budget(value, self.frozen, source=where)
         return self._budgets[key]
