@@ -39,7 +39,7 @@ from unitune.weights import check_tensor
 
 from .export import export_model
 
-# The names other modules import from here (unitune/context.py names every file of a run folder).
+# The names other modules import from here (unitune/engine/context.py names every file of a run folder).
 CKPT_DIR, LOG_FILE, RESULT_FILE, EXPORT_DIR = RETRAIN_CKPT, RETRAIN_LOG, RETRAIN_RESULT, EXPORT_DIR
 
 

@@ -60,7 +60,7 @@ from .storage import (close_storage, open_storage, recover_dead_trials, requeue_
 _logger = logging.getLogger("unitune.search")
 
 DIRECTIONS = {"acc": "maximize", "params": "minimize"}
-VALID_OBJECTIVES = OBJECTIVES  # the config's vocabulary (unitune/config.py)
+VALID_OBJECTIVES = OBJECTIVES  # the config's vocabulary (unitune/engine/config.py)
 # Study user attributes that must agree when a run joins an existing study.
 CHECKED_ATTRS = ("budget", "objectives", "depth", "space", "backbone")
 

@@ -29,7 +29,7 @@ from unitune.supernet.methods import METHODS
 from .ranking import RERANK_ATTR, best_trial
 from .study import study_encoding
 
-CSV_FILE, MD_FILE = TRIALS_CSV, TRIALS_MD  # the run folder's names (unitune/context.py)
+CSV_FILE, MD_FILE = TRIALS_CSV, TRIALS_MD  # the run folder's names (unitune/engine/context.py)
 
 
 def trial_table(study: optuna.Study):

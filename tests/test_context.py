@@ -14,7 +14,7 @@ import torch
 import unitune.engine.backbone
 import unitune.search.sampler
 import unitune.search.study
-import unitune.supernet.params
+import unitune.supernet.budget
 from test_pipeline import write_config
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import load_run_config
@@ -58,7 +58,7 @@ def counted_run(tmp_path_factory):
         import unitune.search.stage  # noqa: F401
 
         _count_calls(mp, counts, unitune.engine.backbone.create_backbone, "shapes", lambda a, k: k.get("meta", False))
-        _count_calls(mp, counts, unitune.supernet.params.parse_budget, "budget")
+        _count_calls(mp, counts, unitune.supernet.budget.parse_budget, "budget")
         _count_calls(mp, counts, unitune.search.study.prepare_seeds, "seeds")
         _count_calls(mp, counts, unitune.search.sampler.make_sampler, "sampler")
         summary = run_all(load_run_config(config), folder / "out", progress=False)

@@ -59,7 +59,7 @@ def fold_bias(op: nn.Module, delta: torch.Tensor) -> list[str]:
         created.append("bias")
         if isinstance(op, nn.LayerNorm):
             # F.layer_norm takes a bias without a weight; the flag only records that a
-            # parameter now exists (what ``retrain.merge.add_params`` sets on load, too).
+            # parameter now exists (what ``supernet.merge.add_params`` sets on load, too).
             op.elementwise_affine = True
     op.bias.copy_((op.bias.double() + delta.detach().double()).to(op.bias.dtype))
     return created

@@ -300,7 +300,7 @@ class CompareConfig:
     """The ``compare:`` section of `unitune compare` (the stages ignore it). Its keys and its
     ``quick`` part are declared here; the lists (``tasks``, ``seeds``, ``methods``, ``groups``)
     are checked where the command line, ``compare.quick`` and ``compare`` are resolved in that
-    order (unitune/compare.py), since the first one given is the one used."""
+    order (unitune/commands/compare/plan.py), since the first one given is the one used."""
 
     tasks: Any = None
     groups: Any = None

@@ -210,7 +210,7 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     src = str(config)
     raw = load_config_dict(config, overrides)
     section = raw.pop("compare", None) or {}
-    check_compare_section(section, src)  # its keys and compare.quick, declared in unitune/config.py
+    check_compare_section(section, src)  # its keys and compare.quick, declared in unitune/engine/config.py
     defaults = dict(section)
     quick_overrides: list[str] = []
     q = section.get("quick")
