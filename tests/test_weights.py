@@ -264,3 +264,25 @@ def test_the_recorded_backbone_tensors_are_the_plain_vits_whatever_wraps_it():
     every = {"lora": 2, "adapter": 2, "vpt": 2, "ssf": 1, "ssf_global": 1, "bitfit": 1, "dora": 2, "adapter_plus": 2}
     model = unitune.get_peft_model(vit, subnet=every)
     assert backbone_tensors(model.vit) == plain
+
+
+def test_a_files_classifier_head_is_replaced_with_one_note_per_file(tmp_path, capsys):
+    """A fine-tuned checkpoint's head (10 classes) is not loaded: the model gets a fresh 5-class
+    head and stderr says so once, however often the run builds the backbone; a file without a head
+    says nothing."""
+    from unitune import weights
+
+    weights._NOTED.clear()
+    src = source_model()  # 10 classes
+    path = tmp_path / "finetuned.safetensors"
+    safetensors.torch.save_file(state_of(src), str(path))
+    for _ in range(3):
+        model = create_backbone(NAME, 5, weights=str(path), kwargs=TINY)
+        assert model.head.out_features == 5
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"unitune: note: model.weights: {path}: its classifier head (10 classes) is not loaded; "
+                   f"the model has a new 5-class head"]
+    headless = tmp_path / "backbone.safetensors"
+    safetensors.torch.save_file({k: v for k, v in state_of(src).items() if not k.startswith("head.")}, str(headless))
+    create_backbone(NAME, 5, weights=str(headless), kwargs=TINY)
+    assert capsys.readouterr().err == ""

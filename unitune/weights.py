@@ -14,6 +14,7 @@ and unexpected keys.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from functools import partial
 from pathlib import Path
@@ -146,6 +147,7 @@ def load_backbone_weights(model: torch.nn.Module, path: str | Path, name: str, l
         reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise UniTuneError(f"{source}: timm's checkpoint conversion failed ({type(e).__name__}: {reason})") from None
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
+    head = {k: tuple(v.shape) for k, v in state.items() if k.startswith(HEAD_PREFIXES)}
     state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -159,7 +161,27 @@ def load_backbone_weights(model: torch.nn.Module, path: str | Path, name: str, l
     for key, expected in own.items():
         check_tensor(key, state[key], expected, source)
     model.load_state_dict(state, strict=False)  # strict on everything but the head, checked above
+    if head and label == "model.weights":  # a user's file (the pretrain stage's own head is no news)
+        note_head_replaced(path, label, head, model)
     if notes:
         _logger.warning(f"{label}: {path}: unwrapped {' and '.join(notes)}; {len(own)} of {len(own)} backbone "
                         f"tensors loaded")
     return len(own)
+
+
+_NOTED: set[str] = set()
+
+
+def note_head_replaced(path: str | Path, label: str, head: dict[str, tuple], model: torch.nn.Module) -> None:
+    """One line on stderr, once per file and process, when the file's classifier head is not
+    loaded: a researcher who gives a fine-tuned checkpoint should hear that its head is dropped
+    for a new one (the run builds the backbone several times, so once, not at every build)."""
+    if str(path) in _NOTED:
+        return
+    _NOTED.add(str(path))
+    classes = getattr(getattr(model, "head", None), "out_features", None)
+    theirs = next((shape for key, shape in head.items() if key.endswith("weight")), None)
+    was = f" ({theirs[0]} classes)" if theirs else ""
+    now = f"a new {classes}-class head" if classes else "a new head"
+    print(f"unitune: note: {label}: {path}: its classifier head{was} is not loaded; the model has {now}",
+          file=sys.stderr, flush=True)
