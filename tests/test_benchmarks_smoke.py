@@ -372,3 +372,26 @@ def test_pruning_suite_mode_measures_a_task_and_leaves_the_suite_alone(tmp_path,
     sa_train = int(part2[8].split(" / ")[0])
     assert sa_train % 16 == 0 and 4 * 16 <= sa_train <= 4 * 2 * 16  # each trial: one or two epochs
     assert -1 <= float(part2[11].rstrip(" |")) <= 1
+
+
+def test_compare_cells_table_reports_finished_cells_by_hand(tmp_path, capsys, monkeypatch):
+    """A partial run's table: mean and sample std over the seeds that finished, n said, no spread for one seed."""
+    import json
+
+    import compare_cells_table
+
+    (tmp_path / "compare.json").write_text(json.dumps({"tasks": ["a", "b"], "methods": ["linear", "lora"],
+                                                       "seeds": [0, 1, 2]}))
+    cells = [("a", "lora", 0, 0.80, 10.0), ("a", "lora", 1, 0.90, 20.0), ("a", "linear", 0, 0.5, 4.0),
+             ("b", "linear", 2, 0.25, 6.0)]
+    for task, method, seed, acc, cpu in cells:
+        (tmp_path / "cells" / task).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cells" / task / f"{method}-seed{seed}.json").write_text(json.dumps(
+            {"task": task, "method": method, "seed": seed, "test_accuracy": acc, "cpu_seconds": cpu, "params": 7}))
+    monkeypatch.setattr(sys, "argv", ["compare_cells_table.py", str(tmp_path)])
+    compare_cells_table.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{tmp_path}: 4 of 12 cells finished; 40 CPU-s in cells"
+    # std of (80, 90) = 7.07; linear before lora (the run's method order)
+    assert out[3:] == ["| a | linear | 7 | 50.0 (n=1) | 4 |", "| a | lora | 7 | 85.0 ± 7.1 (n=2) | 15 |",
+                       "| b | linear | 7 | 25.0 (n=1) | 6 |"]
