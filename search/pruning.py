@@ -25,7 +25,6 @@ baselines the final pick is compared with.
 
 from __future__ import annotations
 
-import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, NopPruner, SuccessiveHalvingPruner
 
 from unitune.engine.config import FITNESSES, PRUNERS  # the config declares the names (search.fitness, search.pruner)
@@ -62,5 +61,3 @@ def make_pruner(name: str, max_step: int) -> BasePruner:
     raise UniTuneError(f"search.pruner: expected one of {list(PRUNERS[1:])}, got {name!r}")
 
 
-def is_pruned(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.state == optuna.trial.TrialState.PRUNED

@@ -11,9 +11,9 @@
     model = unitune.from_pretrained(timm.create_model(..., num_classes=100), "peft")
     merged = model.merge_and_unload()                                    # a plain timm VisionTransformer
 
-This module sits on top of the packages, beside the CLI: it imports the model package (and,
-for merging, ``unitune.retrain``), and nothing below imports it. Wrapping and the optimizer live
-one floor down, in :mod:`unitune.supernet.wrap`, because the command-line stages use them too
+This module is the top of the PEFT library (``unitune.supernet``): it imports the model, the
+merge and the config objects, and nothing else in the library imports it. Wrapping and the optimizer live
+in :mod:`unitune.supernet.wrap`, because the command-line stages use them too
 (``get_peft_model`` is ``wrap_vit`` building a :class:`PeftModel`; ``make_optimizer`` is
 re-exported). The rest only assembles the pieces the stages use (``PeftViT``, ``SearchSpace``,
 ``Subnet``, ``count_params``, ``merge``); nothing here is a second implementation of any of them.
@@ -59,7 +59,6 @@ from unitune.supernet import BackboneDims, PeftViT, SearchSpace, Subnet, count_p
 from unitune.supernet.fingerprint import backbone_fingerprint, backbone_items
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.dora import recompute_dora_magnitude
-from unitune.supernet.methods.layers import unwrap
 from unitune.supernet.methods.vit import classifier_heads
 from unitune.supernet.model import _strip
 from unitune.supernet.peft_config import (AdapterConfig, AdapterPlusConfig, BitFitConfig, DoraConfig, LoraConfig,
@@ -96,9 +95,8 @@ CONFIG_KEYS: dict[str, Key] = {
 
 class PeftModel(PeftViT):
     """A :class:`PeftViT` with HF PEFT's methods, what :func:`get_peft_model` and
-    :func:`from_pretrained` return. The methods live here, above the model package, because
-    merging needs ``unitune.retrain`` and the optimizer the core's training helpers: the model
-    package imports neither. The module-level functions of the same names take any ``PeftViT``
+    :func:`from_pretrained` return. The methods live here, above the model module, because
+    they need the merge and the saved-folder format, which build on the model. The module-level functions of the same names take any ``PeftViT``
     (one built by the command-line stages too)."""
 
     def get_nb_trainable_parameters(self, head: bool = True) -> tuple[int, int]:
@@ -131,14 +129,12 @@ class PeftModel(PeftViT):
         """Inside the ``with`` block every PEFT layer is off (size 0: the frozen backbone's own
         computation, bit for bit); the active subnet comes back on leaving it, also on an error.
         The classifier head is the model's own (trained with the PEFT layers) and stays in use."""
-        sizes = {name: layer.size for name, layer in self.named_layers.items()}
+        active = self.subnet
         try:
-            for layer in self.named_layers.values():
-                layer.set_size(0)
+            self.set_subnet(Subnet.uniform(len(self.vit.blocks)))  # every size 0: `subnet` and the counts say so
             yield self
         finally:
-            for name, layer in self.named_layers.items():
-                layer.set_size(sizes[name])
+            self.set_subnet(active)
 
     def recompute_dora_magnitude(self) -> int:
         """Recompute every DoRA layer's magnitude from the backbone weight it now wraps (after
@@ -442,12 +438,12 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
     ``VisionTransformer`` (eval mode, frozen; ``model`` itself is untouched).
 
     A method that does not fold (Adapter, VPT) is a one-line error naming it and its blocks:
-    ``unitune.supernet.merge(model).model`` keeps such layers as the smallest modules that run
+    ``unitune.supernet.merge.merge(model).model`` keeps such layers as the smallest modules that run
     them. When folding had to create biases timm builds only on request (SSF or BitFit on a
     ``qkv_bias=False`` model), a warning names the method and the ``timm.create_model`` keywords that rebuild
     the merged structure (also in ``merge(model).model_kwargs``).
     """
-    from unitune.supernet.merge import merge  # retrain sits above the model package
+    from unitune.supernet.merge import merge
 
     check_model(model, "merge_and_unload")
     merged = merge(model)
@@ -459,7 +455,7 @@ def merge_and_unload(model: PeftViT) -> VisionTransformer:
                 kept.append(f"{m} (block{'s' if len(blocks) > 1 else ''} {', '.join(blocks)})")
         raise UniTuneError(f"merge_and_unload: the active subnet's {' and '.join(kept)} "
                            f"{'does' if len(kept) == 1 else 'do'} not fold into the weights; "
-                           f"unitune.supernet.merge(model).model keeps them as modules")
+                           f"unitune.supernet.merge.merge(model).model keeps them as modules")
     if merged.model_kwargs or merged.added_params:
         what = f"timm.create_model(..., {', '.join(f'{k}={v!r}' for k, v in merged.model_kwargs.items())})" \
             if merged.model_kwargs else "no timm keyword"

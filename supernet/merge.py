@@ -36,9 +36,7 @@ from torch import nn
 from unitune.errors import UniTuneError
 from unitune.supernet import PeftViT, SearchSpace, Subnet
 from unitune.supernet.methods import METHODS
-from unitune.supernet.methods.fold import fold_weight_delta
 from unitune.supernet.methods.fold import new_param as _new_param
-from unitune.supernet.methods.lora import LoRALinear
 
 # timm create_model keyword -> the block linears whose bias it switches on.
 BIAS_KWARGS = {"qkv_bias": ("attn.qkv",), "proj_bias": ("attn.proj", "mlp.fc1", "mlp.fc2")}
@@ -78,11 +76,6 @@ def unmerged_subnet(subnet: Subnet) -> Subnet:
     return Subnet(**{m: subnet.sizes(m) for m, method in METHODS.items() if not method.foldable},
                   **{m: (0,) * subnet.depth if method.site == "block" else 0
                      for m, method in METHODS.items() if method.foldable})
-
-
-def fold_lora(linear: nn.Linear, lora: LoRALinear) -> None:
-    """``W ← W + s·B A`` at the layer's active rank."""
-    fold_weight_delta(linear, lora.delta_weight())
 
 
 def _match_timm_bias_kwargs(vit: VisionTransformer, created: list[str]) -> tuple[dict[str, Any], list[str]]:

@@ -74,8 +74,8 @@ class PeftViT(nn.Module):
     # ---- construction ------------------------------------------------------------------------
 
     def _inject(self, sizes: Subnet) -> None:
-        """Each registered method wraps its modules: per block, in ``inject_rank`` order (LoRA
-        innermost on a linear, SSF around it, the adapter around the MLP, VPT around the block),
+        """Each registered method wraps its modules: per block, in ``inject_rank`` order (DoRA,
+        LoRA and VeRA on a linear's weight, innermost; SSF and BitFit around them, the adapter around the MLP, VPT around the block),
         then the model-level methods. Before any of it, each method's model-level hook
         (``Method.build_shared``) builds what its layers share across the model."""
         vit, space = self.vit, self.space

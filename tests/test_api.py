@@ -402,7 +402,7 @@ def test_merge_and_unload_warning_names_the_method_that_created_the_biases(sizes
 
 @pytest.mark.parametrize("sizes,message", [
     ({"lora": 8, "adapter": [4, 0, 4, 0]}, r"^merge_and_unload: the active subnet's adapter \(blocks 0, 2\) does not fold "
-                                          r"into the weights; unitune\.supernet\.merge\(model\)\.model keeps them as modules$"),
+                                          r"into the weights; unitune\.supernet\.merge\.merge\(model\)\.model keeps them as modules$"),
     ({"ssf": 1, "adapter": [0, 4, 0, 0], "vpt": [0, 0, 0, 3]},
      r"^merge_and_unload: the active subnet's adapter \(block 1\) and vpt \(block 3\) do not fold into the weights"),
 ])

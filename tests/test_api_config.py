@@ -238,6 +238,8 @@ def test_disable_adapter_gives_the_frozen_backbone_and_restores_the_subnet(varia
         with model.disable_adapter() as inside:
             assert inside is model
             assert torch.allclose(model(x), want, atol=1e-6, rtol=0)
+            # what the model says of itself agrees: nothing active inside the block
+            assert model.subnet == Subnet.uniform(4) and model.subnet != model.capacity
         assert torch.equal(model(x), on) and model.subnet == model.capacity
         with pytest.raises(RuntimeError, match="inside"):
             with model.disable_adapter():

@@ -126,3 +126,18 @@ def test_budget_is_parsed_once_per_value_and_a_bad_one_names_where(counted_run):
     with pytest.raises(UniTuneError, match=r"^y: supernet.budget"):  # not cached: each caller's name
         ctx.budget("lots", "y: supernet.budget")
     assert torch.device(ctx.device).type == "cpu"
+
+
+def test_the_frozen_count_leaves_out_every_classifier_head_a_distilled_deit_included():
+    """A distilled DeiT has two heads (timm's get_classifier gives a tuple): both are left out."""
+    import timm
+
+    from unitune.engine.context import frozen_params
+
+    tiny = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4)
+    for name in ("vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"):
+        vit = timm.create_model(name, pretrained=False, num_classes=7, **tiny)
+        heads = [m for m in (vit.head, getattr(vit, "head_dist", None)) if m is not None]
+        by_hand = sum(p.numel() for p in vit.parameters()) - sum(p.numel() for h in heads for p in h.parameters())
+        assert frozen_params(vit) == by_hand
+        assert len(heads) == (2 if "distilled" in name else 1)

@@ -155,3 +155,14 @@ def test_the_guard_keeps_the_idle_part_of_d():
 def test_a_bad_seed_is_one_line(seed):
     with pytest.raises(UniTuneError, match=r"^space\.vera_seed: expected an integer seed in \[0, 2\*\*31\), got "):
         SearchSpace(vera=(0, 2), vera_seed=seed)
+
+
+
+def test_the_largest_seed_builds_its_matrices():
+    """Every accepted seed seeds the generator (64 bits): the largest one gave an overflow traceback;
+    two seeds still give two different pairs."""
+    from unitune.supernet.methods.vera import random_pair
+
+    a, b = random_pair(2 ** 31 - 1, 64, 192, 4)
+    assert a.shape == (4, 64) and b.shape == (192, 4) and torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert not torch.equal(a, random_pair(0, 64, 192, 4)[0])

@@ -27,6 +27,7 @@ _API = {
     "SSFGlobalConfig": "unitune.supernet.api",
     "BitFitConfig": "unitune.supernet.api",
     "UnituneConfig": "unitune.supernet.api",
+    "config_class": "unitune.supernet.api",
     "PeftViT": "unitune.supernet",
     "SearchSpace": "unitune.supernet",
     "Subnet": "unitune.supernet",

@@ -89,7 +89,7 @@ class LoRA(Method):
     )
     always_written = True
     foldable = True
-    inject_rank = 10  # innermost: SSF on the same linear wraps it, so LoRA folds first
+    inject_rank = 10  # inside SSF and VeRA on the same linear (DoRA, 5, is innermost), so LoRA folds before SSF
     fold_rank = 10
 
     def params(self, size, block, dims, space):

@@ -52,7 +52,8 @@ def random_pair(seed: int, d_in: int, d_out: int, rank: int) -> tuple[torch.Tens
     """VeRA's frozen ``A`` (rank × d_in) and ``B`` (d_out × rank) for one shape, in float32 on the
     CPU: row k of A and column k of B are the k-th draws of one stream, so the first r rows and
     columns do not depend on ``rank``."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + d_in) * 1_000_033 + d_out)
+    # modulo 2**64: the generator takes 64 bits (every seed below ~1.8e7 keeps its matrices)
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + d_in) * 1_000_033 + d_out) % 2 ** 64)
     a, b = torch.empty(rank, d_in), torch.empty(d_out, rank)
     bound_a, bound_b = 1 / math.sqrt(d_in), 1 / math.sqrt(d_out)
     for k in range(rank):

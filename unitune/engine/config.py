@@ -220,10 +220,6 @@ def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> 
     return data
 
 
-def config_source(path: str | os.PathLike) -> str:
-    return str(Path(path))
-
-
 @dataclass(frozen=True)
 class SupernetConfig(TrainConfig):
     """Supernet training: a recipe plus how each step picks the subnet(s) it trains."""

@@ -149,6 +149,15 @@ class RunLayout:
         return self.root / EXPORT_DIR / EXPORT_MANIFEST
 
 
+def frozen_params(vit: torch.nn.Module) -> int:
+    """The backbone's parameters without its classifier heads (a distilled DeiT has two): what the
+    PEFT stages freeze, and what a budget given in per cent is a share of."""
+    from unitune.supernet.methods.vit import classifier_heads
+
+    head = {id(p) for h in classifier_heads(vit).values() for p in h.parameters()}
+    return sum(p.numel() for p in vit.parameters() if id(p) not in head)
+
+
 class RunContext:
     """A checked run config, its run folder and what the stages derive from them, each built once."""
 
@@ -229,8 +238,7 @@ class RunContext:
     @cached_property
     def frozen(self) -> int:
         """The backbone's parameters, head excluded: what the PEFT stages freeze."""
-        head = {id(p) for p in self.shapes.get_classifier().parameters()}
-        return sum(p.numel() for p in self.shapes.parameters() if id(p) not in head)
+        return frozen_params(self.shapes)
 
     @cached_property
     def device(self) -> torch.device:

@@ -315,14 +315,13 @@ def _dims(run: RunConfig):
 
 
 def _budget(run: RunConfig) -> int | None:
+    from unitune.engine.context import frozen_params
     from unitune.supernet.budget import parse_budget
 
     if run.search.budget is None:
         return None
     dims, vit = _dims(run)
-    head = {id(p) for p in vit.get_classifier().parameters()}
-    frozen = sum(p.numel() for p in vit.parameters() if id(p) not in head)
-    return parse_budget(run.search.budget, frozen, source=f"{run.source}: search.budget")
+    return parse_budget(run.search.budget, frozen_params(vit), source=f"{run.source}: search.budget")
 
 
 def _check_methods_fit(run: RunConfig, methods: Sequence[str]) -> None:
