@@ -135,8 +135,15 @@ class LoraConfig(MethodConfig):
                 raise UniTuneError(f"{where}.alpha: s = alpha / r needs one rank > 0, got r={self.r!r}; "
                                    f"give scale= for ranks per block")
             option_names()[self.option_fields["scale"]][1].check(self.alpha, f"{where}.alpha")
-            self.scale = self.alpha / self.r
+        # The fields stay as given (scale None beside alpha), so ``dataclasses.replace(c, r=4)``
+        # works and s follows the new r; s = alpha / r is worked out where it is read.
         super().__post_init__()
+
+    def space_options(self) -> dict[str, Any]:
+        options = super().space_options()
+        if self.alpha is not None:
+            options[self.option_fields["scale"]] = self.alpha / self.r
+        return options
 
 
 @dataclass(kw_only=True)

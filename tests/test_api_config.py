@@ -5,6 +5,7 @@ magnitude recomputed on another backbone, and DoRA / BitFit sharing LoRA's / SSF
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -18,8 +19,8 @@ from unitune.supernet.api import backbone_fingerprint
 from unitune.errors import UniTuneError, UniTuneWarning
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.methods import METHODS
-from unitune.supernet.peft_config import (WRITTEN, AdapterConfig, BitFitConfig, LoraConfig, MethodConfig, SSFConfig,
-                                          UnituneConfig, VPTConfig, config_class, generate_config_class,
+from unitune.supernet.peft_config import (WRITTEN, AdapterConfig, BitFitConfig, DoraConfig, LoraConfig, MethodConfig,
+                                          SSFConfig, UnituneConfig, VPTConfig, config_class, generate_config_class,
                                           method_configs)
 
 from tiny import tiny_vit
@@ -125,6 +126,41 @@ def test_options_per_block_sizes_and_blocks():
     assert space.choices("adapter") == (0, 2, 5) and space.choices("vpt") == (0, 3) and space.choices("ssf") == (0,)
     assert model.named_layers["blocks.0.lora.proj"].scale == 2.0
     assert "blocks.0.vpt" not in model.named_layers and "blocks.1.vpt" in model.named_layers
+
+
+@pytest.mark.parametrize("cls", [LoraConfig, DoraConfig])
+def test_alpha_stays_as_given_and_replace_gives_s_alpha_over_the_new_r(cls):
+    config = cls(r=8, alpha=16, targets=["qkv"])
+    assert config.alpha == 16 and config.scale is None  # the user's fields, nothing derived written back
+    smaller = dataclasses.replace(config, r=4)  # used to raise "give alpha ... or scale, not both"
+    assert smaller == cls(r=4, alpha=16, targets=["qkv"]) and smaller.scale is None
+    assert config.space_options()[f"{cls.method}_scale"] == 16 / 8
+    assert smaller.space_options()[f"{cls.method}_scale"] == 16 / 4
+    model = unitune.get_peft_model(tiny_vit(), smaller)
+    assert model.subnet.sizes(cls.method) == (4,) * DEPTH
+    assert getattr(model.space, f"{cls.method}_scale") == 4.0
+    assert model.named_layers[f"blocks.0.{cls.method}.qkv"].scale == 4.0
+    # the same model as the explicit scale s = 16 / 4: same weights, same logits
+    by_scale = unitune.get_peft_model(tiny_vit(), cls(r=4, scale=4.0, targets=["qkv"]))
+    for m in (model, by_scale):
+        perturb_peft(m)
+    with torch.no_grad():
+        assert torch.equal(model(images()), by_scale(images()))
+    with one_line(rf"^{cls.__name__}\.alpha: s = alpha / r needs one rank > 0"):
+        dataclasses.replace(config, r=[4] * DEPTH)
+
+
+def test_config_objects_round_trip_through_repr_and_compare_equal():
+    names = {c.__name__: c for c in WRITTEN} | {"UnituneConfig": UnituneConfig}
+    configs = [LoraConfig(r=8, alpha=16), DoraConfig(r=2, alpha=1.0, targets=["qkv", "fc1"]), LoraConfig(scale=0.5),
+               AdapterConfig(dim=[2, 0, 0, 5], style="parallel"), VPTConfig(tokens=3, blocks=[1, 2]), SSFConfig()]
+    for config in configs:
+        again = eval(repr(config), names)  # the repr is the constructor call that made it
+        assert again == config and repr(again) == repr(config)
+    assert "scale=None" in repr(configs[0]) and "alpha=16" in repr(configs[0])
+    assert LoraConfig(r=8, alpha=16) != LoraConfig(r=8, scale=2.0)  # equal s, different fields given
+    combined = UnituneConfig(*configs[2:])
+    assert eval(repr(combined), names) == combined
 
 
 @pytest.mark.parametrize("make,message", [
