@@ -40,7 +40,6 @@ from typing import Any, Sequence
 
 import numpy as np
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -48,13 +47,12 @@ from unitune.errors import UniTuneError
 from unitune.supernet.methods import METHODS
 
 from unitune.supernet.encoding import SubnetEncoding
-from unitune.supernet.repair import repair_indices
-from .storage import trial_storage
+from .subnet_sampler import SubnetSamplerBase
 
 ROLE_ATTR = "unitune:evolution"
 
 
-class EvolutionSampler(BaseSampler):
+class EvolutionSampler(SubnetSamplerBase):
     def __init__(
         self,
         encoding: SubnetEncoding,
@@ -81,8 +79,7 @@ class EvolutionSampler(BaseSampler):
         for key, p in (("mutation_prob", mutation_prob), ("resample_prob", resample_prob)):
             if not 0.0 <= p <= 1.0:
                 raise UniTuneError(f"sampler: evolution {key} must be in [0, 1], got {p}")
-        self.encoding = encoding
-        self.budget = budget
+        super().__init__(encoding, budget)
         self.population_size = population_size
         self.n_parents = n_parents
         self.n_mutation = n_mutation
@@ -100,14 +97,12 @@ class EvolutionSampler(BaseSampler):
     def reseed_rng(self) -> None:
         self._rng.seed()
 
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return dict(self.encoding.index_distributions)
+    def relative_space(self) -> dict[str, BaseDistribution]:
+        return self.encoding.index_distributions  # the RepairSampler hands it the study as indices
 
-    def sample_relative(
+    def sample_subnet(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        if not search_space:
-            return {}
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         if len(study.directions) != 1:
             raise UniTuneError("sampler: 'evolution' optimises a single objective")
         trials = study.get_trials(deepcopy=False)
@@ -127,16 +122,13 @@ class EvolutionSampler(BaseSampler):
         # NOAH redraws a candidate the study already holds; when its role keeps producing
         # known ones (a budget-tight parent mutated and repaired back onto itself), it falls
         # back to random candidates, as NOAH fills a short generation with random ones.
-        for attempt in range(2 * self.max_attempts):
-            if attempt == self.max_attempts:
-                role = "random"
-            candidate = self._propose(role, parents)
-            candidate, _ = repair_indices(self.encoding, candidate, self.budget)
-            if self._key(candidate) not in seen:
-                break
-        storage, trial_id = trial_storage(study, trial.number)  # a FrozenTrial has no setter
-        storage.set_trial_system_attr(trial_id, ROLE_ATTR, f"{role}@{generation}")
-        return candidate
+        def role_at(attempt: int) -> str:
+            return "random" if attempt >= self.max_attempts else role
+
+        candidate, _, attempt = self.repair_until_new(
+            lambda attempt: self._propose(role_at(attempt), parents), 2 * self.max_attempts,
+            lambda candidate: self._key(candidate) in seen)
+        return candidate, {ROLE_ATTR: f"{role_at(attempt)}@{generation}"}
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution

@@ -59,8 +59,8 @@ from unitune.errors import UniTuneError
 
 from .dedup import held_keys, params_key
 from unitune.supernet.encoding import SubnetEncoding
-from unitune.supernet.repair import repair_indices
 from .storage import WORKER_ATTR, trial_storage, worker_token
+from .subnet_sampler import SubnetSamplerBase
 
 SINGLE_OBJECTIVE = ("cmaes", "evolution")
 REPAIR_STEPS_ATTR = "unitune:repair_steps"
@@ -121,49 +121,41 @@ class IndexView:
         return self.get_trials()
 
 
-class RepairSampler(BaseSampler):
+class RepairSampler(SubnetSamplerBase):
     """Wrap ``base`` so every sampled subnet is repaired to fit ``budget`` before it is stored."""
 
     def __init__(self, base: BaseSampler, encoding: SubnetEncoding, budget: int, seed: int | None = None):
         if encoding.cost is None:
             raise ValueError("RepairSampler needs an encoding built with backbone dimensions")
+        super().__init__(encoding, budget)
         self.base = base
-        self.encoding = encoding
-        self.budget = budget
         self.seed = 0 if seed is None else int(seed)
 
     def __str__(self) -> str:
         return f"RepairSampler({self.base})"
 
-    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return dict(self.encoding.distributions)
+    def relative_space(self) -> dict[str, BaseDistribution]:
+        return self.encoding.distributions  # the sizes, as the study stores them
 
-    def sample_relative(
+    def sample_subnet(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        if not search_space:
-            return {}
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         encoding, names = self.encoding, self.encoding.names
         held = held_keys(study, names, exclude=trial.number)
         reask = isinstance(self.base, _REASKABLE)
         rng = np.random.default_rng((self.seed, trial.number))
         view = IndexView(study, encoding)
         index_space = {name: encoding.index_distributions[name] for name in search_space if name in encoding.index_distributions}
-        steps = 0
-        for attempt in range(MAX_ATTEMPTS):
+
+        def propose(attempt: int) -> dict[str, int]:
             if attempt == 0 or (reask and attempt <= BASE_RETRIES):
-                proposal = self._base_proposal(view, view.frozen(trial), index_space)
-            else:
-                proposal = {name: int(rng.integers(d.low, d.high + 1)) for name, d in encoding.index_distributions.items()}
-            indices, steps = repair_indices(encoding, proposal, self.budget, seed=(self.seed, trial.number, attempt))
-            repaired = encoding.from_indices(indices)
-            if params_key(repaired, names) not in held:
-                break
-        # A sampler is handed a FrozenTrial, which has no public setter (see trial_storage).
-        storage, trial_id = trial_storage(study, trial.number)
-        storage.set_trial_system_attr(trial_id, REPAIR_STEPS_ATTR, steps)
-        storage.set_trial_system_attr(trial_id, RESAMPLED_ATTR, attempt)
-        return repaired
+                return self._base_proposal(view, view.frozen(trial), index_space)
+            return {name: int(rng.integers(d.low, d.high + 1)) for name, d in encoding.index_distributions.items()}
+
+        indices, steps, attempt = self.repair_until_new(
+            propose, MAX_ATTEMPTS, lambda indices: params_key(encoding.from_indices(indices), names) in held,
+            seed=lambda attempt: (self.seed, trial.number, attempt))
+        return encoding.from_indices(indices), {REPAIR_STEPS_ATTR: steps, RESAMPLED_ATTR: attempt}
 
     def _base_proposal(self, study: Any, trial: FrozenTrial, search_space: dict[str, BaseDistribution]) -> dict[str, int]:
         """The base sampler's proposal, as indices, asked through the :class:`IndexView` ``study``."""
