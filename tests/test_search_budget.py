@@ -240,3 +240,45 @@ def test_budget_supernet_sampler_draws_what_the_search_evaluates():
 
 
 BUDGET_SMALL = 6000
+
+
+def test_subnet_sampler_base_repairs_redraws_while_held_and_records_its_attrs():
+    import optuna
+
+    from unitune.search.subnet_sampler import SubnetSamplerBase
+    from unitune.supernet.repair import repair_indices
+
+    space = SearchSpace(lora=(0,), adapter=(0,), vpt=(0,), ssf_global=(0,))
+    enc = SubnetEncoding(space, 4, tiny_dims())
+    all_on = {name: 1 for name in enc.names}
+    budget = 2 * SSF_BLOCK
+
+    class AllOn(SubnetSamplerBase):
+        def relative_space(self):
+            return enc.distributions
+
+        def sample_subnet(self, study, trial, search_space):
+            asked = []
+            indices, steps, attempt = self.repair_until_new(
+                lambda a: asked.append(a) or all_on, 5, lambda ix: len(asked) < 3, seed=lambda a: (9, a))
+            return enc.from_indices(indices), {"test:steps": steps, "test:attempt": attempt, "test:asked": asked}
+
+        def sample_independent(self, study, trial, name, distribution):
+            raise AssertionError(f"{name} is in the relative space")
+
+    sampler = AllOn(enc, budget)
+    everything_held = sampler.repair_until_new(lambda a: all_on, 4, lambda ix: True, seed=lambda a: (9, a))
+    assert everything_held == (*repair_indices(enc, all_on, budget, seed=(9, 3)), 3)  # the last attempt is kept
+    nothing_held = sampler.repair_until_new(lambda a: all_on, 4, lambda ix: False, seed=lambda a: (9, a))
+    assert nothing_held == (*repair_indices(enc, all_on, budget, seed=(9, 0)), 0)
+    assert nothing_held[1] == 2 and enc.n_params_at(nothing_held[0]) == budget  # two SSF blocks cut
+
+    study = optuna.create_study(sampler=sampler)
+    trial = study.ask()
+    assert sampler.infer_relative_search_space(study, study.trials[0]) == enc.distributions
+    params = {name: trial.suggest_categorical(name, d.choices) for name, d in enc.distributions.items()}
+    indices, steps = repair_indices(enc, all_on, budget, seed=(9, 2))  # attempts 0 and 1 were "held"
+    assert params == enc.from_indices(indices)
+    attrs = study.trials[0].system_attrs
+    assert (attrs["test:steps"], attrs["test:attempt"], attrs["test:asked"]) == (steps, 2, [0, 1, 2])
+    assert sampler.sample_relative(study, study.trials[0], {}) == {}  # nothing searched: nothing drawn
