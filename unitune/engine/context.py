@@ -39,6 +39,7 @@ from .train import STATE_FILE, pick_device  # STATE_FILE: a checkpoint folder's 
 SUMMARY_FILE = "run_summary.json"
 PRETRAIN_DIR = "pretrain"
 PRETRAIN_WEIGHTS = "backbone.safetensors"  # inside PRETRAIN_DIR
+PRETRAIN_LOG = "log.jsonl"  # inside PRETRAIN_DIR
 SUPERNET_FILE = "supernet.safetensors"
 SUPERNET_CKPT = "supernet_ckpt"
 SUPERNET_LOG = "supernet_log.jsonl"
@@ -52,7 +53,7 @@ RETRAIN_CKPT = "retrain_ckpt"
 RETRAIN_LOG = "retrain_log.jsonl"
 RETRAIN_RESULT = "retrain_result.json"
 EXPORT_DIR = "export"
-EXPORT_MANIFEST = "unitune.json"  # inside EXPORT_DIR
+EXPORT_MANIFEST = "unitune.json"  # inside EXPORT_DIR: the manifest unitune.retrain.export writes and reads
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class RunLayout:
     @property
     def pretrain_weights(self) -> Path:
         return self.root / PRETRAIN_DIR / PRETRAIN_WEIGHTS
+
+    @property
+    def pretrain_log(self) -> Path:
+        return self.root / PRETRAIN_DIR / PRETRAIN_LOG
 
     @property
     def supernet(self) -> Path:
@@ -165,6 +170,7 @@ class RunContext:
         self.run = run
         self.layout = RunLayout(Path(out))
         self._budgets: dict[Any, int] = {}
+        self._dims: dict[int, Any] = {}  # dims_for's, by head size
         self._once: dict[Any, Any] = {}
 
     @classmethod
@@ -176,15 +182,22 @@ class RunContext:
             raise TypeError("RunContext.of: a RunConfig needs its run folder")
         return cls(run, out)
 
-    def moved(self, out: str | os.PathLike) -> "RunContext":
-        """This context for another run folder: what the config alone decides and this context has
-        built (space, shapes, dims, frozen count, device, budgets) is shared; what depends on the
-        folder (the search's checked settings: its default storage) is not."""
-        other = RunContext(self.run, out)
+    def moved(self, out: str | os.PathLike, run: RunConfig | None = None) -> "RunContext":
+        """This context for another run folder (and for ``run``, where given): what the config
+        alone decides and this context has built (space, shapes, dims, frozen count, device,
+        budgets) is shared; what depends on the folder (the search's checked settings: its default
+        storage) is not. ``run`` may differ from this context's config only in what none of the
+        shared values reads (the data, the stages' recipes and seeds: compare's tasks and seeds);
+        another model, space or device is refused."""
+        if run is not None and (run.model, run.space, run.device) != (self.run.model, self.run.space, self.run.device):
+            raise ValueError(f"RunContext.moved: {run.source} has another model, space or device than "
+                             f"{self.run.source}; build a RunContext of its own")
+        other = RunContext(self.run if run is None else run, out)
         for name in ("space", "shapes", "dims", "frozen", "device"):
             if name in self.__dict__:
                 other.__dict__[name] = self.__dict__[name]
         other._budgets = self._budgets
+        other._dims = self._dims
         return other
 
     @property
@@ -219,7 +232,9 @@ class RunContext:
         """``dims`` with a head of ``num_classes`` (the data decides it; counts with the head read it)."""
         if num_classes == self.dims.num_classes:
             return self.dims
-        return self.once(("dims", num_classes), lambda: self._dims_for(num_classes))
+        if num_classes not in self._dims:
+            self._dims[num_classes] = self._dims_for(num_classes)
+        return self._dims[num_classes]
 
     def _dims_for(self, num_classes: int):
         import copy
