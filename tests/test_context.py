@@ -178,12 +178,20 @@ def test_compare_builds_the_space_and_the_shapes_once_per_plan_not_per_cell(tmp_
         mp.setattr(unitune.retrain.train, "retrain", retrain)
         plan = plan_compare(config, tmp_path / "run", tasks=tasks, seeds=seeds, methods=methods, quick=True)
         rows = [run_cell(plan, *cell) for cell in plan.cells]
+        # with a search row, the plan checks the search on a context moved from the task's: what
+        # that check builds serves the cells too
+        searched = plan_compare(config, tmp_path / "searched", tasks=tasks[:1], seeds=(0,), methods=("lora", "search"),
+                                quick=True)
+        run_cell(searched, tasks[0], "lora", 0)
     # Before (63f5bb1): the plan built the space 3 times and the shapes twice, and its 20 cells the
     # space 16 times more, the shapes 36 times and the trainval split (for its class count) 36 times.
     assert len(rows) == len(plan.cells) == 20
-    assert counts["space"] == 1  # load_run_config checks the space built; every context keeps that one
-    assert counts["shapes"] == 1  # the tasks share one model: one shapes-only backbone for the plan
-    assert counts["trainval"] == len(tasks)  # the plan's index check, which also gives the class count
+    # load_run_config checks the space built; every context keeps that one (one per plan)
+    assert counts["space"] == 2
+    assert counts["shapes"] == 2  # the tasks share one model: one shapes-only backbone per plan
+    assert counts["trainval"] == len(tasks) + 1  # the plan's index check, which also gives the class count
+    assert contexts[-1].shapes is searched.context(tasks[0]).shapes
+    contexts.pop()
     assert all(ctx.shapes is plan.context("count").shapes and ctx.space is plan.context("count").space
                for ctx in contexts)
     assert [ctx.out for ctx in contexts] == [plan.cell_dir(*cell) for cell in plan.cells]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -169,8 +168,11 @@ class RunContext:
     def __init__(self, run: RunConfig, out: str | os.PathLike):
         self.run = run
         self.layout = RunLayout(Path(out))
+        # What the config alone decides (space, shapes, dims, frozen count, device; budgets; dims
+        # by head size): one store that every context moved from this one shares.
+        self._built: dict[str, Any] = {}
         self._budgets: dict[Any, int] = {}
-        self._dims: dict[int, Any] = {}  # dims_for's, by head size
+        self._dims: dict[int, Any] = {}
         self._once: dict[Any, Any] = {}
 
     @classmethod
@@ -184,8 +186,8 @@ class RunContext:
 
     def moved(self, out: str | os.PathLike, run: RunConfig | None = None) -> "RunContext":
         """This context for another run folder (and for ``run``, where given): what the config
-        alone decides and this context has built (space, shapes, dims, frozen count, device,
-        budgets) is shared; what depends on the folder (the search's checked settings: its default
+        alone decides (space, shapes, dims, frozen count, device, budgets) is shared, built by
+        either context, before or after the move; what depends on the folder (the search's checked settings: its default
         storage) is not. ``run`` may differ from this context's config only in what none of the
         shared values reads (the data, the stages' recipes and seeds: compare's tasks and seeds);
         another model, space or device is refused."""
@@ -193,9 +195,7 @@ class RunContext:
             raise ValueError(f"RunContext.moved: {run.source} has another model, space or device than "
                              f"{self.run.source}; build a RunContext of its own")
         other = RunContext(self.run if run is None else run, out)
-        for name in ("space", "shapes", "dims", "frozen", "device"):
-            if name in self.__dict__:
-                other.__dict__[name] = self.__dict__[name]
+        other._built = self._built
         other._budgets = self._budgets
         other._dims = self._dims
         return other
@@ -208,25 +208,33 @@ class RunContext:
     def source(self) -> str:
         return self.run.source
 
-    @cached_property
+    def _shared(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._built:
+            self._built[name] = build()
+        return self._built[name]
+
+    @property
     def space(self):
+        return self._shared("space", self._space)
+
+    def _space(self):
         from unitune.supernet.space import SearchSpace
 
         if self.run.search_space is not None:  # built when the config was checked
             return self.run.search_space
         return SearchSpace.from_dict(self.run.space, source=f"{self.run.source}: space")
 
-    @cached_property
+    @property
     def shapes(self) -> torch.nn.Module:
         """The backbone on the meta device (its head's size is immaterial: ``frozen`` excludes it)."""
         m = self.run.model
-        return create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True)
+        return self._shared("shapes", lambda: create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True))
 
-    @cached_property
+    @property
     def dims(self):
         from unitune.supernet.methods.dims import BackboneDims
 
-        return BackboneDims.from_model(self.shapes)
+        return self._shared("dims", lambda: BackboneDims.from_model(self.shapes))
 
     def dims_for(self, num_classes: int):
         """``dims`` with a head of ``num_classes`` (the data decides it; counts with the head read it)."""
@@ -250,14 +258,14 @@ class RunContext:
     def depth(self) -> int:
         return self.dims.depth
 
-    @cached_property
+    @property
     def frozen(self) -> int:
         """The backbone's parameters, head excluded: what the PEFT stages freeze."""
-        return frozen_params(self.shapes)
+        return self._shared("frozen", lambda: frozen_params(self.shapes))
 
-    @cached_property
+    @property
     def device(self) -> torch.device:
-        return pick_device(self.run.device)
+        return self._shared("device", lambda: pick_device(self.run.device))
 
     def budget(self, value: str | int, where: str = "budget") -> int:
         """``value`` (``0.4M``, ``0.5%``, 400000) as a parameter count, parsed once per value;
