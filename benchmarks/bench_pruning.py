@@ -216,7 +216,7 @@ def suite_task(suite: Path, task: str, scratch: Path, device: str = "cpu"):
     import yaml
 
     from unitune.engine.config import load_run_config
-    from unitune.engine.supernet_train import SUPERNET_FILE
+    from unitune.engine.context import SUPERNET_FILE
 
     src, out = suite / "tasks" / task, scratch / task
     out.mkdir(parents=True, exist_ok=True)

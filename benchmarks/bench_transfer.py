@@ -34,10 +34,9 @@ from common import add_common_args, default_workdir, demo_overrides, demo_run, d
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import load_run_config
 from unitune.commands.compare import full_finetune  # the same loop as `unitune compare`'s full fine-tuning rows
-from unitune.engine.pretrain import PRETRAIN_DIR
+from unitune.engine.context import PRETRAIN_DIR, SUPERNET_FILE
 from unitune.retrain.train import retrain
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
-from unitune.engine.supernet_train import SUPERNET_FILE
 
 SINGLE = ("lora", "adapter", "vpt", "ssf")
 

@@ -126,16 +126,18 @@ def demo_run(out: str | Path, overrides: list[str], progress: bool = False):
     """The demo config with ``overrides``, its backbone pretrained and its supernet trained into
     ``out`` (each skipped when already there): ``(run_config, out)``."""
     from unitune.engine.config import load_run_config
-    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
-    from unitune.engine.supernet_train import CKPT_DIR, SUPERNET_FILE, train_supernet
+    from unitune.engine.context import RunLayout
+    from unitune.engine.pretrain import pretrain
+    from unitune.engine.supernet_train import train_supernet
 
     out = Path(out)
+    layout = RunLayout(out)
     run = load_run_config(DEMO_CONFIG, overrides)
     started = time.perf_counter()
-    if not (out / PRETRAIN_DIR / WEIGHTS_FILE).is_file():
+    if not layout.pretrain_weights.is_file():
         pretrain(run, out, progress=progress)
-    if not (out / SUPERNET_FILE).is_file():
-        train_supernet(run, out, resume=(out / CKPT_DIR / "state.pt").exists(), progress=progress)
+    if not layout.supernet.is_file():
+        train_supernet(run, out, resume=layout.supernet_state.exists(), progress=progress)
     took = time.perf_counter() - started
     if took > 1:
         print(f"demo run prepared in {out} ({took:.0f} s)")
@@ -163,7 +165,8 @@ def random_supernet_run(backbone: str, out: str | Path, images: int, batch: int,
     from unitune.data import build_dataset, resolve_data_config
     from unitune.io import write_yaml_atomic
     from unitune.supernet.store import save_supernet
-    from unitune.engine.supernet_train import SUPERNET_FILE, build_model
+    from unitune.engine.context import SUPERNET_FILE
+    from unitune.engine.supernet_train import build_model
 
     out = Path(out)
     name, kwargs = TINY if backbone == "tiny" else (backbone, {})

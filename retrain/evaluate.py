@@ -19,6 +19,7 @@ from unitune.data import DataConfig, build_dataset, build_loader, build_transfor
 from unitune.checks import check_input_file, check_output_dir
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path, inside, write_json_atomic
+from unitune.engine.context import EXPORT_MANIFEST
 from unitune.engine.train import evaluate, pick_device, round_metric
 
 from .export import load_export
@@ -31,7 +32,7 @@ def export_data_config(manifest: dict[str, Any], data: DataConfig | None, folder
     recorded = (manifest.get("provenance") or {}).get("data")
     if not recorded:
         raise UniTuneError(f"{folder}: the manifest records no data section; give --config with a data section")
-    return DataConfig.from_dict(recorded, source=f"{folder}/unitune.json: provenance.data")
+    return DataConfig.from_dict(recorded, source=f"{folder}/{EXPORT_MANIFEST}: provenance.data")
 
 
 def evaluate_export(folder: str | os.PathLike, data: DataConfig | None = None, split: str = "test",

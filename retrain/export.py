@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from unitune.data.transforms import check_data_config
+from unitune.engine.context import EXPORT_MANIFEST  # the manifest's file name, named with the run folder's
 from unitune.errors import UniTuneError
 from unitune.io import read_json, remove_stale_temps, stale_temps, temp_prefix
 from unitune.schema import Key, check_record, digest, equals, json_key, version
@@ -51,7 +52,6 @@ from unitune.supernet.merge import MergedModel, add_params, merge, unmerged_subn
 FORMAT = "unitune-export"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "unitune.json"
 
 # Top-level manifest keys, their JSON types (null only for class_names) and constraints.
 MANIFEST_KEYS: dict[str, Key] = {
@@ -174,7 +174,7 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     folder = Path(folder)
     _recover_killed_swap(folder)
     if folder.exists() and not (
-        folder.is_dir() and ((folder / MANIFEST_FILE).is_file() or not any(folder.iterdir()))
+        folder.is_dir() and ((folder / EXPORT_MANIFEST).is_file() or not any(folder.iterdir()))
     ):
         raise UniTuneError(f"{folder}: exists and is not a unitune export; refusing to replace it")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def _recover_killed_swap(folder: Path) -> None:
     (``.NAME.<host>-<pid>.<random>.old``) but no new one moved in is put back; one whose
     replacement did arrive is removed."""
     for old in sorted(stale_temps(folder, suffix=".old"), key=lambda p: p.stat().st_mtime):
-        if not folder.exists() and (old / MANIFEST_FILE).is_file():
+        if not folder.exists() and (old / EXPORT_MANIFEST).is_file():
             os.replace(old, folder)
         else:
             _remove(old)
@@ -244,7 +244,7 @@ def save_export(folder: str | os.PathLike, model: nn.Module, manifest: Mapping[s
             "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
             "bytes": weights.stat().st_size,
         }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -275,9 +275,9 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise UniTuneError(f"{folder}: export folder not found")
-    path = folder / MANIFEST_FILE
+    path = folder / EXPORT_MANIFEST
     if not path.is_file():
-        raise UniTuneError(f"{path}: file missing; an export folder holds {MANIFEST_FILE} and {WEIGHTS_FILE}")
+        raise UniTuneError(f"{path}: file missing; an export folder holds {EXPORT_MANIFEST} and {WEIGHTS_FILE}")
     _refuse_escaping_link(folder, path)
     manifest = check_record(read_json(path), MANIFEST_KEYS, str(path))
     names = manifest["class_names"]
@@ -307,7 +307,7 @@ def _parse_structure(manifest: Mapping[str, Any], path: Path) -> tuple[Subnet, S
     return subnet, space, unmerged
 
 
-def build_model(manifest: Mapping[str, Any], source: str | os.PathLike = MANIFEST_FILE) -> nn.Module:
+def build_model(manifest: Mapping[str, Any], source: str | os.PathLike = EXPORT_MANIFEST) -> nn.Module:
     """The module (random weights) an export's weights fit: timm backbone, added parameters, and
     a :class:`PeftViT` shell when Adapters or VPT stay unmerged."""
     path = Path(source)
@@ -371,7 +371,7 @@ def load_export(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     manifest = read_manifest(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
-        raise UniTuneError(f"{weights}: file missing; an export folder holds {MANIFEST_FILE} and {WEIGHTS_FILE}")
+        raise UniTuneError(f"{weights}: file missing; an export folder holds {EXPORT_MANIFEST} and {WEIGHTS_FILE}")
     _refuse_escaping_link(folder, weights)
     data = weights.read_bytes()  # hash and parse the same bytes: nothing can change in between
     want, got = manifest["weights"]["sha256"], hashlib.sha256(data).hexdigest()
@@ -390,10 +390,10 @@ def load_export(folder: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     # initialisation (seconds for a ViT-B) is skipped. A module with a tensor that is not in the
     # state dict (a non-persistent buffer) would be left on meta; such a model is built for real.
     with torch.device("meta"):
-        model = build_model(manifest, folder / MANIFEST_FILE)
+        model = build_model(manifest, folder / EXPORT_MANIFEST)
     _load_strict(model, state, weights)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        model = build_model(manifest, folder / MANIFEST_FILE)
+        model = build_model(manifest, folder / EXPORT_MANIFEST)
         _load_strict(model, state, weights)
     return model.eval(), manifest
 

@@ -21,7 +21,7 @@ import torch
 
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.engine.config import RunConfig
-from unitune.engine.context import EXPORT_DIR, RETRAIN_CKPT, RETRAIN_LOG, RETRAIN_RESULT, RunContext
+from unitune.engine.context import EXPORT_DIR, RunContext
 from unitune.engine.subnet_model import backbone_weights, build_subnet_model, retrain_fingerprint
 from unitune.engine.supernet_train import changed_keys
 from unitune.errors import UniTuneError
@@ -38,9 +38,6 @@ from unitune.engine.train import (
 from unitune.weights import check_tensor
 
 from .export import export_model
-
-# The names other modules import from here (unitune/engine/context.py names every file of a run folder).
-CKPT_DIR, LOG_FILE, RESULT_FILE, EXPORT_DIR = RETRAIN_CKPT, RETRAIN_LOG, RETRAIN_RESULT, EXPORT_DIR
 
 
 def check_init_source(run: RunConfig) -> None:

@@ -307,7 +307,8 @@ def _tiny_suite(root: Path, task: str) -> Path:
     from unitune.data import build_dataset, resolve_data_config
     from unitune.io import write_json_atomic, write_yaml_atomic
     from unitune.supernet.store import save_supernet
-    from unitune.engine.supernet_train import SUPERNET_FILE, build_model
+    from unitune.engine.context import SUPERNET_FILE
+    from unitune.engine.supernet_train import build_model
 
     folder = root / "tasks" / task
     cfg = {"name": f"tiny-{task}", "device": "cpu",

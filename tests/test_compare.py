@@ -22,6 +22,7 @@ from unitune.commands.compare import report as compare_report
 from unitune.commands.compare import run as compare_run
 from unitune.data import DataConfig, build_dataset
 from unitune.data.minivtab import MiniVtabDataset
+from unitune.errors import UniTuneError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "minivtab.yaml"
@@ -338,15 +339,15 @@ def test_the_tau_column_says_why_there_is_no_tau():
     def meta(k, fitness="supernet"):
         return {"kendall_tau": k["tau"], "kendall_n": k["n"], "kendall_ci95": k["ci95"], "fitness": fitness}
 
-    assert compare._tau_text(meta(kendall([0.5, 0.6], [0.4, 0.7]))) == "undefined (n=2: fewer than 3 subnets)"
-    assert compare._tau_text(meta(kendall([0.5, 0.6, 0.7], [0.4, 0.4, 0.4]))) == \
+    assert compare_report._tau_text(meta(kendall([0.5, 0.6], [0.4, 0.7]))) == "undefined (n=2: fewer than 3 subnets)"
+    assert compare_report._tau_text(meta(kendall([0.5, 0.6, 0.7], [0.4, 0.4, 0.4]))) == \
         "undefined (n=3: the inherited or the stand-alone scores all equal)"
-    assert compare._tau_text(meta(kendall([0.5, 0.5, 0.5], [0.4, 0.6, 0.5]))).startswith("undefined (n=3: ")
+    assert compare_report._tau_text(meta(kendall([0.5, 0.5, 0.5], [0.4, 0.6, 0.5]))).startswith("undefined (n=3: ")
     k = kendall([0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.5, 0.9])
-    assert compare._tau_text(meta(k)) == f"{k['tau']:.2f} (n=4, 95% CI [{k['ci95'][0]:.2f}, {k['ci95'][1]:.2f}])"
+    assert compare_report._tau_text(meta(k)) == f"{k['tau']:.2f} (n=4, 95% CI [{k['ci95'][0]:.2f}, {k['ci95'][1]:.2f}])"
     none = {"kendall_tau": None, "kendall_n": None, "kendall_ci95": None}  # a pick's meta without a re-rank
-    assert compare._tau_text({**none, "fitness": "supernet"}) == "n/a (no re-rank)"
-    assert compare._tau_text({**none, "fitness": "standalone"}) == \
+    assert compare_report._tau_text({**none, "fitness": "supernet"}) == "n/a (no re-rank)"
+    assert compare_report._tau_text({**none, "fitness": "standalone"}) == \
         "n/a (stand-alone fitness: no supernet ranking to check)"
 
 
@@ -657,7 +658,7 @@ def test_minivtab_tasks_have_vtab_sizes_and_disjoint_sources():
     # The digits of the test split are scans that no train or val item uses.
     used = {s: {_digit_index(s, k) for k in range(n)} for s, n in (("train", 800), ("val", 200), ("test", 1000))}
     assert not used["test"] & (used["train"] | used["val"]) and not used["train"] & used["val"]
-    with pytest.raises(compare.UniTuneError, match="split_sizes: expected three integers"):
+    with pytest.raises(UniTuneError, match="split_sizes: expected three integers"):
         DataConfig.from_dict({"source": "minivtab", "task": "count", "split_sizes": [800, 200]})
 
 

@@ -141,3 +141,77 @@ def test_the_frozen_count_leaves_out_every_classifier_head_a_distilled_deit_incl
         by_hand = sum(p.numel() for p in vit.parameters()) - sum(p.numel() for h in heads for p in h.parameters())
         assert frozen_params(vit) == by_hand
         assert len(heads) == (2 if "distilled" in name else 1)
+
+
+def test_compare_builds_the_space_and_the_shapes_once_per_plan_not_per_cell(tmp_path, monkeypatch):
+    """`unitune compare --quick`'s plan and its cells up to their retraining (stubbed: what the
+    cells train is tests/test_compare.py's) share one context per task: the tasks' one space, one
+    shapes-only backbone, one trainval index per task, and every single-method row's size the
+    largest uniform one within the budget, as a real backbone with the task's head counts it."""
+    from pathlib import Path
+
+    import unitune.commands.compare.run  # noqa: F401 (imported before the counters go in)
+    import unitune.data
+    import unitune.retrain.train
+    from unitune.commands.compare import plan_compare, run_cell
+    from unitune.supernet import Subnet, count_params
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "minivtab.yaml"
+    tasks, methods, seeds = ("count", "terrain"), ("linear", "lora", "adapter", "vpt", "ssf"), (0, 1)
+    counts: collections.Counter = collections.Counter()
+    contexts = []
+
+    def retrain(ctx, path, out, **kwargs):  # the cell's context, as retrain would get it
+        contexts.append(ctx)
+        return {"test_accuracy": 0.5, "test_images": 1, "params": {"trainable_params": 0, "trainable_params_with_head": 1}}
+
+    with pytest.MonkeyPatch.context() as mp:
+        from_dict = SearchSpace.from_dict.__func__
+
+        def counted_from_dict(cls, data, source="space"):
+            counts["space"] += 1
+            return from_dict(cls, data, source)
+
+        mp.setattr(SearchSpace, "from_dict", classmethod(counted_from_dict))
+        _count_calls(mp, counts, unitune.engine.backbone.create_backbone, "shapes", lambda a, k: k.get("meta", False))
+        _count_calls(mp, counts, unitune.data.build_dataset, "trainval", lambda a, k: a[1] == "trainval")
+        mp.setattr(unitune.retrain.train, "retrain", retrain)
+        plan = plan_compare(config, tmp_path / "run", tasks=tasks, seeds=seeds, methods=methods, quick=True)
+        rows = [run_cell(plan, *cell) for cell in plan.cells]
+        # with a search row, the plan checks the search on a context moved from the task's: what
+        # that check builds serves the cells too
+        searched = plan_compare(config, tmp_path / "searched", tasks=tasks[:1], seeds=(0,), methods=("lora", "search"),
+                                quick=True)
+        run_cell(searched, tasks[0], "lora", 0)
+    # Before (63f5bb1): the plan built the space 3 times and the shapes twice, and its 20 cells the
+    # space 16 times more, the shapes 36 times and the trainval split (for its class count) 36 times.
+    assert len(rows) == len(plan.cells) == 20
+    # load_run_config checks the space built; every context keeps that one (one per plan)
+    assert counts["space"] == 2
+    assert counts["shapes"] == 2  # the tasks share one model: one shapes-only backbone per plan
+    assert counts["trainval"] == len(tasks) + 1  # the plan's index check, which also gives the class count
+    assert contexts[-1].shapes is searched.context(tasks[0]).shapes
+    contexts.pop()
+    assert all(ctx.shapes is plan.context("count").shapes and ctx.space is plan.context("count").space
+               for ctx in contexts)
+    assert [ctx.out for ctx in contexts] == [plan.cell_dir(*cell) for cell in plan.cells]
+    assert [ctx.run.retrain.seed for ctx in contexts] == [s for _ in tasks for _ in methods for s in seeds]
+
+    # The sizes against a second computation: a real backbone with the task's head, the space built anew.
+    run = plan.task_runs["count"]
+    space = SearchSpace.from_dict(run.space)
+    for task in tasks:
+        classes = unitune.data.build_dataset(plan.task_runs[task].data, "trainval", None).num_classes
+        real = create_backbone(run.model.backbone, classes, kwargs=run.model.kwargs)
+        dims = BackboneDims.from_model(real)
+        frozen = sum(p.numel() for p in real.parameters()) - sum(p.numel() for p in real.get_classifier().parameters())
+        budget = unitune.supernet.budget.parse_budget(run.search.budget, frozen)
+        for method in methods[1:]:
+            companions = space.choices("ssf_global") if method == "ssf" else [None]
+            options = [Subnet.uniform(dims.depth, **{method: size}, **({} if g is None else {"ssf_global": g}))
+                       for size in space.choices(method) if size for g in companions]
+            best = max((o for o in options if count_params(o, dims, space).total <= budget),
+                       key=lambda o: count_params(o, dims, space).total)
+            for seed in seeds:
+                saved = Subnet.load(plan.cell_dir(task, method, seed) / "subnet.yaml")
+                assert saved.to_dict() == best.to_dict(), (task, method, seed)

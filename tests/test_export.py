@@ -13,10 +13,11 @@ import safetensors.torch
 import timm
 import torch
 
+from unitune.engine.context import EXPORT_MANIFEST
 from unitune.errors import UniTuneError
 from unitune.retrain import export as export_mod
 from unitune.retrain.export import (
-    FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, build_manifest, export_model, load_export, load_model,
+    FORMAT_VERSION, WEIGHTS_FILE, build_manifest, export_model, load_export, load_model,
     save_export,
 )
 from unitune.supernet.merge import merge
@@ -65,7 +66,7 @@ def test_export_reload_same_model_and_logits(tmp_path, variant, mix):
     assert manifest["params"]["model"] == sum(p.numel() for p in loaded.parameters())
     data = (folder / WEIGHTS_FILE).read_bytes()
     assert manifest["weights"]["sha256"] == hashlib.sha256(data).hexdigest()
-    assert sorted(p.name for p in folder.iterdir()) == sorted([MANIFEST_FILE, WEIGHTS_FILE])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([EXPORT_MANIFEST, WEIGHTS_FILE])
 
     # The weights file is plain safetensors, readable without unitune.
     state = safetensors.torch.load_file(folder / WEIGHTS_FILE)
@@ -174,7 +175,7 @@ def good(tmp_path):
 
 
 def edit_manifest(folder, change):
-    path = folder / MANIFEST_FILE
+    path = folder / EXPORT_MANIFEST
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
@@ -186,7 +187,7 @@ def test_missing_folder_and_files(tmp_path, good):
     (good / WEIGHTS_FILE).rename(tmp_path / "w")
     with pytest.raises(UniTuneError, match=r"model\.safetensors: file missing"):
         load_export(good)
-    (good / MANIFEST_FILE).unlink()
+    (good / EXPORT_MANIFEST).unlink()
     with pytest.raises(UniTuneError, match=r"unitune\.json: file missing"):
         load_model(good)
 
@@ -224,10 +225,10 @@ def test_tampered_manifest(good, change, fragment):
 
 
 def test_invalid_json(good):
-    (good / MANIFEST_FILE).write_text('{"format_version": 1,')
+    (good / EXPORT_MANIFEST).write_text('{"format_version": 1,')
     with pytest.raises(UniTuneError, match=r"unitune\.json: invalid JSON"):
         load_export(good)
-    (good / MANIFEST_FILE).write_text("[1, 2]")
+    (good / EXPORT_MANIFEST).write_text("[1, 2]")
     with pytest.raises(UniTuneError, match="expected a JSON object, got list"):
         load_export(good)
 

@@ -29,7 +29,8 @@ from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 from unitune.supernet import BackboneDims, SearchSpace, Subnet, count_params
 from unitune.supernet.sampler import SubnetSampler
-from unitune.engine.supernet_train import CKPT_DIR, LOG_FILE, SUPERNET_FILE, build_model
+from unitune.engine.context import SUPERNET_CKPT, SUPERNET_FILE, SUPERNET_LOG
+from unitune.engine.supernet_train import build_model
 from unitune.engine.train import check_finite, load_checkpoint, save_checkpoint, seed_everything
 
 from tiny import tiny_vit
@@ -71,7 +72,7 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def log_lines(out: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (out / LOG_FILE).read_text().splitlines() if ln.strip()]
+    return [json.loads(ln) for ln in (out / SUPERNET_LOG).read_text().splitlines() if ln.strip()]
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -107,7 +108,7 @@ def reference(tmp_path_factory) -> Path:
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, reference):
     cfg, out = write_config(tmp_path / "tiny.yaml"), tmp_path / "out"
-    ckpt = out / CKPT_DIR / "state.pt"
+    ckpt = out / SUPERNET_CKPT / "state.pt"
     # checkpoint_every does not change what is trained (a resume may even change it); every 3
     # steps, so the kill usually also throws away steps done after the last checkpoint.
     args = ["--config", str(cfg), "--out", str(out), "supernet.checkpoint_every=3"]
@@ -133,7 +134,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, reference)
     assert killed_at is not None, f"the run ended (rc {proc.returncode}) before a mid-epoch checkpoint: {stderr}"
     assert proc.returncode == -signal.SIGKILL
     assert not (out / SUPERNET_FILE).exists()
-    _, state = load_checkpoint(out / CKPT_DIR)
+    _, state = load_checkpoint(out / SUPERNET_CKPT)
     assert 1 <= state["epoch"] < EPOCHS and 0 < state["step"] < STEPS  # mid-epoch
     assert [r["epoch"] for r in log_lines(out)] in ([0], [0, 1])
 
@@ -202,7 +203,7 @@ def test_vit_b16_checkpoint_holds_no_backbone_tensor(tmp_path):
     n = count_params(Subnet.largest(space, 12), BackboneDims.from_model(vit), space).with_head  # analytic
     assert 800_000 < n < 900_000
 
-    folder = out / CKPT_DIR
+    folder = out / SUPERNET_CKPT
     assert sorted(p.name for p in folder.iterdir()) == ["state.pt", "weights.safetensors"]
     weights = tensors(folder / "weights.safetensors")
     assert not frozen & weights.keys()
@@ -296,8 +297,8 @@ def test_non_finite_training_stops_and_keeps_last_good_checkpoint(tmp_path, monk
     assert "epoch 1 step 2:" in line and "finite" in line and "learning rate" in line
     assert len(saved) == 1
     assert not (out / SUPERNET_FILE).exists()
-    assert not (out / LOG_FILE).exists() or log_lines(out) == []
-    weights, state = load_checkpoint(out / CKPT_DIR)
+    assert not (out / SUPERNET_LOG).exists() or log_lines(out) == []
+    weights, state = load_checkpoint(out / SUPERNET_CKPT)
     last, epoch, step = saved[-1]
     assert (state["epoch"], state["step"]) == (epoch, step) == (0, 1)
     assert weights.keys() == last.keys()
@@ -376,7 +377,7 @@ def test_resume_with_changed_config_is_refused_and_changes_nothing(tmp_path, cap
     cfg = write_config(tmp_path / "tiny.yaml")
     assert unitune("--config", str(cfg), "--out", str(out), "--resume", "supernet.lr=0.02") == 2
     line = one_error_line(capsys)
-    assert str(out / CKPT_DIR) in line and "supernet.lr: 0.01 -> 0.02" in line
+    assert str(out / SUPERNET_CKPT) in line and "supernet.lr: 0.01 -> 0.02" in line
     assert snapshot(out) == before
     # Settings that do not change the result may differ (another machine, another interval).
     assert unitune("--config", str(cfg), "--out", str(out), "--resume", "data.num_workers=1",

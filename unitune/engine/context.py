@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ from .train import STATE_FILE, pick_device  # STATE_FILE: a checkpoint folder's 
 SUMMARY_FILE = "run_summary.json"
 PRETRAIN_DIR = "pretrain"
 PRETRAIN_WEIGHTS = "backbone.safetensors"  # inside PRETRAIN_DIR
+PRETRAIN_LOG = "log.jsonl"  # inside PRETRAIN_DIR
 SUPERNET_FILE = "supernet.safetensors"
 SUPERNET_CKPT = "supernet_ckpt"
 SUPERNET_LOG = "supernet_log.jsonl"
@@ -52,7 +52,7 @@ RETRAIN_CKPT = "retrain_ckpt"
 RETRAIN_LOG = "retrain_log.jsonl"
 RETRAIN_RESULT = "retrain_result.json"
 EXPORT_DIR = "export"
-EXPORT_MANIFEST = "unitune.json"  # inside EXPORT_DIR
+EXPORT_MANIFEST = "unitune.json"  # inside EXPORT_DIR: the manifest unitune.retrain.export writes and reads
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ class RunLayout:
     @property
     def pretrain_weights(self) -> Path:
         return self.root / PRETRAIN_DIR / PRETRAIN_WEIGHTS
+
+    @property
+    def pretrain_log(self) -> Path:
+        return self.root / PRETRAIN_DIR / PRETRAIN_LOG
 
     @property
     def supernet(self) -> Path:
@@ -164,7 +168,11 @@ class RunContext:
     def __init__(self, run: RunConfig, out: str | os.PathLike):
         self.run = run
         self.layout = RunLayout(Path(out))
+        # What the config alone decides (space, shapes, dims, frozen count, device; budgets; dims
+        # by head size): one store that every context moved from this one shares.
+        self._built: dict[str, Any] = {}
         self._budgets: dict[Any, int] = {}
+        self._dims: dict[int, Any] = {}
         self._once: dict[Any, Any] = {}
 
     @classmethod
@@ -176,15 +184,20 @@ class RunContext:
             raise TypeError("RunContext.of: a RunConfig needs its run folder")
         return cls(run, out)
 
-    def moved(self, out: str | os.PathLike) -> "RunContext":
-        """This context for another run folder: what the config alone decides and this context has
-        built (space, shapes, dims, frozen count, device, budgets) is shared; what depends on the
-        folder (the search's checked settings: its default storage) is not."""
-        other = RunContext(self.run, out)
-        for name in ("space", "shapes", "dims", "frozen", "device"):
-            if name in self.__dict__:
-                other.__dict__[name] = self.__dict__[name]
+    def moved(self, out: str | os.PathLike, run: RunConfig | None = None) -> "RunContext":
+        """This context for another run folder (and for ``run``, where given): what the config
+        alone decides (space, shapes, dims, frozen count, device, budgets) is shared, built by
+        either context, before or after the move; what depends on the folder (the search's checked settings: its default
+        storage) is not. ``run`` may differ from this context's config only in what none of the
+        shared values reads (the data, the stages' recipes and seeds: compare's tasks and seeds);
+        another model, space or device is refused."""
+        if run is not None and (run.model, run.space, run.device) != (self.run.model, self.run.space, self.run.device):
+            raise ValueError(f"RunContext.moved: {run.source} has another model, space or device than "
+                             f"{self.run.source}; build a RunContext of its own")
+        other = RunContext(self.run if run is None else run, out)
+        other._built = self._built
         other._budgets = self._budgets
+        other._dims = self._dims
         return other
 
     @property
@@ -195,31 +208,41 @@ class RunContext:
     def source(self) -> str:
         return self.run.source
 
-    @cached_property
+    def _shared(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._built:
+            self._built[name] = build()
+        return self._built[name]
+
+    @property
     def space(self):
+        return self._shared("space", self._space)
+
+    def _space(self):
         from unitune.supernet.space import SearchSpace
 
         if self.run.search_space is not None:  # built when the config was checked
             return self.run.search_space
         return SearchSpace.from_dict(self.run.space, source=f"{self.run.source}: space")
 
-    @cached_property
+    @property
     def shapes(self) -> torch.nn.Module:
         """The backbone on the meta device (its head's size is immaterial: ``frozen`` excludes it)."""
         m = self.run.model
-        return create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True)
+        return self._shared("shapes", lambda: create_backbone(m.backbone, 2, kwargs=m.kwargs, meta=True))
 
-    @cached_property
+    @property
     def dims(self):
         from unitune.supernet.methods.dims import BackboneDims
 
-        return BackboneDims.from_model(self.shapes)
+        return self._shared("dims", lambda: BackboneDims.from_model(self.shapes))
 
     def dims_for(self, num_classes: int):
         """``dims`` with a head of ``num_classes`` (the data decides it; counts with the head read it)."""
         if num_classes == self.dims.num_classes:
             return self.dims
-        return self.once(("dims", num_classes), lambda: self._dims_for(num_classes))
+        if num_classes not in self._dims:
+            self._dims[num_classes] = self._dims_for(num_classes)
+        return self._dims[num_classes]
 
     def _dims_for(self, num_classes: int):
         import copy
@@ -235,14 +258,14 @@ class RunContext:
     def depth(self) -> int:
         return self.dims.depth
 
-    @cached_property
+    @property
     def frozen(self) -> int:
         """The backbone's parameters, head excluded: what the PEFT stages freeze."""
-        return frozen_params(self.shapes)
+        return self._shared("frozen", lambda: frozen_params(self.shapes))
 
-    @cached_property
+    @property
     def device(self) -> torch.device:
-        return pick_device(self.run.device)
+        return self._shared("device", lambda: pick_device(self.run.device))
 
     def budget(self, value: str | int, where: str = "budget") -> int:
         """``value`` (``0.4M``, ``0.5%``, 400000) as a parameter count, parsed once per value;

@@ -22,12 +22,11 @@ from unitune.stagelog import StageLog
 
 from .backbone import create_backbone
 from .config import RunConfig
-from .context import PRETRAIN_DIR, RunContext
-from .context import PRETRAIN_WEIGHTS as WEIGHTS_FILE
+from .context import RunContext, RunLayout
 from .train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, \
     train_epoch
 
-__all__ = ["PRETRAIN_DIR", "WEIGHTS_FILE", "pretrain", "pretrained_weights"]  # the names run folders use
+__all__ = ["pretrain", "pretrained_weights"]  # the run folder's names: unitune.engine.context.RunLayout
 
 
 def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
@@ -37,7 +36,7 @@ def pretrained_weights(run: RunConfig, out: str | Path) -> str | None:
         if weights and Path(weights).suffix == ".safetensors" and Path(weights).exists():
             check_safetensors_file(weights, "model.weights file")
         return weights
-    path = Path(out) / PRETRAIN_DIR / WEIGHTS_FILE
+    path = RunLayout(out).pretrain_weights
     if not path.exists():
         raise UniTuneError(f"{path}: missing; this config pretrains its backbone: run `unitune pretrain` "
                            f"(or `unitune run`) with it first")
@@ -72,7 +71,7 @@ def pretrain(run: RunConfig | RunContext, out: str | Path | None = None, progres
     optimizer = build_optimizer(model.named_parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, train_set.num_classes)
-    log = StageLog(path.parent / "log.jsonl", "pretrain", out, run.logging)
+    log = StageLog(ctx.layout.pretrain_log, "pretrain", out, run.logging)
     step = 0
     bar = StageProgress("pretrain", cfg.epochs, loader.sampler.num_rank_items, enabled=progress, metric="val_acc")
     with bar:

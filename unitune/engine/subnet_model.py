@@ -40,14 +40,14 @@ def backbone_weights(run: RunConfig, out: Path, backbone: str | Path | None = No
     if backbone is None:
         return pretrained_weights(run, out)
     from unitune.checks import check_safetensors_file
-    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE
+    from unitune.engine.context import PRETRAIN_DIR, PRETRAIN_WEIGHTS
     from unitune.weights import TORCH_SUFFIXES
 
     path = Path(backbone)
     if path.is_dir():
-        path = path / PRETRAIN_DIR / WEIGHTS_FILE
+        path = path / PRETRAIN_DIR / PRETRAIN_WEIGHTS
         if not path.is_file():
-            raise UniTuneError(f"--backbone {backbone}: a folder without {PRETRAIN_DIR}/{WEIGHTS_FILE}; give a run "
+            raise UniTuneError(f"--backbone {backbone}: a folder without {PRETRAIN_DIR}/{PRETRAIN_WEIGHTS}; give a run "
                                f"folder that pretrained its backbone or a .safetensors weights file")
     elif not path.is_file():
         raise UniTuneError(f"--backbone {backbone}: no such file or run folder")

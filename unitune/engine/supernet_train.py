@@ -19,9 +19,7 @@ import torch.distributed as dist
 
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import RunConfig
-from unitune.engine.context import SUPERNET_CKPT as CKPT_DIR  # noqa: F401 (the names other stages import from here)
-from unitune.engine.context import SUPERNET_FILE, RunContext
-from unitune.engine.context import SUPERNET_LOG as LOG_FILE  # noqa: F401
+from unitune.engine.context import RunContext
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import RunConfig

@@ -39,17 +39,15 @@ The package: :mod:`.plan` (the plan, the cell record and the checks made before 
 re-exported here.
 """
 
-
-from unitune.errors import UniTuneError  # what every check here raises (as the single module offered it)
 from .plan import (CELL_KEYS, CSV_COLUMNS, CSV_FILE, GROUP_ORDER, META_FILE, METHODS, PLOT_FILE, PRETRAIN_RESULT,
                    SEARCH_RESULT, SPECIAL, TABLE_FILE, VTAB_GROUPS, CellRecord, Plan,
                    known_rows, method_rows, parse_names, parse_seeds, plan_compare)
-from .report import (MARKERS, QUICK_NOTE, _tau_text, accuracy_figure, describe, format_notes, format_paired,
+from .report import (MARKERS, QUICK_NOTE, accuracy_figure, describe, format_notes, format_paired,
                      format_table, head_sizes, paired_vs_single, results_csv, results_frame, save_plot, search_trust,
                      stamp_quick, summarise, write_report)
 from .run import full_finetune, largest_uniform, run_cell, run_compare
 
-__all__ = ["UniTuneError", "CELL_KEYS", "CSV_COLUMNS", "CSV_FILE", "GROUP_ORDER", "META_FILE", "METHODS", "PLOT_FILE",
+__all__ = ["CELL_KEYS", "CSV_COLUMNS", "CSV_FILE", "GROUP_ORDER", "META_FILE", "METHODS", "PLOT_FILE",
            "PRETRAIN_RESULT", "SEARCH_RESULT", "SPECIAL", "TABLE_FILE", "VTAB_GROUPS",
            "CellRecord", "Plan", "known_rows", "method_rows", "parse_names", "parse_seeds", "plan_compare", "MARKERS",
            "QUICK_NOTE", "accuracy_figure", "describe", "format_notes", "format_paired", "format_table",

@@ -7,12 +7,13 @@ import copy
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from unitune.checks import check_output_dir, check_seed
 from unitune.engine.config import RunConfig, check_compare_section, load_config_dict, load_run_config
+from unitune.engine.context import RunContext, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import check_no_outside_links, inside, read_json
 from unitune.schema import Key, check_record, json_key
@@ -63,6 +64,30 @@ class Plan:
     task_runs: dict[str, RunConfig]
     fingerprint: str
     quick: bool = False  # --quick: the outputs say their numbers mean nothing
+    # Per task: its RunContext (folder tasks/<task>; the tasks share one model and space, so one
+    # space, shapes-only backbone and budget serve them all) and its head size (the data's).
+    contexts: dict[str, RunContext] = field(default_factory=dict, repr=False)
+    num_classes: dict[str, int] = field(default_factory=dict)
+
+    def context(self, task: str) -> RunContext:
+        """The task's context; its search and cells derive theirs from it (:meth:`RunContext.moved`)."""
+        if task not in self.contexts:
+            first = next(iter(self.contexts.values()), None)
+            folder, run = self.out / "tasks" / task, self.task_runs[task]
+            self.contexts[task] = RunContext(run, folder) if first is None else first.moved(folder, run)
+        return self.contexts[task]
+
+    def classes(self, task: str) -> int:
+        """The task's number of classes (its trainval split's), read once."""
+        if task not in self.num_classes:
+            from unitune.data import build_dataset
+
+            self.num_classes[task] = build_dataset(self.task_runs[task].data, "trainval", None).num_classes
+        return self.num_classes[task]
+
+    def dims(self, task: str):
+        """The backbone's :class:`~unitune.supernet.BackboneDims` with the task's head."""
+        return self.context(task).dims_for(self.classes(task))
 
     @property
     def cells(self) -> list[tuple[str, str, int]]:
@@ -194,9 +219,8 @@ def _check_names(names: Any, where: str, known: Sequence[str] | None = None) -> 
     return tuple(names)
 
 
-def _overrides(mapping: Any, where: str) -> list[str]:
-    if not isinstance(mapping, dict):
-        raise UniTuneError(f"{where}: expected a mapping of dotted keys to values, got {mapping!r}")
+def _overrides(mapping: dict[str, Any]) -> list[str]:
+    """compare.quick.overrides as command-line overrides (check_compare_section checked it is a mapping)."""
     return [f"{k}={json.dumps(v)}" for k, v in mapping.items()]  # JSON is YAML: read back as written
 
 
@@ -217,7 +241,7 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     if quick:
         if not isinstance(q, dict):
             raise UniTuneError(f"{src}: --quick needs a compare.quick section (overrides for a short run)")
-        quick_overrides = _overrides(q.get("overrides", {}), f"{src}: compare.quick.overrides")
+        quick_overrides = _overrides(q.get("overrides", {}))
         defaults.update({k: v for k, v in q.items() if k != "overrides"})
     all_overrides = [*quick_overrides, *overrides]
     raw = load_config_dict(config, all_overrides)
@@ -263,8 +287,8 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     # A file there, or no right to write, fails now, not after the pretraining.
     out = check_output_dir(Path(out) if out else inside("runs", Path("runs") / base.name))
     check_no_outside_links(out)
-    weights = str((out / "pretrain" / "backbone.safetensors").resolve()) if base.pretrain is not None else None
-    task_runs = {}
+    weights = str(RunLayout(out).pretrain_weights.resolve()) if base.pretrain is not None else None
+    task_runs, num_classes = {}, {}
     for t in tasks:
         traw = copy.deepcopy(raw)
         traw["name"] = f"{base.name}-{t}"
@@ -280,59 +304,47 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
                                   source=str(out / "tasks" / t / "config.yaml"))
         for split in ("train", "val", "trainval", "test"):  # indexed, not read: a missing list fails now
             split_set = build_dataset(run.data, split, None)
+            if split == "trainval":
+                num_classes[t] = split_set.num_classes
         split_set.verify_files()  # the test files are read after training: verified (not decoded) now
         task_runs[t] = run
-    from unitune.supernet import SearchSpace
-
-    space = SearchSpace.from_dict(task_runs[tasks[0]].space, f"{src}: space")
+    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    plan = Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick, num_classes=num_classes)
+    ctx = plan.context(tasks[0])
     for m in method_rows(methods):  # a row's size comes from the space: refused now, not after the pretraining
-        if not any(space.choices(m)):
+        if not any(ctx.space.choices(m)):
             raise UniTuneError(f"{src}: space.{m}: has no size above 0 for the {m!r} row; give it sizes "
                                f"(e.g. the override space.{m}=[0,4,8]) or drop {m!r} from the methods")
     if "search" in methods:
         from unitune.retrain.train import check_init_source
         from unitune.search.stage import check_search_stage
 
-        check_search_stage(task_runs[tasks[0]], out)
+        check_search_stage(ctx, out)
         check_init_source(task_runs[tasks[0]])
     elif method_rows(methods):
-        _budget(task_runs[tasks[0]])  # a malformed budget fails now, not after the pretraining
-        _check_methods_fit(task_runs[tasks[0]], method_rows(methods))
-    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick)
+        search_budget(ctx)  # a malformed budget fails now, not after the pretraining
+        _check_methods_fit(ctx, method_rows(methods))
+    for t in tasks:  # one context per task, sharing what the first built
+        plan.context(t)
+    return plan
 
 
 # ------------------------------------------------------ what the rows need of a task config
 
-def _dims(run: RunConfig):
-    from unitune.engine.backbone import create_backbone
-    from unitune.data import build_dataset
-    from unitune.supernet import BackboneDims
-
-    num_classes = build_dataset(run.data, "trainval", None).num_classes
-    vit = create_backbone(run.model.backbone, num_classes, kwargs=run.model.kwargs, meta=True)
-    return BackboneDims.from_model(vit), vit
-
-
-def _budget(run: RunConfig) -> int | None:
-    from unitune.engine.context import frozen_params
-    from unitune.supernet.budget import parse_budget
-
-    if run.search.budget is None:
+def search_budget(ctx: RunContext) -> int | None:
+    """``search.budget`` as a parameter count (None without one): what a single-method row must fit."""
+    if ctx.run.search.budget is None:
         return None
-    dims, vit = _dims(run)
-    return parse_budget(run.search.budget, frozen_params(vit), source=f"{run.source}: search.budget")
+    return ctx.budget(ctx.run.search.budget, f"{ctx.source}: search.budget")
 
 
-def _check_methods_fit(run: RunConfig, methods: Sequence[str]) -> None:
+def _check_methods_fit(ctx: RunContext, methods: Sequence[str]) -> None:
     """The single-method rows' methods (with the model-level ones reported with them) must fit
     the backbone (SSF folds only into a bias): refused now, not after the pretraining."""
-    from unitune.supernet import SearchSpace, Subnet, check_vit
+    from unitune.supernet import Subnet, check_vit
     from unitune.supernet.methods import METHODS as REGISTRY
 
-    space = SearchSpace.from_dict(run.space)
-    dims, vit = _dims(run)
+    space = ctx.space
     names = [g.name for g in REGISTRY.values() if g.name in methods or (g.site == "model" and g.report_key in methods)]
-    check_vit(vit, sizes=Subnet.uniform(dims.depth, **{n: space.max_size(n) for n in names}))
-
-
+    # the shapes-only backbone's head is immaterial here: the methods' checks read the blocks and norms
+    check_vit(ctx.shapes, sizes=Subnet.uniform(ctx.depth, **{n: space.max_size(n) for n in names}))

@@ -16,7 +16,7 @@ QUICK_NOTE = "--quick: a smoke test; these numbers mean nothing"
 MARKERS = "osD^vPX<>hp*"  # hollow and distinct, so methods that land on one point both show
 
 
-def _count(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     """``1 seed``, ``3 seeds``."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -125,9 +125,9 @@ def format_notes(seeds: Sequence[int], epochs: int, source: str, heads: dict[str
                  summary: dict[str, dict[str, Any]], pretrain_info: dict[str, Any] | None = None) -> list[str]:
     """What the table's numbers are: seeds, epochs, parameter counts and heads, the pretraining."""
     seeds = list(seeds)
-    spread = (f"mean ± std over {_count(len(seeds), 'seed')} {seeds}" if len(seeds) >= 2
+    spread = (f"mean ± std over {plural(len(seeds), 'seed')} {seeds}" if len(seeds) >= 2
               else f"one seed ({seeds[0]}), so no spread")
-    notes = [f"Test accuracy % after the last epoch, {spread}; {_count(epochs, 'epoch')} on "
+    notes = [f"Test accuracy % after the last epoch, {spread}; {plural(epochs, 'epoch')} on "
              f"trainval for every row ({source})."]
     differ = [m for m, s in summary.items() if len(set(s["params_per_task"].values())) > 1]
     notes.append("params: trainable parameters without the classification head" +
@@ -307,7 +307,7 @@ def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dic
     trust = search_trust(plan)
     write_text_atomic(plan.out / TABLE_FILE, table + "\n" + "\n".join(notes) + "\n\n" + format_paired(paired, trust))
     save_plot(summary, plan.out / PLOT_FILE,
-              f"{plan.base.name}: {_count(len(plan.tasks), 'task')}, {_count(len(plan.seeds), 'seed')}",
+              f"{plan.base.name}: {plural(len(plan.tasks), 'task')}, {plural(len(plan.seeds), 'seed')}",
               len(plan.seeds), plan.quick)
     return {"summary": summary, "table": table, "paired": paired, "trust": trust, "csv": plan.out / CSV_FILE, "table_file": plan.out / TABLE_FILE,
             "plot": plan.out / PLOT_FILE, "pretrain": pretrain_info}

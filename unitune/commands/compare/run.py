@@ -14,19 +14,18 @@ from unitune.engine.config import RunConfig
 from unitune.engine.context import RunContext, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import read_json, write_json_atomic, write_yaml_atomic
-from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, _budget, _dims
-from .report import _count, describe, stamp_quick, write_report
+from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, search_budget
+from .report import describe, plural, stamp_quick, write_report
 
-def largest_uniform(method: str, run: RunConfig):
+
+def largest_uniform(method: str, ctx: RunContext, num_classes: int):
     """The one-method subnet, same size in every block, with the most parameters within the
     budget (without a budget: the largest); when even the smallest size is over budget, the
-    smallest (the row's parameter count shows it)."""
-    from unitune.supernet import SearchSpace, Subnet, count_params
-
-    space = SearchSpace.from_dict(run.space)
-    dims, _ = _dims(run)
-    budget = _budget(run)
+    smallest (the row's parameter count shows it). ``num_classes``: the task's head, counted."""
+    from unitune.supernet import Subnet, count_params
     from unitune.supernet.methods import METHODS
+
+    space, dims, budget = ctx.space, ctx.dims_for(num_classes), search_budget(ctx)
 
     companions = [g.name for g in METHODS.values() if g.site == "model" and g.report_key == method]
     options = []
@@ -38,20 +37,20 @@ def largest_uniform(method: str, run: RunConfig):
             subnet = Subnet.uniform(dims.depth, **{method: size}, **dict(extra))
             options.append((count_params(subnet, dims, space).total, subnet))
     if not options:
-        raise UniTuneError(f"{run.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
+        raise UniTuneError(f"{ctx.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
     fitting = [o for o in options if budget is None or o[0] <= budget]
     return (max(fitting, key=lambda o: o[0]) if fitting else min(options, key=lambda o: o[0]))[1]
 
 
 
 
-def full_finetune(run: RunConfig, out: Path, progress: bool = False) -> dict[str, Any]:
+def full_finetune(run: RunConfig | RunContext, out: Path, progress: bool = False) -> dict[str, Any]:
     """Every weight trainable, the retrain recipe, trainval, scored once on test after the last
     epoch: retrain's full mode (:func:`unitune.retrain.train.retrain` with ``full=True``), resumed
     from its checkpoint when one is there."""
     from unitune.retrain.train import retrain
 
-    ctx = RunContext(run, Path(out))
+    ctx = RunContext.of(run, Path(out))
     r = retrain(ctx, None, out, full=True, resume=ctx.layout.retrain_state.exists(), progress=progress, curves=False)
     return {"test_accuracy": r["test_accuracy"], "test_images": r["test_images"],
             "params": r["params"]["trainable_params"], "params_with_head": r["params"]["trainable_params_with_head"]}
@@ -67,10 +66,11 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
                               raw={**base.raw, "retrain": {**base.raw.get("retrain", {}), "seed": seed}})
     out = plan.cell_dir(task, method, seed)
     out.mkdir(parents=True, exist_ok=True)
+    ctx = plan.context(task).moved(out, run)  # the task's space, shapes and budget; this seed's config
     started, cpu = time.perf_counter(), time.process_time()
     stage_seconds = None
     if method == "full":
-        r = full_finetune(run, out, progress)
+        r = full_finetune(ctx, out, progress)
         params, with_head, sizes, images = r["params"], r["params_with_head"], "all weights", r["test_images"]
     else:
         if method == "search":
@@ -78,9 +78,9 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
             path = RunLayout(search_dir).best_subnet
             stage_seconds = read_json(search_dir / SEARCH_RESULT)["seconds"]
         else:
-            subnet = Subnet.uniform(_dims(run)[0].depth) if method == "linear" else largest_uniform(method, run)
+            subnet = Subnet.uniform(ctx.depth) if method == "linear" else \
+                largest_uniform(method, ctx, plan.classes(task))
             path = subnet.save(out / "subnet.yaml")
-        ctx = RunContext(run, out)
         r = retrain(ctx, path, out, supernet_file=RunLayout(plan.search_dir(task)).supernet if method == "search" else None,
                     resume=ctx.layout.retrain_state.exists(), progress=progress, curves=False)
         params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
@@ -97,17 +97,17 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
 
 
 def _pretrain_stage(plan: Plan, progress: bool) -> dict[str, Any] | None:
-    from unitune.engine.pretrain import PRETRAIN_DIR, WEIGHTS_FILE, pretrain
+    from unitune.engine.pretrain import pretrain
 
     if plan.base.pretrain is None:
         return None
-    folder = plan.out / PRETRAIN_DIR
-    result = folder / PRETRAIN_RESULT
-    if (folder / WEIGHTS_FILE).is_file() and result.is_file():
+    layout = RunLayout(plan.out)
+    result = layout.pretrain_dir / PRETRAIN_RESULT
+    if layout.pretrain_weights.is_file() and result.is_file():
         return read_json(result)
     started, cpu = time.perf_counter(), time.process_time()
     pretrain(plan.base, plan.out, progress=progress)
-    log = [json.loads(ln) for ln in (folder / "log.jsonl").read_text().splitlines() if ln.strip()]
+    log = [json.loads(ln) for ln in layout.pretrain_log.read_text().splitlines() if ln.strip()]
     data = plan.base.pretrain_data
     info = {"source": data.to_dict(), "epochs": plan.base.pretrain.epochs, "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu, 1), "source_val_accuracy": log[-1]["val_acc"] if log else None}
@@ -124,8 +124,8 @@ def _search_stage(plan: Plan, task: str, progress: bool) -> dict[str, Any]:
     result = folder / SEARCH_RESULT
     if result.is_file():
         return read_json(result)
-    run = plan.task_runs[task]
-    ctx = RunContext(run, folder)  # one per task: the supernet and the search share it
+    ctx = plan.context(task).moved(folder)  # one per task: the supernet and the search share it
+    run = ctx.run
     started, cpu = time.perf_counter(), time.process_time()
     if run.search.needs_supernet and not ctx.layout.supernet.is_file():
         train_supernet(ctx, resume=ctx.layout.supernet_state.exists(), progress=progress)
@@ -180,13 +180,11 @@ def _check_folder(plan: Plan) -> None:
 def _check_checkpoints(plan: Plan) -> None:
     """The checkpoints a rerun would resume (a cell's retrain, a task's supernet) must load: a
     damaged one is named now, before any cell starts (with ``--jobs``, others would run beside it)."""
-    from unitune.retrain.train import CKPT_DIR
-    from unitune.engine.supernet_train import CKPT_DIR as SUPERNET_CKPT
     from unitune.engine.train import load_checkpoint
 
-    folders = [plan.cell_dir(*c) / CKPT_DIR for c in plan.cells if not plan.cell_file(*c).is_file()]
+    folders = [RunLayout(plan.cell_dir(*c)).retrain_ckpt for c in plan.cells if not plan.cell_file(*c).is_file()]
     if "search" in plan.methods:
-        folders += [plan.search_dir(t) / SUPERNET_CKPT for t in plan.tasks
+        folders += [RunLayout(plan.search_dir(t)).supernet_ckpt for t in plan.tasks
                     if not (plan.search_dir(t) / SEARCH_RESULT).is_file()]
     for folder in folders:
         load_checkpoint(folder)  # None when there is none; a damaged one is a one-line error
@@ -212,8 +210,8 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
     searches = [t for t in plan.tasks if "search" in plan.methods]
     todo = [c for c in plan.cells if not plan.cell_file(*c).is_file()]
     if progress:
-        print(f"compare: {_count(len(plan.cells), 'cell')} ({_count(len(plan.tasks), 'task')} x "
-              f"{_count(len(plan.methods), 'method')} x {_count(len(plan.seeds), 'seed')}), "
+        print(f"compare: {plural(len(plan.cells), 'cell')} ({plural(len(plan.tasks), 'task')} x "
+              f"{plural(len(plan.methods), 'method')} x {plural(len(plan.seeds), 'seed')}), "
               f"{len(plan.cells) - len(todo)} already complete")
     bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(todo), desc="compare", unit="cell",
                disable=not progress)
