@@ -17,9 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from unitune.engine.backbone import create_backbone
-from unitune.engine.config import RunConfig
-from unitune.engine.context import RunContext
+from unitune.engine.context import PRETRAIN_DIR, PRETRAIN_WEIGHTS, RunContext
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
 from unitune.engine.backbone import create_backbone
 from unitune.engine.config import RunConfig
@@ -49,7 +47,10 @@ def build_backbone(run: RunConfig | RunContext, num_classes: int, weights: str |
     ctx = run if isinstance(run, RunContext) else None
     run = ctx.run if ctx is not None else run
     m = run.model
-    label = weights_label or ("model.weights" if run.pretrain is None else "pretrained backbone")
+    # A pretrain stage's own output (this run's, or the one `unitune compare` shares among its tasks
+    # as their model.weights) is named as such: its head, the source task's, is no news to anyone.
+    own = weights is not None and Path(weights).parts[-2:] == (PRETRAIN_DIR, PRETRAIN_WEIGHTS)
+    label = weights_label or ("model.weights" if run.pretrain is None and not own else "pretrained backbone")
     return create_backbone(m.backbone, num_classes, pretrained=m.pretrained and not weights, weights=weights,
                            kwargs=m.kwargs, weights_label=label, shapes=ctx.shapes if ctx is not None else None)
 
