@@ -179,6 +179,7 @@ def test_retrain_with_an_ssf_subnet_on_rmsnorm_is_refused_before_training(tmp_pa
 def test_retrain_result_is_written_before_the_merge(tmp_path, monkeypatch):
     """The test score is the run's one measurement: a merge or export that fails must not lose it."""
     import unitune.retrain.train as retrain_module
+    from unitune.engine.context import RETRAIN_RESULT
 
     def failing_export(*args, **kwargs):
         raise UniTuneError("merge: failed (simulated)")
@@ -190,7 +191,7 @@ def test_retrain_result_is_written_before_the_merge(tmp_path, monkeypatch):
 
     with pytest.raises(UniTuneError, match="simulated"):
         retrain_module.retrain(load_run_config(cfg), subnet, tmp_path / "out", progress=False)
-    result = json.loads((tmp_path / "out" / retrain_module.RESULT_FILE).read_text())
+    result = json.loads((tmp_path / "out" / RETRAIN_RESULT).read_text())
     assert result["test_images"] > 0 and 0 <= result["test_accuracy"] <= 1 and result["epochs"] == 1
 
 
