@@ -27,10 +27,11 @@ from typing import Any, Callable
 
 import torch
 
-from .backbone import create_backbone
-from .config import CONFIG_ECHO, RunConfig
 from unitune.curves import CURVES_FILE
 from unitune.stagelog import TENSORBOARD_DIR
+
+from .backbone import create_backbone
+from .config import CONFIG_ECHO, RunConfig
 from .train import STATE_FILE, pick_device  # STATE_FILE: a checkpoint folder's resume state
 
 # ---- the names of a run folder ------------------------------------------------------------------
