@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
-from unitune.engine.config import RunConfig
+from unitune.engine.config import RunConfig, apply_recipe
 from unitune.engine.context import EXPORT_DIR, RunContext
 from unitune.engine.subnet_model import backbone_weights, build_subnet_model, retrain_fingerprint
 from unitune.engine.supernet_train import changed_keys
@@ -32,7 +32,7 @@ from unitune.supernet import PeftViT, Subnet, count_params
 from unitune.supernet.methods.vit import check_vit, classifier_heads
 from unitune.supernet.wrap import make_optimizer
 from unitune.engine.train import (
-    Criterion, build_optimizer, build_scheduler, evaluate, load_checkpoint,
+    Criterion, build_optimizer, build_scheduler, evaluate, load_checkpoint, plain_family,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 from unitune.weights import check_tensor
@@ -54,15 +54,25 @@ def check_init_source(run: RunConfig) -> None:
 def load_subnet(path: str | Path, run: RunConfig | RunContext, index: int | None = None) -> Subnet:
     """The subnet of a subnet file, or one entry of an ``export-subnet --top/--pareto`` list
     (``FILE#N``, ``FILE#trial-T`` or ``index``: see :func:`unitune.search.select_subnet`)."""
+    return load_subnet_entry(path, run, index)[0]
+
+
+def load_subnet_entry(path: str | Path, run: RunConfig | RunContext,
+                      index: int | None = None) -> tuple[Subnet, dict[str, Any] | None]:
+    """As :func:`load_subnet`, with the entry's ``meta.recipe`` (the learning rate, weight decay
+    and per-family multipliers a search chose with it), or None."""
     from unitune.search.export import select_subnet
 
     ctx = run if isinstance(run, RunContext) else RunContext(run, ".")  # no folder read: the depth is the context's
     run = ctx.run
-    subnet, _, path = select_subnet(path, index, depth=lambda _: ctx.depth)
+    subnet, meta, path = select_subnet(path, index, depth=lambda _: ctx.depth)
     if subnet.backbone and subnet.backbone != run.model.backbone:
         raise UniTuneError(f"{path}: a subnet for backbone {subnet.backbone!r}, but the config uses "
                            f"{run.model.backbone!r}")
-    return subnet
+    recipe = (meta or {}).get("recipe")
+    if recipe is not None:
+        apply_recipe(run.retrain, recipe, path)  # checked now, before any work
+    return subnet, recipe
 
 
 def full_state(model: PeftViT) -> dict[str, torch.Tensor]:
@@ -100,7 +110,12 @@ def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: st
         raise UniTuneError(f"--init: expected 'pretrained' or 'supernet', got {init!r}")
     if full != (subnet_path is None):
         raise ValueError("retrain: give a subnet file, or full=True without one")
-    subnet = Subnet.uniform(ctx.depth) if full else load_subnet(subnet_path, ctx, subnet_index)
+    subnet, recipe = (Subnet.uniform(ctx.depth), None) if full else load_subnet_entry(subnet_path, ctx, subnet_index)
+    if recipe is not None:  # the search's choice of lr / weight decay / multipliers, over the config's
+        cfg = apply_recipe(cfg, recipe, str(subnet_path))
+        if progress:
+            print(f"retrain: {subnet_path}'s recipe sets " + ", ".join(f"{k} {v}" for k, v in recipe.items())
+                  + " (over the config's retrain section)")
     if subnet_index is not None:
         subnet_path = f"{subnet_path}#{subnet_index}"  # what the result and provenance record
     if backbone is not None:
@@ -140,8 +155,8 @@ def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: st
     # The API's optimizer (unitune.make_optimizer): its guard has nothing to keep on a materialised
     # subnet (every tensor is wholly in use), but it is the one way the PEFT optimizer is built.
     # Full fine-tuning: every weight of the timm model (timm's 1-d rule for weight decay).
-    optimizer = build_optimizer(model.vit.named_parameters(), cfg) if full else \
-        make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model.vit.named_parameters(), cfg, family_of=plain_family(model.vit)) if full else \
+        make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_mult=cfg.lr_mult)
     state_of = (lambda: full_state(model)) if full else model.trainable_state_dict
     steps = loader.sampler.num_batches
     scheduler = build_scheduler(optimizer, cfg, steps)
@@ -149,6 +164,8 @@ def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: st
     fingerprint = {"config": retrain_fingerprint(run), "subnet": subnet.to_dict()["subnet"], "init": init}
     if full:  # (only then: a subnet checkpoint written before the mode existed still resumes)
         fingerprint["mode"] = "full"
+    if recipe is not None:  # likewise: only then, so older checkpoints still resume
+        fingerprint["recipe"] = recipe
 
     start_epoch = 0
     loaded = load_checkpoint(ckpt_dir) if resume else None
@@ -211,6 +228,8 @@ def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: st
     }
     if full:
         result["mode"] = "full"
+    if recipe is not None:
+        result["recipe"] = dict(recipe)
     provenance = {"config": run.raw, "config_file": run.source, "subnet_file": result["subnet_file"], "init": init,
                   "backbone_file": backbone_weights(run, out, backbone),
                   "supernet_file": str(supernet_file or ctx.layout.supernet) if init == "supernet" else None,

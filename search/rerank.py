@@ -116,7 +116,7 @@ def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: in
     val_set.transform = build_transform(data_config, train=False, cfg=run.data)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, device=device)
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay())
+    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay(), model.param_family)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
     cost = {} if cost is None else cost

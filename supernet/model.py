@@ -19,6 +19,7 @@ from unitune.errors import UniTuneError
 from unitune.weights import check_tensor
 
 from .methods import METHODS
+from .methods.base import BACKBONE_FAMILY, HEAD_FAMILY
 from .methods.layers import PeftLayer, backbone_dd, prefix_slice
 from .methods.layers import unwrap
 from .methods.vit import backbone_name, check_methods, check_vit, classifier_heads
@@ -153,6 +154,16 @@ class PeftViT(nn.Module):
         for hname, head in classifier_heads(self.vit).items():
             for pname, p in head.named_parameters():
                 yield f"{hname}.{pname}", p
+
+    def param_family(self, name: str) -> str:
+        """The optimiser family (:attr:`Method.family`, or ``head``) of a name as
+        :meth:`trainable_named_parameters` gives it; other names are the backbone's."""
+        layer = name.rpartition(".")[0]
+        if layer in self.layer_sites:
+            return METHODS[self.layer_sites[layer][0]].family
+        if name.partition(".")[0] in classifier_heads(self.vit):
+            return HEAD_FAMILY
+        return BACKBONE_FAMILY
 
     def no_weight_decay(self) -> set[str]:
         """Names (as :meth:`trainable_named_parameters` gives them) that AdamW must not decay

@@ -9,9 +9,10 @@ package, not in the API, because the API sits above the stages (it merges throug
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -20,7 +21,7 @@ from unitune.errors import UniTuneError
 from unitune.schema import check_fields, num
 
 from .guard import InactiveGuard
-from .methods import METHODS
+from .methods import METHODS, families
 from .methods.layers import PeftLayer
 from .model import PeftViT, check_vit
 from .space import SearchSpace
@@ -83,22 +84,60 @@ class _Rates:
     weight_decay: float = num(1e-4, ge=0)
 
 
+def check_lr_mult(value: Any, where: str) -> dict[str, float]:
+    """A learning-rate multiplier per optimiser family (:func:`unitune.supernet.methods.families`:
+    ``head``, ``backbone`` and the registered methods' families), each a finite number > 0; the
+    families it leaves out train at 1x."""
+    if not isinstance(value, Mapping):
+        raise UniTuneError(f"{where}: expected a mapping of family to multiplier, e.g. {{prompt: 10}}, got {value!r}")
+    known = families()
+    out = {}
+    for family, mult in value.items():
+        if family not in known:
+            raise UniTuneError(f"{where}: unknown family {family!r}, expected some of {list(known)}")
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not math.isfinite(mult) or mult <= 0:
+            raise UniTuneError(f"{where}.{family}: expected a finite number > 0, got {mult!r}")
+        out[family] = float(mult)
+    return out
+
+
 def adamw(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
-          no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
+          no_weight_decay: Iterable[str] = (), lr_mult: Mapping[str, float] | None = None,
+          family_of: Callable[[str], str] | None = None) -> torch.optim.AdamW:
     """AdamW; no weight decay on 1-d parameters (biases, norms, SSF's scale and shift: as timm
     does) nor on the names in ``no_weight_decay`` (a model's declared exceptions, e.g.
-    ``PeftViT.no_weight_decay()``: VPT's prompts). The stages' ``build_optimizer`` comes here too."""
+    ``PeftViT.no_weight_decay()``: VPT's prompts). The stages' ``build_optimizer`` comes here too.
+
+    With ``lr_mult`` (family -> multiplier, :func:`check_lr_mult`) and ``family_of`` (parameter
+    name -> family, e.g. :meth:`PeftViT.param_family`), each family gets its own pair of groups at
+    ``lr * multiplier``, the group's ``family`` key naming it. timm's scheduler scales every
+    group's own initial rate, so the multipliers hold through warm-up and cosine decay. Without
+    multipliers (or all 1) the two groups are the same as before they existed, so older optimizer
+    checkpoints still load."""
     skip = set(no_weight_decay)
-    decay, no_decay = [], []
+    split = bool(lr_mult) and any(m != 1.0 for m in lr_mult.values())
+    if split and family_of is None:
+        raise ValueError("adamw: lr_mult needs family_of, the family of each parameter name")
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
     for name, p in named_params:
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+        family = family_of(name) if split else ""
+        decays = not (p.ndim <= 1 or name in skip)
+        group = groups.get((family, decays))
+        if group is None:
+            group = groups[(family, decays)] = {"params": [], "weight_decay": weight_decay if decays else 0.0}
+            if split:
+                group.update(family=family, lr=lr * lr_mult.get(family, 1.0))
+        group["params"].append(p)
+    # families in first-seen order, decay before no-decay: the layout without multipliers is unchanged
+    seen = dict.fromkeys(family for family, _ in groups)
+    return torch.optim.AdamW([groups[(f, d)] for f in seen for d in (True, False) if (f, d) in groups], lr=lr)
 
 
-def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4) -> torch.optim.AdamW:
+def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4,
+                   lr_mult: Mapping[str, float] | None = None) -> torch.optim.AdamW:
     """AdamW over the model's PEFT parameters and head (the stages' grouping: no weight decay on
-    1-d parameters and prompts), with the inactive-slice guard attached.
+    1-d parameters and prompts; ``lr_mult``, one learning-rate multiplier per family, e.g.
+    ``{"prompt": 10, "head": 2}``: :func:`check_lr_mult`), with the inactive-slice guard attached.
 
     Without the guard, AdamW's weight decay and momentum move the slices of a supernet's layers
     that the active subnet does not use (they get a zero gradient, not none), so the weights
@@ -107,7 +146,9 @@ def make_optimizer(model: PeftViT, lr: float = 1e-3, weight_decay: float = 1e-4)
     """
     check_model(model, "make_optimizer")
     check_fields(_Rates(lr=lr, weight_decay=weight_decay), "make_optimizer")  # lr > 0, weight_decay >= 0
-    optimizer = adamw(model.trainable_named_parameters(), lr, weight_decay, model.no_weight_decay())
+    lr_mult = check_lr_mult(lr_mult or {}, "make_optimizer: lr_mult")
+    optimizer = adamw(model.trainable_named_parameters(), lr, weight_decay, model.no_weight_decay(), lr_mult,
+                      model.param_family)
     optimizer.inactive_guard = InactiveGuard(model, optimizer)
     return optimizer
 

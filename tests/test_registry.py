@@ -46,6 +46,7 @@ class MlpShift(Method):
     on_off = True
     options = (Option("mlp_shift_scale", 1.0, finite_number),)
     foldable = True
+    family = "shift"
 
     def params(self, size, block, dims, space):
         return block.ops["mlp.fc2"]["weight"][0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from unitune.errors import UniTuneError
 
-from .base import SITES, Method, Option
+from .base import BACKBONE_FAMILY, HEAD_FAMILY, SITES, Method, Option
 
 METHODS: dict[str, Method] = {}
 # Keys a space or subnet file uses besides method names: a method may not take one.
@@ -27,6 +27,10 @@ def register_method(method: Method) -> Method:
         raise ValueError(f"register_method: a method named {name!r} is already registered")
     if method.site not in SITES:
         raise ValueError(f"register_method: {name}.site must be one of {list(SITES)}, got {method.site!r}")
+    if not isinstance(method.family, str) or not method.family.isidentifier() or \
+            method.family in (HEAD_FAMILY, BACKBONE_FAMILY):
+        raise ValueError(f"register_method: {name}.family must name its optimiser family "
+                         f"(e.g. 'low_rank'), got {method.family!r}")
     taken = set(METHODS) | set(option_names())
     for option in method.options:
         if option.name in taken or option.name == name:
@@ -51,6 +55,12 @@ def block_methods() -> tuple[Method, ...]:
 
 def model_methods() -> tuple[Method, ...]:
     return tuple(m for m in METHODS.values() if m.site == "model")
+
+
+def families() -> tuple[str, ...]:
+    """Every optimiser family a learning-rate multiplier may name: the head, the backbone (full
+    fine-tuning), then the registered methods' families in registration order."""
+    return tuple(dict.fromkeys((HEAD_FAMILY, BACKBONE_FAMILY, *(m.family for m in METHODS.values()))))
 
 
 def option_names() -> dict[str, tuple[Method, Option]]:
@@ -80,4 +90,4 @@ register_method(AdapterPlusMethod())
 register_method(VeRA())
 
 __all__ = ["METHODS", "Method", "Option", "register_method", "get_method", "block_methods", "model_methods",
-           "option_names"]
+           "option_names", "families"]

@@ -62,6 +62,7 @@ class MlpAdapter(PeftLayer):
 
 class Adapter(Method):
     name = "adapter"
+    family = "adapter"
     label = "Adapter"
     size_word = "dim"
     default_choices = (0, 1, 5, 10)

@@ -61,6 +61,7 @@ class AdapterPlus(MlpAdapter):
 
 class AdapterPlusMethod(Method):
     name = "adapter_plus"
+    family = "adapter"
     label = "Adapter+"
     # Wraps the whole block: outside LoRA / SSF / BitFit / the MLP adapter (which wrap modules
     # inside it), inside VPT's prompt insertion (per token, either order gives the same outputs).

@@ -20,6 +20,9 @@ How to add a method — one new file plus one registration line:
    - if its update folds into the weights: ``foldable = True`` and ``fold(vit, block,
      suffix, layer)`` (see :mod:`.fold`); a method that does not fold stays as modules in the
      merged model;
+   - ``family``: the optimiser family its parameters train in (``"prompt"``, ``"scale_shift"``,
+     ``"low_rank"``, ``"adapter"``, or a new name): one learning-rate multiplier per family
+     (``retrain.lr_mult``), because method families want different rates;
    - optionally ``check_backbone`` (refuse, before training, a backbone the merge could not
      fold into), ``no_weight_decay`` (parameter names AdamW must not decay), ``inject_rank``
      (wrapping order inside a block: smaller wraps first, i.e. sits innermost),
@@ -82,6 +85,9 @@ if TYPE_CHECKING:  # the registry sits below the model: only type names are need
     from .layers import PeftLayer
 
 SITES = ("block", "model")
+# Optimiser families that are not a method's: the classifier head, and the backbone's own weights
+# (full fine-tuning).
+HEAD_FAMILY, BACKBONE_FAMILY = "head", "backbone"
 # A cap on every size: a rank, bottleneck or prompt count above it cannot fit any ViT's width or
 # memory, and 1e12 would otherwise reach torch.empty.
 MAX_SIZE = 4096
@@ -150,6 +156,9 @@ class Method:
     # methods. A method registered later is written only when it is on (old readers never see it).
     always_written: bool = False
     foldable: bool = False
+    # Which learning-rate multiplier its parameters take (TrainConfig.lr_mult): the literature's
+    # tuned rates differ by family (BitFit and VPT pick ~10x LoRA's and the adapters').
+    family: str = ""
     inject_rank: int = 50
     fold_rank: int = 50
     no_weight_decay: tuple[str, ...] = ()

@@ -67,6 +67,7 @@ def fold_bias(op: nn.Module, delta: torch.Tensor) -> list[str]:
 
 class BitFitMethod(PointMethod):
     name = "bitfit"
+    family = "scale_shift"
     label = "BitFit"
     layer_class = BitFit
     fold_hint = "BitFit folds only into the bias of a Linear, Conv2d or LayerNorm"

@@ -105,6 +105,7 @@ def fold_dora(linear: nn.Linear, layer: DoRALinear) -> None:
 
 class DoRA(Method):
     name = "dora"
+    family = "low_rank"
     label = "DoRA"
     # Options mirror LoRA's: which block linears, and the fixed scale s.
     options = (

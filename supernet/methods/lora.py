@@ -80,6 +80,7 @@ class LoRALinear(PeftLayer):
 
 class LoRA(Method):
     name = "lora"
+    family = "low_rank"
     label = "LoRA"
     size_word = "r"
     default_choices = (0, 1, 5, 10)

@@ -34,6 +34,7 @@ class SSF(PointLayer):
 
 class BlockSSF(PointMethod):
     name = "ssf"
+    family = "scale_shift"
     label = "SSF"
     size_word = "on"
     default_choices = (0, 1)

@@ -22,6 +22,7 @@ def _final_norm(vit: nn.Module) -> str:
 
 class GlobalSSF(Method):
     name = "ssf_global"
+    family = "scale_shift"
     label = "SSF"
     title = "global SSF"
     site = "model"

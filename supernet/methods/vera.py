@@ -124,6 +124,7 @@ class VeRALinear(PeftLayer):
 
 class VeRA(Method):
     name = "vera"
+    family = "low_rank"
     label = "VeRA"
     size_word = "r"
     options = (

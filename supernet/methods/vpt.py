@@ -46,6 +46,7 @@ class PromptedBlock(PeftLayer):
 
 class VPT(Method):
     name = "vpt"
+    family = "prompt"
     label = "VPT"
     size_word = "tokens"
     default_choices = (0, 1, 5, 10)

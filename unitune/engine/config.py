@@ -174,6 +174,12 @@ class ModelConfig:
     kwargs: dict = field(default_factory=dict)  # timm.create_model overrides (img_size, depth, ...)
 
 
+def _lr_mult(cfg: "TrainConfig", where: str) -> None:
+    from unitune.supernet.wrap import check_lr_mult
+
+    check_lr_mult(cfg.lr_mult, f"{where}.lr_mult")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """An optimisation recipe (supernet or retrain stage)."""
@@ -192,6 +198,40 @@ class TrainConfig:
     # steps between reads of the loss from the device (the bar's loss, the non-finite checks:
     # unitune.engine.train.StepChecks); 0 = every 25 steps
     log_every: int = num(0, ge=0)
+    # A learning-rate multiplier per optimiser family: {prompt: 10, low_rank: 1, head: 2, ...}
+    # (families: head, backbone, and each registered method's, unitune.supernet.methods.families());
+    # a family left out trains at lr. Method families want different rates (DESIGN: "What decides
+    # PEFT accuracy"), and a mix of methods cannot have them from one lr.
+    lr_mult: dict = rule_only(field(default_factory=dict), _lr_mult)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain data; ``lr_mult`` only when set, so a recipe written before it existed (and the
+        checkpoints fingerprinted with it) reads the same."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        if not out["lr_mult"]:
+            del out["lr_mult"]
+        return out
+
+
+# What a subnet file's ``meta.recipe`` may set for its retrain (the hyper-parameters a search
+# chose with the structure): the rest of the recipe stays the config's.
+RECIPE_KEYS = ("lr", "weight_decay", "lr_mult")
+
+
+def apply_recipe(cfg: TrainConfig, recipe: Any, source: str) -> TrainConfig:
+    """``cfg`` with a subnet file's recipe (:data:`RECIPE_KEYS`) in place of its own values,
+    checked as the config's own keys are; ``source`` names the file in a one-line error."""
+    if not isinstance(recipe, Mapping):
+        raise UniTuneError(f"{source}: meta.recipe: expected a mapping of {list(RECIPE_KEYS)}, got {recipe!r}")
+    for key in recipe:
+        if key not in RECIPE_KEYS:
+            raise UniTuneError(f"{source}: meta.recipe.{key}: unknown key, expected some of {list(RECIPE_KEYS)}")
+    try:
+        out = dataclasses.replace(cfg, **recipe)
+    except TypeError as e:
+        raise UniTuneError(f"{source}: meta.recipe: {e}") from None
+    check_fields(out, f"{source}: meta.recipe")
+    return out
 
 
 def load_config_dict(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from unitune.stagelog import StageLog
 from .backbone import create_backbone
 from .config import RunConfig
 from .context import RunContext, RunLayout
-from .train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, \
+from .train import Criterion, build_optimizer, build_scheduler, evaluate, plain_family, seed_everything, \
     train_epoch
 
 __all__ = ["pretrain", "pretrained_weights"]  # the run folder's names: unitune.engine.context.RunLayout
@@ -68,7 +68,7 @@ def pretrain(run: RunConfig | RunContext, out: str | Path | None = None, progres
     val_set.transform = build_transform(data_config, train=False, cfg=data)
     loader = build_loader(train_set, data, train=True, seed=cfg.seed, device=device)
     val_loader = build_loader(val_set, data, train=False, seed=cfg.seed, device=device)
-    optimizer = build_optimizer(model.named_parameters(), cfg)
+    optimizer = build_optimizer(model.named_parameters(), cfg, family_of=plain_family(model))
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, train_set.num_classes)
     log = StageLog(ctx.layout.pretrain_log, "pretrain", out, run.logging)

@@ -148,7 +148,7 @@ def train_supernet(run: RunConfig | RunContext, out: str | Path | None = None, r
     # The API's optimizer, its inactive-slice guard attached: each step updates the union of the
     # subnets it ran (all of a sandwich's, not just the last one set) and leaves every other
     # entry, and its AdamW moments, exactly as they were.
-    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, lr_mult=cfg.lr_mult)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, rank=world.rank, world_size=world.world_size,
                           device=device)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, rank=world.rank,

@@ -18,7 +18,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,6 +33,8 @@ from tqdm import tqdm
 
 from unitune.errors import UniTuneError
 from unitune.io import atomic_path
+from unitune.supernet.methods.base import BACKBONE_FAMILY, HEAD_FAMILY
+from unitune.supernet.methods.vit import classifier_heads
 from unitune.supernet.wrap import adamw
 
 from .config import TrainConfig
@@ -134,10 +136,20 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def build_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], cfg: TrainConfig,
-                    no_weight_decay: Iterable[str] = ()) -> torch.optim.AdamW:
+                    no_weight_decay: Iterable[str] = (),
+                    family_of: Callable[[str], str] | None = None) -> torch.optim.AdamW:
     """AdamW at the recipe's lr and weight decay (:func:`unitune.supernet.wrap.adamw`: no weight
-    decay on 1-d parameters nor on the names in ``no_weight_decay``)."""
-    return adamw(named_params, cfg.lr, cfg.weight_decay, no_weight_decay)
+    decay on 1-d parameters nor on the names in ``no_weight_decay``), each optimiser family at its
+    ``cfg.lr_mult`` multiplier; ``family_of`` names a parameter's family (a PEFT model's
+    ``param_family``, or :func:`plain_family` for a timm model trained whole)."""
+    return adamw(named_params, cfg.lr, cfg.weight_decay, no_weight_decay, cfg.lr_mult, family_of)
+
+
+def plain_family(vit: nn.Module) -> Callable[[str], str]:
+    """The family of a timm model's parameter names (full fine-tuning, pretraining): its
+    classifier heads are ``head``, every other weight ``backbone``."""
+    heads = set(classifier_heads(vit))
+    return lambda name: HEAD_FAMILY if name.partition(".")[0] in heads else BACKBONE_FAMILY
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:

@@ -1,0 +1,93 @@
+"""A subnet file's ``meta.recipe``: the learning rate, weight decay and per-family multipliers
+chosen with the structure, which ``retrain`` applies over the config's retrain section.
+
+The second computation: the same retrain with those values given as config overrides instead,
+which must give the same weights bit for bit; and without them, different ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import unitune.retrain.train as retrain_train
+from unitune.engine.config import TrainConfig, apply_recipe, load_run_config
+from unitune.errors import UniTuneError
+from unitune.retrain.export import load_export
+from unitune.supernet import Subnet
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = {"lr": 0.02, "weight_decay": 0.0, "lr_mult": {"prompt": 5, "head": 0.5}}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def config(tmp_path: Path) -> Path:
+    """configs/minivtab.yaml's tiny ViT (random init) on 48 train images, 2 epochs."""
+    cfg = yaml.safe_load((REPO / "configs" / "minivtab.yaml").read_text())
+    for key in ("pretrain", "compare"):
+        cfg.pop(key)
+    cfg["device"] = "cpu"
+    cfg["model"]["pretrained"] = False
+    cfg["data"].update(task="count", split_sizes=[48, 16, 32])
+    cfg["retrain"].update(epochs=2, warmup_epochs=1)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def subnet_file(tmp_path: Path, name: str, recipe=None) -> Path:
+    meta = {"recipe": recipe} if recipe is not None else None
+    return Subnet.uniform(4, lora=4, vpt=4).save(tmp_path / name, meta)
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_export(folder / "export")[0].state_dict()
+
+
+def test_retrain_applies_the_files_recipe_as_the_config_would(tmp_path):
+    path = config(tmp_path)
+    with_recipe = retrain_train.retrain(load_run_config(path), subnet_file(tmp_path, "chosen.yaml", RECIPE),
+                                        tmp_path / "a", progress=False, curves=False)
+    overrides = ["retrain.lr=0.02", "retrain.weight_decay=0.0", "retrain.lr_mult={prompt: 5, head: 0.5}"]
+    by_config = retrain_train.retrain(load_run_config(path, overrides), subnet_file(tmp_path, "plain.yaml"),
+                                      tmp_path / "b", progress=False, curves=False)
+    default = retrain_train.retrain(load_run_config(path), subnet_file(tmp_path, "plain2.yaml"),
+                                    tmp_path / "c", progress=False, curves=False)
+    a, b, c = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert with_recipe["test_accuracy"] == by_config["test_accuracy"]
+    assert with_recipe["recipe"] == RECIPE and "recipe" not in by_config and "recipe" not in default
+    saved = json.loads((tmp_path / "a" / "retrain_result.json").read_text())
+    assert saved["recipe"] == RECIPE
+
+
+def test_a_bad_recipe_is_one_line_before_any_work(tmp_path):
+    path = config(tmp_path)
+    cases = {
+        "lr_rate": r"meta\.recipe\.lr_rate: unknown key, expected some of \['lr', 'weight_decay', 'lr_mult'\]$",
+        "lr": r"meta\.recipe\.lr: expected a number > 0",
+        "lr_mult": r"meta\.recipe\.lr_mult: unknown family 'promt'",
+    }
+    values = {"lr_rate": {"lr_rate": 0.1}, "lr": {"lr": -1.0}, "lr_mult": {"lr_mult": {"promt": 2}}}
+    for key, message in cases.items():
+        file = subnet_file(tmp_path, f"{key}.yaml", values[key])
+        out = tmp_path / f"out-{key}"
+        with pytest.raises(UniTuneError, match=message) as err:
+            retrain_train.retrain(load_run_config(path), file, out, progress=False, curves=False)
+        assert str(err.value).startswith(str(file)) and "\n" not in str(err.value)
+        assert not out.exists() or not any(out.rglob("*.safetensors"))  # nothing trained or written
+
+
+def test_apply_recipe_keeps_the_rest_of_the_recipe():
+    cfg = TrainConfig(epochs=7, lr=1e-3, weight_decay=1e-4, warmup_epochs=2)
+    out = apply_recipe(cfg, RECIPE, "f.yaml")
+    assert (out.lr, out.weight_decay, out.lr_mult) == (0.02, 0.0, {"prompt": 5, "head": 0.5})
+    assert (out.epochs, out.warmup_epochs) == (7, 2)
+    with pytest.raises(UniTuneError, match=r"^f\.yaml: meta\.recipe: expected a mapping"):
+        apply_recipe(cfg, [0.1], "f.yaml")
