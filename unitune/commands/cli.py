@@ -302,6 +302,24 @@ def _retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from unitune.engine.context import RunContext, RunLayout
+    from unitune.search.tune import TuneRanges, check_settings, load_candidates, parse_range, tune, tune_line
+
+    ranges = TuneRanges(lr=parse_range(args.lr, "--lr"), weight_decay=parse_range(args.weight_decay, "--weight-decay"),
+                        lr_mult=parse_range(args.lr_mult, "--lr-mult"))
+    check_settings(args.trials, args.epochs, ranges)
+    run = _load_run(args)
+    out = _out_dir(args, run)
+    specs = args.subnet or [str(RunLayout(out).best_subnet)]
+    ctx = RunContext.of(run, out)
+    result = tune(ctx, load_candidates(specs, ctx), out, trials=args.trials, epochs=args.epochs, ranges=ranges,
+                  seed=args.seed, progress=not args.quiet)
+    _record(run, out)
+    print(tune_line(result))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from unitune.retrain.evaluate import evaluate_export
 
@@ -468,6 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", help="supernet file for --init supernet (default: DIR/supernet.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/retrain_ckpt")
     p.set_defaults(func=_retrain)
+
+    p = sub.add_parser("tune", help="tune lr, weight decay and per-family lr multipliers of subnets (stand-alone "
+                                    "on train, judged on val, successive halving); retrain applies the pick")
+    _run_args(p, "retrain.epochs=10")
+    p.add_argument("--subnet", action="append", default=[], metavar="FILE[#N]",
+                   help="a candidate subnet (repeat for several: the structure is then tuned too; "
+                        "default: DIR/best_subnet.yaml)")
+    p.add_argument("--trials", type=int, default=12, help="complete or pruned trials in all (default 12)")
+    p.add_argument("--epochs", type=int, default=3, help="stand-alone epochs per trial, its fidelities (default 3)")
+    p.add_argument("--lr", default="1e-4:1e-1", metavar="LOW:HIGH", help="log-uniform range (default 1e-4:1e-1)")
+    p.add_argument("--weight-decay", default="1e-6:1e-1", metavar="LOW:HIGH", help="default 1e-6:1e-1")
+    p.add_argument("--lr-mult", default="0.1:10", metavar="LOW:HIGH",
+                   help="per-family multiplier range, used where a subnet mixes families (default 0.1:10)")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of an export")
     p.add_argument("export", help="export folder (DIR/export)")

@@ -1,0 +1,135 @@
+"""``unitune tune`` (search/tune.py): the learning rate, weight decay and per-family multipliers
+tuned stand-alone on train and judged on val, the pick written as a subnet file whose
+``meta.recipe`` retrain applies.
+
+Checked against the study itself (read back from its storage, a second reading of what the
+stage chose), never against a seeded sampler's trajectory."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+import unitune.data as data_module
+import unitune.retrain.train as retrain_train
+from unitune.commands.cli import main
+from unitune.engine.config import load_run_config
+from unitune.errors import UniTuneError
+from unitune.search.tune import TuneRanges, families_of, load_candidates, tune
+from unitune.engine.context import RunContext
+from unitune.supernet import Subnet
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """configs/minivtab.yaml's tiny ViT (random init) on 48 train / 16 val images, and two
+    candidate subnets: LoRA + VPT (two families) and LoRA alone."""
+    cfg = yaml.safe_load((REPO / "configs" / "minivtab.yaml").read_text())
+    for key in ("pretrain", "compare"):
+        cfg.pop(key)
+    cfg["device"] = "cpu"
+    cfg["model"]["pretrained"] = False
+    cfg["data"].update(task="count", split_sizes=[48, 16, 32])
+    cfg["retrain"].update(epochs=2, warmup_epochs=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    Subnet.uniform(4, lora=4, vpt=4).save(tmp_path / "mix.yaml")
+    Subnet.uniform(4, lora=4).save(tmp_path / "lora.yaml")
+    return tmp_path
+
+
+def run_tune(folder: Path, trials: int = 4, epochs: int = 2, **kwargs):
+    run = load_run_config(folder / "config.yaml")
+    ctx = RunContext.of(run, folder / "run")
+    candidates = load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml")], ctx)
+    return tune(ctx, candidates, folder / "run", trials=trials, epochs=epochs, **kwargs)
+
+
+def test_the_pick_is_the_studys_best_trial_and_its_recipe_is_in_the_subnet_file(folder, monkeypatch):
+    splits = []
+    real = data_module.build_dataset
+
+    def counting(cfg, split, *args, **kwargs):
+        splits.append(split)
+        return real(cfg, split, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "build_dataset", counting)
+    result = run_tune(folder, trials=5)
+    assert "test" not in splits and "trainval" not in splits and {"train", "val"} <= set(splits)  # never test
+
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 5
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    assert result["trial"] == best.number and result["val_accuracy"] == best.value
+    structure = best.params.get("structure", best.user_attrs["structure"])
+    want = {"lr": best.params["lr"], "weight_decay": best.params["weight_decay"]}
+    mults = {k.split(".", 1)[1]: v for k, v in best.params.items() if k.startswith("lr_mult.")}
+    if mults:
+        want["lr_mult"] = mults
+    assert result["recipe"] == want
+    # multipliers exactly where the structure mixes families
+    assert bool(mults) == (Path(structure).name == "mix.yaml")
+    for t in study.trials:
+        has = any(k.startswith("lr_mult.") for k in t.params)
+        assert has == (Path(t.params["structure"]).name == "mix.yaml")
+        assert 1e-4 <= t.params["lr"] <= 1e-1 and 1e-6 <= t.params["weight_decay"] <= 1e-1
+
+    saved = yaml.safe_load(Path(result["subnet_file"]).read_text())
+    assert saved["meta"]["recipe"] == want
+    assert Subnet.from_dict(saved) == Subnet.load(structure)
+    record = json.loads((folder / "run/tune/tune_result.json").read_text())
+    assert record["recipe"] == want and len(record["trials"]) == 5
+
+
+def test_a_second_run_resumes_the_study_and_retrain_applies_the_pick(folder):
+    first = run_tune(folder, trials=3)
+    again = run_tune(folder, trials=3)  # the study already holds 3 finished trials: none more
+    assert again["trial"] == first["trial"] and again["recipe"] == first["recipe"] and len(again["trials"]) == 3
+    result = retrain_train.retrain(load_run_config(folder / "config.yaml"), first["subnet_file"],
+                                   folder / "retrain", progress=False, curves=False)
+    assert result["recipe"] == first["recipe"] and math.isfinite(result["test_accuracy"])
+
+
+def test_families_of_a_subnet_come_from_the_registry():
+    assert families_of(Subnet.uniform(2, lora=1, vpt=1, ssf=1)) == ["low_rank", "prompt", "scale_shift"]
+    assert families_of(Subnet.uniform(2, lora=1, dora=1)) == ["low_rank"]
+
+
+def test_bad_input_is_one_line_before_any_training(folder, capsys):
+    config = str(folder / "config.yaml")
+    out = str(folder / "run")
+    cases = [
+        (["--lr", "3"], "--lr '3': expected LOW:HIGH, e.g. 1e-4:1e-1"),
+        (["--lr-mult", "10:0.1"], "tune: lr_mult range 10.0:0.1: expected 0 < low < high, both finite"),
+        (["--trials", "0"], "tune: trials: expected an integer >= 1, got 0"),
+        (["--subnet", str(folder / "mix.yaml"), "--subnet", str(folder / "mix.yaml")], "tune: a candidate is given twice"),
+        ([], "best_subnet.yaml: file not found"),
+    ]
+    for extra, message in cases:
+        code = main(["tune", "--config", config, "--out", out, "--quiet", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+    (folder / "odd.yaml").write_text(yaml.safe_dump(Subnet.uniform(4, lora=3).to_dict()))
+    with pytest.raises(UniTuneError, match=r"odd\.yaml: lora\[0\] = 3 is not in the search space"):
+        run_tune_files(folder, ["odd.yaml"])
+    assert not (folder / "run" / "tune" / "study.db").exists()
+
+
+def run_tune_files(folder: Path, names: list[str]):
+    ctx = RunContext.of(load_run_config(folder / "config.yaml"), folder / "run")
+    return tune(ctx, load_candidates([str(folder / n) for n in names], ctx), folder / "run", trials=1, epochs=1)
+
+
+def test_ranges_are_checked():
+    with pytest.raises(UniTuneError, match=r"^tune: lr range 0\.0:1\.0: expected 0 < low < high"):
+        TuneRanges(lr=(0.0, 1.0)).check()
