@@ -143,7 +143,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet]], out: str | os.PathLike, 
         cost: dict = {}
         accuracy = float("nan")
         try:
-            for step, accuracy in standalone_epochs(RunContext.of(tuned, ctx.out), ctx.out, subnet, epochs,
+            for step, accuracy in standalone_epochs(ctx.moved(ctx.out, tuned), ctx.out, subnet, epochs,
                                                     progress, cost=cost):
                 trial.report(accuracy, step)
                 if step < epochs and trial.should_prune():

@@ -6,17 +6,16 @@ interrupted run resumes from its checkpoint to the same weights."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from tiny import tiny_minivtab_config
 
 import unitune.retrain.train as retrain_train
 from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -24,16 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 @pytest.fixture
 def run(tmp_path):
     """configs/minivtab.yaml's tiny ViT (random init, no pretraining) on 48 train images, 2 epochs."""
-    cfg = yaml.safe_load((REPO / "configs" / "minivtab.yaml").read_text())
-    for key in ("pretrain", "compare"):
-        cfg.pop(key)
-    cfg["device"] = "cpu"
-    cfg["model"]["pretrained"] = False
-    cfg["data"].update(task="count", split_sizes=[48, 16, 32])
-    cfg["retrain"].update(epochs=2, warmup_epochs=1)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return load_run_config(path, [])
+    return load_run_config(tiny_minivtab_config(tmp_path), [])
 
 
 def plain_loop(run, x: torch.Tensor) -> tuple[torch.Tensor, float]:

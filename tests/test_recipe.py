@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+
+from tiny import tiny_minivtab_config
 
 import unitune.retrain.train as retrain_train
 from unitune.engine.config import TrainConfig, apply_recipe, load_run_config
@@ -19,24 +20,13 @@ from unitune.errors import UniTuneError
 from unitune.retrain.export import load_export
 from unitune.supernet import Subnet
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPE = {"lr": 0.02, "weight_decay": 0.0, "lr_mult": {"prompt": 5, "head": 0.5}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def config(tmp_path: Path) -> Path:
-    """configs/minivtab.yaml's tiny ViT (random init) on 48 train images, 2 epochs."""
-    cfg = yaml.safe_load((REPO / "configs" / "minivtab.yaml").read_text())
-    for key in ("pretrain", "compare"):
-        cfg.pop(key)
-    cfg["device"] = "cpu"
-    cfg["model"]["pretrained"] = False
-    cfg["data"].update(task="count", split_sizes=[48, 16, 32])
-    cfg["retrain"].update(epochs=2, warmup_epochs=1)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_minivtab_config(tmp_path)
 
 
 def subnet_file(tmp_path: Path, name: str, recipe=None) -> Path:

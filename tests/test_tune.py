@@ -15,6 +15,8 @@ import optuna
 import pytest
 import yaml
 
+from tiny import tiny_minivtab_config
+
 import unitune.data as data_module
 import unitune.retrain.train as retrain_train
 from unitune.commands.cli import main
@@ -24,7 +26,6 @@ from unitune.search.tune import TuneRanges, families_of, load_candidates, tune
 from unitune.engine.context import RunContext
 from unitune.supernet import Subnet
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -33,14 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 def folder(tmp_path) -> Path:
     """configs/minivtab.yaml's tiny ViT (random init) on 48 train / 16 val images, and two
     candidate subnets: LoRA + VPT (two families) and LoRA alone."""
-    cfg = yaml.safe_load((REPO / "configs" / "minivtab.yaml").read_text())
-    for key in ("pretrain", "compare"):
-        cfg.pop(key)
-    cfg["device"] = "cpu"
-    cfg["model"]["pretrained"] = False
-    cfg["data"].update(task="count", split_sizes=[48, 16, 32])
-    cfg["retrain"].update(epochs=2, warmup_epochs=1)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    tiny_minivtab_config(tmp_path)
     Subnet.uniform(4, lora=4, vpt=4).save(tmp_path / "mix.yaml")
     Subnet.uniform(4, lora=4).save(tmp_path / "lora.yaml")
     return tmp_path
