@@ -2,7 +2,7 @@
 suite's one fixed recipe (lr 1e-3, weight decay 1e-4), same row, same seeds, same test split.
 
 For each (task, method): the compare row's subnet (`largest_uniform`, as `unitune compare` builds
-it), tuned with `search.tune.tune` (TPE + successive halving, ``--trials`` trials of up to
+it; `full`: full fine-tuning, its head's multiplier tuned too), tuned with `search.tune.tune` (TPE + successive halving, ``--trials`` trials of up to
 ``--epochs`` epochs, each trained on **train** and judged on **val**), then retrained on trainval
 with the chosen recipe for seeds 0-2, test read once per cell after the last epoch. The fixed-recipe
 cells are the suite's own records (benchmarks/logs/minivtab-dinov2/cells), run with the same
@@ -47,7 +47,8 @@ def main() -> None:
     from unitune.commands.compare.plan import plan_compare
     from unitune.commands.compare.run import largest_uniform
     from unitune.retrain.train import retrain
-    from unitune.search.tune import tune
+    from unitune.engine.config import apply_recipe
+    from unitune.search.tune import FULL, tune
 
     torch.set_num_threads(1)
     tasks, methods = args.tasks.split(","), args.methods.split(",")
@@ -59,9 +60,9 @@ def main() -> None:
         ctx = plan.context(task)
         for method in methods:
             folder = out / task / method
-            subnet = largest_uniform(method, ctx, plan.classes(task))
+            candidate = (FULL, None) if method == "full" else (method, largest_uniform(method, ctx, plan.classes(task)))
             cpu = time.process_time()
-            tuned = tune(ctx.moved(folder, ctx.run), [(method, subnet)], folder, trials=args.trials,
+            tuned = tune(ctx.moved(folder, ctx.run), [candidate], folder, trials=args.trials,
                          epochs=args.epochs, seed=0)
             tune_cpu = time.process_time() - cpu
             pruned = sum(t["state"] == "PRUNED" for t in tuned["trials"])
@@ -71,6 +72,9 @@ def main() -> None:
                 result_file = cell / "retrain_result.json"
                 if result_file.exists():
                     result = json.loads(result_file.read_text())
+                elif method == "full":  # no subnet file: the recipe goes in the config
+                    run = dataclasses.replace(run, retrain=apply_recipe(run.retrain, tuned["recipe"], "tune"))
+                    result = retrain(ctx.moved(cell, run), None, cell, full=True, progress=False, curves=False)
                 else:
                     result = retrain(ctx.moved(cell, run), tuned["subnet_file"], cell, progress=False, curves=False)
                 fixed = json.loads((FIXED / task / f"{method}-seed{seed}.json").read_text())["test_accuracy"]

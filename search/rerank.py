@@ -94,13 +94,15 @@ def standalone_val_accuracy(run: RunConfig | RunContext, out: Path, subnet, epoc
 
 
 def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: int, progress: bool = False,
-                      cost: dict | None = None) -> Iterator[tuple[int, float]]:
+                      cost: dict | None = None, full: bool = False) -> Iterator[tuple[int, float]]:
     """Train ``subnet`` as :func:`standalone_val_accuracy` does, yielding ``(epoch, val accuracy)``
     after each epoch (the search's ``standalone`` fitness reports them to Optuna's pruner).
-    ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far."""
+    ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far. ``full``: every
+    weight of the backbone trains (``subnet`` empty), as retrain's full mode does."""
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
     from unitune.engine.subnet_model import build_subnet_model
-    from unitune.engine.train import Criterion, build_optimizer, build_scheduler, evaluate, seed_everything, train_epoch
+    from unitune.engine.train import (Criterion, build_optimizer, build_scheduler, evaluate, plain_family,
+                                      seed_everything, train_epoch)
 
     ctx = RunContext.of(run, out)
     run = ctx.run
@@ -116,7 +118,12 @@ def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: in
     val_set.transform = build_transform(data_config, train=False, cfg=run.data)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
     val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, device=device)
-    optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay(), model.param_family)
+    if full:  # as retrain's full mode: every weight of the timm model, timm's weight-decay rule
+        model.requires_grad_(True)
+        optimizer = build_optimizer(model.vit.named_parameters(), cfg, family_of=plain_family(model.vit))
+    else:
+        optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay(),
+                                    model.param_family)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
     cost = {} if cost is None else cost

@@ -32,12 +32,14 @@ from unitune.errors import UniTuneError
 from unitune.io import write_json_atomic
 from unitune.supernet import Subnet
 from unitune.supernet.methods import METHODS
+from unitune.supernet.methods.base import BACKBONE_FAMILY, HEAD_FAMILY
 
 from .study import _quiet_optuna
 
 TUNE_DIR = "tune"
 TUNED_SUBNET = "tuned_subnet.yaml"
 STRUCTURE_PARAM = "structure"
+FULL = "full"  # the candidate label of full fine-tuning (every backbone weight trains)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +69,26 @@ def parse_range(text: str, where: str) -> tuple[float, float]:
         raise UniTuneError(f"{where} {text!r}: expected LOW:HIGH, e.g. 1e-4:1e-1") from None
 
 
-def families_of(subnet: Subnet) -> list[str]:
-    """The optimiser families of the methods ``subnet`` switches on, in registry order."""
+def families_of(subnet: Subnet | None) -> list[str]:
+    """The optimiser families of the methods ``subnet`` switches on, in registry order; for full
+    fine-tuning (``None``) the backbone and the head."""
+    if subnet is None:
+        return [BACKBONE_FAMILY, HEAD_FAMILY]
     return list(dict.fromkeys(METHODS[m].family for m in METHODS if subnet.is_on(m)))
 
 
-def suggest_recipe(trial: optuna.Trial, subnet: Subnet, ranges: TuneRanges) -> dict[str, Any]:
-    """The trial's recipe. A multiplier per family only where the subnet mixes two or more
-    families: with one, a multiplier would only rename the learning rate. (The head trains at
-    the learning rate: it is in every subnet, so its multiplier would be confounded too.)"""
+def suggest_recipe(trial: optuna.Trial, subnet: Subnet | None, ranges: TuneRanges) -> dict[str, Any]:
+    """The trial's recipe. Where two or more families train, the learning rate is the first
+    family's (and the head's) and every other family gets a multiplier relative to it: one free
+    rate per family and no more, as a multiplier on every family would only rescale the learning
+    rate. Full fine-tuning: the backbone at ``lr``, the new head at a multiplier of it."""
     recipe: dict[str, Any] = {
         "lr": trial.suggest_float("lr", *ranges.lr, log=True),
         "weight_decay": trial.suggest_float("weight_decay", *ranges.weight_decay, log=True),
     }
     families = families_of(subnet)
     if len(families) > 1:
-        recipe["lr_mult"] = {f: trial.suggest_float(f"lr_mult.{f}", *ranges.lr_mult, log=True) for f in families}
+        recipe["lr_mult"] = {f: trial.suggest_float(f"lr_mult.{f}", *ranges.lr_mult, log=True) for f in families[1:]}
     return recipe
 
 
@@ -101,13 +107,15 @@ def check_settings(trials: int, epochs: int, ranges: TuneRanges) -> None:
     ranges.check()
 
 
-def tune(run, candidates: Sequence[tuple[str, Subnet]], out: str | os.PathLike, trials: int = 12,
+def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.PathLike, trials: int = 12,
          epochs: int = 3, ranges: TuneRanges = TuneRanges(), seed: int = 0,
          progress: bool = False) -> dict[str, Any]:
     """Tune the recipe of ``candidates`` (``[(label, subnet), ...]``; with several, the structure
-    is a parameter too) in ``trials`` complete or pruned trials of up to ``epochs`` epochs each;
-    write ``out/tune/tuned_subnet.yaml`` (the pick, its recipe in ``meta.recipe``) and
-    ``out/tune/tune_result.json``. Returns the result."""
+    is a parameter too; ``(FULL, None)`` is full fine-tuning) in ``trials`` complete or pruned
+    trials of up to ``epochs`` epochs each; write ``out/tune/tune_result.json`` and, for a subnet
+    pick, ``out/tune/tuned_subnet.yaml`` (its recipe in ``meta.recipe``). Full fine-tuning has
+    no subnet file: its recipe goes to the config (``retrain.lr=... retrain.lr_mult=...``) and
+    the result prints it. Returns the result."""
     from .rerank import standalone_epochs
 
     ctx = RunContext.of(run, out)
@@ -119,7 +127,10 @@ def tune(run, candidates: Sequence[tuple[str, Subnet]], out: str | os.PathLike, 
         raise UniTuneError(f"tune: a candidate is given twice: {labels}")
     by_label = dict(candidates)
     for label, subnet in candidates:  # before any training: the structure fits this run
-        subnet.check(ctx.depth, ctx.space, source=label)
+        if (subnet is None) != (label == FULL):
+            raise ValueError(f"tune: candidate {label!r}: full fine-tuning is ({FULL!r}, None), a subnet has a label")
+        if subnet is not None:
+            subnet.check(ctx.depth, ctx.space, source=label)
 
     folder = ctx.out / TUNE_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,8 +154,9 @@ def tune(run, candidates: Sequence[tuple[str, Subnet]], out: str | os.PathLike, 
         cost: dict = {}
         accuracy = float("nan")
         try:
-            for step, accuracy in standalone_epochs(ctx.moved(ctx.out, tuned), ctx.out, subnet, epochs,
-                                                    progress, cost=cost):
+            for step, accuracy in standalone_epochs(ctx.moved(ctx.out, tuned), ctx.out,
+                                                    subnet or Subnet.uniform(ctx.depth), epochs, progress,
+                                                    cost=cost, full=subnet is None):
                 trial.report(accuracy, step)
                 if step < epochs and trial.should_prune():
                     trial.set_user_attr("pruned_at", step)
@@ -168,9 +180,9 @@ def tune(run, candidates: Sequence[tuple[str, Subnet]], out: str | os.PathLike, 
     label, recipe = best.user_attrs["structure"], best.user_attrs["recipe"]
     meta = {"recipe": recipe, "tune": {"trial": best.number, "val_accuracy": best.value, "structure": label,
                                        "trials": len(study.trials), "epochs": epochs, "study": name}}
-    path = by_label[label].save(folder / TUNED_SUBNET, meta)
+    path = None if label == FULL else by_label[label].save(folder / TUNED_SUBNET, meta)
     result = {
-        "subnet_file": str(path), "structure": label, "recipe": recipe, "val_accuracy": best.value,
+        "subnet_file": None if path is None else str(path), "structure": label, "recipe": recipe, "val_accuracy": best.value,
         "trial": best.number, "study": name, "storage": str(folder / "study.db"),
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
@@ -190,8 +202,13 @@ def _say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def tune_line(result: dict[str, Any]) -> str:
     recipe = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else
                        f"{k} {{{', '.join(f'{f}: {m:.3g}' for f, m in v.items())}}}" for k, v in result["recipe"].items())
+    if result["subnet_file"] is None:  # full fine-tuning: the config carries the recipe
+        overrides = " ".join(f"retrain.{k}={json.dumps(v).replace(' ', '')}" for k, v in result["recipe"].items())
+        where = f"as config overrides: {overrides}"
+    else:
+        where = f"-> {result['subnet_file']}"
     return (f"tune: best val accuracy {result['val_accuracy']:.4f} (trial {result['trial']}, {result['structure']}): "
-            f"{recipe} -> {result['subnet_file']}")
+            f"{recipe} {where}")
 
 
 def load_candidates(paths: Sequence[str], ctx: RunContext) -> list[tuple[str, Subnet]]:
@@ -205,4 +222,4 @@ def load_candidates(paths: Sequence[str], ctx: RunContext) -> list[tuple[str, Su
     return out
 
 
-__all__ = ["TuneRanges", "check_settings", "tune", "tune_line", "load_candidates", "parse_range", "TUNED_SUBNET", "TUNE_DIR"]
+__all__ = ["FULL", "TuneRanges", "check_settings", "tune", "tune_line", "load_candidates", "parse_range", "TUNED_SUBNET", "TUNE_DIR"]

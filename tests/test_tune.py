@@ -22,7 +22,7 @@ import unitune.retrain.train as retrain_train
 from unitune.commands.cli import main
 from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
-from unitune.search.tune import TuneRanges, families_of, load_candidates, tune
+from unitune.search.tune import FULL, TuneRanges, families_of, load_candidates, tune, tune_line
 from unitune.engine.context import RunContext
 from unitune.supernet import Subnet
 
@@ -73,9 +73,9 @@ def test_the_pick_is_the_studys_best_trial_and_its_recipe_is_in_the_subnet_file(
     assert result["recipe"] == want
     # multipliers exactly where the structure mixes families
     assert bool(mults) == (Path(structure).name == "mix.yaml")
-    for t in study.trials:
-        has = any(k.startswith("lr_mult.") for k in t.params)
-        assert has == (Path(t.params["structure"]).name == "mix.yaml")
+    for t in study.trials:  # LoRA's family's rate is lr; VPT's (the mix's second family) is relative to it
+        named = {k for k in t.params if k.startswith("lr_mult.")}
+        assert named == ({"lr_mult.prompt"} if Path(t.params["structure"]).name == "mix.yaml" else set())
         assert 1e-4 <= t.params["lr"] <= 1e-1 and 1e-6 <= t.params["weight_decay"] <= 1e-1
 
     saved = yaml.safe_load(Path(result["subnet_file"]).read_text())
@@ -127,3 +127,16 @@ def run_tune_files(folder: Path, names: list[str]):
 def test_ranges_are_checked():
     with pytest.raises(UniTuneError, match=r"^tune: lr range 0\.0:1\.0: expected 0 < low < high"):
         TuneRanges(lr=(0.0, 1.0)).check()
+
+
+def test_full_fine_tuning_is_tuned_with_a_head_multiplier_and_its_recipe_given_as_overrides(folder, capsys):
+    ctx = RunContext.of(load_run_config(folder / "config.yaml"), folder / "full")
+    result = tune(ctx, [(FULL, None)], folder / "full", trials=2, epochs=1)
+    assert result["subnet_file"] is None and not (folder / "full/tune/tuned_subnet.yaml").exists()
+    assert set(result["recipe"]) == {"lr", "weight_decay", "lr_mult"} and set(result["recipe"]["lr_mult"]) == {"head"}
+    line = tune_line(result)
+    overrides = line.split("as config overrides: ", 1)[1].split()
+    run = load_run_config(folder / "config.yaml", overrides)  # the printed overrides read back as the recipe
+    assert (run.retrain.lr, run.retrain.weight_decay, run.retrain.lr_mult) == (
+        result["recipe"]["lr"], result["recipe"]["weight_decay"], result["recipe"]["lr_mult"])
+    assert families_of(None) == ["backbone", "head"]

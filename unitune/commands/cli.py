@@ -304,16 +304,17 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from unitune.engine.context import RunContext, RunLayout
-    from unitune.search.tune import TuneRanges, check_settings, load_candidates, parse_range, tune, tune_line
+    from unitune.search.tune import FULL, TuneRanges, check_settings, load_candidates, parse_range, tune, tune_line
 
     ranges = TuneRanges(lr=parse_range(args.lr, "--lr"), weight_decay=parse_range(args.weight_decay, "--weight-decay"),
                         lr_mult=parse_range(args.lr_mult, "--lr-mult"))
     check_settings(args.trials, args.epochs, ranges)
     run = _load_run(args)
     out = _out_dir(args, run)
-    specs = args.subnet or [str(RunLayout(out).best_subnet)]
+    specs = args.subnet or ([] if args.full else [str(RunLayout(out).best_subnet)])
     ctx = RunContext.of(run, out)
-    result = tune(ctx, load_candidates(specs, ctx), out, trials=args.trials, epochs=args.epochs, ranges=ranges,
+    candidates = load_candidates(specs, ctx) + ([(FULL, None)] if args.full else [])
+    result = tune(ctx, candidates, out, trials=args.trials, epochs=args.epochs, ranges=ranges,
                   seed=args.seed, progress=not args.quiet)
     _record(run, out)
     print(tune_line(result))
@@ -499,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", default="1e-6:1e-1", metavar="LOW:HIGH", help="default 1e-6:1e-1")
     p.add_argument("--lr-mult", default="0.1:10", metavar="LOW:HIGH",
                    help="per-family multiplier range, used where a subnet mixes families (default 0.1:10)")
+    p.add_argument("--full", action="store_true",
+                   help="tune full fine-tuning too (every backbone weight; alone when no --subnet is given)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     p.set_defaults(func=_tune)
 
