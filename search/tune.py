@@ -28,12 +28,13 @@ import optuna
 
 from unitune.engine.config import apply_recipe
 from unitune.engine.context import RunContext
-from unitune.errors import UniTuneError
+from unitune.errors import DivergedError, UniTuneError
 from unitune.io import write_json_atomic
 from unitune.supernet import Subnet
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.base import BACKBONE_FAMILY, HEAD_FAMILY
 
+from .storage import FAIL_REASON_ATTR
 from .study import _quiet_optuna
 
 TUNE_DIR = "tune"
@@ -161,6 +162,9 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
                 if step < epochs and trial.should_prune():
                     trial.set_user_attr("pruned_at", step)
                     raise optuna.TrialPruned(f"pruned after epoch {step} (val accuracy {accuracy:.4f})")
+        except DivergedError as e:  # a rate too high is an answer about the rate: the trial fails, the study goes on
+            trial.set_user_attr(FAIL_REASON_ATTR, str(e)[:500])
+            return float("nan")
         finally:
             for key, value in cost.items():
                 trial.set_user_attr(key, value)
@@ -168,14 +172,17 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         return accuracy
 
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = trials - len(study.get_trials(deepcopy=False, states=finished))
-    if remaining > 0:
+    failed = 0
+    # ``trials`` finished (complete or pruned) trials; a diverged one does not count, but as many
+    # failures as trials end the stage (the ranges are wrong, not unlucky).
+    while (remaining := trials - len(study.get_trials(deepcopy=False, states=finished))) > 0 and failed < trials:
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
+        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if t.value is not None and math.isfinite(t.value)]
     if not complete:
-        raise UniTuneError(f"tune: none of {trials} trials completed (every one pruned or failed); raise --trials")
+        raise UniTuneError(f"tune: no trial completed ({failed} diverged: lower --lr's range; the rest pruned)")
     best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
     label, recipe = best.user_attrs["structure"], best.user_attrs["recipe"]
     meta = {"recipe": recipe, "tune": {"trial": best.number, "val_accuracy": best.value, "structure": label,
@@ -194,7 +201,8 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
 
 def _say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     attrs = trial.user_attrs
-    how = (f"pruned after epoch {attrs['pruned_at']}" if "pruned_at" in attrs else
+    how = (f"failed: {attrs[FAIL_REASON_ATTR]}" if FAIL_REASON_ATTR in attrs else
+           f"pruned after epoch {attrs['pruned_at']}" if "pruned_at" in attrs else
            f"val accuracy {trial.value:.4f}" if trial.value is not None else trial.state.name.lower())
     print(f"tune: trial {trial.number} ({attrs.get('structure')}): {how}; recipe {attrs.get('recipe')}")
 

@@ -140,3 +140,24 @@ def test_full_fine_tuning_is_tuned_with_a_head_multiplier_and_its_recipe_given_a
     assert (run.retrain.lr, run.retrain.weight_decay, run.retrain.lr_mult) == (
         result["recipe"]["lr"], result["recipe"]["weight_decay"], result["recipe"]["lr_mult"])
     assert families_of(None) == ["backbone", "head"]
+
+
+def test_a_diverging_trial_fails_and_the_study_goes_on(folder, monkeypatch):
+    from unitune.errors import DivergedError
+    import unitune.search.rerank as rerank
+
+    real = rerank.standalone_epochs
+    calls = []
+
+    def diverge_first(*args, **kwargs):  # the first trial's training blows up after its first epoch
+        calls.append(1)
+        for step, value in real(*args, **kwargs):
+            if len(calls) == 1:
+                raise DivergedError("stand-alone epoch 2/2: the loss is nan (not finite); lower the learning rate")
+            yield step, value
+
+    monkeypatch.setattr(rerank, "standalone_epochs", diverge_first)
+    result = run_tune(folder, trials=3)
+    states = [t["state"] for t in result["trials"]]
+    assert states[0] == "FAIL" and "the loss is nan" in result["trials"][0]["fail_reason"]
+    assert len(states) == 4 and states.count("COMPLETE") + states.count("PRUNED") == 3 and result["trial"] != 0

@@ -13,6 +13,11 @@ class UniTuneError(Exception):
     exit_code = 2
 
 
+class DivergedError(UniTuneError):
+    """Training diverged: a non-finite loss or weight (the learning rate too high, most often).
+    Its own type so that a tuner can count the trial as failed and go on."""
+
+
 class UniTuneWarning(UserWarning):
     """Something a user may want to change but that does not stop the run (a budget every subnet
     fits). A real warning for library users (``warnings.warn``, filters, ``pytest.warns``); the

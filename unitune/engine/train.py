@@ -31,7 +31,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 from tqdm import tqdm
 
-from unitune.errors import UniTuneError
+from unitune.errors import DivergedError, UniTuneError
 from unitune.io import atomic_path
 from unitune.supernet.methods.base import BACKBONE_FAMILY, HEAD_FAMILY
 from unitune.supernet.methods.vit import classifier_heads
@@ -202,7 +202,7 @@ def check_finite(named_params: list[tuple[str, nn.Parameter]], where: str) -> No
     weight must fail here, before a checkpoint could store it over the last good one."""
     if not bool(torch.stack([p.detach().isfinite().all() for _, p in named_params]).all()):
         name = next(n for n, p in named_params if not bool(p.detach().isfinite().all()))
-        raise UniTuneError(f"{where}: the update made {name} non-finite; lower the learning rate")
+        raise DivergedError(f"{where}: the update made {name} non-finite; lower the learning rate")
 
 
 # Steps between reads of the losses from the device when ``log_every`` is 0 (see StepChecks).
@@ -252,7 +252,7 @@ class StepChecks:
         values = torch.stack(self.pending).tolist()
         for value, where in zip(values, self.where):
             if not math.isfinite(value):
-                raise UniTuneError(f"{where}: the loss is {value} (not finite); lower the learning rate")
+                raise DivergedError(f"{where}: the loss is {value} (not finite); lower the learning rate")
             self.loss_sum += value  # one at a time, in order: the same sum as a per-step .item() gave
         self.count += len(values)
         where = self.where[-1]
