@@ -180,6 +180,8 @@ def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: st
                 changed.append(f"init: {saved.get('init')!r} -> {init!r}")
             if saved.get("mode") != fingerprint.get("mode"):
                 changed.append("full fine-tuning or not")
+            if saved.get("recipe") != fingerprint.get("recipe"):
+                changed.append("the subnet file's meta.recipe")
             more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
             raise UniTuneError(f"{ckpt_dir}: the config or subnet changed since this checkpoint "
                                f"({'; '.join(changed[:3])}{more}); resume with the same ones, or remove the "

@@ -135,7 +135,12 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
 
     folder = ctx.out / TUNE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    name = study_name(labels, epochs, ranges)
+    # the candidates' contents and the run's recipe, data, model and weights too: a rewritten
+    # best_subnet.yaml or a changed config starts a new study instead of reusing old trials
+    from .rerank import score_key
+    contents = [by_label[label].to_dict()["subnet"] if by_label[label] is not None else FULL for label in labels]
+    name = study_name([json.dumps([label, c, score_key(ctx, ctx.out, epochs)], sort_keys=True, default=str)
+                       for label, c in zip(labels, contents)], epochs, ranges)
     with _quiet_optuna():
         study = optuna.create_study(
             storage=f"sqlite:///{folder / 'study.db'}", study_name=name, load_if_exists=True, direction="maximize",
