@@ -25,7 +25,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import optuna
@@ -94,12 +94,19 @@ def standalone_val_accuracy(run: RunConfig | RunContext, out: Path, subnet, epoc
 
 
 def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: int, progress: bool = False,
-                      cost: dict | None = None, full: bool = False) -> Iterator[tuple[int, float]]:
+                      cost: dict | None = None, full: bool = False, split: Any = None,
+                      on_model: Callable[[Any], None] | None = None) -> Iterator[tuple[int, float]]:
     """Train ``subnet`` as :func:`standalone_val_accuracy` does, yielding ``(epoch, val accuracy)``
     after each epoch (the search's ``standalone`` fitness reports them to Optuna's pruner).
     ``cost`` (if given) counts the ``train_images`` and ``val_images_seen`` so far. ``full``: every
-    weight of the backbone trains (``subnet`` empty), as retrain's full mode does."""
-    from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
+    weight of the backbone trains (``subnet`` empty), as retrain's full mode does.
+
+    ``split``: None trains on the train split and judges on val; ``(train_indices, val_indices)``
+    cuts train and val pooled (:class:`~unitune.data.JoinedDataset`, train first) instead, one of
+    the tuner's repeated splits; ``"trainval"`` trains on trainval and judges nothing (the val
+    accuracy yielded is NaN). The test split is never built. ``on_model(model)`` is called once the
+    model is built (a caller that keeps the trained weights, :mod:`unitune.retrain.soup`)."""
+    from unitune.data import JoinedDataset, build_dataset, build_loader, build_transform, resolve_data_config
     from unitune.engine.subnet_model import build_subnet_model
     from unitune.engine.train import (Criterion, build_optimizer, build_scheduler, evaluate, plain_family,
                                       seed_everything, train_epoch)
@@ -109,21 +116,30 @@ def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: in
     cfg = dataclasses.replace(run.retrain, epochs=epochs)
     device = ctx.device
     seed_everything(cfg.seed)
-    train_set = build_dataset(run.data, "train", None)
-    val_set = build_dataset(run.data, "val", None)
+    if split is None:
+        train_set, val_set = build_dataset(run.data, "train", None), build_dataset(run.data, "val", None)
+    elif isinstance(split, str) and split == "trainval":
+        train_set, val_set = build_dataset(run.data, "trainval", None), None
+    else:
+        pool = JoinedDataset([build_dataset(run.data, "train", None), build_dataset(run.data, "val", None)])
+        train_set, val_set = pool.subset(split[0]), pool.subset(split[1])
     num_classes = train_set.num_classes
     model = build_subnet_model(ctx, subnet, num_classes, device, out, "pretrained", None)
     data_config = resolve_data_config(model.vit)
     train_set.transform = build_transform(data_config, train=True, cfg=run.data)
-    val_set.transform = build_transform(data_config, train=False, cfg=run.data)
     loader = build_loader(train_set, run.data, train=True, seed=cfg.seed, device=device)
-    val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, device=device)
+    val_loader = None
+    if val_set is not None:
+        val_set.transform = build_transform(data_config, train=False, cfg=run.data)
+        val_loader = build_loader(val_set, run.data, train=False, seed=cfg.seed, device=device)
     if full:  # as retrain's full mode: every weight of the timm model, timm's weight-decay rule
         model.requires_grad_(True)
         optimizer = build_optimizer(model.vit.named_parameters(), cfg, family_of=plain_family(model.vit))
     else:
         optimizer = build_optimizer(model.trainable_named_parameters(), cfg, model.no_weight_decay(),
                                     model.param_family)
+    if on_model is not None:
+        on_model(model)
     scheduler = build_scheduler(optimizer, cfg, loader.sampler.num_batches)
     criterion = Criterion(cfg, num_classes)
     cost = {} if cost is None else cost
@@ -132,10 +148,13 @@ def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: in
         loader.sampler.set_epoch(epoch)
         _, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
                               f"stand-alone epoch {epoch + 1}/{epochs}", False)
-        result = evaluate(model, val_loader, device, num_classes, cfg.amp)
         cost["train_images"] = cost.get("train_images", 0) + len(train_set)
-        cost["val_images_seen"] = cost.get("val_images_seen", 0) + result["n"]
-        yield epoch + 1, float(result["accuracy"])
+        accuracy = float("nan")
+        if val_loader is not None:
+            result = evaluate(model, val_loader, device, num_classes, cfg.amp)
+            cost["val_images_seen"] = cost.get("val_images_seen", 0) + result["n"]
+            accuracy = float(result["accuracy"])
+        yield epoch + 1, accuracy
 
 
 def score_key(run: RunConfig | RunContext | None, out: Path, epochs: int) -> str:

@@ -9,8 +9,9 @@ subnet alone from the pretrained backbone on the **train** split and is judged o
 each epoch (:func:`.rerank.standalone_epochs`, the re-rank's code): the epochs are the fidelities
 Optuna's pruner stops weak trials at. The test split is never built.
 
-The pick is the trial with the best final val accuracy (ties: the earlier trial). It is written as
-a subnet file whose ``meta.recipe`` holds the chosen values, which ``unitune retrain`` applies over
+The pick is made by a noise-aware rule (:class:`Selection`): the study's few best trials are
+trained again on repeated random train/val splits of train+val and the best mean wins, since with
+200 val images the single best trial is a maximum over noise. It is written as a subnet file whose ``meta.recipe`` holds the chosen values, which ``unitune retrain`` applies over
 the config's retrain section (:func:`unitune.engine.config.apply_recipe`). Every trial records
 its structure and recipe as user attributes and in its note, where optuna-dashboard shows them.
 """
@@ -24,6 +25,7 @@ import math
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import optuna
 
 from unitune.engine.config import apply_recipe
@@ -50,9 +52,13 @@ class TuneRanges:
     lr: tuple[float, float] = (1e-4, 1e-1)
     weight_decay: tuple[float, float] = (1e-6, 1e-1)
     lr_mult: tuple[float, float] = (0.1, 10.0)
+    # Full fine-tuning moves every pretrained weight: its rates sit ~100x below PEFT's (VTAB-1k
+    # recipes use 1e-5..1e-4 for the backbone), and the new head wants far more than the backbone.
+    full_lr: tuple[float, float] = (1e-6, 1e-3)
+    full_head_mult: tuple[float, float] = (1.0, 1000.0)
 
     def check(self, where: str = "tune") -> "TuneRanges":
-        for name in ("lr", "weight_decay", "lr_mult"):
+        for name in ("lr", "weight_decay", "lr_mult", "full_lr", "full_head_mult"):
             low, high = getattr(self, name)
             if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
                 raise UniTuneError(f"{where}: {name} range {low}:{high}: expected 0 < low < high, both finite")
@@ -82,45 +88,96 @@ def suggest_recipe(trial: optuna.Trial, subnet: Subnet | None, ranges: TuneRange
     """The trial's recipe. Where two or more families train, the learning rate is the first
     family's (and the head's) and every other family gets a multiplier relative to it: one free
     rate per family and no more, as a multiplier on every family would only rescale the learning
-    rate. Full fine-tuning: the backbone at ``lr``, the new head at a multiplier of it."""
+    rate. Full fine-tuning: the backbone at ``lr`` (from ``ranges.full_lr``, a parameter of its
+    own name so that a study mixing both keeps two distributions), the new head at a multiplier."""
+    full = subnet is None
     recipe: dict[str, Any] = {
-        "lr": trial.suggest_float("lr", *ranges.lr, log=True),
+        "lr": trial.suggest_float("full_lr" if full else "lr", *(ranges.full_lr if full else ranges.lr), log=True),
         "weight_decay": trial.suggest_float("weight_decay", *ranges.weight_decay, log=True),
     }
     families = families_of(subnet)
     if len(families) > 1:
-        recipe["lr_mult"] = {f: trial.suggest_float(f"lr_mult.{f}", *ranges.lr_mult, log=True) for f in families[1:]}
+        span = ranges.full_head_mult if full else ranges.lr_mult
+        recipe["lr_mult"] = {f: trial.suggest_float(f"lr_mult.{f}", *span, log=True) for f in families[1:]}
     return recipe
 
 
-def study_name(labels: Sequence[str], epochs: int, ranges: TuneRanges) -> str:
-    """One study per candidate set, epoch count and ranges: a changed setting starts a new study
-    instead of mixing trials that answered another question."""
-    what = json.dumps({"subnets": list(labels), "epochs": epochs, "ranges": dataclasses.asdict(ranges)},
-                      sort_keys=True)
+def study_name(ctx: RunContext, candidates: Sequence[tuple[str, Subnet | None]], epochs: int,
+               ranges: TuneRanges, selection: "Selection") -> str:
+    """One study per question: the candidates (labels and contents), the epochs, the ranges, the
+    selection rule and everything a stand-alone score depends on (:func:`.rerank.score_key`: the
+    recipe, data, model, space and backbone bytes). A rewritten subnet file or a changed config
+    starts a new study instead of mixing in trials that answered another one."""
+    from .rerank import score_key
+
+    what = json.dumps({"subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
+                       "epochs": epochs, "ranges": dataclasses.asdict(ranges),
+                       "selection": dataclasses.asdict(selection), "run": score_key(ctx, ctx.out, epochs)},
+                      sort_keys=True, default=str)
     return "tune-" + hashlib.sha256(what.encode()).hexdigest()[:12]
 
 
-def check_settings(trials: int, epochs: int, ranges: TuneRanges) -> None:
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The noise-aware final pick (DESIGN, "What decides PEFT accuracy": with 200 val images one
+    accuracy has a standard error of ~3 points, so the study's best trial is a maximum over noise).
+
+    The ``finalists`` best trials of the study are each trained again on ``splits`` random
+    train/val partitions of train+val pooled (val of the data's val size, stratified, drawn from
+    the tune seed; :func:`unitune.data.repeated_splits`), for the tune's epochs, and the pick is
+    the finalist with the highest **mean** val accuracy over them (ties: the study's order), with
+    its standard error recorded. The data's own split, on which the finalists were chosen, is not
+    among them: its scores carry the winner's curse. ``splits: 0`` (or one finalist) takes the
+    study's best trial as it stands. The test split is never built."""
+
+    finalists: int = 3
+    splits: int = 3
+
+    def check(self, where: str = "tune") -> "Selection":
+        for name in ("finalists", "splits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "finalists" else 0):
+                raise UniTuneError(f"{where}: {name}: expected an integer >= {1 if name == 'finalists' else 0}, "
+                                   f"got {value!r}")
+        if self.splits == 1:
+            raise UniTuneError(f"{where}: splits: 1 split has no spread; expected 0 (off) or >= 2")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.finalists > 1 and self.splits >= 2
+
+
+def check_settings(trials: int, epochs: int, ranges: TuneRanges, selection: Selection | None = None) -> None:
     for name, value in (("trials", trials), ("epochs", epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UniTuneError(f"tune: {name}: expected an integer >= 1, got {value!r}")
     ranges.check()
+    if selection is not None:
+        selection.check()
+
+
+def short_recipe(cfg, epochs: int):
+    """The retrain recipe cut to ``epochs`` with its warm-up cut in proportion (a 1-epoch warm-up
+    of a 4-epoch retrain is no warm-up of a 1-epoch trial, and would be all of it)."""
+    warmup = min(round(cfg.warmup_epochs * epochs / max(cfg.epochs, 1)), epochs - 1)
+    return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=max(warmup, 0))
 
 
 def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.PathLike, trials: int = 12,
          epochs: int = 3, ranges: TuneRanges = TuneRanges(), seed: int = 0,
-         progress: bool = False) -> dict[str, Any]:
+         progress: bool = False, selection: Selection = Selection()) -> dict[str, Any]:
     """Tune the recipe of ``candidates`` (``[(label, subnet), ...]``; with several, the structure
     is a parameter too; ``(FULL, None)`` is full fine-tuning) in ``trials`` complete or pruned
-    trials of up to ``epochs`` epochs each; write ``out/tune/tune_result.json`` and, for a subnet
-    pick, ``out/tune/tuned_subnet.yaml`` (its recipe in ``meta.recipe``). Full fine-tuning has
-    no subnet file: its recipe goes to the config (``retrain.lr=... retrain.lr_mult=...``) and
-    the result prints it. Returns the result."""
+    trials of up to ``epochs`` epochs each, then pick among the finalists by ``selection``; write
+    ``out/tune/tune_result.json`` and, for a subnet pick, ``out/tune/tuned_subnet.yaml`` (its
+    recipe in ``meta.recipe``; a stale one of an earlier pick is removed). Full fine-tuning has no
+    subnet file: its recipe goes to the config (``retrain.lr=... retrain.lr_mult=...``) and the
+    result prints it. Returns the result."""
     from .rerank import standalone_epochs
 
     ctx = RunContext.of(run, out)
-    check_settings(trials, epochs, ranges)
+    check_settings(trials, epochs, ranges, selection)
     if not candidates:
         raise UniTuneError("tune: no candidate subnet (give --subnet FILE, once or more)")
     labels = [label for label, _ in candidates]
@@ -135,20 +192,24 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
 
     folder = ctx.out / TUNE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    # the candidates' contents and the run's recipe, data, model and weights too: a rewritten
-    # best_subnet.yaml or a changed config starts a new study instead of reusing old trials
-    from .rerank import score_key
-    contents = [by_label[label].to_dict()["subnet"] if by_label[label] is not None else FULL for label in labels]
-    name = study_name([json.dumps([label, c, score_key(ctx, ctx.out, epochs)], sort_keys=True, default=str)
-                       for label, c in zip(labels, contents)], epochs, ranges)
+    name = study_name(ctx, candidates, epochs, ranges, selection)
+    short = short_recipe(ctx.run.retrain, epochs)
+    # Pruning starts after the warm-up: an epoch of warm-up says little about the rate after it.
+    min_resource = min(short.warmup_epochs + 1, epochs)
     with _quiet_optuna():
         study = optuna.create_study(
             storage=f"sqlite:///{folder / 'study.db'}", study_name=name, load_if_exists=True, direction="maximize",
-            sampler=optuna.samplers.TPESampler(seed=seed),
-            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+            # TPE's default 10 random start-up trials would leave a short study all random
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, trials // 2))),
+            pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=3),
         )
     study.set_user_attr("candidates", labels)
     study.set_user_attr("epochs", epochs)
+    study.set_user_attr("selection", dataclasses.asdict(selection))
+
+    def trained(label: str, recipe: dict[str, Any]):
+        tuned = dataclasses.replace(ctx.run, retrain=apply_recipe(short, recipe, label))
+        return ctx.moved(ctx.out, tuned)
 
     def objective(trial: optuna.Trial) -> float:
         label = trial.suggest_categorical(STRUCTURE_PARAM, labels) if len(labels) > 1 else labels[0]
@@ -156,13 +217,11 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         recipe = suggest_recipe(trial, subnet, ranges)
         trial.set_user_attr("structure", label)
         trial.set_user_attr("recipe", recipe)
-        tuned = dataclasses.replace(ctx.run, retrain=apply_recipe(ctx.run.retrain, recipe, label))
         cost: dict = {}
         accuracy = float("nan")
         try:
-            for step, accuracy in standalone_epochs(ctx.moved(ctx.out, tuned), ctx.out,
-                                                    subnet or Subnet.uniform(ctx.depth), epochs, progress,
-                                                    cost=cost, full=subnet is None):
+            for step, accuracy in standalone_epochs(trained(label, recipe), ctx.out, subnet or Subnet.uniform(ctx.depth),
+                                                    epochs, progress, cost=cost, full=subnet is None):
                 trial.report(accuracy, step)
                 if step < epochs and trial.should_prune():
                     trial.set_user_attr("pruned_at", step)
@@ -184,24 +243,87 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
         failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None and math.isfinite(t.value)]
-    if not complete:
+    ranked = ranked_complete(study)
+    if not ranked:
         raise UniTuneError(f"tune: no trial completed ({failed} diverged: lower --lr's range; the rest pruned)")
-    best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
+
+    selected, select_images = select(ctx, study, ranked, by_label, selection, epochs, seed, trained, progress)
+    best = next(t for t in ranked if t.number == selected["trial"]) if selected else ranked[0]
     label, recipe = best.user_attrs["structure"], best.user_attrs["recipe"]
     meta = {"recipe": recipe, "tune": {"trial": best.number, "val_accuracy": best.value, "structure": label,
                                        "trials": len(study.trials), "epochs": epochs, "study": name}}
+    if selected:
+        meta["tune"]["selection"] = {k: selected[k] for k in ("mean", "se", "scores")}
+    stale = folder / TUNED_SUBNET
+    if label == FULL and stale.is_file():  # an earlier pick's file must not pass for this one's
+        stale.unlink()
     path = None if label == FULL else by_label[label].save(folder / TUNED_SUBNET, meta)
     result = {
         "subnet_file": None if path is None else str(path), "structure": label, "recipe": recipe, "val_accuracy": best.value,
         "trial": best.number, "study": name, "storage": str(folder / "study.db"),
+        "selection": study.user_attrs.get(SELECTION_ATTR) if selected else None,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
-        "train_images": sum(t.user_attrs.get("train_images", 0) for t in study.trials),
+        "train_images": sum(t.user_attrs.get("train_images", 0) for t in study.trials) + select_images,
     }
     write_json_atomic(folder / "tune_result.json", result)
     return result
+
+
+SELECTION_ATTR = "selection_scores"
+
+
+def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials with a finite value, best first (ties: the earlier trial)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    return sorted(done, key=lambda t: (-t.value, t.number))
+
+
+def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Selection, epochs: int, seed: int,
+           trained, progress: bool) -> tuple[dict[str, Any] | None, int]:
+    """:class:`Selection`'s pick among the ``ranked`` trials' finalists: ``({trial, mean, se,
+    scores}, train images)``, or ``(None, 0)`` when the rule is off. The scores are stored on the
+    study (user attribute ``selection_scores``, which optuna-dashboard shows) as they come, and a
+    rerun re-uses them."""
+    from unitune.data import build_dataset, repeated_splits
+
+    from .rerank import standalone_epochs
+
+    finalists = ranked[:selection.finalists]
+    if not selection.active or len(finalists) < 2:
+        return None, 0
+    train = build_dataset(ctx.run.data, "train", None)
+    val = build_dataset(ctx.run.data, "val", None)
+    splits = repeated_splits([*train.targets, *val.targets], len(val), selection.splits, seed)
+    stored = {int(k): v for k, v in (study.user_attrs.get(SELECTION_ATTR) or {}).items()}
+    images = 0
+    for t in finalists:
+        scores = stored.get(t.number, {}).get("scores", [])
+        label, recipe = t.user_attrs["structure"], t.user_attrs["recipe"]
+        for k in range(len(scores), len(splits)):
+            cost: dict = {}
+            accuracy = float("nan")
+            try:
+                for _, accuracy in standalone_epochs(trained(label, recipe), ctx.out,
+                                                     by_label[label] or Subnet.uniform(ctx.depth), epochs, False,
+                                                     cost=cost, full=by_label[label] is None, split=splits[k]):
+                    pass
+            except DivergedError:  # on another split the rate diverged: that finalist is not to be trusted
+                accuracy = 0.0
+            images += cost.get("train_images", 0)
+            scores.append(accuracy)
+            mean = float(np.mean(scores))
+            se = float(np.std(scores, ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else None
+            stored[t.number] = {"trial": t.number, "structure": label, "study_val_accuracy": t.value,
+                                "scores": scores, "mean": mean, "se": se}
+            study.set_user_attr(SELECTION_ATTR, {str(n): v for n, v in stored.items()})
+            if progress:
+                print(f"tune: selection: trial {t.number} ({label}) split {k + 1}/{len(splits)}: val accuracy "
+                      f"{accuracy:.4f}")
+    order = {t.number: i for i, t in enumerate(finalists)}
+    pick = max((stored[t.number] for t in finalists), key=lambda r: (r["mean"], -order[r["trial"]]))
+    return pick, images
 
 
 def _say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -220,8 +342,11 @@ def tune_line(result: dict[str, Any]) -> str:
         where = f"as config overrides: {overrides}"
     else:
         where = f"-> {result['subnet_file']}"
-    return (f"tune: best val accuracy {result['val_accuracy']:.4f} (trial {result['trial']}, {result['structure']}): "
-            f"{recipe} {where}")
+    chosen = next((r for r in (result.get("selection") or {}).values() if r["trial"] == result["trial"]), None)
+    how = (f"mean val accuracy {chosen['mean']:.4f} +- {chosen['se']:.4f} over {len(chosen['scores'])} splits of "
+           f"train+val (its study val {result['val_accuracy']:.4f})" if chosen else
+           f"best val accuracy {result['val_accuracy']:.4f}")
+    return f"tune: {how} (trial {result['trial']}, {result['structure']}): {recipe} {where}"
 
 
 def load_candidates(paths: Sequence[str], ctx: RunContext) -> list[tuple[str, Subnet]]:
@@ -231,8 +356,11 @@ def load_candidates(paths: Sequence[str], ctx: RunContext) -> list[tuple[str, Su
     out = []
     for spec in paths:
         subnet, _, label = select_subnet(spec, None, depth=lambda _: ctx.depth)
+        if subnet.backbone and subnet.backbone != ctx.run.model.backbone:
+            raise UniTuneError(f"{label}: a subnet for backbone {subnet.backbone!r}, but the config uses "
+                               f"{ctx.run.model.backbone!r}")
         out.append((label, subnet))
     return out
 
 
-__all__ = ["FULL", "TuneRanges", "check_settings", "tune", "tune_line", "load_candidates", "parse_range", "TUNED_SUBNET", "TUNE_DIR"]
+__all__ = ["FULL", "Selection", "TuneRanges", "short_recipe", "check_settings", "tune", "tune_line", "load_candidates", "parse_range", "TUNED_SUBNET", "TUNE_DIR"]

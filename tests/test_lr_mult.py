@@ -18,6 +18,7 @@ from unitune.engine.config import TrainConfig, load_run_config
 from unitune.engine.train import build_optimizer, build_scheduler, plain_family
 from unitune.errors import UniTuneError
 from unitune.supernet import PeftViT, SearchSpace, Subnet
+import unitune.supernet.methods as methods_module
 from unitune.supernet.methods import METHODS, families, register_method
 from unitune.supernet.wrap import make_optimizer
 
@@ -52,13 +53,20 @@ def test_every_registered_method_declares_a_known_family():
     assert families() == ("head", "backbone", "low_rank", "adapter", "prompt", "scale_shift")
 
 
-def test_a_method_without_a_family_is_refused_at_registration():
+def test_a_method_with_an_unusable_family_is_refused_at_registration():
     lora = METHODS["lora"]
-    for family in ("", "head", "two words"):
+    for family in ("head", "backbone", "two words", 3):
         odd = type("Odd", (type(lora),), {"name": "odd_family", "family": family})()
         with pytest.raises(ValueError, match=r"odd_family\.family must name its optimiser family"):
             register_method(odd)
     assert "odd_family" not in METHODS
+
+
+def test_a_method_that_names_no_family_gets_one_of_its_own(monkeypatch):
+    lora = METHODS["lora"]
+    monkeypatch.setattr(methods_module, "METHODS", dict(METHODS))  # the registry as it was, after the test
+    odd = register_method(type("Odd", (type(lora),), {"name": "own_family", "family": "", "options": ()})())
+    assert odd.family == "own_family" and "own_family" in methods_module.families()
 
 
 def test_each_family_trains_at_its_multiplier_and_keeps_its_weight_decay_rule():

@@ -22,7 +22,8 @@ import unitune.retrain.train as retrain_train
 from unitune.commands.cli import main
 from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
-from unitune.search.tune import FULL, TuneRanges, families_of, load_candidates, tune, tune_line
+from unitune.search.tune import (FULL, Selection, TuneRanges, families_of, load_candidates, short_recipe, tune,
+                                 tune_line)
 from unitune.engine.context import RunContext
 from unitune.supernet import Subnet
 
@@ -56,7 +57,8 @@ def test_the_pick_is_the_studys_best_trial_and_its_recipe_is_in_the_subnet_file(
         return real(cfg, split, *args, **kwargs)
 
     monkeypatch.setattr(data_module, "build_dataset", counting)
-    result = run_tune(folder, trials=5)
+    result = run_tune(folder, trials=5, selection=Selection(splits=0))  # the study's best, as it stands
+    assert result["selection"] is None
     assert "test" not in splits and "trainval" not in splits and {"train", "val"} <= set(splits)  # never test
 
     study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
@@ -83,6 +85,82 @@ def test_the_pick_is_the_studys_best_trial_and_its_recipe_is_in_the_subnet_file(
     assert Subnet.from_dict(saved) == Subnet.load(structure)
     record = json.loads((folder / "run/tune/tune_result.json").read_text())
     assert record["recipe"] == want and len(record["trials"]) == 5
+
+
+def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_never_reads_test(folder, monkeypatch):
+    loads: dict[str, set] = {}
+    real = data_module.build_dataset
+
+    def recording(cfg, split, *args, **kwargs):  # which images of which split are read
+        dataset = real(cfg, split, *args, **kwargs)
+        original = dataset.load
+
+        def load(index):
+            loads.setdefault(split, set()).add(index)
+            return original(index)
+
+        dataset.load = load
+        return dataset
+
+    monkeypatch.setattr(data_module, "build_dataset", recording)
+    result = run_tune(folder, trials=5, selection=Selection(finalists=2, splits=2))
+    assert set(loads) == {"train", "val"}  # the selection pools train and val; test is never built or read
+
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
+    complete = sorted([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE],
+                      key=lambda t: (-t.value, t.number))
+    stored = study.user_attrs["selection_scores"]  # a second reading: what the study kept
+    finalists = [t.number for t in complete[:2]]
+    assert sorted(int(k) for k in stored) == sorted(finalists)
+    for t in complete[:2]:
+        row = stored[str(t.number)]
+        assert len(row["scores"]) == 2 and all(0 <= a <= 1 for a in row["scores"])
+        assert row["mean"] == pytest.approx(sum(row["scores"]) / 2)
+        assert row["se"] == pytest.approx(abs(row["scores"][0] - row["scores"][1]) / 2)  # std(ddof=1)/sqrt(2)
+        assert row["study_val_accuracy"] == t.value
+    means = [(stored[str(n)]["mean"], -i) for i, n in enumerate(finalists)]
+    assert result["trial"] == finalists[max(range(2), key=lambda i: means[i])]
+    picked = next(t for t in complete if t.number == result["trial"])
+    assert result["recipe"] == picked.user_attrs["recipe"]
+    saved = yaml.safe_load(Path(result["subnet_file"]).read_text())["meta"]
+    assert saved["recipe"] == result["recipe"] and saved["tune"]["selection"]["mean"] == stored[str(result["trial"])]["mean"]
+    assert "mean val accuracy" in tune_line(result) and "over 2 splits of train+val" in tune_line(result)
+
+    # a rerun re-uses the stored scores: no training at all
+    monkeypatch.setattr(data_module, "build_dataset", real)
+    import unitune.search.rerank as rerank
+    monkeypatch.setattr(rerank, "standalone_epochs", lambda *a, **k: pytest.fail("trained again"))
+    again = run_tune(folder, trials=5, selection=Selection(finalists=2, splits=2))
+    assert again["trial"] == result["trial"] and again["selection"] == result["selection"]
+
+
+def test_repeated_splits_partition_train_and_val_pooled_with_vals_size():
+    from unitune.data import repeated_splits
+
+    targets = [i % 4 for i in range(40)]
+    splits = repeated_splits(targets, 12, 3, seed=0)
+    assert len(splits) == 3 and len({tuple(v) for _, v in splits}) == 3  # three different draws
+    for train, val in splits:
+        assert len(val) == 12 and sorted(train + val) == list(range(40))
+        assert sorted(targets[i] for i in val) == sorted([0, 1, 2, 3] * 3)  # stratified: 3 of each class
+    assert splits == repeated_splits(targets, 12, 3, seed=0)  # a pure function of the seed
+    with pytest.raises(ValueError, match="n_val 40 of 40"):
+        repeated_splits(targets, 40, 2, seed=0)
+
+
+def test_the_warm_up_is_cut_with_the_epochs():
+    cfg = load_run_config(Path(__file__).parent.parent / "configs/minivtab-dinov2.yaml").retrain  # 4 epochs, warm-up 1
+    assert (cfg.epochs, cfg.warmup_epochs) == (4, 1)
+    assert [short_recipe(cfg, e).warmup_epochs for e in (1, 2, 3, 4, 8)] == [0, 0, 1, 1, 2]
+    assert all(short_recipe(cfg, e).epochs == e for e in (1, 3))
+
+
+def test_selection_settings_are_checked():
+    for bad, message in ((Selection(finalists=0), "finalists: expected an integer >= 1, got 0"),
+                         (Selection(splits=1), "splits: 1 split has no spread"),
+                         (Selection(splits=True), "splits: expected an integer >= 0, got True")):
+        with pytest.raises(UniTuneError, match=message):
+            bad.check()
 
 
 def test_a_second_run_resumes_the_study_and_retrain_applies_the_pick(folder):
@@ -131,8 +209,14 @@ def test_ranges_are_checked():
 
 def test_full_fine_tuning_is_tuned_with_a_head_multiplier_and_its_recipe_given_as_overrides(folder, capsys):
     ctx = RunContext.of(load_run_config(folder / "config.yaml"), folder / "full")
+    (folder / "full/tune").mkdir(parents=True)
+    Subnet.uniform(4, lora=4).save(folder / "full/tune/tuned_subnet.yaml")  # an earlier pick's file
     result = tune(ctx, [(FULL, None)], folder / "full", trials=2, epochs=1)
     assert result["subnet_file"] is None and not (folder / "full/tune/tuned_subnet.yaml").exists()
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'full/tune/study.db'}")
+    for t in study.trials:  # full fine-tuning's own ranges
+        assert set(t.params) == {"full_lr", "weight_decay", "lr_mult.head"}
+        assert 1e-6 <= t.params["full_lr"] <= 1e-3 and 1 <= t.params["lr_mult.head"] <= 1000
     assert set(result["recipe"]) == {"lr", "weight_decay", "lr_mult"} and set(result["recipe"]["lr_mult"]) == {"head"}
     line = tune_line(result)
     overrides = line.split("as config overrides: ", 1)[1].split()

@@ -27,6 +27,8 @@ def register_method(method: Method) -> Method:
         raise ValueError(f"register_method: a method named {name!r} is already registered")
     if method.site not in SITES:
         raise ValueError(f"register_method: {name}.site must be one of {list(SITES)}, got {method.site!r}")
+    if method.family == "":  # an out-of-tree method that names none trains in a family of its own
+        method.family = name
     if not isinstance(method.family, str) or not method.family.isidentifier() or \
             method.family in (HEAD_FAMILY, BACKBONE_FAMILY):
         raise ValueError(f"register_method: {name}.family must name its optimiser family "

@@ -157,7 +157,8 @@ class Method:
     always_written: bool = False
     foldable: bool = False
     # Which learning-rate multiplier its parameters take (TrainConfig.lr_mult): the literature's
-    # tuned rates differ by family (BitFit and VPT pick ~10x LoRA's and the adapters').
+    # tuned rates differ by family (BitFit and VPT pick ~10x LoRA's and the adapters'). Empty: a
+    # family of its own, named as the method (register_method fills it in).
     family: str = ""
     inject_rank: int = 50
     fold_rank: int = 50

@@ -304,18 +304,21 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from unitune.engine.context import RunContext, RunLayout
-    from unitune.search.tune import FULL, TuneRanges, check_settings, load_candidates, parse_range, tune, tune_line
+    from unitune.search.tune import (FULL, Selection, TuneRanges, check_settings, load_candidates, parse_range, tune,
+                                     tune_line)
 
     ranges = TuneRanges(lr=parse_range(args.lr, "--lr"), weight_decay=parse_range(args.weight_decay, "--weight-decay"),
-                        lr_mult=parse_range(args.lr_mult, "--lr-mult"))
-    check_settings(args.trials, args.epochs, ranges)
+                        lr_mult=parse_range(args.lr_mult, "--lr-mult"), full_lr=parse_range(args.full_lr, "--full-lr"),
+                        full_head_mult=parse_range(args.full_head_mult, "--full-head-mult"))
+    selection = Selection(finalists=args.finalists, splits=args.splits)
+    check_settings(args.trials, args.epochs, ranges, selection)
     run = _load_run(args)
     out = _out_dir(args, run)
     specs = args.subnet or ([] if args.full else [str(RunLayout(out).best_subnet)])
     ctx = RunContext.of(run, out)
     candidates = load_candidates(specs, ctx) + ([(FULL, None)] if args.full else [])
     result = tune(ctx, candidates, out, trials=args.trials, epochs=args.epochs, ranges=ranges,
-                  seed=args.seed, progress=not args.quiet)
+                  seed=args.seed, progress=not args.quiet, selection=selection)
     _record(run, out)
     print(tune_line(result))
     return 0
@@ -502,7 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-family multiplier range, used where a subnet mixes families (default 0.1:10)")
     p.add_argument("--full", action="store_true",
                    help="tune full fine-tuning too (every backbone weight; alone when no --subnet is given)")
-    p.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--full-lr", default="1e-6:1e-3", metavar="LOW:HIGH",
+                   help="full fine-tuning's backbone rate (default 1e-6:1e-3)")
+    p.add_argument("--full-head-mult", default="1:1000", metavar="LOW:HIGH",
+                   help="full fine-tuning's head multiplier over the backbone rate (default 1:1000)")
+    p.add_argument("--finalists", type=int, default=3,
+                   help="the best trials trained again on repeated train/val splits; the best mean wins (default 3)")
+    p.add_argument("--splits", type=int, default=3,
+                   help="random train/val splits of train+val per finalist; 0: take the study's best (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="TPE sampler and split seed")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix of an export")

@@ -13,20 +13,20 @@ Typical use (the same in supernet training, search, retrain and evaluation)::
 """
 
 from .config import AUGMENTS, RESIZE_MODES, SOURCES, SPLITS, DataConfig
-from .datasets import ArrayDataset, DataError, FileDataset, ImageDataset, SubsetDataset, load_image
+from .datasets import ArrayDataset, DataError, FileDataset, ImageDataset, JoinedDataset, SubsetDataset, load_image
 from .generated import SyntheticDataset, digits_dataset, digits_split_indices
 from .loader import EpochSampler, SeededFetch, build_loader, sample_rng
 from .sources import build_dataset, fixed_subset, read_classes, read_list, select_classes
-from .split import SPLIT_FILE
+from .split import SPLIT_FILE, repeated_splits
 from .split_record import check_split, record_split
 from .transforms import DATA_CONFIG_KEYS, RANDAUGMENT, build_transform, resolve_data_config
 
 __all__ = [
     "AUGMENTS", "RESIZE_MODES", "SOURCES", "SPLITS", "DataConfig",
-    "ArrayDataset", "DataError", "FileDataset", "ImageDataset", "SubsetDataset", "load_image",
+    "ArrayDataset", "DataError", "FileDataset", "ImageDataset", "JoinedDataset", "SubsetDataset", "load_image",
     "SyntheticDataset", "digits_dataset", "digits_split_indices",
     "EpochSampler", "SeededFetch", "build_loader", "sample_rng",
     "build_dataset", "fixed_subset", "read_classes", "read_list", "select_classes",
-    "SPLIT_FILE", "check_split", "record_split",
+    "SPLIT_FILE", "check_split", "record_split", "repeated_splits",
     "DATA_CONFIG_KEYS", "RANDAUGMENT", "build_transform", "resolve_data_config",
 ]

@@ -177,3 +177,28 @@ class SubsetDataset(ImageDataset):
 
     def file(self, index: int) -> Path | None:
         return self.parent.file(self.indices[index])
+
+
+class JoinedDataset(ImageDataset):
+    """Several datasets of the same classes, one after the other (train and val pooled for the
+    tuner's repeated splits: :func:`unitune.data.split.repeated_splits`)."""
+
+    def __init__(self, parts: Sequence[ImageDataset], name: str | None = None):
+        if not parts or any(p.classes != parts[0].classes for p in parts):
+            raise ValueError("JoinedDataset: expected one or more datasets with the same classes")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0, *(len(p) for p in parts)]).tolist()
+        super().__init__(parts[0].classes, [t for p in parts for t in p.targets],
+                         name or "+".join(p.name for p in parts), parts[0].transform)
+
+    def _locate(self, index: int) -> tuple[ImageDataset, int]:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[k], index - self.offsets[k]
+
+    def load(self, index: int) -> Image.Image:
+        part, i = self._locate(index)
+        return part.load(i)
+
+    def file(self, index: int) -> Path | None:
+        part, i = self._locate(index)
+        return part.file(i)

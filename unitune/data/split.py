@@ -46,3 +46,21 @@ def split_off_val(samples: Sequence[tuple[str, int]], classes: Sequence[str], fr
     train = [s for i, s in enumerate(samples) if i not in held]
     val = [s for i, s in enumerate(samples) if i in held]
     return train, val
+
+
+def repeated_splits(targets: Sequence[int], n_val: int, splits: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """``splits`` random (train, val) partitions of ``range(len(targets))`` with ``n_val`` items in
+    val, stratified by class where every class has two or more items (scikit-learn's
+    ``StratifiedShuffleSplit``; else ``ShuffleSplit``), drawn from ``seed``: the noise-aware
+    selection's repeated splits of train+val (:mod:`unitune.search.tune`)."""
+    from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+
+    y = np.asarray(targets)
+    if not 0 < n_val < len(y):
+        raise ValueError(f"repeated_splits: n_val {n_val} of {len(y)} items: expected 0 < n_val < items")
+    counts = np.bincount(y)
+    n_classes = int((counts > 0).sum())
+    stratify = counts[counts > 0].min() >= 2 and n_classes <= n_val and n_classes <= len(y) - n_val
+    kind = StratifiedShuffleSplit if stratify else ShuffleSplit
+    cut = kind(n_splits=splits, test_size=n_val, random_state=seed)
+    return [(sorted(a.tolist()), sorted(b.tolist())) for a, b in cut.split(np.zeros(len(y)), y if stratify else None)]
