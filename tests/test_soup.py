@@ -1,0 +1,107 @@
+"""Greedy weight soups (retrain/soup.py): the average of identical members is each member, the
+greedy rule keeps only members that do not lower val, members of two structures are refused
+(the budget rule), and the soup reads test once, after its members trained on train / trainval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import tiny_minivtab_config
+
+import unitune.data as data_module
+from unitune.engine.config import load_run_config
+from unitune.engine.context import RunContext
+from unitune.errors import UniTuneError
+from unitune.retrain.export import load_export
+from unitune.retrain.soup import average, greedy, soup, soup_recipes
+from unitune.supernet import Subnet
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def test_the_average_of_identical_members_is_each_member_and_of_two_the_mean():
+    g = torch.Generator().manual_seed(0)
+    a = {"blocks.0.lora.qkv.lora_A": torch.randn(4, 8, generator=g), "head.weight": torch.randn(3, 8, generator=g)}
+    b = {k: torch.randn(v.shape, generator=g) for k, v in a.items()}
+    same = average([a, a, a])
+    assert all(torch.equal(same[k], a[k]) for k in a)
+    mean = average([a, b])
+    assert all(torch.allclose(mean[k], (a[k] + b[k]) / 2) for k in a)
+
+
+def test_members_of_two_structures_are_refused_naming_the_tensor():
+    a = {"blocks.0.lora.qkv.lora_A": torch.zeros(4, 8)}
+    with pytest.raises(UniTuneError, match=r"member 1 differs from member 0 at 'blocks.0.lora.qkv.lora_A': a soup "
+                                           r"averages members of one structure"):
+        average([a, {"blocks.0.lora.qkv.lora_A": torch.zeros(2, 8)}])
+    with pytest.raises(UniTuneError, match=r"member 1 differs from member 0 at 'blocks.0.vpt.prompts'"):
+        average([a, {**a, "blocks.0.vpt.prompts": torch.zeros(1, 8)}])
+
+
+def test_greedy_takes_members_best_first_while_val_does_not_drop():
+    # members are scalars; the "val accuracy" of a soup is 1 - |mean - 0.5|
+    members = [({"w": torch.tensor([v])}, 1 - abs(v - 0.5)) for v in (0.9, 0.45, 0.1, 0.55)]
+    calls = []
+
+    def score(state):
+        calls.append(float(state["w"]))
+        return 1 - abs(float(state["w"]) - 0.5)
+
+    chosen, best = greedy(members, score)
+    # best first: 0.45 (0.95), then 0.55 (0.95): mean 0.5 -> 1.0 joins; 0.9 -> mean 0.633 drops: out; 0.1 -> 0.367: out
+    assert chosen == [1, 3] and best == pytest.approx(1.0)
+    assert len(calls) == 3  # one val score per candidate member after the first
+
+
+def test_soup_recipes_are_the_picks_then_the_same_structures_best(tmp_path):
+    trials = [{"number": 0, "state": "COMPLETE", "value": 0.5, "structure": "a", "recipe": {"lr": 1}},
+              {"number": 1, "state": "COMPLETE", "value": 0.7, "structure": "b", "recipe": {"lr": 2}},
+              {"number": 2, "state": "PRUNED", "value": 0.9, "structure": "a", "recipe": {"lr": 3}},
+              {"number": 3, "state": "COMPLETE", "value": 0.6, "structure": "a", "recipe": {"lr": 4}},
+              {"number": 4, "state": "COMPLETE", "value": 0.4, "structure": "a", "recipe": {"lr": 5}}]
+    result = {"structure": "a", "trial": 0, "recipe": {"lr": 1}, "trials": trials}
+    assert soup_recipes(result, 3) == [{"lr": 1}, {"lr": 4}, {"lr": 5}]
+    assert soup_recipes(result, 1) == [{"lr": 1}]
+
+
+def test_a_soup_of_identical_members_equals_the_member_and_reads_test_once(tmp_path, monkeypatch):
+    tiny_minivtab_config(tmp_path)
+    run = load_run_config(tmp_path / "config.yaml", ["retrain.epochs=2", "retrain.warmup_epochs=0"])
+    subnet = Subnet.uniform(4, lora=4, ssf=1)
+    recipe = {"lr": 0.01, "weight_decay": 1e-4}
+    built: list[str] = []
+    real = data_module.build_dataset
+
+    def counting(cfg, split, *args, **kwargs):
+        built.append(split)
+        return real(cfg, split, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "build_dataset", counting)
+    two = soup(RunContext.of(run, tmp_path / "two"), subnet, [recipe, recipe], tmp_path / "two")
+    assert built.count("test") == 1  # the soup's one score
+    assert built.count("train") == 2 and built.count("trainval") == 2  # two members on train, two on trainval
+    monkeypatch.setattr(data_module, "build_dataset", real)
+    one = soup(RunContext.of(run, tmp_path / "one"), subnet, [recipe], tmp_path / "one")
+
+    assert two["chosen"] == [0, 1] and one["chosen"] == [0]  # an identical member never lowers val
+    assert two["members"][0]["val_accuracy"] == two["members"][1]["val_accuracy"] == two["soup_val_accuracy"]
+    assert two["test_accuracy"] == one["test_accuracy"]
+    assert two["params"] == one["params"]  # the budget: one subnet's count
+    model_two, _ = load_export(tmp_path / "two/export")
+    model_one, _ = load_export(tmp_path / "one/export")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model_two(x), model_one(x), rtol=1e-5, atol=1e-5)
+    assert type(model_two).__module__.startswith("timm")  # LoRA + SSF fold: a plain timm model
+
+
+def test_a_bad_member_recipe_is_one_line_before_any_training(tmp_path):
+    tiny_minivtab_config(tmp_path)
+    run = load_run_config(tmp_path / "config.yaml")
+    with pytest.raises(UniTuneError, match=r"soup: member 1.*lr_mult"):
+        soup(RunContext.of(run, tmp_path / "x"), Subnet.uniform(4, lora=4),
+             [{"lr": 0.01}, {"lr": 0.01, "lr_mult": {"nope": 2}}], tmp_path / "x")
+    assert not (tmp_path / "x" / "soup").exists()
