@@ -747,3 +747,93 @@ def test_full_finetuning_is_scored_like_the_peft_rows(tmp_path, monkeypatch):
     assert amps == [False]
     assert devices == [torch.device("cpu")] * 2
     assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+TUNE = ["compare.tune.trials=2", "compare.tune.epochs=1", "compare.tune.finalists=2", "compare.tune.splits=2",
+        "compare.tune.structures=2", "compare.tune.soup=2"]
+
+
+def test_every_row_is_tuned_alike_and_the_cells_use_the_pick(tmp_path, monkeypatch):
+    """compare.tune: one study per task and row with the same trials, epochs and selection; each
+    cell retrains with its row's chosen recipe (full fine-tuning's in its config, the others' in
+    the tuned subnet file); the search row's candidates are its structures plus the single
+    methods; the soup row souping the search pick's recipes; test read once per cell, at its end."""
+    from unitune.commands.compare.tuning import TUNE_INFO
+    import optuna
+    import yaml
+
+    events = load_events(monkeypatch)
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--tasks", "location",
+                 "--methods", "linear,lora,full,search,soup", "--seeds", "0", "--quiet", *TUNE]) == 0
+    test_reads_of_test(events, QUICK_TEST)  # tuning and selection read train and val only
+    rows = {r["method"]: r for r in read_csv(out / "results.csv")}
+    assert set(rows) == {"linear", "lora", "full", "search", "soup"}
+    for row in ("linear", "lora", "full", "search"):
+        info = json.loads((out / "tasks/location" / row / TUNE_INFO).read_text())
+        result = json.loads(Path(info["tune_result"]).read_text())
+        study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
+        finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
+        assert len(finished) == 2, row  # the same number of trials for every row
+        assert json.loads(rows[row]["recipe"]) == info["recipe"] == result["recipe"], row
+        assert float(rows[row]["tune_cpu_seconds"]) == info["cpu_seconds"] > 0, row
+        if row == "full":
+            assert info["subnet_file"] is None and set(info["recipe"]["lr_mult"]) == {"head"}
+        else:
+            meta = yaml.safe_load(Path(info["subnet_file"]).read_text())["meta"]
+            assert meta["recipe"] == info["recipe"], row
+    labels = json.loads(Path(json.loads((out / "tasks/location/search" / TUNE_INFO).read_text())["tune_result"])
+                        .read_text())
+    from unitune.commands.compare.run import largest_uniform
+    from unitune.commands.compare.tuning import candidates
+    from unitune.supernet import Subnet
+
+    plan = compare.plan_compare(CONFIG, out, tasks=["location"], methods=["linear", "lora", "full", "search", "soup"],
+                                seeds=[0], quick=True, overrides=TUNE)
+    found = candidates(plan, "location", "search")
+    contents = [s.to_dict()["subnet"] for _, s in found]
+    assert len(contents) == len({repr(c) for c in contents})  # each structure once
+    assert found[0][1] == Subnet.load(out / "tasks/location/search/best_subnet.yaml")  # the searched pick first
+    lora = largest_uniform("lora", plan.context("location"), plan.classes("location"))
+    assert lora.to_dict()["subnet"] in contents  # the single methods too
+    study = optuna.load_study(study_name=labels["study"], storage=f"sqlite:///{labels['storage']}")
+    assert study.user_attrs["candidates"] == [label for label, _ in found]
+    assert {t["structure"] for t in labels["trials"]} <= set(study.user_attrs["candidates"])
+    soup = json.loads((out / "tasks/location/soup/seed0/soup/soup_result.json").read_text())
+    assert len(soup["members"]) <= 2 and soup["members"][0]["recipe"] == labels["recipe"]
+    assert "soup of" in rows["soup"]["sizes"]
+    table = (out / "table.md").read_text()
+    assert "Every row tuned alike (compare.tune: 2 trials of up to 1 epochs" in table
+    assert "search minus the per-task best single method" in table and "soup minus the per-task best" in table
+    for row in ("linear", "lora", "full", "search"):
+        assert f"| location | {row} |" in table
+
+
+def test_untuned_cells_and_csv_keep_their_old_form(tmp_path):
+    """Without compare.tune, a cell has no recipe and results.csv no tuning columns; a cell file
+    written before compare.tune existed (no such keys) still reads."""
+    from unitune.commands.compare.plan import CellRecord
+
+    old = {"task": "count", "group": "structured", "method": "lora", "seed": 0, "test_accuracy": 0.5,
+           "test_images": 32, "params": 4096, "params_with_head": 4226, "epochs": 1, "seconds": 1.0,
+           "cpu_seconds": 1.0, "sizes": "lora 4", "stage_seconds": None, "fingerprint": "f"}  # as session 7 wrote them
+    record = CellRecord.from_json(dict(old), "old.json")
+    assert record.recipe is None and record.tune_cpu_seconds is None
+    header = compare_report.results_csv([record.to_json()]).splitlines()[0]
+    assert header == ",".join(compare.CSV_COLUMNS)
+    tuned = {**record.to_json(), "recipe": '{"lr": 0.01}', "tune_cpu_seconds": 3.0}
+    assert compare_report.results_csv([tuned]).splitlines()[0] == header + ",recipe,tune_cpu_seconds"
+
+
+def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora,soup"]) == 2
+    assert "the 'soup' row is the search row's greedy soup of tuned recipes" in capsys.readouterr().err
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora", "compare.tune.splits=1"]) == 2
+    assert "compare.tune.splits: 1 split has no spread" in capsys.readouterr().err
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora", "compare.tune.ranges={lr: [1, 0.1]}"]) == 2
+    assert "compare.tune.ranges.lr: expected [low, high] with 0 < low < high" in capsys.readouterr().err
+    assert not out.exists()

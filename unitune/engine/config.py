@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import os
 import types
 import typing
@@ -323,6 +324,46 @@ class CompareQuick:
     methods: Any = None
 
 
+RANGE_KEYS = ("lr", "weight_decay", "lr_mult", "full_lr", "full_head_mult")  # search.tune.TuneRanges' fields
+
+
+def _ranges(cfg: "CompareTune", where: str) -> None:
+    if not isinstance(cfg.ranges, Mapping):
+        raise UniTuneError(f"{where}.ranges: expected a mapping like {{lr: [1e-4, 1e-1]}}, got {cfg.ranges!r}")
+    for key, value in cfg.ranges.items():
+        if key not in RANGE_KEYS:
+            raise UniTuneError(f"{where}.ranges.{key}: unknown key, expected some of {list(RANGE_KEYS)}")
+        ok = isinstance(value, (list, tuple)) and len(value) == 2 and \
+            all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok or not 0 < value[0] < value[1]:
+            raise UniTuneError(f"{where}.ranges.{key}: expected [low, high] with 0 < low < high, got {value!r}")
+
+
+def _splits(cfg: "CompareTune", where: str) -> None:
+    if cfg.splits == 1:
+        raise UniTuneError(f"{where}.splits: 1 split has no spread; expected 0 (off) or >= 2")
+
+
+@dataclass(frozen=True)
+class CompareTune:
+    """``compare.tune``: every row's recipe tuned the same way before its cells
+    (unitune/commands/compare/tuning.py; the settings of search/tune.py's ``tune``)."""
+
+    trials: int = count(8, 1)  # finished (complete or pruned) trials per row and task
+    epochs: int = count(3, 1)  # stand-alone epochs per trial: successive halving's fidelities
+    finalists: int = count(3, 1)  # the best trials judged again on repeated splits
+    splits: int = count(3, 0, rule=_splits)  # random train/val splits of train+val per finalist; 0: off
+    structures: int = count(3, 1)  # the search row: the search study's best structures (+ the single methods)
+    soup: int = count(3, 1)  # the soup row: members (the search pick's best recipes)
+    seed: int = count(0, 0)  # TPE and the splits
+    ranges: Any = rule_only(field(default_factory=dict), _ranges)  # log-uniform [low, high] per key
+
+
+def _tune(cfg: "CompareConfig", where: str) -> None:
+    if cfg.tune is not None:
+        from_mapping(CompareTune, cfg.tune, f"{where}.tune")
+
+
 def _quick(cfg: "CompareConfig", where: str) -> None:
     if cfg.quick is None:
         return
@@ -343,6 +384,7 @@ class CompareConfig:
     seeds: Any = None
     methods: Any = None
     quick: Any = rule_only(None, _quick)  # checked on every run: a typo (`overides`) is found before --quick
+    tune: Any = rule_only(None, _tune)  # CompareTune: every row tuned alike (absent: one recipe for all)
 
 
 def check_compare_section(value: Any, src: str) -> CompareConfig:

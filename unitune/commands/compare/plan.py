@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from unitune.checks import check_output_dir, check_seed
-from unitune.engine.config import RunConfig, check_compare_section, load_config_dict, load_run_config
+from unitune.engine.config import (CompareTune, RunConfig, check_compare_section, from_mapping, load_config_dict,
+                                   load_run_config)
 from unitune.engine.context import RunContext, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import check_no_outside_links, inside, read_json
@@ -20,7 +21,8 @@ from unitune.schema import Key, check_record, json_key
 
 METHODS = ("linear", "lora", "adapter", "vpt", "ssf", "full", "search")  # the default rows
 # The rows that are no registered PEFT method; every other row is one (:func:`known_rows`).
-SPECIAL = ("linear", "full", "search")
+# ``soup``: the search row's greedy weight soup (needs ``compare.tune`` and the search row).
+SPECIAL = ("linear", "full", "search", "soup")
 # VTAB-1k's task folders (NOAH's names) by group.
 VTAB_GROUPS = {
     "natural": ("cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
@@ -43,7 +45,7 @@ def known_rows() -> tuple[str, ...]:
     order), full fine-tuning and the search."""
     from unitune.supernet.methods import METHODS as REGISTRY
 
-    return ("linear", *REGISTRY, "full", "search")
+    return ("linear", *REGISTRY, "full", "search", "soup")
 
 
 def method_rows(methods: Sequence[str]) -> list[str]:
@@ -64,6 +66,7 @@ class Plan:
     task_runs: dict[str, RunConfig]
     fingerprint: str
     quick: bool = False  # --quick: the outputs say their numbers mean nothing
+    tune: Any = None  # compare.tune (unitune.engine.config.CompareTune): every row tuned alike; None: one recipe
     # Per task: its RunContext (folder tasks/<task>; the tasks share one model and space, so one
     # space, shapes-only backbone and budget serve them all) and its head size (the data's).
     contexts: dict[str, RunContext] = field(default_factory=dict, repr=False)
@@ -128,7 +131,10 @@ CELL_KEYS: dict[str, Key] = {
     "epochs": json_key(int, _number(0)), "seconds": json_key(NUMBER, _number(0)),
     "cpu_seconds": json_key(NUMBER, _number(0)), "sizes": json_key(str),
     "stage_seconds": json_key((*NUMBER, type(None)), _number(0)), "fingerprint": json_key(str),
+    # compare.tune: the recipe the row's study chose (JSON) and what its tuning cost; null untuned
+    "recipe": json_key((str, type(None))), "tune_cpu_seconds": json_key((*NUMBER, type(None)), _number(0)),
 }
+OPTIONAL_CELL_KEYS = ("recipe", "tune_cpu_seconds")  # absent from cells written before compare.tune
 
 
 @dataclass(frozen=True)
@@ -151,9 +157,13 @@ class CellRecord:
     sizes: str
     stage_seconds: float | None
     fingerprint: str
+    recipe: str | None = None
+    tune_cpu_seconds: float | None = None
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> "CellRecord":
+        if isinstance(data, dict):
+            data = {**{k: None for k in OPTIONAL_CELL_KEYS}, **data}
         check_record(data, CELL_KEYS, source)
         extra = sorted(set(data) - set(CELL_KEYS))
         if extra:
@@ -245,7 +255,9 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
         defaults.update({k: v for k, v in q.items() if k != "overrides"})
     all_overrides = [*quick_overrides, *overrides]
     raw = load_config_dict(config, all_overrides)
-    raw.pop("compare", None)
+    # compare.tune as the overrides leave it (--quick may shorten the tuning too)
+    tune_raw = (raw.pop("compare", None) or {}).get("tune")
+    tune = None if tune_raw is None else from_mapping(CompareTune, tune_raw, f"{src}: compare.tune")
 
     # The method, task and seed lists: command line, then compare.quick, then compare, then data.task.
     known = known_rows()
@@ -308,8 +320,18 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
                 num_classes[t] = split_set.num_classes
         split_set.verify_files()  # the test files are read after training: verified (not decoded) now
         task_runs[t] = run
-    fingerprint = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    plan = Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick, num_classes=num_classes)
+    # the tuning settings too, where given (an untuned comparison keeps its fingerprint)
+    what = raw if tune is None else {**raw, "compare.tune": dataclasses.asdict(tune)}
+    fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    plan = Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick, num_classes=num_classes,
+                tune=tune)
+    if "soup" in methods and (tune is None or "search" not in methods):
+        raise UniTuneError(f"{src}: the 'soup' row is the search row's greedy soup of tuned recipes: it needs a "
+                           f"compare.tune section and the 'search' row")
+    if tune is not None:
+        from unitune.search.tune import TuneRanges
+
+        TuneRanges(**{k: tuple(v) for k, v in tune.ranges.items()}).check(f"{src}: compare.tune.ranges")
     ctx = plan.context(tasks[0])
     for m in method_rows(methods):  # a row's size comes from the space: refused now, not after the pretraining
         if not any(ctx.space.choices(m)):

@@ -4,12 +4,13 @@ seeds per task, the group means and their mean) and ``accuracy_vs_params.png``."
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
 from unitune.engine.context import RunLayout
-from unitune.io import write_text_atomic
+from unitune.io import read_json, write_text_atomic
 from .plan import CSV_COLUMNS, CSV_FILE, GROUP_ORDER, PLOT_FILE, TABLE_FILE, Plan, method_rows
 
 QUICK_NOTE = "--quick: a smoke test; these numbers mean nothing"
@@ -201,27 +202,97 @@ def save_plot(summary: dict[str, dict[str, Any]], path: Path, title: str, n_seed
 
 
 def paired_vs_single(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
-                     methods: Sequence[str]) -> list[dict[str, Any]]:
-    """``search`` minus each single method, paired by task and seed (the same retrain seed, data
-    and test split on both sides), the strongest single method first.
+                     methods: Sequence[str], who: str = "search") -> list[dict[str, Any]]:
+    """``who`` (the search, or its soup) minus each single method, paired by task and seed (the
+    same retrain seed, data and test split on both sides), the strongest single method first.
 
     "Strongest" is the one with the highest mean test accuracy over every task and seed: picked on
     test, which favours the baseline, never the search, so it is a fair bar to clear.
     """
-    if "search" not in methods:
+    if who not in methods:
         return []
     by = {(r["task"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
     pairs = [(t, s) for t in tasks for s in seeds]
     out = []
     for m in method_rows(methods):
-        diffs = [by[t, "search", s] - by[t, m, s] for t, s in pairs]
+        diffs = [by[t, who, s] - by[t, m, s] for t, s in pairs]
         mean, std = _mean_std(diffs)
         out.append({"method": m, "baseline_mean": statistics.fmean(by[t, m, s] for t, s in pairs),
                     "mean_diff": mean, "std_diff": std, "n": len(diffs),
                     "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
-                    "per_task": {t: statistics.fmean(by[t, "search", s] - by[t, m, s] for s in seeds)
+                    "per_task": {t: statistics.fmean(by[t, who, s] - by[t, m, s] for s in seeds)
                                  for t in tasks}})
     return sorted(out, key=lambda r: -r["baseline_mean"])
+
+
+def paired_vs_best(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
+                   methods: Sequence[str], who: str) -> dict[str, Any] | None:
+    """``who`` minus the per-task best single method (the single-method row with the highest mean
+    test accuracy on that task: chosen on test, in the baseline's favour), paired by task and
+    seed: the mean difference, its standard error (std / sqrt(n)) and whether it clears two of
+    them, the decision rule of benchmarks/bench_tune_suite.py."""
+    singles = method_rows(methods)
+    if who not in methods or not singles:
+        return None
+    by = {(r["task"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
+    best = {t: max(singles, key=lambda m: (statistics.fmean(by[t, m, s] for s in seeds), -singles.index(m)))
+            for t in tasks}
+    diffs = [by[t, who, s] - by[t, best[t], s] for t in tasks for s in seeds]
+    mean, std = _mean_std(diffs)
+    se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return {"who": who, "best": best, "mean_diff": mean, "se": se, "n": len(diffs),
+            "wins": sum(d > 0 for d in diffs), "clears_two_se": bool(len(diffs) > 1 and mean >= 2 * se)}
+
+
+def tuning_rows(plan: Plan) -> list[dict[str, Any]]:
+    """Each tuned (task, row): its pick and cost (``tune_info.json``); empty without compare.tune."""
+    from .tuning import TUNE_INFO, TUNED_ROWS_SKIP, tune_folder
+
+    if plan.tune is None:
+        return []
+    out = []
+    for t in plan.tasks:
+        for m in plan.methods:
+            path = tune_folder(plan, t, m) / TUNE_INFO
+            if m not in TUNED_ROWS_SKIP and path.is_file():
+                out.append(read_json(path))
+    return out
+
+
+def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
+    """The table of what each row's study chose and what it cost."""
+    if not infos:
+        return ""
+    cfg = plan.tune
+    lines = [f"Every row tuned alike (compare.tune: {cfg.trials} trials of up to {cfg.epochs} epochs per task and "
+             f"row, successive halving; the pick: the best mean val accuracy of {cfg.finalists} finalists over "
+             f"{cfg.splits} random train/val splits of train+val{'' if cfg.splits else ' (off: the best trial)'}; "
+             f"chosen on train/val only):", "",
+             "| task | row | pick | lr | weight decay | lr multipliers | val (selection mean ± se) | tune CPU-s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i in infos:
+        r = i["recipe"]
+        mult = ", ".join(f"{f} {v:.3g}" for f, v in (r.get("lr_mult") or {}).items()) or "-"
+        sel = (f"{100 * i['selection_mean']:.1f} ± {100 * i['selection_se']:.1f}"
+               if i.get("selection_mean") is not None and i.get("selection_se") is not None
+               else f"{100 * i['val_accuracy']:.1f}")
+        lines.append(f"| {i['task']} | {i['row']} | {i['structure']} | {r['lr']:.3g} | {r['weight_decay']:.3g} | "
+                     f"{mult} | {sel} | {i['cpu_seconds']:,.0f} |")
+    per_row: dict[str, float] = {}
+    for i in infos:
+        per_row[i["row"]] = per_row.get(i["row"], 0.0) + i["cpu_seconds"]
+    lines += ["", "Tuning CPU-s per row (all tasks): " + ", ".join(f"{m} {v:,.0f}" for m, v in per_row.items())]
+    return "\n".join(lines) + "\n"
+
+
+def format_decision(decisions: list[dict[str, Any]]) -> str:
+    lines = []
+    for d in decisions:
+        lines.append(f"{d['who']} minus the per-task best single method ({', '.join(f'{t}: {m}' for t, m in d['best'].items())}"
+                     f"; chosen on test, in the baseline's favour): {d['mean_diff']:+.2f} ± {d['se']:.2f} (se) points "
+                     f"over {d['n']} task x seed pairs, {d['wins']} wins; "
+                     f"{'clears' if d['clears_two_se'] else 'does not clear'} two standard errors.")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def search_trust(plan: Plan) -> dict[str, dict[str, Any]]:
@@ -290,7 +361,9 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
     a missing ``stage_seconds`` is empty)."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS), dtype=object)
+    tuned = any(r.get("recipe") is not None for r in rows)  # compare.tune: the chosen recipe and its cost too
+    frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS) + (["recipe", "tune_cpu_seconds"] if tuned else []),
+                         dtype=object)
     return frame.to_csv(index=False, lineterminator="\n")
 
 
@@ -305,9 +378,21 @@ def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dic
                          summary, pretrain_info)
     paired = paired_vs_single(rows, plan.tasks, plan.seeds, plan.methods)
     trust = search_trust(plan)
-    write_text_atomic(plan.out / TABLE_FILE, table + "\n" + "\n".join(notes) + "\n\n" + format_paired(paired, trust))
+    text = table + "\n" + "\n".join(notes) + "\n\n" + format_paired(paired, trust)
+    soup_paired = paired_vs_single(rows, plan.tasks, plan.seeds, plan.methods, who="soup")
+    if soup_paired:
+        text += "\n" + format_paired(soup_paired, {}).replace("Search minus", "The soup minus", 1)
+    decisions = [d for d in (paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w) for w in ("search", "soup"))
+                 if d is not None]
+    tuning = tuning_rows(plan)
+    if decisions:
+        text += "\n" + format_decision(decisions)
+    if tuning:
+        text += "\n" + format_tuning(tuning, plan)
+    write_text_atomic(plan.out / TABLE_FILE, text)
     save_plot(summary, plan.out / PLOT_FILE,
               f"{plan.base.name}: {plural(len(plan.tasks), 'task')}, {plural(len(plan.seeds), 'seed')}",
               len(plan.seeds), plan.quick)
-    return {"summary": summary, "table": table, "paired": paired, "trust": trust, "csv": plan.out / CSV_FILE, "table_file": plan.out / TABLE_FILE,
+    return {"summary": summary, "table": table, "paired": paired, "trust": trust, "csv": plan.out / CSV_FILE,
+            "table_file": plan.out / TABLE_FILE, "decisions": decisions, "tuning": tuning,
             "plot": plan.out / PLOT_FILE, "pretrain": pretrain_info}

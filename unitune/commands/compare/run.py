@@ -1,5 +1,6 @@
-"""Running a comparison: the pretraining (once), the search (once per task), every cell (one
-task x row x seed, each trained and scored by itself, in worker processes with ``--jobs``)."""
+"""Running a comparison: the pretraining (once), the search (once per task), with ``compare.tune``
+one tuning study per task and row (:mod:`.tuning`), every cell (one task x row x seed, each
+trained and scored by itself, in worker processes with ``--jobs``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unitune.engine.config import RunConfig
+from unitune.engine.config import RunConfig, apply_recipe
 from unitune.engine.context import RunContext, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import read_json, write_json_atomic, write_yaml_atomic
@@ -61,9 +62,16 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
     from unitune.retrain.train import retrain
     from unitune.supernet import Subnet
 
+    from .tuning import read_tune_info
+
     base = plan.task_runs[task]
+    info = read_tune_info(plan, task, method) if plan.tune is not None else None
+    # full fine-tuning's tuned recipe goes into its config (a subnet row's is its subnet file's meta.recipe)
+    retrain_raw = {**base.raw.get("retrain", {}), "seed": seed, **(info["recipe"] if method == "full" and info else {})}
     run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
-                              raw={**base.raw, "retrain": {**base.raw.get("retrain", {}), "seed": seed}})
+                              raw={**base.raw, "retrain": retrain_raw})
+    if method == "full" and info:
+        run = dataclasses.replace(run, retrain=apply_recipe(run.retrain, info["recipe"], info["tune_result"]))
     out = plan.cell_dir(task, method, seed)
     out.mkdir(parents=True, exist_ok=True)
     ctx = plan.context(task).moved(out, run)  # the task's space, shapes and budget; this seed's config
@@ -72,8 +80,19 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
     if method == "full":
         r = full_finetune(ctx, out, progress)
         params, with_head, sizes, images = r["params"], r["params_with_head"], "all weights", r["test_images"]
+    elif method == "soup":  # the search row's pick, souped over its best recipes (retrain/soup.py)
+        from unitune.retrain.soup import soup, soup_recipes
+
+        subnet = Subnet.load(info["subnet_file"])
+        r = soup(ctx, subnet, soup_recipes(read_json(info["tune_result"]), plan.tune.soup), out, progress=progress)
+        params, with_head = r["params"]["trainable_params"], r["params"]["trainable_params_with_head"]
+        sizes, images = describe(subnet) + f"; soup of {len(r['chosen'])}", r["test_images"]
     else:
-        if method == "search":
+        if info is not None:  # the tuned pick: its structure, and its recipe in meta.recipe
+            path = Path(info["subnet_file"])
+            if method == "search":
+                stage_seconds = read_json(plan.search_dir(task) / SEARCH_RESULT)["seconds"]
+        elif method == "search":
             search_dir = plan.search_dir(task)
             path = RunLayout(search_dir).best_subnet
             stage_seconds = read_json(search_dir / SEARCH_RESULT)["seconds"]
@@ -90,7 +109,9 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
            "params_with_head": with_head, "epochs": run.retrain.epochs,
            "seconds": round(time.perf_counter() - started, 2),
            "cpu_seconds": round(time.process_time() - cpu, 2), "sizes": sizes, "stage_seconds": stage_seconds,
-           "fingerprint": plan.fingerprint}
+           "fingerprint": plan.fingerprint,
+           "recipe": json.dumps(info["recipe"], sort_keys=True) if info else None,
+           "tune_cpu_seconds": info["cpu_seconds"] if info else None}
     row = CellRecord(**row).to_json()  # the one record type every cell is read back through
     write_json_atomic(plan.cell_file(task, method, seed), row)
     return row
@@ -155,6 +176,10 @@ def _worker(job: tuple) -> Any:
     torch.set_num_threads(threads)
     if kind == "search":
         return _search_stage(plan, *args, progress=False)
+    if kind == "tune":
+        from .tuning import tune_row
+
+        return tune_row(plan, *args, progress=False)
     return run_cell(plan, *args, progress=False)
 
 
@@ -207,8 +232,14 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
     if pre is not None and progress:
         print(f"pretrain: source val accuracy {pre['source_val_accuracy']:.4f} in {pre['seconds']} s")
 
+    from .tuning import TUNED_ROWS_SKIP, tune_row
+
     searches = [t for t in plan.tasks if "search" in plan.methods]
     todo = [c for c in plan.cells if not plan.cell_file(*c).is_file()]
+    # compare.tune: one study per (task, row) that still has a cell to run, after the task's search
+    tunes = [] if plan.tune is None else \
+        [(t, m) for t in plan.tasks for m in plan.methods if m not in TUNED_ROWS_SKIP
+         and any(c[0] == t and (c[1] == m or (m == "search" and c[1] == "soup")) for c in todo)]
     if progress:
         print(f"compare: {plural(len(plan.cells), 'cell')} ({plural(len(plan.tasks), 'task')} x "
               f"{plural(len(plan.methods), 'method')} x {plural(len(plan.seeds), 'seed')}), "
@@ -220,6 +251,9 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
             if t in searches:
                 bar.set_postfix_str(f"{t}: supernet + search")
                 _search_stage(plan, t, progress=False)
+            for row in [m for task, m in tunes if task == t]:
+                bar.set_postfix_str(f"{t}/{row}: tune")
+                tune_row(plan, t, row)
             for cell in [c for c in todo if c[0] == t]:
                 bar.set_postfix_str("/".join(map(str, cell)))
                 run_cell(plan, *cell, progress=False)
@@ -234,6 +268,8 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=install) as pool:
             try:
                 for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
+                    f.result()
+                for f in cf.as_completed([pool.submit(_worker, (plan, "tune", tr, 1)) for tr in tunes]):
                     f.result()
                 for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
                     f.result()

@@ -1,0 +1,121 @@
+"""Equally tuned rows (``compare.tune``): every row's recipe tuned the same way before its cells.
+
+A comparison in which one row is tuned and the others run at a default measures the tuning, not
+the method (DESIGN, "What decides PEFT accuracy"). With a ``compare.tune`` section every row, the
+linear probe and full fine-tuning included, gets one :func:`unitune.search.tune.tune` study per
+task: the same number of trials, the same epochs (successive halving's fidelities), the same
+ranges (full fine-tuning's own, :class:`~unitune.search.tune.TuneRanges`) and the same
+noise-aware selection, all on train and val, once per task (the seeds vary the retraining, as
+for the search). The candidates:
+
+- ``linear``: the head alone (lr and weight decay);
+- a single-method row: its subnet (the same largest-within-budget size as untuned);
+- ``full``: every weight, the backbone's rate and the head's multiplier;
+- ``search``: the searched structure, the search study's next best structures (``structures``
+  in all) and every single-method row's subnet, the structure a parameter of the study too, so
+  the row can end up a single method where that is what val says.
+- ``soup``: no study of its own: the greedy soup (:mod:`unitune.retrain.soup`) of the search
+  row's picked structure with the ``soup`` best recipes its study found.
+
+Each row's tuning cost (CPU seconds, training images) and choice (structure, recipe, selection
+mean and standard error) go into its cells and the report's table.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from unitune.engine.context import RunLayout
+from unitune.errors import UniTuneError
+from unitune.io import read_json, write_json_atomic
+
+from .plan import Plan
+
+TUNE_INFO = "tune_info.json"
+# rows whose recipe comes from a study of their own (the soup re-uses the search row's)
+TUNED_ROWS_SKIP = ("soup",)
+
+
+def tune_folder(plan: Plan, task: str, row: str) -> Path:
+    return plan.out / "tasks" / task / row
+
+
+def candidates(plan: Plan, task: str, row: str) -> list[tuple[str, Any]]:
+    """The row's candidate structures (module docstring)."""
+    from unitune.search.tune import FULL, load_candidates
+    from unitune.supernet import Subnet
+
+    from .plan import method_rows
+    from .run import largest_uniform
+
+    ctx = plan.context(task)
+    if row == "full":
+        return [(FULL, None)]
+    if row == "linear":
+        return [("linear", Subnet.uniform(ctx.depth))]
+    if row != "search":
+        return [(row, largest_uniform(row, ctx, plan.classes(task)))]
+    from unitune.search.export import export_subnets, load_subnets, run_folder_storage
+
+    search_dir = plan.search_dir(task)
+    # the searched pick (best_subnet.yaml), then the study's next best, as `export-subnet --top` lists them
+    found = load_candidates([str(RunLayout(search_dir).best_subnet)], ctx)
+    if plan.tune.structures > 1:
+        top = search_dir / "tune_structures.yaml"
+        export_subnets(run_folder_storage(str(search_dir)), out=top, top_k=plan.tune.structures)
+        found += [(None, s) for s, _ in load_subnets(top, depth=ctx.depth)]
+    out: list[tuple[str, Any]] = []
+    seen = set()
+    for _, subnet in found:
+        if len(out) == plan.tune.structures:
+            break
+        key = repr(subnet.to_dict()["subnet"])
+        if key not in seen:
+            seen.add(key)
+            out.append((f"search#{len(out)}", subnet))
+    for m in method_rows([r for r in plan.methods if r not in TUNED_ROWS_SKIP]):
+        subnet = largest_uniform(m, ctx, plan.classes(task))
+        key = repr(subnet.to_dict()["subnet"])
+        if key not in seen:
+            seen.add(key)
+            out.append((m, subnet))
+    return out
+
+
+def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[str, Any]:
+    """Tune ``row`` on ``task`` (once; a rerun reads ``tune_info.json``): the study, its pick and
+    its cost. Worker-safe: each (task, row) has a folder of its own."""
+    from unitune.search.tune import Selection, TuneRanges, tune
+
+    folder = tune_folder(plan, task, row)
+    info_file = folder / TUNE_INFO
+    if info_file.is_file():
+        return read_json(info_file)
+    cfg = plan.tune
+    ctx = plan.context(task).moved(folder)
+    started, cpu = time.perf_counter(), time.process_time()
+    result = tune(ctx, candidates(plan, task, row), folder, trials=cfg.trials, epochs=cfg.epochs,
+                  ranges=TuneRanges(**{k: tuple(v) for k, v in cfg.ranges.items()}), seed=cfg.seed,
+                  selection=Selection(finalists=cfg.finalists, splits=cfg.splits), progress=progress)
+    chosen = next((r for r in (result.get("selection") or {}).values() if r["trial"] == result["trial"]), None)
+    info = {"row": row, "task": task, "structure": result["structure"], "recipe": result["recipe"],
+            "subnet_file": result["subnet_file"], "val_accuracy": result["val_accuracy"],
+            "selection_mean": chosen["mean"] if chosen else None, "selection_se": chosen["se"] if chosen else None,
+            "trials": len(result["trials"]), "train_images": result["train_images"],
+            "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+            "tune_result": str(folder / "tune" / "tune_result.json")}
+    write_json_atomic(info_file, info)
+    return info
+
+
+def read_tune_info(plan: Plan, task: str, row: str) -> dict[str, Any]:
+    """A finished row's tuning, for its cells (the soup reads the search row's)."""
+    path = tune_folder(plan, task, "search" if row in TUNED_ROWS_SKIP else row) / TUNE_INFO
+    if not path.is_file():
+        raise UniTuneError(f"{path}: the row {row!r} of task {task!r} has not been tuned; rerun compare")
+    return read_json(path)
+
+
+__all__ = ["TUNE_INFO", "candidates", "read_tune_info", "tune_folder", "tune_row"]
