@@ -30,27 +30,10 @@ fi
 OUT=$1; shift
 mkdir -p "$OUT"
 
-run() {
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/unitune-site \
-      .whl/*.whl || exit 3
-    export PYTHONPATH=/tmp/unitune-site${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  # `python -c` puts the working directory first on sys.path, where the repo's own unitune/ (which
-  # lacks supernet/, search/, retrain/) would shadow the link tree below; PYTHONSAFEPATH keeps it off.
-  export PYTHONSAFEPATH=1
-  if ! $PY -c "import unitune.supernet, unitune.search, unitune.retrain" 2>/dev/null; then
-    # The package layout of pyproject.toml (supernet/ is unitune.supernet, ...), as links.
-    SRC=/tmp/unitune-src
-    rm -rf "$SRC" && mkdir -p "$SRC/unitune"
-    cp -r unitune/. "$SRC/unitune/"
-    for sub in supernet search retrain; do ln -s "$PWD/$sub" "$SRC/unitune/$sub"; done
-    export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  $PY -c "import torch, timm, optuna, unitune.search; print('python', __import__('sys').version.split()[0], \
-  'torch', torch.__version__, 'timm', timm.__version__, 'optuna', optuna.__version__, 'cuda', torch.cuda.is_available())" \
-    || exit 3
+. "$(dirname "$0")/gpu_env.sh"
 
+run() {
+  gpu_env
   export PYTHONUNBUFFERED=1 PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
   $PY benchmarks/gpu_check.py --out "$OUT" --workdir "${GPU_CHECK_WORKDIR:-/tmp/unitune-gpu-check}" "$@"
 }

@@ -803,7 +803,7 @@ def test_every_row_is_tuned_alike_and_the_cells_use_the_pick(tmp_path, monkeypat
     assert len(soup["members"]) <= 2 and soup["members"][0]["recipe"] == labels["recipe"]
     assert "soup of" in rows["soup"]["sizes"]
     table = (out / "table.md").read_text()
-    assert "Every row tuned alike (compare.tune: 2 trials of up to 1 epochs" in table
+    assert "Every row tuned alike (compare.tune: 2 trials of up to 1 epoch per task" in table
     assert "search minus the per-task best single method" in table and "soup minus the per-task best" in table
     for row in ("linear", "lora", "full", "search"):
         assert f"| location | {row} |" in table

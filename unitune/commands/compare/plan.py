@@ -185,7 +185,10 @@ class CellRecord:
         return record
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The record as its file holds it; an untuned cell without the tuning keys (the form
+        written before compare.tune, so an untuned comparison's files stay as they were)."""
+        data = dataclasses.asdict(self)
+        return {k: v for k, v in data.items() if not (k in OPTIONAL_CELL_KEYS and v is None)}
 
 
 def parse_names(text: str, what: str) -> tuple[str, ...]:

@@ -264,7 +264,8 @@ def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
     if not infos:
         return ""
     cfg = plan.tune
-    lines = [f"Every row tuned alike (compare.tune: {cfg.trials} trials of up to {cfg.epochs} epochs per task and "
+    lines = [f"Every row tuned alike (compare.tune: {plural(cfg.trials, 'trial')} of up to {plural(cfg.epochs, 'epoch')} "
+             f"per task and "
              f"row, successive halving; the pick: the best mean val accuracy of {cfg.finalists} finalists over "
              f"{cfg.splits} random train/val splits of train+val{'' if cfg.splits else ' (off: the best trial)'}; "
              f"chosen on train/val only):", "",
@@ -276,7 +277,8 @@ def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
         sel = (f"{100 * i['selection_mean']:.1f} ± {100 * i['selection_se']:.1f}"
                if i.get("selection_mean") is not None and i.get("selection_se") is not None
                else f"{100 * i['val_accuracy']:.1f}")
-        lines.append(f"| {i['task']} | {i['row']} | {i['structure']} | {r['lr']:.3g} | {r['weight_decay']:.3g} | "
+        pick = i["structure"] if i["structure"] == i["row"] else f"{i['structure']}: {i.get('sizes', '?')}"
+        lines.append(f"| {i['task']} | {i['row']} | {pick} | {r['lr']:.3g} | {r['weight_decay']:.3g} | "
                      f"{mult} | {sel} | {i['cpu_seconds']:,.0f} |")
     per_row: dict[str, float] = {}
     for i in infos:
@@ -289,8 +291,9 @@ def format_decision(decisions: list[dict[str, Any]]) -> str:
     lines = []
     for d in decisions:
         lines.append(f"{d['who']} minus the per-task best single method ({', '.join(f'{t}: {m}' for t, m in d['best'].items())}"
-                     f"; chosen on test, in the baseline's favour): {d['mean_diff']:+.2f} ± {d['se']:.2f} (se) points "
-                     f"over {d['n']} task x seed pairs, {d['wins']} wins; "
+                     f"; chosen on test, in the baseline's favour): {d['mean_diff']:+.2f}"
+                     + (f" ± {d['se']:.2f} (se)" if d["n"] > 1 else " (one pair: no standard error)")
+                     + f" points over {plural(d['n'], 'task x seed pair')}, {d['wins']} wins; "
                      f"{'clears' if d['clears_two_se'] else 'does not clear'} two standard errors.")
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -315,13 +318,13 @@ def search_trust(plan: Plan) -> dict[str, dict[str, Any]]:
     return out
 
 
-def format_paired(paired: list[dict[str, Any]], trust: dict[str, dict[str, Any]]) -> str:
+def format_paired(paired: list[dict[str, Any]], trust: dict[str, dict[str, Any]], who: str = "search") -> str:
     lines = []
     if paired:
         n = paired[0]["n"]  # pairs (task x seed), the same for every method
-        lines += ["Search minus each single method, paired by task and seed (test accuracy points; the "
-                  "strongest single method first):", "",
-                  f"| vs | its mean | search - it{', mean ± std' if n >= 2 else ''} | search wins | " +
+        lines += [f"{'Search' if who == 'search' else 'The ' + who} minus each single method, paired by task and seed "
+                  f"(test accuracy points; the strongest single method first):", "",
+                  f"| vs | its mean | {who} - it{', mean ± std' if n >= 2 else ''} | {who} wins | " +
                   " | ".join(paired[0]["per_task"]) + " |", "|" + "---|" * (4 + len(paired[0]["per_task"]))]
         for r in paired:
             lines.append(f"| {r['method']} | {r['baseline_mean']:.1f} | {_pm((r['mean_diff'], r['std_diff']), n, '+.1f')} "
@@ -381,7 +384,7 @@ def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dic
     text = table + "\n" + "\n".join(notes) + "\n\n" + format_paired(paired, trust)
     soup_paired = paired_vs_single(rows, plan.tasks, plan.seeds, plan.methods, who="soup")
     if soup_paired:
-        text += "\n" + format_paired(soup_paired, {}).replace("Search minus", "The soup minus", 1)
+        text += "\n" + format_paired(soup_paired, {}, who="soup")
     decisions = [d for d in (paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w) for w in ("search", "soup"))
                  if d is not None]
     tuning = tuning_rows(plan)

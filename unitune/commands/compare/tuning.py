@@ -99,8 +99,13 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
     result = tune(ctx, candidates(plan, task, row), folder, trials=cfg.trials, epochs=cfg.epochs,
                   ranges=TuneRanges(**{k: tuple(v) for k, v in cfg.ranges.items()}), seed=cfg.seed,
                   selection=Selection(finalists=cfg.finalists, splits=cfg.splits), progress=progress)
+    from unitune.supernet import Subnet
+
+    from .report import describe
+
     chosen = next((r for r in (result.get("selection") or {}).values() if r["trial"] == result["trial"]), None)
-    info = {"row": row, "task": task, "structure": result["structure"], "recipe": result["recipe"],
+    sizes = "all weights" if result["subnet_file"] is None else describe(Subnet.load(result["subnet_file"]))
+    info = {"row": row, "task": task, "structure": result["structure"], "sizes": sizes, "recipe": result["recipe"],
             "subnet_file": result["subnet_file"], "val_accuracy": result["val_accuracy"],
             "selection_mean": chosen["mean"] if chosen else None, "selection_se": chosen["se"] if chosen else None,
             "trials": len(result["trials"]), "train_images": result["train_images"],
