@@ -32,7 +32,7 @@ from unitune.supernet import PeftViT, Subnet, count_params
 from unitune.supernet.methods.vit import check_vit, classifier_heads
 from unitune.supernet.wrap import make_optimizer
 from unitune.engine.train import (
-    Criterion, build_optimizer, build_scheduler, evaluate, load_checkpoint, plain_family,
+    Criterion, base_lr, build_optimizer, build_scheduler, evaluate, load_checkpoint, plain_family,
     refuse_unasked_resume, rng_state, round_metric, save_checkpoint, seed_everything, set_rng_state, train_epoch,
 )
 from unitune.weights import check_tensor
@@ -211,11 +211,11 @@ def retrain(run: RunConfig | RunContext, subnet_path: str | Path | None, out: st
             loss, global_step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, global_step,
                                             f"retrain epoch {epoch + 1}/{cfg.epochs}", bar, stats)
             log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"],
-                       "lr": optimizer.param_groups[0]["lr"]})
+                       "lr": base_lr(optimizer)})
             save_checkpoint(ckpt_dir, state_of(),
                             {"epoch": epoch + 1, "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "fingerprint": fingerprint})
-            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], lr=optimizer.param_groups[0]["lr"])
+            bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], lr=base_lr(optimizer))
     log.close(curves=curves)
 
     # The test split is scored once, after the last epoch: the number reported. In fp32 whatever

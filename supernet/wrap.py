@@ -110,8 +110,10 @@ def adamw(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, wei
 
     With ``lr_mult`` (family -> multiplier, :func:`check_lr_mult`) and ``family_of`` (parameter
     name -> family, e.g. :meth:`PeftViT.param_family`), each family gets its own pair of groups at
-    ``lr * multiplier``, the group's ``family`` key naming it. timm's scheduler scales every
-    group's own initial rate, so the multipliers hold through warm-up and cosine decay. Without
+    ``lr * multiplier``, the group's ``family`` and ``lr_mult`` keys naming it. timm's scheduler
+    takes each group's own rate as its peak, so the ratios hold at the peak and through the cosine
+    decay, except near its ends: the warm-up starts, and the decay ends, at the same absolute rate
+    (``min_lr``) for every group (exact ratios throughout with ``min_lr: 0``). Without
     multipliers (or all 1) the two groups are the same as before they existed, so older optimizer
     checkpoints still load."""
     skip = set(no_weight_decay)
@@ -126,7 +128,7 @@ def adamw(named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, wei
         if group is None:
             group = groups[(family, decays)] = {"params": [], "weight_decay": weight_decay if decays else 0.0}
             if split:
-                group.update(family=family, lr=lr * lr_mult.get(family, 1.0))
+                group.update(family=family, lr=lr * lr_mult.get(family, 1.0), lr_mult=lr_mult.get(family, 1.0))
         group["params"].append(p)
     # families in first-seen order, decay before no-decay: the layout without multipliers is unchanged
     seen = dict.fromkeys(family for family, _ in groups)

@@ -166,3 +166,22 @@ def test_make_optimizer_checks_its_multipliers():
         make_optimizer(model(), lr_mult={"lora": 2})
     with pytest.raises(UniTuneError, match=r"^make_optimizer: lr_mult\.prompt: expected a finite number > 0, got -1"):
         make_optimizer(model(), lr_mult={"prompt": -1})
+
+
+def test_the_logged_rate_is_the_schedules_before_multipliers():
+    """base_lr (what pretrain, supernet and retrain log) reads the first group's rate over its
+    multiplier: the schedule's own rate, whichever family the first group holds."""
+    from unitune.engine.train import base_lr
+
+    peft = model()
+    cfg = TrainConfig(epochs=3, lr=1e-3, warmup_epochs=0, min_lr=0.0, lr_mult={"low_rank": 4.0, "prompt": 10.0})
+    optimizer = build_optimizer(peft.trainable_named_parameters(), cfg, peft.no_weight_decay(), peft.param_family)
+    assert optimizer.param_groups[0]["family"] == "low_rank" and optimizer.param_groups[0]["lr"] == pytest.approx(4e-3)
+    assert base_lr(optimizer) == pytest.approx(1e-3)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=4)
+    scheduler.step_update(6)
+    prompt = next(g for g in optimizer.param_groups if g["family"] == "prompt")
+    assert base_lr(optimizer) == pytest.approx(prompt["lr"] / 10.0)  # the same for every family
+    assert base_lr(optimizer) < 1e-3  # decayed
+    plain = make_optimizer(model(), lr=2e-3)
+    assert base_lr(plain) == 2e-3

@@ -81,3 +81,35 @@ def test_apply_recipe_keeps_the_rest_of_the_recipe():
     assert (out.epochs, out.warmup_epochs) == (7, 2)
     with pytest.raises(UniTuneError, match=r"^f\.yaml: meta\.recipe: expected a mapping"):
         apply_recipe(cfg, [0.1], "f.yaml")
+
+
+def test_a_command_line_override_the_files_recipe_would_beat_is_refused(tmp_path, capsys):
+    from unitune.commands.cli import main
+
+    path = config(tmp_path)
+    file = subnet_file(tmp_path, "chosen.yaml", {"lr": 0.02})
+    out = tmp_path / "out"
+    assert main(["retrain", "--config", str(path), "--out", str(out), "--subnet", str(file), "--quiet",
+                 "retrain.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "retrain.lr: " in err and "chosen.yaml's meta.recipe sets lr too" in err
+    assert not (out / "export").exists()
+    # a key the file does not set is the config's to give
+    assert main(["retrain", "--config", str(path), "--out", str(out), "--subnet", str(file), "--quiet",
+                 "retrain.weight_decay=0.0"]) == 0
+
+
+def test_retrain_full_on_the_command_line_takes_tunes_printed_overrides(tmp_path, capsys):
+    """`unitune tune --full` prints its recipe as overrides; `unitune retrain --full` uses them:
+    the result is full fine-tuning (every weight counted) at that recipe."""
+    from unitune.commands.cli import main
+
+    path = config(tmp_path)
+    out = tmp_path / "full"
+    assert main(["retrain", "--config", str(path), "--out", str(out), "--full", "--quiet", "retrain.epochs=1",
+                 "retrain.lr=0.0001", "retrain.lr_mult={head: 50}"]) == 0
+    result = json.loads((out / "retrain_result.json").read_text())
+    assert result["mode"] == "full" and result["subnet_file"] is None
+    assert result["params"]["per_method"]["full"] == result["params"]["trainable_params"] > 100_000
+    assert main(["retrain", "--config", str(path), "--out", str(out), "--full", "--subnet", "x.yaml"]) == 2
+    assert "--full trains every weight from the pretrained backbone" in capsys.readouterr().err

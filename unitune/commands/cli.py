@@ -288,11 +288,22 @@ def _retrain(args: argparse.Namespace) -> int:
 
     run = _load_run(args)
     out = _out_dir(args, run)
+    if args.full:  # full fine-tuning: no subnet (`unitune tune --full` prints its recipe as overrides)
+        if args.subnet or args.subnet_index or args.init == "supernet":
+            raise UniTuneError("--full trains every weight from the pretrained backbone: give no --subnet, "
+                               "--subnet-index or --init supernet with it")
+        result = retrain(run, None, out, full=True, resume=args.resume, progress=not args.quiet,
+                         backbone=args.backbone)
+        _record(run, out)
+        if args.quiet:
+            print(result_line(result, out))
+        return 0
     best = RunLayout(out).best_subnet
     if not args.subnet and not best.exists():
         again = f"unitune search --config {args.config}" + (f" --out {args.out}" if args.out else "")
         raise UniTuneError(f"{best}: file not found: no searched subnet in {out}; run "
                            f"`{again}` first, or give --subnet FILE")
+    _refuse_recipe_overrides(args, args.subnet or best, run)
     result = retrain(run, args.subnet or best, out, init=args.init, supernet_file=args.supernet,
                      resume=args.resume, progress=not args.quiet, subnet_index=args.subnet_index,
                      backbone=args.backbone)
@@ -300,6 +311,23 @@ def _retrain(args: argparse.Namespace) -> int:
     if args.quiet:  # results still print (without --quiet retrain printed it)
         print(result_line(result, out))
     return 0
+
+
+def _refuse_recipe_overrides(args: argparse.Namespace, subnet, run) -> None:
+    """A subnet file's ``meta.recipe`` sets the retrain's rates over the config; a command-line
+    override of the same key would be silently beaten by it, so the pair is refused, naming both."""
+    from unitune.engine.config import RECIPE_KEYS
+    from unitune.retrain.train import load_subnet_entry
+
+    named = [o.split("=", 1)[0].strip() for o in args.overrides if "=" in o]
+    asked = [k for k in named if k.startswith("retrain.") and k.split(".")[1] in RECIPE_KEYS]
+    if not asked:
+        return
+    _, recipe = load_subnet_entry(subnet, run, args.subnet_index)
+    clash = [k for k in asked if recipe and k.split(".")[1] in recipe]
+    if clash:
+        raise UniTuneError(f"{clash[0]}: {subnet}'s meta.recipe sets {clash[0].split('.')[1]} too (a tuned recipe, "
+                           f"applied over the config); drop the override, or edit or remove meta.recipe in the file")
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -489,6 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=("pretrained", "supernet"), help="PEFT weights start fresh or from the supernet")
     p.add_argument("--supernet", help="supernet file for --init supernet (default: DIR/supernet.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue from DIR/retrain_ckpt")
+    p.add_argument("--full", action="store_true",
+                   help="full fine-tuning instead of a subnet: every backbone weight and the head train")
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("tune", help="tune lr, weight decay and per-family lr multipliers of subnets (stand-alone "

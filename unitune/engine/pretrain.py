@@ -23,7 +23,7 @@ from unitune.stagelog import StageLog
 from .backbone import create_backbone
 from .config import RunConfig
 from .context import RunContext, RunLayout
-from .train import Criterion, build_optimizer, build_scheduler, evaluate, plain_family, seed_everything, \
+from .train import Criterion, base_lr, build_optimizer, build_scheduler, evaluate, plain_family, seed_everything, \
     train_epoch
 
 __all__ = ["pretrain", "pretrained_weights"]  # the run folder's names: unitune.engine.context.RunLayout
@@ -81,7 +81,7 @@ def pretrain(run: RunConfig | RunContext, out: str | Path | None = None, progres
             loss, step = train_epoch(model, loader, optimizer, scheduler, criterion, cfg, device, step,
                                      f"pretrain epoch {epoch + 1}/{cfg.epochs}", bar, stats)
             val = evaluate(model, val_loader, device, train_set.num_classes, cfg.amp)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = base_lr(optimizer)
             log.write({"epoch": epoch, "loss": loss, "train_acc": stats["train_acc"], "val_acc": val["accuracy"],
                        "lr": lr})
             bar.epoch_end(epoch, loss=loss, train_acc=stats["train_acc"], val_acc=val["accuracy"], lr=lr)

@@ -26,7 +26,7 @@ from unitune.errors import UniTuneError
 from unitune.progress import StageProgress
 from unitune.stagelog import StageLog
 from unitune.engine.train import (
-    Criterion, Dist, StepChecks, all_reduce_gradients, autocast, build_scheduler,
+    Criterion, Dist, base_lr, StepChecks, all_reduce_gradients, autocast, build_scheduler,
     clip_gradients, evaluate, init_distributed, load_checkpoint, peak_memory_mb,
     refuse_unasked_resume, rng_state, save_checkpoint, seed_everything, set_rng_state,
 )
@@ -234,7 +234,7 @@ def train_supernet(run: RunConfig | RunContext, out: str | Path | None = None, r
         seconds = time.perf_counter() - started
         loss = rank_mean(checks.loss_sum) / max(checks.count, 1)
         record: dict[str, Any] = {"epoch": epoch, "step": global_step, "loss": loss,
-                                  "lr": optimizer.param_groups[0]["lr"]}
+                                  "lr": base_lr(optimizer)}
         for name, subnet in (("largest", largest), ("smallest", smallest)):
             model.set_subnet(subnet)
             record[f"val_acc_{name}"] = distributed_evaluate(model, val_loader, device, num_classes, cfg.amp,

@@ -335,6 +335,13 @@ def round_metric(value: float) -> float:
 
 
 @torch.no_grad()
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's current rate before any family multiplier (what the logs report): the first
+    group's rate over its ``lr_mult`` (:func:`unitune.supernet.wrap.adamw`)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_mult", 1.0)
+
+
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_classes: int,
              amp: bool = False) -> dict[str, Any]:
     """Top-1 accuracy, mean loss and the confusion matrix (rows: true class) over ``batches``."""

@@ -4,6 +4,7 @@ cell record every finished cell is read back through."""
 from __future__ import annotations
 
 import copy
+import itertools
 import dataclasses
 import hashlib
 import json
@@ -361,6 +362,42 @@ def search_budget(ctx: RunContext) -> int | None:
     if ctx.run.search.budget is None:
         return None
     return ctx.budget(ctx.run.search.budget, f"{ctx.source}: search.budget")
+
+
+def largest_uniform(method: str, ctx: RunContext, num_classes: int):
+    """The one-method subnet, same size in every block, with the most parameters within the
+    budget (without a budget: the largest); when even the smallest size is over budget, the
+    smallest (the row's parameter count shows it). ``num_classes``: the task's head, counted."""
+    from unitune.supernet import Subnet, count_params
+    from unitune.supernet.methods import METHODS
+
+    space, dims, budget = ctx.space, ctx.dims_for(num_classes), search_budget(ctx)
+
+    companions = [g.name for g in METHODS.values() if g.site == "model" and g.report_key == method]
+    options = []
+    for size in space.choices(method):
+        if size == 0:
+            continue
+        # with each choice of the model-level methods reported with it (SSF: the global SSF)
+        for extra in itertools.product(*([(g, c) for c in space.choices(g)] for g in companions)):
+            subnet = Subnet.uniform(dims.depth, **{method: size}, **dict(extra))
+            options.append((count_params(subnet, dims, space).total, subnet))
+    if not options:
+        raise UniTuneError(f"{ctx.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
+    fitting = [o for o in options if budget is None or o[0] <= budget]
+    return (max(fitting, key=lambda o: o[0]) if fitting else min(options, key=lambda o: o[0]))[1]
+
+
+def describe(subnet) -> str:
+    parts = []
+    for m in subnet.shown_methods():
+        sizes = subnet.sizes(m)
+        if not isinstance(sizes, tuple):  # a model-level method
+            if sizes:
+                parts.append(m)
+        elif any(sizes):
+            parts.append(f"{m} {sizes[0]}" if len(set(sizes)) == 1 else f"{m} {'/'.join(map(str, sizes))}")
+    return "; ".join(parts) or "head only"
 
 
 def _check_methods_fit(ctx: RunContext, methods: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from unitune.engine.context import RunLayout
 from unitune.io import read_json, write_text_atomic
-from .plan import CSV_COLUMNS, CSV_FILE, GROUP_ORDER, PLOT_FILE, TABLE_FILE, Plan, method_rows
+from .plan import CSV_COLUMNS, CSV_FILE, GROUP_ORDER, PLOT_FILE, TABLE_FILE, Plan, describe, method_rows  # noqa: F401 (describe: re-exported)
 
 QUICK_NOTE = "--quick: a smoke test; these numbers mean nothing"
 MARKERS = "osD^vPX<>hp*"  # hollow and distinct, so methods that land on one point both show
@@ -31,20 +31,6 @@ def _pm(mean_std: tuple[float, float], n: int, fmt: str = ".1f") -> str:
     a ``± 0.0`` there read as a measured zero spread)."""
     mean, std = mean_std
     return f"{mean:{fmt}} ± {std:.1f}" if n >= 2 else f"{mean:{fmt}}"
-
-
-def describe(subnet) -> str:
-    parts = []
-    for m in subnet.shown_methods():
-        sizes = subnet.sizes(m)
-        if not isinstance(sizes, tuple):  # a model-level method
-            if sizes:
-                parts.append(m)
-        elif any(sizes):
-            parts.append(f"{m} {sizes[0]}" if len(set(sizes)) == 1 else f"{m} {'/'.join(map(str, sizes))}")
-    return "; ".join(parts) or "head only"
-
-
 
 
 def results_frame(rows: list[dict[str, Any]], tasks: Sequence[str], groups: dict[str, str], seeds: Sequence[int],

@@ -5,7 +5,6 @@ trained and scored by itself, in worker processes with ``--jobs``)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
 from pathlib import Path
@@ -15,34 +14,8 @@ from unitune.engine.config import RunConfig, apply_recipe
 from unitune.engine.context import RunContext, RunLayout
 from unitune.errors import UniTuneError
 from unitune.io import read_json, write_json_atomic, write_yaml_atomic
-from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, search_budget
+from .plan import META_FILE, PRETRAIN_RESULT, SEARCH_RESULT, CellRecord, Plan, largest_uniform
 from .report import describe, plural, stamp_quick, write_report
-
-
-def largest_uniform(method: str, ctx: RunContext, num_classes: int):
-    """The one-method subnet, same size in every block, with the most parameters within the
-    budget (without a budget: the largest); when even the smallest size is over budget, the
-    smallest (the row's parameter count shows it). ``num_classes``: the task's head, counted."""
-    from unitune.supernet import Subnet, count_params
-    from unitune.supernet.methods import METHODS
-
-    space, dims, budget = ctx.space, ctx.dims_for(num_classes), search_budget(ctx)
-
-    companions = [g.name for g in METHODS.values() if g.site == "model" and g.report_key == method]
-    options = []
-    for size in space.choices(method):
-        if size == 0:
-            continue
-        # with each choice of the model-level methods reported with it (SSF: the global SSF)
-        for extra in itertools.product(*([(g, c) for c in space.choices(g)] for g in companions)):
-            subnet = Subnet.uniform(dims.depth, **{method: size}, **dict(extra))
-            options.append((count_params(subnet, dims, space).total, subnet))
-    if not options:
-        raise UniTuneError(f"{ctx.source}: space.{method}: has no size above 0; drop {method!r} from the methods")
-    fitting = [o for o in options if budget is None or o[0] <= budget]
-    return (max(fitting, key=lambda o: o[0]) if fitting else min(options, key=lambda o: o[0]))[1]
-
-
 
 
 def full_finetune(run: RunConfig | RunContext, out: Path, progress: bool = False) -> dict[str, Any]:

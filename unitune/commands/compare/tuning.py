@@ -47,8 +47,7 @@ def candidates(plan: Plan, task: str, row: str) -> list[tuple[str, Any]]:
     from unitune.search.tune import FULL, load_candidates
     from unitune.supernet import Subnet
 
-    from .plan import method_rows
-    from .run import largest_uniform
+    from .plan import largest_uniform, method_rows
 
     ctx = plan.context(task)
     if row == "full":
@@ -101,7 +100,7 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
                   selection=Selection(finalists=cfg.finalists, splits=cfg.splits), progress=progress)
     from unitune.supernet import Subnet
 
-    from .report import describe
+    from .plan import describe
 
     chosen = next((r for r in (result.get("selection") or {}).values() if r["trial"] == result["trial"]), None)
     sizes = "all weights" if result["subnet_file"] is None else describe(Subnet.load(result["subnet_file"]))

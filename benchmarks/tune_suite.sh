@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 23's decision run on the CPU: `unitune compare` with every row tuned alike (compare.tune)
+# and the search's soup, on the tiny suite (configs/minivtab.yaml) or any suite config.
+#
+# DECISION RULE (written before the run, 2026-12-04; the same as benchmarks/gpu_tune_suite.sh's
+# for the DINOv2 suite): with compare.tune {trials 8, epochs 3, finalists 3, splits 3,
+# structures 3, soup 3}, seeds 0,1,2, every cell's test split read once after its last epoch:
+#  - the target is met when "search minus the per-task best single method" (paired over the
+#    task x seed pairs; the best single method per task chosen on test, in the baselines' favour;
+#    table.md computes it) is >= 2 standard errors above 0; likewise for the soup;
+#  - otherwise RESULTS.md says by how much it falls short and what each part contributes, read
+#    from the same run: the learning rates (tuned rows vs the untuned suite, same tasks and
+#    seeds), the selection rule (each row's study best vs its selection pick, on val) and the
+#    soup (soup minus search, paired).
+#
+#   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
+#   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=$1; OUT=$2; shift 2
+export OMP_NUM_THREADS=1
+exec unitune compare --config "$CONFIG" --out "$OUT" --jobs "${JOBS:-2}" --seeds 0,1,2 \
+  --methods linear,lora,adapter,vpt,ssf,full,search,soup \
+  compare.tune.trials=8 compare.tune.epochs=3 compare.tune.finalists=3 compare.tune.splits=3 \
+  compare.tune.structures=3 compare.tune.soup=3 "$@"
