@@ -103,16 +103,17 @@ def suggest_recipe(trial: optuna.Trial, subnet: Subnet | None, ranges: TuneRange
 
 
 def study_name(ctx: RunContext, candidates: Sequence[tuple[str, Subnet | None]], epochs: int,
-               ranges: TuneRanges, selection: "Selection") -> str:
-    """One study per question: the candidates (labels and contents), the epochs, the ranges, the
-    selection rule and everything a stand-alone score depends on (:func:`.rerank.score_key`: the
-    recipe, data, model, space and backbone bytes). A rewritten subnet file or a changed config
-    starts a new study instead of mixing in trials that answered another one."""
+               ranges: TuneRanges) -> str:
+    """One study per question: the candidates (labels and contents), the epochs, the ranges and
+    everything a stand-alone score depends on (:func:`.rerank.score_key`: the recipe, data, model,
+    space and backbone bytes). A rewritten subnet file or a changed config starts a new study
+    instead of mixing in trials that answered another one. The selection rule is not in it: it
+    reads the trials, never changes them, so another rule re-uses the study (its scores are kept
+    per rule: :func:`selection_key`)."""
     from .rerank import score_key
 
     what = json.dumps({"subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
-                       "epochs": epochs, "ranges": dataclasses.asdict(ranges),
-                       "selection": dataclasses.asdict(selection), "run": score_key(ctx, ctx.out, epochs)},
+                       "epochs": epochs, "ranges": dataclasses.asdict(ranges), "run": score_key(ctx, ctx.out, epochs)},
                       sort_keys=True, default=str)
     return "tune-" + hashlib.sha256(what.encode()).hexdigest()[:12]
 
@@ -192,7 +193,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
 
     folder = ctx.out / TUNE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    name = study_name(ctx, candidates, epochs, ranges, selection)
+    name = study_name(ctx, candidates, epochs, ranges)
     short = short_recipe(ctx.run.retrain, epochs)
     # Pruning starts after the warm-up: an epoch of warm-up says little about the rate after it.
     min_resource = min(short.warmup_epochs + 1, epochs)
@@ -205,7 +206,6 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         )
     study.set_user_attr("candidates", labels)
     study.set_user_attr("epochs", epochs)
-    study.set_user_attr("selection", dataclasses.asdict(selection))
 
     def trained(label: str, recipe: dict[str, Any]):
         tuned = dataclasses.replace(ctx.run, retrain=apply_recipe(short, recipe, label))
@@ -261,7 +261,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     result = {
         "subnet_file": None if path is None else str(path), "structure": label, "recipe": recipe, "val_accuracy": best.value,
         "trial": best.number, "study": name, "storage": str(folder / "study.db"),
-        "selection": study.user_attrs.get(SELECTION_ATTR) if selected else None,
+        "selection": study.user_attrs.get(selection_key(selection, seed)) if selected else None,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
         "train_images": sum(t.user_attrs.get("train_images", 0) for t in study.trials) + select_images,
@@ -271,6 +271,14 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
 
 
 SELECTION_ATTR = "selection_scores"
+
+
+def selection_key(selection: "Selection", seed: int) -> str:
+    """The study user attribute that holds one selection rule's scores (``selection_scores`` for
+    3 splits from seed 0, the default; ``selection_scores:5-splits:seed1`` for another rule)."""
+    if (selection.splits, seed) == (Selection.splits, 0):
+        return SELECTION_ATTR
+    return f"{SELECTION_ATTR}:{selection.splits}-splits:seed{seed}"
 
 
 def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -296,7 +304,8 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
     train = build_dataset(ctx.run.data, "train", None)
     val = build_dataset(ctx.run.data, "val", None)
     splits = repeated_splits([*train.targets, *val.targets], len(val), selection.splits, seed)
-    stored = {int(k): v for k, v in (study.user_attrs.get(SELECTION_ATTR) or {}).items()}
+    key = selection_key(selection, seed)  # the scores depend on the splits (count and seed), not on the finalists
+    stored = {int(k): v for k, v in (study.user_attrs.get(key) or {}).items()}
     images = 0
     for t in finalists:
         scores = stored.get(t.number, {}).get("scores", [])
@@ -317,7 +326,7 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
             se = float(np.std(scores, ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else None
             stored[t.number] = {"trial": t.number, "structure": label, "study_val_accuracy": t.value,
                                 "scores": scores, "mean": mean, "se": se}
-            study.set_user_attr(SELECTION_ATTR, {str(n): v for n, v in stored.items()})
+            study.set_user_attr(key, {str(n): v for n, v in stored.items()})
             if progress:
                 print(f"tune: selection: trial {t.number} ({label}) split {k + 1}/{len(splits)}: val accuracy "
                       f"{accuracy:.4f}")

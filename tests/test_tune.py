@@ -109,7 +109,7 @@ def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_ne
     study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
     complete = sorted([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE],
                       key=lambda t: (-t.value, t.number))
-    stored = study.user_attrs["selection_scores"]  # a second reading: what the study kept
+    stored = study.user_attrs["selection_scores:2-splits:seed0"]  # a second reading: what the study kept
     finalists = [t.number for t in complete[:2]]
     assert sorted(int(k) for k in stored) == sorted(finalists)
     for t in complete[:2]:
@@ -132,6 +132,9 @@ def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_ne
     monkeypatch.setattr(rerank, "standalone_epochs", lambda *a, **k: pytest.fail("trained again"))
     again = run_tune(folder, trials=5, selection=Selection(finalists=2, splits=2))
     assert again["trial"] == result["trial"] and again["selection"] == result["selection"]
+    # another rule on the same study: the trials are re-used (the study's own best, with splits 0)
+    plain = run_tune(folder, trials=5, selection=Selection(splits=0))
+    assert plain["study"] == result["study"] and plain["trial"] == complete[0].number and plain["selection"] is None
 
 
 def test_repeated_splits_partition_train_and_val_pooled_with_vals_size():
