@@ -198,3 +198,41 @@ def mark_best(study: optuna.Study, best: FrozenTrial, subnet: Subnet, count: Par
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number == before]
         if earlier and earlier[0].values and "budget" in study.user_attrs:
             _rewrite_trial_note(study, earlier[0], "")
+
+
+# ---- the recipe tuner's study (search/tune.py) ---------------------------------------------------
+
+def recipe_lines(recipe: dict) -> list[str]:
+    """A recipe as markdown list items: the rate, the weight decay, each family's multiplier."""
+    lines = [f"- **lr** {recipe['lr']:.4g}", f"- **weight decay** {recipe['weight_decay']:.4g}"]
+    lines += [f"- **lr multiplier, {f}** {m:.4g} (rate {recipe['lr'] * m:.4g})" for f, m in
+              (recipe.get("lr_mult") or {}).items()]
+    return lines
+
+
+def save_tune_trial_note(trial: optuna.Trial, structure: str, sizes: str, recipe: dict) -> None:
+    """The trial's structure and recipe, written when it starts (a pruned or failed trial keeps it)."""
+    _save_note(trial, "\n".join([f"### {structure}: {sizes}", "", *recipe_lines(recipe), ""]))
+
+
+def tune_study_note(study: optuna.Study, pick: FrozenTrial, sizes: str, selection: dict | None,
+                    rule: str) -> str:
+    """The tune study's note: the pick, its recipe, and the rule that took it (with the finalists'
+    scores over the repeated splits where the selection ran)."""
+    lines = [f"## {study.study_name}", "", f"- **the pick**: trial {pick.number}, {pick.user_attrs['structure']} "
+             f"({sizes}), study val accuracy {pick.value:.4f}", f"- **the rule**: {rule}", "",
+             "### Its recipe", "", *recipe_lines(pick.user_attrs["recipe"]), ""]
+    if selection:
+        lines += ["### The finalists on repeated train/val splits of train+val", "",
+                  "| trial | structure | study val | split val accuracies | mean | se |", "|---|---|---|---|---|---|"]
+        for row in sorted(selection.values(), key=lambda r: -r["mean"]):
+            se = f"{row['se']:.4f}" if row.get("se") is not None else "-"
+            lines.append(f"| {row['trial']} | {row['structure']} | {row['study_val_accuracy']:.4f} | "
+                         f"{', '.join(f'{a:.4f}' for a in row['scores'])} | {row['mean']:.4f} | {se} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_tune_study_note(study: optuna.Study, pick: FrozenTrial, sizes: str, selection: dict | None,
+                         rule: str) -> None:
+    _save_note(study, tune_study_note(study, pick, sizes, selection, rule))

@@ -36,6 +36,7 @@ from unitune.supernet import Subnet
 from unitune.supernet.methods import METHODS
 from unitune.supernet.methods.base import BACKBONE_FAMILY, HEAD_FAMILY
 
+from .notes import save_tune_study_note, save_tune_trial_note
 from .storage import FAIL_REASON_ATTR
 from .study import _quiet_optuna
 
@@ -217,6 +218,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         recipe = suggest_recipe(trial, subnet, ranges)
         trial.set_user_attr("structure", label)
         trial.set_user_attr("recipe", recipe)
+        save_tune_trial_note(trial, label, _sizes(subnet), recipe)  # optuna-dashboard shows it on the trial
         cost: dict = {}
         accuracy = float("nan")
         try:
@@ -254,6 +256,11 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
                                        "trials": len(study.trials), "epochs": epochs, "study": name}}
     if selected:
         meta["tune"]["selection"] = {k: selected[k] for k in ("mean", "se", "scores")}
+    scores = study.user_attrs.get(selection_key(selection, seed)) if selected else None
+    rule = (f"the best mean val accuracy of the {len(scores)} finalists over {selection.splits} random train/val "
+            f"splits of train+val (the study's own split left out: its scores carry the winner's curse)" if selected
+            else "the best val accuracy of the study (ties: the earlier trial)")
+    save_tune_study_note(study, best, _sizes(by_label[label]), scores, rule)
     stale = folder / TUNED_SUBNET
     if label == FULL and stale.is_file():  # an earlier pick's file must not pass for this one's
         stale.unlink()
@@ -333,6 +340,10 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
     order = {t.number: i for i, t in enumerate(finalists)}
     pick = max((stored[t.number] for t in finalists), key=lambda r: (r["mean"], -order[r["trial"]]))
     return pick, images
+
+
+def _sizes(subnet: Subnet | None) -> str:
+    return "every weight (full fine-tuning)" if subnet is None else subnet.describe()
 
 
 def _say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -159,6 +159,19 @@ class Subnet(Mapping):
     def is_empty(self) -> bool:
         return not any(self.is_on(m) for m in REGISTRY)
 
+    def describe(self) -> str:
+        """One line: each method switched on with its size (``lora 4; vpt 1/5/5/10``: per block
+        where they differ; a model-level method by its name), or ``head only``."""
+        parts = []
+        for m in self.shown_methods():
+            sizes = self.sizes(m)
+            if not isinstance(sizes, tuple):  # a model-level method
+                if sizes:
+                    parts.append(m)
+            elif any(sizes):
+                parts.append(f"{m} {sizes[0]}" if len(set(sizes)) == 1 else f"{m} {'/'.join(map(str, sizes))}")
+        return "; ".join(parts) or "head only"
+
     # ---- construction --------------------------------------------------------------------------
 
     @classmethod

@@ -155,12 +155,7 @@ def test_one_best_trial_for_dashboard_file_and_export(tmp_path):
     assert sorted(t.number for t in best_ties(study)) == sorted(t.number for t in tied)
 
 
-def _note(study, trial=None) -> str:
-    """A note as optuna-dashboard reads it from the storage (its own reader)."""
-    from optuna_dashboard._note import get_note_from_system_attrs
-
-    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id),
-                                      None if trial is None else trial._trial_id)["body"]
+from tiny import dashboard_note as _note  # noqa: E402
 
 
 def test_dashboard_reads_names_sizes_and_the_chosen_subnet(searched, tmp_path):

@@ -17,12 +17,7 @@ from unitune.supernet import SearchSpace
 BUDGET = 6000
 
 
-def _note(study, trial=None) -> str:
-    """A note as optuna-dashboard reads it from the storage (its own reader)."""
-    from optuna_dashboard._note import get_note_from_system_attrs
-
-    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id),
-                                      None if trial is None else trial._trial_id)["body"]
+from tiny import dashboard_note as _note  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from tiny import tiny_minivtab_config
+from tiny import dashboard_note, tiny_minivtab_config
 
 import unitune.data as data_module
 import unitune.retrain.train as retrain_train
@@ -125,6 +125,14 @@ def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_ne
     saved = yaml.safe_load(Path(result["subnet_file"]).read_text())["meta"]
     assert saved["recipe"] == result["recipe"] and saved["tune"]["selection"]["mean"] == stored[str(result["trial"])]["mean"]
     assert "mean val accuracy" in tune_line(result) and "over 2 splits of train+val" in tune_line(result)
+    # what optuna-dashboard shows: each trial's structure and recipe, the study's pick and finalists
+    for t in study.trials:
+        note = dashboard_note(study, t)
+        assert f"### {t.user_attrs['structure']}: " in note and f"- **lr** {t.user_attrs['recipe']['lr']:.4g}" in note
+    note = dashboard_note(study)
+    assert f"- **the pick**: trial {result['trial']}" in note and "the best mean val accuracy of the 2 finalists" in note
+    for n in finalists:
+        assert f"| {n} | " in note
 
     # a rerun re-uses the stored scores: no training at all
     monkeypatch.setattr(data_module, "build_dataset", real)

@@ -39,3 +39,11 @@ def tiny_minivtab_config(folder, task: str = "count") -> "Path":
     path = Path(folder) / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def dashboard_note(study, trial=None) -> str:
+    """A note as optuna-dashboard reads it from the storage (its own reader)."""
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    return get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id),
+                                      None if trial is None else trial._trial_id)["body"]

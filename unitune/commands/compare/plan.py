@@ -389,15 +389,8 @@ def largest_uniform(method: str, ctx: RunContext, num_classes: int):
 
 
 def describe(subnet) -> str:
-    parts = []
-    for m in subnet.shown_methods():
-        sizes = subnet.sizes(m)
-        if not isinstance(sizes, tuple):  # a model-level method
-            if sizes:
-                parts.append(m)
-        elif any(sizes):
-            parts.append(f"{m} {sizes[0]}" if len(set(sizes)) == 1 else f"{m} {'/'.join(map(str, sizes))}")
-    return "; ".join(parts) or "head only"
+    """The row's ``sizes`` column: :meth:`Subnet.describe`."""
+    return subnet.describe()
 
 
 def _check_methods_fit(ctx: RunContext, methods: Sequence[str]) -> None:
