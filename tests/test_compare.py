@@ -837,3 +837,42 @@ def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
                  "--methods", "lora", "compare.tune.ranges={lr: [1, 0.1]}"]) == 2
     assert "compare.tune.ranges.lr: expected [low, high] with 0 < low < high" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_worker_jobs_start_once_what_they_need_is_done(monkeypatch):
+    """--jobs N: a tuning waits for its task's search only on the search row; a cell waits for its
+    row's tuning (the soup for the search row's); untuned, a search cell waits for the search."""
+    import concurrent.futures as cf
+    from types import SimpleNamespace
+
+    order: list[tuple] = []
+
+    class Pool:  # runs each job at once, as a worker that is always free would
+        def submit(self, fn, job):
+            order.append((job[1], *job[2]))
+            f = cf.Future()
+            f.set_result(None)
+            return f
+
+    monkeypatch.setattr(compare_run, "_worker", lambda job: None)
+    tasks, methods = ("a", "b"), ("lora", "full", "search", "soup")
+    cells = [(t, m, 0) for t in tasks for m in methods]
+    tuned = SimpleNamespace(tasks=tasks, methods=methods, tune=object())
+    tunes = [(t, m) for t in tasks for m in methods if m != "soup"]
+    compare_run._run_jobs(tuned, Pool(), list(tasks), tunes, cells, SimpleNamespace(update=lambda: None))
+    assert sorted(order) == sorted([("search", t) for t in tasks] + [("tune", *x) for x in tunes] +
+                                   [("cell", *c) for c in cells])
+    position = {job: i for i, job in enumerate(order)}
+    for t in tasks:
+        assert position["search", t] < position["tune", t, "search"]
+        for m in methods:
+            assert position["tune", t, "search" if m == "soup" else m] < position["cell", t, m, 0]
+    first = {("search", t) for t in tasks} | {("tune", t, m) for t in tasks for m in ("lora", "full")}
+    assert set(order[:len(first)]) == first  # at once: the searches and the tunings that need none
+    untuned = SimpleNamespace(tasks=tasks, methods=("lora", "search"), tune=None)
+    order.clear()
+    compare_run._run_jobs(untuned, Pool(), list(tasks), [], [(t, m, 0) for t in tasks for m in ("lora", "search")],
+                          SimpleNamespace(update=lambda: None))
+    position = {job: i for i, job in enumerate(order)}
+    assert all(position["search", t] < position["cell", t, "search", 0] for t in tasks)
+    assert len(order) == 6

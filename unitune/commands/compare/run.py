@@ -188,6 +188,43 @@ def _check_checkpoints(plan: Plan) -> None:
         load_checkpoint(folder)  # None when there is none; a damaged one is a one-line error
 
 
+def _needs(plan: Plan, kind: str, task: str, row: str) -> set[tuple]:
+    """What a tune or a cell waits for: the task's search (the search row's structures), the
+    row's tuning (the soup's: the search row's)."""
+    if kind == "tune":
+        return {("search", task)} if row == "search" else set()
+    if plan.tune is not None:
+        return {("tune", task, "search" if row == "soup" else row)}
+    return {("search", task)} if row == "search" else set()
+
+
+def _run_jobs(plan: Plan, pool, searches, tunes, todo, bar) -> None:
+    """Every search, tune and cell in worker processes, each started as soon as what it needs is
+    done (a task's tunings do not wait for another task's search, nor its cells for another
+    row's tuning)."""
+    import concurrent.futures as cf
+
+    done = {("search", t) for t in plan.tasks if t not in searches}
+    done |= {("tune", t, m) for t in plan.tasks for m in plan.methods if (t, m) not in tunes}
+    waiting = [("search", (t,), set()) for t in searches]
+    waiting += [("tune", (t, m), _needs(plan, "tune", t, m)) for t, m in tunes]
+    waiting += [("cell", c, _needs(plan, "cell", c[0], c[1])) for c in todo]
+    running: dict = {}
+    while waiting or running:
+        for job in [j for j in waiting if j[2] <= done]:
+            waiting.remove(job)
+            running[pool.submit(_worker, (plan, job[0], job[1], 1))] = job
+        if not running:  # cannot happen: every need is a job of this run or already done
+            raise RuntimeError(f"compare: jobs wait on nothing running: {waiting[:3]}")
+        finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        for f in finished:
+            kind, args, _ = running.pop(f)
+            f.result()
+            done.add((kind, *args))
+            if kind == "cell":
+                bar.update()
+
+
 def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
     """Pretrain (once), search (once per task), then every missing cell; then the CSV, table and plot."""
     from tqdm import tqdm
@@ -240,13 +277,7 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
         # each worker prints warnings in the CLI's voice, other packages' repeats once per worker
         with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=install) as pool:
             try:
-                for f in cf.as_completed([pool.submit(_worker, (plan, "search", (t,), 1)) for t in searches]):
-                    f.result()
-                for f in cf.as_completed([pool.submit(_worker, (plan, "tune", tr, 1)) for tr in tunes]):
-                    f.result()
-                for f in cf.as_completed([pool.submit(_worker, (plan, "cell", c, 1)) for c in todo]):
-                    f.result()
-                    bar.update()
+                _run_jobs(plan, pool, searches, tunes, todo, bar)
             except BaseException:
                 # The first failure stops the comparison: cells not yet started are not started
                 # (the running ones finish and keep their complete results, as one job would).

@@ -1,0 +1,150 @@
+"""What each part of the tuned comparison contributes, one switched off at a time (issue 23).
+
+Reads a finished `unitune compare` run with compare.tune (benchmarks/tune_suite.sh) and:
+
+- **selection off**: for every tuned (task, row) whose noise-aware pick differs from the study's
+  own best trial, retrains that best trial's recipe (and structure) per seed exactly as the cell
+  did, and scores it on test once; where the two agree the cell stands for both (difference 0);
+- **soup off**: the soup row minus the search row, paired by task and seed (the same run);
+- **learning rates off**: with ``--untuned DIR`` (the same config, tasks and seeds without
+  compare.tune; make it cheaply by copying ``pretrain/`` and ``tasks/*/search/`` of the tuned run
+  into DIR first, so that both share the backbone and the searched structures), each row tuned
+  minus untuned, paired.
+
+Every figure is test accuracy in points, paired over task x seed, mean ± standard error
+(std / sqrt(n)); nothing here selects anything.
+
+    python benchmarks/bench_tune_ablation.py --run runs/tune-suite-tiny --config configs/minivtab.yaml \\
+        --tasks digits,terrain,count [--untuned runs/tune-suite-tiny-untuned] [compare.tune overrides ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+TUNE = ["compare.tune.trials=8", "compare.tune.epochs=3", "compare.tune.finalists=3", "compare.tune.splits=3",
+        "compare.tune.structures=3", "compare.tune.soup=3"]  # benchmarks/tune_suite.sh's
+
+
+def mean_se(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{m:+.2f} (n=1)"
+    return f"{m:+.2f} ± {statistics.stdev(values) / math.sqrt(len(values)):.2f} (n={len(values)})"
+
+
+def read_rows(folder: Path) -> dict[tuple[str, str, int], float]:
+    with open(folder / "results.csv", newline="") as f:
+        return {(r["task"], r["method"], int(r["seed"])): 100 * float(r["test_accuracy"]) for r in csv.DictReader(f)}
+
+
+def study_best(result: dict) -> dict:
+    done = [t for t in result["trials"] if t["state"] == "COMPLETE" and t.get("value") is not None
+            and math.isfinite(t["value"])]
+    return min(done, key=lambda t: (-t["value"], t["number"]))
+
+
+def retrain_recipe(plan, task: str, row: str, seed: int, structure: str, recipe: dict, out: Path) -> float:
+    """Test accuracy (points) of ``row``'s cell retrained with ``structure`` and ``recipe``."""
+    from unitune.commands.compare.run import full_finetune
+    from unitune.commands.compare.tuning import candidates
+    from unitune.engine.config import apply_recipe
+    from unitune.retrain.train import retrain
+
+    result_file = out / "retrain_result.json"
+    if result_file.is_file():  # resumable: a finished one is read back
+        return 100 * json.loads(result_file.read_text())["test_accuracy"]
+    base = plan.task_runs[task]
+    retrain_raw = {**base.raw.get("retrain", {}), "seed": seed, **(recipe if row == "full" else {})}
+    run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
+                              raw={**base.raw, "retrain": retrain_raw})
+    out.mkdir(parents=True, exist_ok=True)
+    if row == "full":
+        run = dataclasses.replace(run, retrain=apply_recipe(run.retrain, recipe, "ablation"))
+        ctx = plan.context(task).moved(out, run)
+        return 100 * full_finetune(ctx, out)["test_accuracy"]
+    ctx = plan.context(task).moved(out, run)
+    subnet = dict(candidates(plan, task, row))[structure]
+    path = subnet.save(out / "subnet.yaml", {"recipe": recipe})
+    return 100 * retrain(ctx, path, out, progress=False, curves=False)["test_accuracy"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--config", required=True)
+    p.add_argument("--tasks", required=True)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default="linear,lora,adapter,vpt,ssf,full,search,soup")
+    p.add_argument("--untuned", type=Path)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+
+    import torch
+
+    from unitune.commands.compare import plan_compare
+    from unitune.commands.compare.tuning import TUNE_INFO, TUNED_ROWS_SKIP, tune_folder
+
+    torch.set_num_threads(1)
+    tasks, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    plan = plan_compare(args.config, args.run, tasks=tasks, seeds=seeds, methods=methods,
+                        overrides=[*TUNE, *args.overrides])
+    cells = read_rows(args.run)
+    rows = [m for m in methods if m not in TUNED_ROWS_SKIP]
+
+    print("## Selection off: the study's best trial instead of the noise-aware pick (test points, best - pick)\n")
+    print("| task | row | pick (trial) | study best (trial) | per seed: pick / best |")
+    print("|---|---|---|---|---|")
+    diffs: dict[str, list[float]] = {m: [] for m in rows}
+    for task in tasks:
+        for row in rows:
+            info = json.loads((tune_folder(plan, task, row) / TUNE_INFO).read_text())
+            result = json.loads(Path(info["tune_result"]).read_text())
+            best = study_best(result)
+            same = best["number"] == result["trial"]
+            pairs = []
+            for seed in seeds:
+                picked = cells[task, row, seed]
+                other = picked if same else retrain_recipe(
+                    plan, task, row, seed, best["structure"], best["recipe"],
+                    args.run / "ablation" / "selection_off" / task / row / f"seed{seed}")
+                diffs[row].append(other - picked)
+                pairs.append(f"{picked:.1f} / {other:.1f}")
+            print(f"| {task} | {row} | {result['trial']} ({result['structure']}) | "
+                  f"{'same' if same else str(best['number']) + ' (' + best['structure'] + ')'} | {'; '.join(pairs)} |")
+            sys.stdout.flush()
+    print()
+    for row in rows:
+        print(f"- {row}: study best - pick {mean_se(diffs[row])}")
+    print(f"- all rows: {mean_se([d for v in diffs.values() for d in v])}\n")
+
+    if "soup" in methods and "search" in methods:
+        d = [cells[t, "soup", s] - cells[t, "search", s] for t in tasks for s in seeds]
+        print(f"## Soup off: soup - search (test points) {mean_se(d)}\n")
+
+    if args.untuned is not None:
+        untuned = read_rows(args.untuned)
+        print("## Learning rates off: tuned - untuned (the config's one recipe), test points\n")
+        for row in rows:
+            d = [cells[t, row, s] - untuned[t, row, s] for t in tasks for s in seeds if (t, row, s) in untuned]
+            print(f"- {row}: {mean_se(d)}")
+        singles = [m for m in rows if m not in ("linear", "full", "search")]
+        for who, table in (("tuned", cells), ("untuned", untuned)):
+            best = {t: max(singles, key=lambda m: statistics.fmean(table[t, m, s] for s in seeds)) for t in tasks}
+            d = [table[t, "search", s] - table[t, best[t], s] for t in tasks for s in seeds]
+            print(f"- {who}: search - per-task best single method {mean_se(d)} (best: {best})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
