@@ -11,7 +11,8 @@ Optuna's pruner stops weak trials at. The test split is never built.
 
 The pick is made by a noise-aware rule (:class:`Selection`): the study's few best trials are
 trained again on repeated random train/val splits of train+val and the best mean wins, since with
-200 val images the single best trial is a maximum over noise. It is written as a subnet file whose ``meta.recipe`` holds the chosen values, which ``unitune retrain`` applies over
+200 val images the single best trial is a maximum over noise. It is written as a subnet file
+whose ``meta.recipe`` holds the chosen values, which ``unitune retrain`` applies over
 the config's retrain section (:func:`unitune.engine.config.apply_recipe`). Every trial records
 its structure and recipe as user attributes and in its note, where optuna-dashboard shows them.
 """
@@ -249,14 +250,17 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     if not ranked:
         raise UniTuneError(f"tune: no trial completed ({failed} diverged: lower --lr's range; the rest pruned)")
 
-    selected, select_images = select(ctx, study, ranked, by_label, selection, epochs, seed, trained, progress)
+    scores, select_images = select(ctx, study, ranked, by_label, selection, epochs, seed, trained, progress)
+    selected = None
+    if scores:
+        order = {t.number: i for i, t in enumerate(ranked)}  # ties: the study's order
+        selected = max(scores.values(), key=lambda r: (r["mean"], -order[r["trial"]]))
     best = next(t for t in ranked if t.number == selected["trial"]) if selected else ranked[0]
     label, recipe = best.user_attrs["structure"], best.user_attrs["recipe"]
     meta = {"recipe": recipe, "tune": {"trial": best.number, "val_accuracy": best.value, "structure": label,
                                        "trials": len(study.trials), "epochs": epochs, "study": name}}
     if selected:
         meta["tune"]["selection"] = {k: selected[k] for k in ("mean", "se", "scores")}
-    scores = study.user_attrs.get(selection_key(selection, seed)) if selected else None
     rule = (f"the best mean val accuracy of the {len(scores)} finalists over {selection.splits} random train/val "
             f"splits of train+val (the study's own split left out: its scores carry the winner's curse)" if selected
             else "the best val accuracy of the study (ties: the earlier trial)")
@@ -268,7 +272,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     result = {
         "subnet_file": None if path is None else str(path), "structure": label, "recipe": recipe, "val_accuracy": best.value,
         "trial": best.number, "study": name, "storage": str(folder / "study.db"),
-        "selection": study.user_attrs.get(selection_key(selection, seed)) if selected else None,
+        "selection": scores,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
         "train_images": sum(t.user_attrs.get("train_images", 0) for t in study.trials) + select_images,
@@ -296,11 +300,11 @@ def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Selection, epochs: int, seed: int,
-           trained, progress: bool) -> tuple[dict[str, Any] | None, int]:
-    """:class:`Selection`'s pick among the ``ranked`` trials' finalists: ``({trial, mean, se,
-    scores}, train images)``, or ``(None, 0)`` when the rule is off. The scores are stored on the
-    study (user attribute ``selection_scores``, which optuna-dashboard shows) as they come, and a
-    rerun re-uses them."""
+           trained, progress: bool) -> tuple[dict[str, dict[str, Any]] | None, int]:
+    """:class:`Selection`'s scores of the ``ranked`` trials' finalists: ``({trial number (str):
+    {trial, structure, study_val_accuracy, scores, mean, se}}, train images)``, or ``(None, 0)``
+    when the rule is off. They are stored on the study (user attribute :func:`selection_key`,
+    which optuna-dashboard shows) as they come, and a rerun re-uses them."""
     from unitune.data import build_dataset, repeated_splits
 
     from .rerank import standalone_epochs
@@ -337,9 +341,7 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
             if progress:
                 print(f"tune: selection: trial {t.number} ({label}) split {k + 1}/{len(splits)}: val accuracy "
                       f"{accuracy:.4f}")
-    order = {t.number: i for i, t in enumerate(finalists)}
-    pick = max((stored[t.number] for t in finalists), key=lambda r: (r["mean"], -order[r["trial"]]))
-    return pick, images
+    return {str(t.number): stored[t.number] for t in finalists}, images
 
 
 def _sizes(subnet: Subnet | None) -> str:
