@@ -334,7 +334,6 @@ def round_metric(value: float) -> float:
     return round(float(value), 6)
 
 
-@torch.no_grad()
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
     """The schedule's current rate before any family multiplier (what the logs report): the first
     group's rate over its ``lr_mult`` (:func:`unitune.supernet.wrap.adamw`)."""
@@ -342,6 +341,7 @@ def base_lr(optimizer: torch.optim.Optimizer) -> float:
     return group["lr"] / group.get("lr_mult", 1.0)
 
 
+@torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device, num_classes: int,
              amp: bool = False) -> dict[str, Any]:
     """Top-1 accuracy, mean loss and the confusion matrix (rows: true class) over ``batches``."""
