@@ -92,7 +92,7 @@ def main() -> int:
     import torch
 
     from unitune.commands.compare import plan_compare
-    from unitune.commands.compare.tuning import TUNE_INFO, TUNED_ROWS_SKIP, tune_folder
+    from unitune.commands.compare.tuning import TUNED_ROWS_SKIP, read_tune_info
 
     torch.set_num_threads(1)
     tasks, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]
@@ -108,7 +108,7 @@ def main() -> int:
     diffs: dict[str, list[float]] = {m: [] for m in rows}
     for task in tasks:
         for row in rows:
-            info = json.loads((tune_folder(plan, task, row) / TUNE_INFO).read_text())
+            info = read_tune_info(plan, task, row)
             result = json.loads(Path(info["tune_result"]).read_text())
             best = study_best(result)
             same = best["number"] == result["trial"]

@@ -35,7 +35,7 @@ import torch
 
 from unitune.engine.config import apply_recipe
 from unitune.engine.context import RunContext
-from unitune.errors import UniTuneError
+from unitune.errors import DivergedError, UniTuneError
 from unitune.io import write_json_atomic
 from unitune.supernet import Subnet
 
@@ -107,11 +107,19 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
         model = held[0]
         return {n: t.detach().clone() for n, t in model.trainable_state_dict().items()}, accuracy, model
 
-    # (1) members on train, scored on val
-    members, model = [], None
+    # (1) members on train, scored on val. A recipe from a short trial can diverge over the full
+    # epochs: that member is left out (and recorded); the soup needs its first, the pick.
+    members, model, kept, diverged = [], None, [], []
     for k, recipe in enumerate(recipes):
-        state, val_accuracy, model = train(recipe, None)
+        try:
+            state, val_accuracy, model = train(recipe, None)
+        except DivergedError as e:
+            if k == 0:
+                raise
+            diverged.append({"member": k, "reason": str(e)[:300]})
+            continue
         members.append((state, val_accuracy))
+        kept.append(k)
         if progress:
             print(f"{label}: member {k} val accuracy {val_accuracy:.4f}")
     # (2) greedy on val
@@ -125,11 +133,18 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
         return float(evaluate(model, val_loader, ctx.device, val_set.num_classes, run.retrain.amp)["accuracy"])
 
     chosen, soup_val = greedy(members, score)
+    chosen = [kept[i] for i in chosen]  # recipe indices
     # (3) the chosen recipes on trainval, from the same initialisation; averaged; test once
     final = []
     for i in chosen:
-        state, _, model = train(recipes[i], "trainval")
+        try:
+            state, _, model = train(recipes[i], "trainval")
+        except DivergedError as e:  # on trainval only: left out of the average, recorded
+            diverged.append({"member": i, "reason": "on trainval: " + str(e)[:300]})
+            continue
         final.append(state)
+    if not final:
+        raise UniTuneError(f"{label}: every chosen member diverged on trainval: {diverged[-1]['reason']}")
     model.load_trainable_state_dict(average(final, label), source=label)
     test_set.transform = build_transform(data_config, train=False, cfg=run.data)
     test_loader = build_loader(test_set, run.data, train=False, seed=run.retrain.seed, device=ctx.device)
@@ -138,9 +153,11 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
     params = count_params(subnet, dims, ctx.space).to_dict()
     result = {
         "test_accuracy": round_metric(test["accuracy"]), "test_images": test["n"], "test_precision": "float32",
-        "members": [{"recipe": dict(r), "val_accuracy": members[i][1], "in_soup": i in chosen}
+        "members": [{"recipe": dict(r), "val_accuracy": members[kept.index(i)][1] if i in kept else None,
+                     "in_soup": i in chosen and not any(d["member"] == i for d in diverged)}
                     for i, r in enumerate(recipes)],
-        "chosen": chosen, "soup_val_accuracy": soup_val, "best_member_val_accuracy": max(a for _, a in members),
+        "chosen": [i for i in chosen if not any(d["member"] == i for d in diverged)], "diverged": diverged,
+        "soup_val_accuracy": soup_val, "best_member_val_accuracy": max(a for _, a in members),
         "epochs": epochs, "params": params, "subnet": subnet.to_dict()["subnet"],
         "seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
     }
@@ -152,7 +169,7 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
     export_model(ctx.layout.export, model.eval(), run.model.backbone, model_kwargs=run.model.kwargs,
                  class_names=list(test_set.classes), data_config=data_config, provenance=provenance)
     if progress:
-        print(f"{label}: {len(chosen)} of {len(recipes)} members, val {soup_val:.4f} (best member "
+        print(f"{label}: {len(result['chosen'])} of {len(recipes)} members, val {soup_val:.4f} (best member "
               f"{result['best_member_val_accuracy']:.4f}); test accuracy {result['test_accuracy']:.4f} "
               f"({result['test_images']} images) -> {ctx.layout.export}")
     return result

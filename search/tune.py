@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -222,6 +223,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         save_tune_trial_note(trial, label, _sizes(subnet), recipe)  # optuna-dashboard shows it on the trial
         cost: dict = {}
         accuracy = float("nan")
+        cpu = time.process_time()
         try:
             for step, accuracy in standalone_epochs(trained(label, recipe), ctx.out, subnet or Subnet.uniform(ctx.depth),
                                                     epochs, progress, cost=cost, full=subnet is None):
@@ -235,6 +237,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         finally:
             for key, value in cost.items():
                 trial.set_user_attr(key, value)
+            trial.set_user_attr("cpu_seconds", round(time.process_time() - cpu, 2))  # kept: a rerun sums them
         trial.set_user_attr("val_accuracy", accuracy)
         return accuracy
 
@@ -276,6 +279,9 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
         "train_images": sum(t.user_attrs.get("train_images", 0) for t in study.trials) + select_images,
+        # what the study cost in all (every trial and selection score, an earlier interrupted run's too)
+        "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0.0) for t in study.trials)
+        + sum(r.get("cpu_seconds", 0.0) for r in (scores or {}).values()),
     }
     write_json_atomic(folder / "tune_result.json", result)
     return result
@@ -321,9 +327,11 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
     for t in finalists:
         scores = stored.get(t.number, {}).get("scores", [])
         label, recipe = t.user_attrs["structure"], t.user_attrs["recipe"]
+        spent = stored.get(t.number, {}).get("cpu_seconds", 0.0)
         for k in range(len(scores), len(splits)):
             cost: dict = {}
             accuracy = float("nan")
+            cpu = time.process_time()
             try:
                 for _, accuracy in standalone_epochs(trained(label, recipe), ctx.out,
                                                      by_label[label] or Subnet.uniform(ctx.depth), epochs, False,
@@ -332,11 +340,12 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
             except DivergedError:  # on another split the rate diverged: that finalist is not to be trusted
                 accuracy = 0.0
             images += cost.get("train_images", 0)
+            spent += time.process_time() - cpu
             scores.append(accuracy)
             mean = float(np.mean(scores))
             se = float(np.std(scores, ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else None
             stored[t.number] = {"trial": t.number, "structure": label, "study_val_accuracy": t.value,
-                                "scores": scores, "mean": mean, "se": se}
+                                "scores": scores, "mean": mean, "se": se, "cpu_seconds": round(spent, 2)}
             study.set_user_attr(key, {str(n): v for n, v in stored.items()})
             if progress:
                 print(f"tune: selection: trial {t.number} ({label}) split {k + 1}/{len(splits)}: val accuracy "

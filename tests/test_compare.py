@@ -836,7 +836,28 @@ def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
     assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
                  "--methods", "lora", "compare.tune.ranges={lr: [1, 0.1]}"]) == 2
     assert "compare.tune.ranges.lr: expected [low, high] with 0 < low < high" in capsys.readouterr().err
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora,search", "compare.tune.trials=2", "retrain.init=supernet"]) == 2
+    assert "compare.tune tunes every row from the pretrained backbone, but retrain.init: supernet" in \
+        capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_decision_line_needs_a_positive_mean_two_standard_errors_out():
+    def rows(diffs):
+        out = []
+        for s, d in enumerate(diffs):
+            out += [{"task": "t", "method": "lora", "seed": s, "test_accuracy": 0.5},
+                    {"task": "t", "method": "search", "seed": s, "test_accuracy": 0.5 + d}]
+        return out
+
+    call = lambda diffs: compare_report.paired_vs_best(rows(diffs), ["t"], list(range(len(diffs))),
+                                                        ["lora", "search"], "search")
+    assert not call([0.0, 0.0, 0.0])["clears_two_se"]  # no difference at all (se 0) is no win
+    win = call([0.05, 0.06, 0.04])
+    assert win["mean_diff"] == pytest.approx(5.0) and win["se"] == pytest.approx(1 / 3 ** 0.5)
+    assert win["clears_two_se"] and win["best"] == {"t": "lora"}
+    assert not call([0.05, -0.04, 0.02])["clears_two_se"]
 
 
 def test_worker_jobs_start_once_what_they_need_is_done(monkeypatch):

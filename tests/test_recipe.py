@@ -94,6 +94,9 @@ def test_a_command_line_override_the_files_recipe_would_beat_is_refused(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "retrain.lr: " in err and "chosen.yaml's meta.recipe sets lr too" in err
     assert not (out / "export").exists()
+    assert main(["retrain", "--config", str(path), "--out", str(out), "--subnet", str(file), "--quiet",
+                 "retrain={lr: 0.5, epochs: 1}"]) == 2  # the mapping form too
+    assert "retrain.lr: " in capsys.readouterr().err
     # a key the file does not set is the config's to give
     assert main(["retrain", "--config", str(path), "--out", str(out), "--subnet", str(file), "--quiet",
                  "retrain.weight_decay=0.0"]) == 0

@@ -105,3 +105,63 @@ def test_a_bad_member_recipe_is_one_line_before_any_training(tmp_path):
         soup(RunContext.of(run, tmp_path / "x"), Subnet.uniform(4, lora=4),
              [{"lr": 0.01}, {"lr": 0.01, "lr_mult": {"nope": 2}}], tmp_path / "x")
     assert not (tmp_path / "x" / "soup").exists()
+
+
+def test_the_exported_soup_holds_the_mean_of_its_trainval_members(tmp_path, monkeypatch):
+    """Two different recipes, both kept (greedy forced to take them): the export's logits are those
+    of a model holding the plain mean of the two members trained on trainval (a second
+    computation: each member trained here by itself, averaged with torch.mean), and differ from
+    either member's."""
+    import unitune.retrain.soup as soup_module
+    from unitune.engine.config import apply_recipe
+    from unitune.search.rerank import standalone_epochs
+    import dataclasses
+
+    tiny_minivtab_config(tmp_path)
+    run = load_run_config(tmp_path / "config.yaml", ["retrain.epochs=2", "retrain.warmup_epochs=0"])
+    subnet = Subnet.uniform(4, lora=4, ssf=1)
+    recipes = [{"lr": 0.01, "weight_decay": 1e-4}, {"lr": 0.003, "weight_decay": 0.0}]
+    monkeypatch.setattr(soup_module, "greedy", lambda members, score: (list(range(len(members))), 0.5))
+    result = soup(RunContext.of(run, tmp_path / "s"), subnet, recipes, tmp_path / "s")
+    assert result["chosen"] == [0, 1]
+
+    members, model = [], None
+    for recipe in recipes:
+        held = []
+        member_run = dataclasses.replace(run, retrain=apply_recipe(run.retrain, recipe, "test"))
+        for _ in standalone_epochs(member_run, tmp_path / "ref", subnet, 2, split="trainval", on_model=held.append):
+            pass
+        model = held[0]
+        members.append({k: v.detach().clone() for k, v in model.trainable_state_dict().items()})
+    mean = {k: torch.stack([m[k] for m in members]).mean(0) for k in members[0]}
+    assert any(not torch.allclose(members[0][k], members[1][k]) for k in mean)  # two different members
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    exported, _ = load_export(tmp_path / "s/export")
+    model.eval()
+    with torch.no_grad():
+        model.load_trainable_state_dict(mean)
+        torch.testing.assert_close(exported(x), model(x), rtol=1e-4, atol=1e-5)
+        model.load_trainable_state_dict(members[1])
+        assert not torch.allclose(exported(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_member_that_diverges_is_left_out_and_recorded(tmp_path, monkeypatch):
+    from unitune.errors import DivergedError
+    import unitune.search.rerank as rerank
+
+    tiny_minivtab_config(tmp_path)
+    run = load_run_config(tmp_path / "config.yaml", ["retrain.epochs=1", "retrain.warmup_epochs=0"])
+    real = rerank.standalone_epochs
+
+    def diverge_high(run_, out, subnet, epochs, *args, **kwargs):
+        if run_.run.retrain.lr > 1:
+            raise DivergedError("stand-alone epoch 1/1: the loss is nan (not finite); lower the learning rate")
+        yield from real(run_, out, subnet, epochs, *args, **kwargs)
+
+    monkeypatch.setattr(rerank, "standalone_epochs", diverge_high)
+    result = soup(RunContext.of(run, tmp_path / "d"), Subnet.uniform(4, lora=4),
+                  [{"lr": 0.01, "weight_decay": 0.0}, {"lr": 5.0, "weight_decay": 0.0}], tmp_path / "d")
+    assert result["chosen"] == [0] and [d["member"] for d in result["diverged"]] == [1]
+    assert result["members"][1]["val_accuracy"] is None and not result["members"][1]["in_soup"]
+    with pytest.raises(DivergedError):  # the pick itself diverging is the cell's failure
+        soup(RunContext.of(run, tmp_path / "e"), Subnet.uniform(4, lora=4), [{"lr": 5.0}], tmp_path / "e")

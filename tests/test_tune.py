@@ -125,6 +125,10 @@ def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_ne
     saved = yaml.safe_load(Path(result["subnet_file"]).read_text())["meta"]
     assert saved["recipe"] == result["recipe"] and saved["tune"]["selection"]["mean"] == stored[str(result["trial"])]["mean"]
     assert "mean val accuracy" in tune_line(result) and "over 2 splits of train+val" in tune_line(result)
+    # the cost: every trial's and every selection score's CPU-s, as the study holds them
+    assert result["cpu_seconds"] == pytest.approx(sum(t.user_attrs["cpu_seconds"] for t in study.trials)
+                                                  + sum(r["cpu_seconds"] for r in stored.values()))
+    assert all(t.user_attrs["cpu_seconds"] > 0 for t in study.trials)
     # what optuna-dashboard shows: each trial's structure and recipe, the study's pick and finalists
     for t in study.trials:
         note = dashboard_note(study, t)

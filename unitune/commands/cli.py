@@ -289,7 +289,7 @@ def _retrain(args: argparse.Namespace) -> int:
     run = _load_run(args)
     out = _out_dir(args, run)
     if args.full:  # full fine-tuning: no subnet (`unitune tune --full` prints its recipe as overrides)
-        if args.subnet or args.subnet_index or args.init == "supernet":
+        if args.subnet or args.subnet_index is not None or args.init == "supernet":
             raise UniTuneError("--full trains every weight from the pretrained backbone: give no --subnet, "
                                "--subnet-index or --init supernet with it")
         result = retrain(run, None, out, full=True, resume=args.resume, progress=not args.quiet,
@@ -319,8 +319,19 @@ def _refuse_recipe_overrides(args: argparse.Namespace, subnet, run) -> None:
     from unitune.engine.config import RECIPE_KEYS
     from unitune.retrain.train import load_subnet_entry
 
-    named = [o.split("=", 1)[0].strip() for o in args.overrides if "=" in o]
-    asked = [k for k in named if k.startswith("retrain.") and k.split(".")[1] in RECIPE_KEYS]
+    import yaml
+
+    asked = []
+    for key, _, value in (o.partition("=") for o in args.overrides if "=" in o):
+        key = key.strip()
+        if key == "retrain":  # the mapping form, retrain={lr: 0.5}
+            try:
+                section = yaml.safe_load(value)
+            except yaml.YAMLError:
+                section = None
+            asked += [f"retrain.{k}" for k in (section if isinstance(section, dict) else {}) if k in RECIPE_KEYS]
+        elif key.startswith("retrain.") and key.split(".")[1] in RECIPE_KEYS:
+            asked.append(key)
     if not asked:
         return
     _, recipe = load_subnet_entry(subnet, run, args.subnet_index)

@@ -335,8 +335,10 @@ def round_metric(value: float) -> float:
 
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The schedule's current rate before any family multiplier (what the logs report): the first
-    group's rate over its ``lr_mult`` (:func:`unitune.supernet.wrap.adamw`)."""
+    """What the logs report: the first group's rate over its ``lr_mult``
+    (:func:`unitune.supernet.wrap.adamw`), the schedule's own rate between the warm-up and the
+    decay's tail (where every group sits near the same absolute ``min_lr``, it is not); an
+    optimizer restored from a checkpoint older than the key reports its first group's rate."""
     group = optimizer.param_groups[0]
     return group["lr"] / group.get("lr_mult", 1.0)
 

@@ -335,6 +335,10 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     if tune is not None:
         from unitune.search.tune import TuneRanges
 
+        if base.retrain.init == "supernet":  # the studies train from the pretrained backbone: the cells must too
+            raise UniTuneError(f"{src}: compare.tune tunes every row from the pretrained backbone, but "
+                               f"retrain.init: supernet would retrain the search row from the supernet; use "
+                               f"retrain.init: pretrained with compare.tune")
         TuneRanges(**{k: tuple(v) for k, v in tune.ranges.items()}).check(f"{src}: compare.tune.ranges")
     ctx = plan.context(tasks[0])
     for m in method_rows(methods):  # a row's size comes from the space: refused now, not after the pretraining

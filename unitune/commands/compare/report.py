@@ -216,7 +216,7 @@ def paired_vs_best(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequ
     """``who`` minus the per-task best single method (the single-method row with the highest mean
     test accuracy on that task: chosen on test, in the baseline's favour), paired by task and
     seed: the mean difference, its standard error (std / sqrt(n)) and whether it clears two of
-    them, the decision rule of benchmarks/bench_tune_suite.py."""
+    them, the decision rule of benchmarks/tune_suite.sh."""
     singles = method_rows(methods)
     if who not in methods or not singles:
         return None
@@ -227,7 +227,7 @@ def paired_vs_best(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequ
     mean, std = _mean_std(diffs)
     se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
     return {"who": who, "best": best, "mean_diff": mean, "se": se, "n": len(diffs),
-            "wins": sum(d > 0 for d in diffs), "clears_two_se": bool(len(diffs) > 1 and mean >= 2 * se)}
+            "wins": sum(d > 0 for d in diffs), "clears_two_se": bool(len(diffs) > 1 and mean > 0 and mean >= 2 * se)}
 
 
 def tuning_rows(plan: Plan) -> list[dict[str, Any]]:
@@ -316,8 +316,9 @@ def format_paired(paired: list[dict[str, Any]], trust: dict[str, dict[str, Any]]
             lines.append(f"| {r['method']} | {r['baseline_mean']:.1f} | {_pm((r['mean_diff'], r['std_diff']), n, '+.1f')} "
                          f"| {r['wins']}/{r['n']} | " + " | ".join(f"{v:+.1f}" for v in r["per_task"].values()) + " |")
     if trust:
-        lines += ["", "The search's pick per task, and how far the supernet's ranking held (its re-rank, on val: "
-                  "Kendall tau between inherited and stand-alone val accuracy):", "",
+        lines += ["", "The search's pick per task (`best_subnet.yaml`; with compare.tune the search row retrains "
+                  "its tuned pick instead, in the tuning table below), and how far the supernet's ranking held "
+                  "(its re-rank, on val: Kendall tau between inherited and stand-alone val accuracy):", "",
                   "| task | tau (n, 95% CI) | pick's inherited val | pick's stand-alone val | pick's params | pick |",
                   "|---|---|---|---|---|---|"]
         for t, v in trust.items():

@@ -90,12 +90,17 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
 
     folder = tune_folder(plan, task, row)
     info_file = folder / TUNE_INFO
+    found = candidates(plan, task, row)
+    # what the study was asked: a search row's candidates follow --methods, which the fingerprint leaves out
+    asked = [[label, None if s is None else s.to_dict()["subnet"]] for label, s in found]
     if info_file.is_file():
-        return read_json(info_file)
+        info = read_json(info_file)
+        if info.get("candidates", asked) == asked:
+            return read_tune_info(plan, task, row)
     cfg = plan.tune
     ctx = plan.context(task).moved(folder)
-    started, cpu = time.perf_counter(), time.process_time()
-    result = tune(ctx, candidates(plan, task, row), folder, trials=cfg.trials, epochs=cfg.epochs,
+    started = time.perf_counter()
+    result = tune(ctx, found, folder, trials=cfg.trials, epochs=cfg.epochs,
                   ranges=TuneRanges(**{k: tuple(v) for k, v in cfg.ranges.items()}), seed=cfg.seed,
                   selection=Selection(finalists=cfg.finalists, splits=cfg.splits), progress=progress)
     from unitune.supernet import Subnet
@@ -107,19 +112,29 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
     info = {"row": row, "task": task, "structure": result["structure"], "sizes": sizes, "recipe": result["recipe"],
             "subnet_file": result["subnet_file"], "val_accuracy": result["val_accuracy"],
             "selection_mean": chosen["mean"] if chosen else None, "selection_se": chosen["se"] if chosen else None,
-            "trials": len(result["trials"]), "train_images": result["train_images"],
-            "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+            "trials": len(result["trials"]), "train_images": result["train_images"], "candidates": asked,
+            # the study's own count (every trial and selection score, earlier runs' too), not this call's
+            "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(result["cpu_seconds"], 1),
             "tune_result": str(folder / "tune" / "tune_result.json")}
     write_json_atomic(info_file, info)
     return info
 
 
 def read_tune_info(plan: Plan, task: str, row: str) -> dict[str, Any]:
-    """A finished row's tuning, for its cells (the soup reads the search row's)."""
-    path = tune_folder(plan, task, "search" if row in TUNED_ROWS_SKIP else row) / TUNE_INFO
+    """A finished row's tuning, for its cells (the soup reads the search row's), with the paths of
+    its files rebuilt from this run's folder (``subnet_file``, ``tune_result``): a run folder
+    moved, copied or resumed from another working directory reads its own files."""
+    folder = tune_folder(plan, task, "search" if row in TUNED_ROWS_SKIP else row)
+    path = folder / TUNE_INFO
     if not path.is_file():
         raise UniTuneError(f"{path}: the row {row!r} of task {task!r} has not been tuned; rerun compare")
-    return read_json(path)
+    from unitune.search.tune import TUNE_DIR, TUNED_SUBNET
+
+    info = read_json(path)
+    info["tune_result"] = str(folder / TUNE_DIR / "tune_result.json")
+    if info.get("subnet_file") is not None:
+        info["subnet_file"] = str(folder / TUNE_DIR / TUNED_SUBNET)
+    return info
 
 
 __all__ = ["TUNE_INFO", "candidates", "read_tune_info", "tune_folder", "tune_row"]
