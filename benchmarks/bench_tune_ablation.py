@@ -43,6 +43,10 @@ def mean_se(values: list[float]) -> str:
 
 
 def read_rows(folder: Path) -> dict[tuple[str, str, int], float]:
+    """Test accuracy (points) per (task, row, seed): results.csv, or the cell files of a run not yet done."""
+    if not (folder / "results.csv").is_file():
+        cells = [json.loads(p.read_text()) for p in sorted(folder.glob("cells/*/*.json"))]
+        return {(c["task"], c["method"], c["seed"]): 100 * c["test_accuracy"] for c in cells}
     with open(folder / "results.csv", newline="") as f:
         return {(r["task"], r["method"], int(r["seed"])): 100 * float(r["test_accuracy"]) for r in csv.DictReader(f)}
 
@@ -86,6 +90,8 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="linear,lora,adapter,vpt,ssf,full,search,soup")
     p.add_argument("--untuned", type=Path)
+    p.add_argument("--retrain-only", action="store_true",
+                   help="only train the selection-off cells (resumable), e.g. while the run's own cells still train")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
@@ -112,6 +118,11 @@ def main() -> int:
             result = json.loads(Path(info["tune_result"]).read_text())
             best = study_best(result)
             same = best["number"] == result["trial"]
+            if args.retrain_only:
+                for seed in seeds if not same else ():
+                    retrain_recipe(plan, task, row, seed, best["structure"], best["recipe"],
+                                   args.run / "ablation" / "selection_off" / task / row / f"seed{seed}")
+                continue
             pairs = []
             for seed in seeds:
                 picked = cells[task, row, seed]
@@ -123,6 +134,8 @@ def main() -> int:
             print(f"| {task} | {row} | {result['trial']} ({result['structure']}) | "
                   f"{'same' if same else str(best['number']) + ' (' + best['structure'] + ')'} | {'; '.join(pairs)} |")
             sys.stdout.flush()
+    if args.retrain_only:
+        return 0
     print()
     for row in rows:
         print(f"- {row}: study best - pick {mean_se(diffs[row])}")
