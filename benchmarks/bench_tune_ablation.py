@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import math
 import statistics
@@ -59,23 +58,18 @@ def study_best(result: dict) -> dict:
 
 def retrain_recipe(plan, task: str, row: str, seed: int, structure: str, recipe: dict, out: Path) -> float:
     """Test accuracy (points) of ``row``'s cell retrained with ``structure`` and ``recipe``."""
-    from unitune.commands.compare.run import full_finetune
+    from unitune.commands.compare.run import cell_run, full_finetune
     from unitune.commands.compare.tuning import candidates
-    from unitune.engine.config import apply_recipe
     from unitune.retrain.train import retrain
 
     result_file = out / "retrain_result.json"
     if result_file.is_file():  # resumable: a finished one is read back
         return 100 * json.loads(result_file.read_text())["test_accuracy"]
-    base = plan.task_runs[task]
-    retrain_raw = {**base.raw.get("retrain", {}), "seed": seed, **(recipe if row == "full" else {})}
-    run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
-                              raw={**base.raw, "retrain": retrain_raw})
     out.mkdir(parents=True, exist_ok=True)
-    if row == "full":
-        run = dataclasses.replace(run, retrain=apply_recipe(run.retrain, recipe, "ablation"))
-        ctx = plan.context(task).moved(out, run)
+    if row == "full":  # as run_cell does: full fine-tuning's recipe in its config
+        ctx = plan.context(task).moved(out, cell_run(plan, task, seed, recipe))
         return 100 * full_finetune(ctx, out)["test_accuracy"]
+    run = cell_run(plan, task, seed)
     ctx = plan.context(task).moved(out, run)
     subnet = dict(candidates(plan, task, row))[structure]
     path = subnet.save(out / "subnet.yaml", {"recipe": recipe})

@@ -80,7 +80,6 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
     from unitune.data import build_dataset, build_loader, build_transform, resolve_data_config
     from unitune.engine.train import evaluate, round_metric
     from unitune.search.rerank import standalone_epochs
-    from unitune.search.tune import short_recipe
     from unitune.supernet import count_params
 
     from .export import export_model
@@ -98,7 +97,7 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
     started, cpu = time.perf_counter(), time.process_time()
 
     def train(recipe: dict[str, Any], split: Any) -> tuple[dict[str, torch.Tensor], float, Any]:
-        cfg = short_recipe(apply_recipe(run.retrain, recipe, label), epochs)
+        cfg = apply_recipe(run.retrain, recipe, label)
         held: list = []
         accuracy = float("nan")
         for _, accuracy in standalone_epochs(ctx.moved(out, dataclasses.replace(run, retrain=cfg)), out, subnet,
@@ -151,12 +150,12 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
     test = evaluate(model, test_loader, ctx.device, test_set.num_classes, amp=False)
     dims = ctx.dims_for(test_set.num_classes)
     params = count_params(subnet, dims, ctx.space).to_dict()
+    averaged = [i for i in chosen if i not in {d["member"] for d in diverged}]
     result = {
         "test_accuracy": round_metric(test["accuracy"]), "test_images": test["n"], "test_precision": "float32",
         "members": [{"recipe": dict(r), "val_accuracy": members[kept.index(i)][1] if i in kept else None,
-                     "in_soup": i in chosen and not any(d["member"] == i for d in diverged)}
-                    for i, r in enumerate(recipes)],
-        "chosen": [i for i in chosen if not any(d["member"] == i for d in diverged)], "diverged": diverged,
+                     "in_soup": i in averaged} for i, r in enumerate(recipes)],
+        "chosen": averaged, "diverged": diverged,
         "soup_val_accuracy": soup_val, "best_member_val_accuracy": max(a for _, a in members),
         "epochs": epochs, "params": params, "subnet": subnet.to_dict()["subnet"],
         "seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(time.process_time() - cpu, 2),

@@ -365,6 +365,12 @@ def _say_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     print(f"tune: trial {trial.number} ({attrs.get('structure')}): {how}; recipe {attrs.get('recipe')}")
 
 
+def picked_scores(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The pick's selection scores in a :func:`tune` result ({mean, se, scores, ...}), or None
+    when the selection did not run."""
+    return (result.get("selection") or {}).get(str(result["trial"]))
+
+
 def tune_line(result: dict[str, Any]) -> str:
     recipe = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else
                        f"{k} {{{', '.join(f'{f}: {m:.3g}' for f, m in v.items())}}}" for k, v in result["recipe"].items())
@@ -373,7 +379,7 @@ def tune_line(result: dict[str, Any]) -> str:
         where = f"as config overrides: {overrides}"
     else:
         where = f"-> {result['subnet_file']}"
-    chosen = next((r for r in (result.get("selection") or {}).values() if r["trial"] == result["trial"]), None)
+    chosen = picked_scores(result)
     how = (f"mean val accuracy {chosen['mean']:.4f} +- {chosen['se']:.4f} over {len(chosen['scores'])} splits of "
            f"train+val (its study val {result['val_accuracy']:.4f})" if chosen else
            f"best val accuracy {result['val_accuracy']:.4f}")

@@ -30,6 +30,16 @@ def full_finetune(run: RunConfig | RunContext, out: Path, progress: bool = False
             "params": r["params"]["trainable_params"], "params_with_head": r["params"]["trainable_params_with_head"]}
 
 
+def cell_run(plan: Plan, task: str, seed: int, recipe: dict[str, Any] | None = None) -> RunConfig:
+    """The task's run config for one seed's cell, with ``recipe`` (a tuned lr / weight decay /
+    multipliers) over its retrain section, in the recipe and in the raw config its fingerprints read."""
+    base = plan.task_runs[task]
+    changes = {"seed": seed, **(recipe or {})}
+    retrain = apply_recipe(dataclasses.replace(base.retrain, seed=seed), recipe, task) if recipe else \
+        dataclasses.replace(base.retrain, seed=seed)
+    return dataclasses.replace(base, retrain=retrain, raw={**base.raw, "retrain": {**base.raw.get("retrain", {}), **changes}})
+
+
 def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = False) -> dict[str, Any]:
     """Train and score one cell; its JSON file is written (atomically) only once it is complete."""
     from unitune.retrain.train import retrain
@@ -37,14 +47,9 @@ def run_cell(plan: Plan, task: str, method: str, seed: int, progress: bool = Fal
 
     from .tuning import read_tune_info
 
-    base = plan.task_runs[task]
     info = read_tune_info(plan, task, method) if plan.tune is not None else None
     # full fine-tuning's tuned recipe goes into its config (a subnet row's is its subnet file's meta.recipe)
-    retrain_raw = {**base.raw.get("retrain", {}), "seed": seed, **(info["recipe"] if method == "full" and info else {})}
-    run = dataclasses.replace(base, retrain=dataclasses.replace(base.retrain, seed=seed),
-                              raw={**base.raw, "retrain": retrain_raw})
-    if method == "full" and info:
-        run = dataclasses.replace(run, retrain=apply_recipe(run.retrain, info["recipe"], info["tune_result"]))
+    run = cell_run(plan, task, seed, info["recipe"] if method == "full" and info else None)
     out = plan.cell_dir(task, method, seed)
     out.mkdir(parents=True, exist_ok=True)
     ctx = plan.context(task).moved(out, run)  # the task's space, shapes and budget; this seed's config

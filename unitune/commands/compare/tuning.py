@@ -65,28 +65,23 @@ def candidates(plan: Plan, task: str, row: str) -> list[tuple[str, Any]]:
         top = search_dir / "tune_structures.yaml"
         export_subnets(run_folder_storage(str(search_dir)), out=top, top_k=plan.tune.structures)
         found += [(None, s) for s, _ in load_subnets(top, depth=ctx.depth)]
+    singles = [(m, largest_uniform(m, ctx, plan.classes(task)))
+               for m in method_rows([r for r in plan.methods if r not in TUNED_ROWS_SKIP])]
     out: list[tuple[str, Any]] = []
     seen = set()
-    for _, subnet in found:
-        if len(out) == plan.tune.structures:
-            break
+    for label, subnet in [*((None, s) for _, s in found), *singles]:  # each structure once, the searched first
         key = repr(subnet.to_dict()["subnet"])
-        if key not in seen:
-            seen.add(key)
-            out.append((f"search#{len(out)}", subnet))
-    for m in method_rows([r for r in plan.methods if r not in TUNED_ROWS_SKIP]):
-        subnet = largest_uniform(m, ctx, plan.classes(task))
-        key = repr(subnet.to_dict()["subnet"])
-        if key not in seen:
-            seen.add(key)
-            out.append((m, subnet))
+        if key in seen or (label is None and len(out) == plan.tune.structures):
+            continue
+        seen.add(key)
+        out.append((label or f"search#{len(out)}", subnet))
     return out
 
 
 def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[str, Any]:
     """Tune ``row`` on ``task`` (once; a rerun reads ``tune_info.json``): the study, its pick and
     its cost. Worker-safe: each (task, row) has a folder of its own."""
-    from unitune.search.tune import Selection, TuneRanges, tune
+    from unitune.search.tune import Selection, TuneRanges, picked_scores, tune
 
     folder = tune_folder(plan, task, row)
     info_file = folder / TUNE_INFO
@@ -103,12 +98,9 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
     result = tune(ctx, found, folder, trials=cfg.trials, epochs=cfg.epochs,
                   ranges=TuneRanges(**{k: tuple(v) for k, v in cfg.ranges.items()}), seed=cfg.seed,
                   selection=Selection(finalists=cfg.finalists, splits=cfg.splits), progress=progress)
-    from unitune.supernet import Subnet
-
-    from .plan import describe
-
-    chosen = next((r for r in (result.get("selection") or {}).values() if r["trial"] == result["trial"]), None)
-    sizes = "all weights" if result["subnet_file"] is None else describe(Subnet.load(result["subnet_file"]))
+    chosen = picked_scores(result)
+    picked = dict(found)[result["structure"]]
+    sizes = "all weights" if picked is None else picked.describe()
     info = {"row": row, "task": task, "structure": result["structure"], "sizes": sizes, "recipe": result["recipe"],
             "subnet_file": result["subnet_file"], "val_accuracy": result["val_accuracy"],
             "selection_mean": chosen["mean"] if chosen else None, "selection_se": chosen["se"] if chosen else None,
