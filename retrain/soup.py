@@ -3,8 +3,8 @@
 Models fine-tuned from one pre-trained start with different hyper-parameters often lie in one
 basin, and the average of their weights beats the best of them at no inference cost. Here the
 members are one subnet trained with the recipes a tune study ranked best (its top trials of the
-picked structure), from **one initialisation** (the same seed: the same PEFT and head init, the
-same data order).
+picked structure, then the pick at neighbouring learning rates: :func:`soup_recipes`), from **one
+initialisation** (the same seed: the same PEFT and head init, the same data order).
 
 **The budget rule.** What is averaged is each member's trainable tensors themselves (the LoRA
 factors A and B, the adapters, prompts, SSF scales and shifts, the head), never the merged
@@ -174,14 +174,27 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
     return result
 
 
+# The pick's recipe at neighbouring learning rates, nearest first: the members a study too short to
+# complete several trials of one structure leaves missing (successive halving stops most trials
+# after their first epochs). A sweep around one rate from one initialisation is a soup's classic
+# member set (Wortsman et al. sweep the learning rate among other values); greedy on val admits a
+# neighbour only where it helps.
+LR_NEIGHBOURS = (0.5, 2.0, 0.25, 4.0)
+
+
 def soup_recipes(tune_result: dict[str, Any], members: int) -> list[dict[str, Any]]:
-    """The recipes of the ``members`` best complete trials of the tune pick's structure, the pick's
-    own first (then by study val accuracy; ties: the earlier trial)."""
+    """``members`` recipes for a soup of the tune pick's structure: the pick's own, then the study's
+    other complete trials of that structure (by val accuracy; ties: the earlier trial), then, while
+    fewer, the pick's recipe with its learning rate times each of :data:`LR_NEIGHBOURS` in turn
+    (``lr_mult`` and weight decay kept: every family moves with the base rate)."""
     label = tune_result["structure"]
     same = [t for t in tune_result["trials"] if t.get("structure") == label and t["state"] == "COMPLETE"
             and t.get("value") is not None and t["number"] != tune_result["trial"]]
     same.sort(key=lambda t: (-t["value"], t["number"]))
-    return [tune_result["recipe"], *(t["recipe"] for t in same)][:members]
+    pick = tune_result["recipe"]
+    found = [pick, *(t["recipe"] for t in same)]
+    found += [{**pick, "lr": pick["lr"] * f} for f in LR_NEIGHBOURS]
+    return found[:members]
 
 
-__all__ = ["SOUP_DIR", "SOUP_RESULT", "average", "greedy", "soup", "soup_recipes"]
+__all__ = ["LR_NEIGHBOURS", "SOUP_DIR", "SOUP_RESULT", "average", "greedy", "soup", "soup_recipes"]

@@ -16,7 +16,7 @@ from unitune.engine.config import load_run_config
 from unitune.engine.context import RunContext
 from unitune.errors import UniTuneError
 from unitune.retrain.export import load_export
-from unitune.retrain.soup import average, greedy, soup, soup_recipes
+from unitune.retrain.soup import LR_NEIGHBOURS, average, greedy, soup, soup_recipes
 from unitune.supernet import Subnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -56,15 +56,25 @@ def test_greedy_takes_members_best_first_while_val_does_not_drop():
     assert len(calls) == 3  # one val score per candidate member after the first
 
 
-def test_soup_recipes_are_the_picks_then_the_same_structures_best(tmp_path):
-    trials = [{"number": 0, "state": "COMPLETE", "value": 0.5, "structure": "a", "recipe": {"lr": 1}},
-              {"number": 1, "state": "COMPLETE", "value": 0.7, "structure": "b", "recipe": {"lr": 2}},
-              {"number": 2, "state": "PRUNED", "value": 0.9, "structure": "a", "recipe": {"lr": 3}},
-              {"number": 3, "state": "COMPLETE", "value": 0.6, "structure": "a", "recipe": {"lr": 4}},
-              {"number": 4, "state": "COMPLETE", "value": 0.4, "structure": "a", "recipe": {"lr": 5}}]
-    result = {"structure": "a", "trial": 0, "recipe": {"lr": 1}, "trials": trials}
-    assert soup_recipes(result, 3) == [{"lr": 1}, {"lr": 4}, {"lr": 5}]
-    assert soup_recipes(result, 1) == [{"lr": 1}]
+def test_soup_recipes_are_the_picks_then_the_same_structures_best_then_its_lr_neighbours(tmp_path):
+    trials = [{"number": 0, "state": "COMPLETE", "value": 0.5, "structure": "a", "recipe": {"lr": 1.0}},
+              {"number": 1, "state": "COMPLETE", "value": 0.7, "structure": "b", "recipe": {"lr": 2.0}},
+              {"number": 2, "state": "PRUNED", "value": 0.9, "structure": "a", "recipe": {"lr": 3.0}},
+              {"number": 3, "state": "COMPLETE", "value": 0.6, "structure": "a", "recipe": {"lr": 4.0}},
+              {"number": 4, "state": "COMPLETE", "value": 0.4, "structure": "a", "recipe": {"lr": 5.0}}]
+    result = {"structure": "a", "trial": 0, "recipe": {"lr": 1.0}, "trials": trials}
+    assert soup_recipes(result, 3) == [{"lr": 1.0}, {"lr": 4.0}, {"lr": 5.0}]
+    assert soup_recipes(result, 1) == [{"lr": 1.0}]
+    # fewer complete trials of the structure than members: the pick at its neighbouring rates,
+    # the rest of the recipe (weight decay, the families' multipliers) kept
+    pick = {"lr": 0.02, "weight_decay": 1e-3, "lr_mult": {"prompt": 3.0}}
+    alone = {"structure": "b", "trial": 1, "recipe": pick, "trials": trials}
+    got = soup_recipes(alone, 4)
+    assert [r["lr"] for r in got] == pytest.approx([0.02, 0.02 * LR_NEIGHBOURS[0], 0.02 * LR_NEIGHBOURS[1],
+                                                    0.02 * LR_NEIGHBOURS[2]])
+    assert sorted(LR_NEIGHBOURS[:2]) == [0.5, 2.0]  # nearest first, one on each side
+    assert all(r["weight_decay"] == 1e-3 and r["lr_mult"] == {"prompt": 3.0} for r in got)
+    assert pick == {"lr": 0.02, "weight_decay": 1e-3, "lr_mult": {"prompt": 3.0}}  # the study's recipe untouched
 
 
 def test_a_soup_of_identical_members_equals_the_member_and_reads_test_once(tmp_path, monkeypatch):

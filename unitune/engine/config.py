@@ -354,7 +354,7 @@ class CompareTune:
     finalists: int = count(3, 1)  # the best trials judged again on repeated splits
     splits: int = count(3, 0, rule=_splits)  # random train/val splits of train+val per finalist; 0: off
     structures: int = count(3, 1)  # the search row: the search study's best structures (+ the single methods)
-    soup: int = count(3, 1)  # the soup row: members (the search pick's best recipes)
+    soup: int = count(3, 1)  # the soup row: members (the search pick's best recipes, then its lr neighbours)
     seed: int = count(0, 0)  # TPE and the splits
     ranges: Any = rule_only(field(default_factory=dict), _ranges)  # log-uniform [low, high] per key
 

@@ -15,7 +15,8 @@ for the search). The candidates:
   in all) and every single-method row's subnet, the structure a parameter of the study too, so
   the row can end up a single method where that is what val says.
 - ``soup``: no study of its own: the greedy soup (:mod:`unitune.retrain.soup`) of the search
-  row's picked structure with the ``soup`` best recipes its study found.
+  row's picked structure with ``soup`` recipes: the best its study found, then the pick's at
+  neighbouring learning rates (:func:`unitune.retrain.soup.soup_recipes`).
 
 Each row's tuning cost (CPU seconds, training images) and choice (structure, recipe, selection
 mean and standard error) go into its cells and the report's table.
