@@ -13,8 +13,17 @@
 #    seeds), the selection rule (each row's study best vs its selection pick, on val) and the
 #    soup (soup minus search, paired).
 #
+# The DINOv2 suite on the CPU (2026-12-04, session 9, no GPU lent; written before its run): the
+# same rule on configs/minivtab-dinov2.yaml, one task at a time (count, then orientation, distance,
+# textures, terrain), each task's 8 rows x 3 seeds complete before the next starts; a session runs
+# what fits and the next resumes from the records (compare skips finished stages and cells). Until
+# all 5 tasks are in, RESULTS.md reports the decision figure on the tasks done, as partial, with n.
+# The soup's members from commit 17d73d8 on: the pick's recipe at x0.5/x2 its learning rate fill
+# the members its study did not complete.
+#
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
+#        bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2 --tasks count
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=$1; OUT=$2; shift 2
