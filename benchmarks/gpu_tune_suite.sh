@@ -25,6 +25,9 @@
 # end, the run's records (cells, tune_info/tune_result, studies, search results, table.md,
 # results.csv) go to $OUT/records.tar.gz, so a run stopped at its limit still returns its
 # finished cells; a rerun elsewhere resumes from them (`unitune compare` skips finished cells).
+# The suite starts from the records the CPU runs committed (RESUME, benchmarks/logs/tune-suite-dinov2:
+# the tasks done there, by the same rule, are not run again); to share their fingerprint the
+# suite passes no `device=` override on the GPU (the config's `device: auto` picks cuda).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -37,6 +40,7 @@ if [ $# -lt 1 ]; then
 fi
 OUT=$1
 RUN=${RUN:-/tmp/unitune-tune-suite}
+RESUME=${RESUME:-benchmarks/logs/tune-suite-dinov2}
 mkdir -p "$OUT"
 . "$(dirname "$0")/gpu_env.sh"
 
@@ -67,11 +71,15 @@ main() {
     echo "smoke run ok in $(( $(date +%s) - start )) s"
     [ "${QUICK_ONLY:-0}" = 1 ] && exit 0
   fi
+  if [ -d "$RESUME" ] && [ ! -e "$RUN" ]; then
+    cp -r "$RESUME" "$RUN" && echo "resumed from $RESUME: $(ls "$RUN"/cells/*/*.json 2>/dev/null | wc -l) cells done"
+  fi
+  device=(); [ "$DEVICE" = cuda ] || device=("device=$DEVICE")  # cuda: the config's auto, the CPU records' fingerprint
   (while sleep 45; do pack; done) &
   shipper=$!
   start=$(date +%s)
   timeout "$SUITE_S" $PY -m unitune compare --config configs/minivtab-dinov2.yaml --out "$RUN" --jobs "$JOBS" \
-    --methods $ROWS --quiet device=$DEVICE $TUNE
+    --methods $ROWS --quiet "${device[@]}" $TUNE
   rc=$?
   echo "suite: exit $rc after $(( $(date +%s) - start )) s"
   kill $shipper 2>/dev/null
