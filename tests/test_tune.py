@@ -260,3 +260,43 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(folder, monkeypatch):
     states = [t["state"] for t in result["trials"]]
     assert states[0] == "FAIL" and "the loss is nan" in result["trials"][0]["fail_reason"]
     assert len(states) == 4 and states.count("COMPLETE") + states.count("PRUNED") == 3 and result["trial"] != 0
+
+
+
+def test_the_first_trials_complete_and_a_later_one_stops_only_below_the_complete_trials_median(folder, monkeypatch):
+    import statistics
+
+    import unitune.search.rerank as rerank
+    from unitune.search.tune import COMPLETE_FIRST
+
+    # each trial's val accuracy fixed by its order (the sampler's points do not matter), rising
+    # with the epochs; no two tie with a median
+    level = [0.9, 0.5, 0.7, 0.6, 0.8, 0.4, 0.76, 0.3, 0.65, 0.85]
+    calls = []
+
+    def fake(ctx, out, subnet, epochs, progress=False, **kwargs):
+        calls.append(1)
+        for step in range(1, epochs + 1):
+            yield step, level[len(calls) - 1] * step / epochs
+
+    monkeypatch.setattr(rerank, "standalone_epochs", fake)
+    epochs = 4
+    first = short_recipe(load_run_config(folder / "config.yaml").retrain, epochs).warmup_epochs + 1
+    assert first == 3  # the tiny config's 1 of 2 warm-up epochs is 2 of 4: the first epoch a trial can stop at is 3
+    result = run_tune(folder, trials=len(level), epochs=epochs, selection=Selection(splits=0))
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    states = [t.state.name[0] for t in trials]
+    # the first three complete whatever their scores (successive halving would stop trial 1: not the
+    # best at its rung); then below the median of the complete trials' stops, at epoch 3
+    assert COMPLETE_FIRST == 3 and "".join(states) == "CCCPCPCPPC"
+    for t in trials[COMPLETE_FIRST:]:  # a second computation of the rule, from what the study stored
+        before = [u for u in trials[:t.number] if u.state.name == "COMPLETE"]
+        below = [s for s in range(first, epochs) if s in t.intermediate_values and max(
+            v for k, v in t.intermediate_values.items() if k <= s) < statistics.median(
+            u.intermediate_values[s] for u in before)]
+        if t.state.name == "PRUNED":  # stopped at the first epoch it fell below, never in the warm-up
+            assert below and max(t.intermediate_values) == below[0] == first, t.number
+        else:
+            assert not below, t.number
+    assert result["trial"] == 0 and result["val_accuracy"] == pytest.approx(0.9)

@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("tune", help="tune lr, weight decay and per-family lr multipliers of subnets (stand-alone "
-                                    "on train, judged on val, successive halving); retrain applies the pick")
+                                    "on train, judged on val, median pruning); retrain applies the pick")
     _run_args(p, "retrain.epochs=10")
     p.add_argument("--subnet", action="append", default=[], metavar="FILE[#N]",
                    help="a candidate subnet (repeat for several: the structure is then tuned too; "

@@ -350,7 +350,7 @@ class CompareTune:
     (unitune/commands/compare/tuning.py; the settings of search/tune.py's ``tune``)."""
 
     trials: int = count(8, 1)  # finished (complete or pruned) trials per row and task
-    epochs: int = count(3, 1)  # stand-alone epochs per trial: successive halving's fidelities
+    epochs: int = count(3, 1)  # stand-alone epochs per trial: the pruner's fidelities
     finalists: int = count(3, 1)  # the best trials judged again on repeated splits
     splits: int = count(3, 0, rule=_splits)  # random train/val splits of train+val per finalist; 0: off
     structures: int = count(3, 1)  # the search row: the search study's best structures (+ the single methods)

@@ -252,7 +252,7 @@ def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
     cfg = plan.tune
     lines = [f"Every row tuned alike (compare.tune: {plural(cfg.trials, 'trial')} of up to {plural(cfg.epochs, 'epoch')} "
              f"per task and "
-             f"row, successive halving; the pick: the best mean val accuracy of {cfg.finalists} finalists over "
+             f"row, median pruning; the pick: the best mean val accuracy of {cfg.finalists} finalists over "
              f"{cfg.splits} random train/val splits of train+val{'' if cfg.splits else ' (off: the best trial)'}; "
              f"chosen on train/val only):", "",
              "| task | row | pick | lr | weight decay | lr multipliers | val (selection mean ± se) | tune CPU-s |",

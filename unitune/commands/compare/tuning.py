@@ -3,7 +3,7 @@
 A comparison in which one row is tuned and the others run at a default measures the tuning, not
 the method (DESIGN, "What decides PEFT accuracy"). With a ``compare.tune`` section every row, the
 linear probe and full fine-tuning included, gets one :func:`unitune.search.tune.tune` study per
-task: the same number of trials, the same epochs (successive halving's fidelities), the same
+task: the same number of trials, the same epochs (the pruner's fidelities), the same
 ranges (full fine-tuning's own, :class:`~unitune.search.tune.TuneRanges`) and the same
 noise-aware selection, all on train and val, once per task (the seeds vary the retraining, as
 for the search). The candidates:
