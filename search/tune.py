@@ -179,7 +179,7 @@ def tune_pruner(short) -> optuna.pruners.BasePruner:
     :data:`COMPLETE_FIRST` trials have completed, so that the pick has finalists to choose among
     and the soup members (``short`` is the trials' recipe: :func:`short_recipe`). Why not successive halving: at reduction 3 a trial goes on only
     while it is among the best third at its rung, at least the best so far, and on the DINOv2
-    suite (first rung at epoch 2 of 3) two of seven rows completed one trial in eight, which left
+    suite (first rung at epoch 2 of 3) three of seven rows completed one trial in eight, which left
     the selection and the soup with nothing to choose from, to save a tenth of the study's epochs."""
     first = min(short.warmup_epochs + 1, short.epochs)  # the first epoch a trial can stop at
     return optuna.pruners.MedianPruner(n_startup_trials=COMPLETE_FIRST, n_warmup_steps=first)
