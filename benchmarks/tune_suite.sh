@@ -20,6 +20,13 @@
 # all 5 tasks are in, RESULTS.md reports the decision figure on the tasks done, as partial, with n.
 # The soup's members from commit 17d73d8 on: the pick's recipe at x0.5/x2 its learning rate fill
 # the members its study did not complete.
+# Median pruning against successive halving (2026-12-04, written before its run): on count, the
+# three rows whose successive-halving study (the run above, commit 17d73d8) completed one trial in
+# eight (LoRA, Adapter, full) are tuned again with median pruning (commit 7db5701), same seeds and
+# cells; reported per row: complete trials, the pick, tuning CPU-s, and test accuracy median minus
+# halving, paired by seed (mean +- se; n = 3 per row, 9 pooled). A measurement, no target:
+#   bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2-median --tasks count \
+#        --methods lora,adapter,full
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
