@@ -24,7 +24,7 @@ def study(run: Path, task: str, row: str) -> dict:
     result = json.loads((run / "tasks" / task / row / "tune" / "tune_result.json").read_text())
     states = [t["state"] for t in result["trials"]]
     return {"complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "trial": result["trial"],
-            "lr": result["recipe"]["lr"], "cpu": info["cpu_seconds"], "selection": info.get("selection_mean")}
+            "lr": result["recipe"]["lr"], "cpu": info["cpu_seconds"]}
 
 
 def main() -> int:
@@ -44,6 +44,9 @@ def main() -> int:
     pooled = []
     for task in args.tasks.split(","):
         for row in args.rows.split(","):
+            if not all((run / "tasks" / task / row / "tune_info.json").is_file() for run in (args.a, args.b)):
+                print(f"| {task} | {row} | - | - | - | - | not tuned in both runs |")
+                continue
             s = {run: study(run, task, row) for run in (args.a, args.b)}
             acc = {run: [cells[run].get((task, row, seed)) for seed in seeds] for run in (args.a, args.b)}
             d = [b - a for a, b in zip(acc[args.a], acc[args.b]) if a is not None and b is not None]

@@ -71,15 +71,15 @@ main() {
     echo "smoke run ok in $(( $(date +%s) - start )) s"
     [ "${QUICK_ONLY:-0}" = 1 ] && exit 0
   fi
-  if [ -d "$RESUME" ] && [ ! -e "$RUN" ]; then
+  device=(); [ "$DEVICE" = cuda ] || device=("device=$DEVICE")  # cuda: the config's auto, the CPU records' fingerprint
+  if [ -d "$RESUME" ] && [ ! -e "$RUN" ] && [ ${#device[@]} -eq 0 ]; then  # device=cpu: another fingerprint
     cp -r "$RESUME" "$RUN" && echo "resumed from $RESUME: $(ls "$RUN"/cells/*/*.json 2>/dev/null | wc -l) cells done"
   fi
-  device=(); [ "$DEVICE" = cuda ] || device=("device=$DEVICE")  # cuda: the config's auto, the CPU records' fingerprint
   (while sleep 45; do pack; done) &
   shipper=$!
   start=$(date +%s)
   timeout "$SUITE_S" $PY -m unitune compare --config configs/minivtab-dinov2.yaml --out "$RUN" --jobs "$JOBS" \
-    --methods $ROWS --quiet "${device[@]}" $TUNE
+    --methods $ROWS --quiet ${device[@]+"${device[@]}"} $TUNE
   rc=$?
   echo "suite: exit $rc after $(( $(date +%s) - start )) s"
   kill $shipper 2>/dev/null

@@ -26,6 +26,7 @@ test is read once, at the end.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -175,8 +176,8 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
 
 
 # The pick's recipe at neighbouring learning rates, nearest first: the members a study too short to
-# complete several trials of one structure leaves missing (successive halving stops most trials
-# after their first epochs). A sweep around one rate from one initialisation is a soup's classic
+# complete several trials of one structure leaves missing (the pruner stops trials after their
+# first epochs, and the search row spreads its trials over several structures). A sweep around one rate from one initialisation is a soup's classic
 # member set (Wortsman et al. sweep the learning rate among other values); greedy on val admits a
 # neighbour only where it helps.
 LR_NEIGHBOURS = (0.5, 2.0, 0.25, 4.0)
@@ -193,7 +194,7 @@ def soup_recipes(tune_result: dict[str, Any], members: int) -> list[dict[str, An
     same.sort(key=lambda t: (-t["value"], t["number"]))
     pick = tune_result["recipe"]
     found = [pick, *(t["recipe"] for t in same)]
-    found += [{**pick, "lr": pick["lr"] * f} for f in LR_NEIGHBOURS]
+    found += [{**copy.deepcopy(pick), "lr": pick["lr"] * f} for f in LR_NEIGHBOURS]
     return found[:members]
 
 

@@ -46,7 +46,9 @@ TUNE_DIR = "tune"
 TUNED_SUBNET = "tuned_subnet.yaml"
 STRUCTURE_PARAM = "structure"
 FULL = "full"  # the candidate label of full fine-tuning (every backbone weight trains)
-PRUNER = "median"  # :func:`tune_pruner`'s rule, in the study name: a study pruned by another is not resumed
+# :func:`tune_pruner`'s rule, in the study name and compare's fingerprint: a study or comparison
+# pruned by another rule is not resumed (a new name when the rule or COMPLETE_FIRST changes)
+PRUNER = "median"
 # Trials that always complete before the pruner stops any: Selection's default finalists. A
 # constant, not the selection's own count: the trials do not depend on the rule that reads them.
 COMPLETE_FIRST = 3
@@ -177,10 +179,14 @@ def tune_pruner(short) -> optuna.pruners.BasePruner:
     accuracy so far is below the median of the complete trials' at that epoch; never during the
     warm-up (an epoch of warm-up says little about the rate after it), and not before
     :data:`COMPLETE_FIRST` trials have completed, so that the pick has finalists to choose among
-    and the soup members (``short`` is the trials' recipe: :func:`short_recipe`). Why not successive halving: at reduction 3 a trial goes on only
-    while it is among the best third at its rung, at least the best so far, and on the DINOv2
-    suite (first rung at epoch 2 of 3) three of seven rows completed one trial in eight, which left
-    the selection and the soup with nothing to choose from, to save a tenth of the study's epochs."""
+    and the soup members. ``short`` is the trials' recipe (:func:`short_recipe`).
+
+    Why not successive halving: at reduction 3 a trial goes on only while it is among the best
+    third at its rung, at least the best so far. On the DINOv2 suite (first rung at epoch 2 of 3)
+    three of seven rows completed one trial in eight, running 17 of their 24 trial-epochs: the
+    selection and the soup had nothing to choose from. Median pruning saves at most 5 of those 24
+    (the 5 trials after the first 3, stopped at epoch 2), and the selection it lets run costs
+    finalists x splits x epochs (27) more."""
     first = min(short.warmup_epochs + 1, short.epochs)  # the first epoch a trial can stop at
     return optuna.pruners.MedianPruner(n_startup_trials=COMPLETE_FIRST, n_warmup_steps=first)
 

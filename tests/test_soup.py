@@ -4,7 +4,6 @@ greedy rule keeps only members that do not lower val, members of two structures 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

@@ -262,7 +262,6 @@ def test_a_diverging_trial_fails_and_the_study_goes_on(folder, monkeypatch):
     assert len(states) == 4 and states.count("COMPLETE") + states.count("PRUNED") == 3 and result["trial"] != 0
 
 
-
 def test_the_first_trials_complete_and_a_later_one_stops_only_below_the_complete_trials_median(folder, monkeypatch):
     import statistics
 
@@ -271,7 +270,7 @@ def test_the_first_trials_complete_and_a_later_one_stops_only_below_the_complete
 
     # each trial's val accuracy fixed by its order (the sampler's points do not matter), rising
     # with the epochs; no two tie with a median
-    level = [0.9, 0.5, 0.7, 0.6, 0.8, 0.4, 0.76, 0.3, 0.65, 0.85]
+    level = [0.9, 0.5, 0.7, 0.6, 0.8, 0.4, 0.73, 0.3, 0.65, 0.85]
     calls = []
 
     def fake(ctx, out, subnet, epochs, progress=False, **kwargs):
@@ -288,8 +287,9 @@ def test_the_first_trials_complete_and_a_later_one_stops_only_below_the_complete
     trials = sorted(study.trials, key=lambda t: t.number)
     states = [t.state.name[0] for t in trials]
     # the first three complete whatever their scores (successive halving would stop trial 1: not the
-    # best at its rung); then below the median of the complete trials' stops, at epoch 3
-    assert COMPLETE_FIRST == 3 and "".join(states) == "CCCPCPCPPC"
+    # best at its rung); then below the median of the complete trials' stops, at epoch 3 (trial 6:
+    # 0.73 < the median 0.75 of 0.5, 0.7, 0.8, 0.9; the 40th percentile, 0.72, would keep it)
+    assert COMPLETE_FIRST == 3 and "".join(states) == "CCCPCPPPPC"
     for t in trials[COMPLETE_FIRST:]:  # a second computation of the rule, from what the study stored
         before = [u for u in trials[:t.number] if u.state.name == "COMPLETE"]
         below = [s for s in range(first, epochs) if s in t.intermediate_values and max(

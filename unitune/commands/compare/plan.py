@@ -324,8 +324,14 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
                 num_classes[t] = split_set.num_classes
         split_set.verify_files()  # the test files are read after training: verified (not decoded) now
         task_runs[t] = run
-    # the tuning settings too, where given (an untuned comparison keeps its fingerprint)
-    what = raw if tune is None else {**raw, "compare.tune": dataclasses.asdict(tune)}
+    # the tuning settings too, where given (an untuned comparison keeps its fingerprint), and the
+    # tuner's pruning rule: records tuned under another rule are of another comparison
+    if tune is None:
+        what = raw
+    else:
+        from unitune.search.tune import PRUNER
+
+        what = {**raw, "compare.tune": dataclasses.asdict(tune), "compare.tune.pruner": PRUNER}
     fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
     plan = Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick, num_classes=num_classes,
                 tune=tune)

@@ -82,7 +82,7 @@ def candidates(plan: Plan, task: str, row: str) -> list[tuple[str, Any]]:
 def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[str, Any]:
     """Tune ``row`` on ``task`` (once; a rerun reads ``tune_info.json``): the study, its pick and
     its cost. Worker-safe: each (task, row) has a folder of its own."""
-    from unitune.search.tune import Selection, TuneRanges, picked_scores, tune
+    from unitune.search.tune import PRUNER, Selection, TuneRanges, picked_scores, tune
 
     folder = tune_folder(plan, task, row)
     info_file = folder / TUNE_INFO
@@ -106,6 +106,7 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
             "subnet_file": result["subnet_file"], "val_accuracy": result["val_accuracy"],
             "selection_mean": chosen["mean"] if chosen else None, "selection_se": chosen["se"] if chosen else None,
             "trials": len(result["trials"]), "train_images": result["train_images"], "candidates": asked,
+            "pruner": PRUNER,
             # the study's own count (every trial and selection score, earlier runs' too), not this call's
             "seconds": round(time.perf_counter() - started, 1), "cpu_seconds": round(result["cpu_seconds"], 1),
             "tune_result": str(folder / "tune" / "tune_result.json")}
