@@ -26,7 +26,9 @@
 # cells; reported per row: complete trials, the pick, tuning CPU-s, and test accuracy median minus
 # halving, paired by seed (mean +- se; n = 3 per row, 9 pooled). A measurement, no target:
 #   bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2-median --tasks count \
-#        --methods lora,adapter,full
+#        --methods lora,adapter,full      # a second --methods: argparse keeps the last
+# (Ran with --methods lora,adapter: full fine-tuning's row was dropped for the session's time, before
+# its study started; lora's and adapter's studies were interrupted twice and resumed: see RESULTS.)
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count

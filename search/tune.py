@@ -224,10 +224,13 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     with _quiet_optuna():
         study = optuna.create_study(
             storage=f"sqlite:///{folder / 'study.db'}", study_name=name, load_if_exists=True, direction="maximize",
-            # TPE's default 10 random start-up trials would leave a short study all random
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10, trials // 2))),
             pruner=tune_pruner(short),
         )
+    # TPE's default 10 random start-up trials would leave a short study all random. The seed is
+    # offset by the trials already stored: a resumed study seeded afresh drew its first points
+    # again (an interrupted DINOv2 study repeated two of them).
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials),
+                                               n_startup_trials=max(1, min(10, trials // 2)))
     study.set_user_attr("candidates", labels)
     study.set_user_attr("epochs", epochs)
 

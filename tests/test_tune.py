@@ -300,3 +300,25 @@ def test_the_first_trials_complete_and_a_later_one_stops_only_below_the_complete
         else:
             assert not below, t.number
     assert result["trial"] == 0 and result["val_accuracy"] == pytest.approx(0.9)
+
+
+def test_a_resumed_study_draws_new_points(folder, monkeypatch):
+    import unitune.search.rerank as rerank
+
+    calls = []
+
+    def fake(ctx, out, subnet, epochs, progress=False, **kwargs):  # no training: the points are the question
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the run is stopped in its third trial
+        for step in range(1, epochs + 1):
+            yield step, 0.5
+
+    monkeypatch.setattr(rerank, "standalone_epochs", fake)
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(folder, trials=8, epochs=1, selection=Selection(splits=0))  # 4 random start-up trials
+    again = run_tune(folder, trials=8, epochs=1, selection=Selection(splits=0))  # resumed: 6 more
+    done = [t for t in again["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 8 and len(again["trials"]) == 9
+    points = [json.dumps(t["recipe"], sort_keys=True) + t["structure"] for t in done]
+    assert len(set(points)) == 8, points  # re-seeded from the seed alone, trials 3 and 4 repeated 0 and 1
