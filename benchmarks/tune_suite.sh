@@ -20,6 +20,11 @@
 # all 5 tasks are in, RESULTS.md reports the decision figure on the tasks done, as partial, with n.
 # The soup's members from commit 17d73d8 on: the pick's recipe at x0.5/x2 its learning rate fill
 # the members its study did not complete.
+# Done so far: count with successive halving (commit 17d73d8; RESULTS, records in
+# benchmarks/logs/tune-suite-dinov2-halving). From commit 7db5701 the tuner prunes by the median and
+# a comparison's fingerprint carries the pruning rule, so the suite starts again in a fresh folder
+# (runs/tune-suite-dinov2, count first; its records go to benchmarks/logs/tune-suite-dinov2, in the
+# run's own layout, which gpu_tune_suite.sh resumes from).
 # Median pruning against successive halving (2026-12-04, written before its run): on count, the
 # three rows whose successive-halving study (the run above, commit 17d73d8) completed one trial in
 # eight (LoRA, Adapter, full) are tuned again with median pruning (commit 7db5701), same seeds and
