@@ -858,6 +858,15 @@ def test_the_decision_line_needs_a_positive_mean_two_standard_errors_out():
     assert win["mean_diff"] == pytest.approx(5.0) and win["se"] == pytest.approx(1 / 3 ** 0.5)
     assert win["clears_two_se"] and win["best"] == {"t": "lora"}
     assert not call([0.05, -0.04, 0.02])["clears_two_se"]
+    # against every baseline row: a tuned full fine-tuning row better than the single method is the one to beat
+    full = rows([0.05, 0.06, 0.04]) + [{"task": "t", "method": "full", "seed": s, "test_accuracy": 0.58}
+                                       for s in range(3)]
+    assert compare_report.paired_vs_best(full, ["t"], [0, 1, 2], ["lora", "full", "search"], "search")["best"] == \
+        {"t": "lora"}  # the decision rule's own baseline: single methods only
+    every = compare_report.paired_vs_best(full, ["t"], [0, 1, 2], ["lora", "full", "search"], "search", every_row=True)
+    assert every["best"] == {"t": "full"} and every["mean_diff"] == pytest.approx(-3.0) and not every["clears_two_se"]
+    assert "minus the per-task best row (full fine-tuning and the linear probe included) (t: full" in \
+        compare_report.format_decision([every])
 
 
 def test_worker_jobs_start_once_what_they_need_is_done(monkeypatch):

@@ -212,12 +212,16 @@ def paired_vs_single(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Se
 
 
 def paired_vs_best(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
-                   methods: Sequence[str], who: str) -> dict[str, Any] | None:
+                   methods: Sequence[str], who: str, every_row: bool = False) -> dict[str, Any] | None:
     """``who`` minus the per-task best single method (the single-method row with the highest mean
     test accuracy on that task: chosen on test, in the baseline's favour), paired by task and
     seed: the mean difference, its standard error (std / sqrt(n)) and whether it clears two of
-    them, the decision rule of benchmarks/tune_suite.sh."""
+    them, the decision rule of benchmarks/tune_suite.sh. ``every_row``: the best of every
+    baseline row instead, full fine-tuning and the linear probe included (tuned, full fine-tuning
+    can be the best row: DINOv2's count, RESULTS)."""
     singles = method_rows(methods)
+    if every_row:
+        singles += [m for m in ("linear", "full") if m in methods]
     if who not in methods or not singles:
         return None
     by = {(r["task"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
@@ -226,7 +230,7 @@ def paired_vs_best(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequ
     diffs = [by[t, who, s] - by[t, best[t], s] for t in tasks for s in seeds]
     mean, std = _mean_std(diffs)
     se = std / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-    return {"who": who, "best": best, "mean_diff": mean, "se": se, "n": len(diffs),
+    return {"who": who, "best": best, "every_row": every_row, "mean_diff": mean, "se": se, "n": len(diffs),
             "wins": sum(d > 0 for d in diffs), "clears_two_se": bool(len(diffs) > 1 and mean > 0 and mean >= 2 * se)}
 
 
@@ -276,7 +280,8 @@ def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
 def format_decision(decisions: list[dict[str, Any]]) -> str:
     lines = []
     for d in decisions:
-        lines.append(f"{d['who']} minus the per-task best single method ({', '.join(f'{t}: {m}' for t, m in d['best'].items())}"
+        what = "row (full fine-tuning and the linear probe included)" if d.get("every_row") else "single method"
+        lines.append(f"{d['who']} minus the per-task best {what} ({', '.join(f'{t}: {m}' for t, m in d['best'].items())}"
                      f"; chosen on test, in the baseline's favour): {d['mean_diff']:+.2f}"
                      + (f" ± {d['se']:.2f} (se)" if d["n"] > 1 else " (one pair: no standard error)")
                      + f" points over {plural(d['n'], 'task x seed pair')}, {d['wins']} wins; "
@@ -374,6 +379,9 @@ def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dic
         text += "\n" + format_paired(soup_paired, {}, who="soup")
     decisions = [d for d in (paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w) for w in ("search", "soup"))
                  if d is not None]
+    if any(m in plan.methods for m in ("linear", "full")):  # and against every baseline row
+        decisions += [d for d in (paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w, every_row=True)
+                                  for w in ("search", "soup")) if d is not None]
     tuning = tuning_rows(plan)
     if decisions:
         text += "\n" + format_decision(decisions)
