@@ -177,9 +177,9 @@ def soup(run, subnet: Subnet, recipes: Sequence[dict[str, Any]], out: str | Path
 
 # The pick's recipe at neighbouring learning rates, nearest first: the members a study too short to
 # complete several trials of one structure leaves missing (the pruner stops trials after their
-# first epochs, and the search row spreads its trials over several structures). A sweep around one rate from one initialisation is a soup's classic
-# member set (Wortsman et al. sweep the learning rate among other values); greedy on val admits a
-# neighbour only where it helps.
+# first epochs, and the search row spreads its trials over several structures). A sweep around one
+# rate from one initialisation is a soup's classic member set (Wortsman et al. sweep the learning
+# rate among other values); greedy on val admits a neighbour only where it helps.
 LR_NEIGHBOURS = (0.5, 2.0, 0.25, 4.0)
 
 

@@ -122,7 +122,8 @@ def study_name(ctx: RunContext, candidates: Sequence[tuple[str, Subnet | None]],
     from .rerank import score_key
 
     what = json.dumps({"subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
-                       "pruner": PRUNER, "epochs": epochs, "ranges": dataclasses.asdict(ranges), "run": score_key(ctx, ctx.out, epochs)},
+                       "pruner": PRUNER, "epochs": epochs, "ranges": dataclasses.asdict(ranges),
+                       "run": score_key(ctx, ctx.out, epochs)},
                       sort_keys=True, default=str)
     return "tune-" + hashlib.sha256(what.encode()).hexdigest()[:12]
 

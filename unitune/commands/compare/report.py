@@ -219,9 +219,7 @@ def paired_vs_best(rows: list[dict[str, Any]], tasks: Sequence[str], seeds: Sequ
     them, the decision rule of benchmarks/tune_suite.sh. ``every_row``: the best of every
     baseline row instead, full fine-tuning and the linear probe included (tuned, full fine-tuning
     can be the best row: DINOv2's count, RESULTS)."""
-    singles = method_rows(methods)
-    if every_row:
-        singles += [m for m in ("linear", "full") if m in methods]
+    singles = [*method_rows(methods), *(m for m in ("linear", "full") if every_row and m in methods)]
     if who not in methods or not singles:
         return None
     by = {(r["task"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
