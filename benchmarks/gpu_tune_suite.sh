@@ -25,8 +25,9 @@
 # end, the run's records (cells, tune_info/tune_result, studies, search results, table.md,
 # results.csv) go to $OUT/records.tar.gz, so a run stopped at its limit still returns its
 # finished cells; a rerun elsewhere resumes from them (`unitune compare` skips finished cells).
-# The suite starts from the records the CPU runs committed (RESUME, benchmarks/logs/tune-suite-dinov2:
-# the tasks done there, by the same rule, are not run again); to share their fingerprint the
+# The suite starts from the records the CPU runs committed (RESUME, benchmarks/logs/tune-suite-dinov2,
+# median pruning from commit 7db5701: the tasks done there, by the same rule, are not run again;
+# the count run with successive halving, benchmarks/logs/tune-suite-dinov2-halving, is not resumed); to share their fingerprint the
 # suite passes no `device=` override on the GPU (the config's `device: auto` picks cuda).
 set -uo pipefail
 cd "$(dirname "$0")/.."
