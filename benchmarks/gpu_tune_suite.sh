@@ -46,7 +46,7 @@ mkdir -p "$OUT"
 . "$(dirname "$0")/gpu_env.sh"
 
 TUNE="compare.tune.trials=8 compare.tune.epochs=3 compare.tune.finalists=3 compare.tune.splits=3
-      compare.tune.structures=3 compare.tune.soup=3"
+      compare.tune.structures=3 compare.tune.soup=3 compare.tune.warm_start=true"
 QUICK_TUNE="compare.tune.trials=2 compare.tune.epochs=1 compare.tune.finalists=2 compare.tune.splits=2
             compare.tune.structures=2 compare.tune.soup=2"
 ROWS=linear,lora,adapter,vpt,ssf,full,search,soup

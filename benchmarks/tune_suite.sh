@@ -34,6 +34,19 @@
 #        --methods lora,adapter,full      # a second --methods: argparse keeps the last
 # (Ran with --methods lora,adapter: full fine-tuning's row was dropped for the session's time, before
 # its study started; lora's and adapter's studies were interrupted twice and resumed: see RESULTS.)
+# The search row started from the single rows' trials (2026-12-04, session 10, written before its
+# run): compare.tune.warm_start (default true from this commit) imports every single-method row's
+# finished trials into the search row's study, which then runs its own 8. On count, in the fresh
+# folder runs/tune-suite-dinov2 (median pruning, warm start), rows lora, adapter, vpt, ssf, search
+# (linear, full and soup left out for the session's time: full and linear are not imported, the soup
+# measured 0.00), seeds 0-2. LoRA's and Adapter's studies are copied from runs/tune-suite-dinov2-median
+# (the same question: their study does not depend on warm_start) and the search stage from
+# runs/tune-suite-dinov2-halving (the same searched structures); every cell is retrained here.
+# Reported: search minus the per-task best single method (paired by seed, mean +- se, n = 3), search
+# (warm) minus search (the halving run's, not warm), what the search row picked and its CPU-s with
+# the imported share. A measurement on one task, no target (the rule above is the suite's):
+#   bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2 --tasks count \
+#        --methods lora,adapter,vpt,ssf,search
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
@@ -45,4 +58,4 @@ export OMP_NUM_THREADS=1
 exec unitune compare --config "$CONFIG" --out "$OUT" --jobs "${JOBS:-2}" --seeds 0,1,2 \
   --methods linear,lora,adapter,vpt,ssf,full,search,soup \
   compare.tune.trials=8 compare.tune.epochs=3 compare.tune.finalists=3 compare.tune.splits=3 \
-  compare.tune.structures=3 compare.tune.soup=3 "$@"
+  compare.tune.structures=3 compare.tune.soup=3 compare.tune.warm_start=true "$@"

@@ -52,6 +52,7 @@ PRUNER = "median"
 # Trials that always complete before the pruner stops any: Selection's default finalists. A
 # constant, not the selection's own count: the trials do not depend on the rule that reads them.
 COMPLETE_FIRST = 3
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)  # what ``trials`` counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,16 +113,17 @@ def suggest_recipe(trial: optuna.Trial, subnet: Subnet | None, ranges: TuneRange
 
 
 def study_name(ctx: RunContext, candidates: Sequence[tuple[str, Subnet | None]], epochs: int,
-               ranges: TuneRanges) -> str:
+               ranges: TuneRanges, prior: Sequence["Prior"] = ()) -> str:
     """One study per question: the candidates (labels and contents), the epochs, the ranges and
     everything a stand-alone score depends on (:func:`.rerank.score_key`: the recipe, data, model,
     space and backbone bytes). A rewritten subnet file or a changed config starts a new study
     instead of mixing in trials that answered another one. The selection rule is not in it: it
     reads the trials, never changes them, so another rule re-uses the study (its scores are kept
-    per rule: :func:`selection_key`)."""
+    per rule: :func:`selection_key`). The prior studies (:func:`import_trials`) are, where given."""
     from .rerank import score_key
 
-    what = json.dumps({"subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
+    asked = {"prior": [[p.label, p.study] for p in prior]} if prior else {}  # a name without them is kept
+    what = json.dumps({**asked, "subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
                        "pruner": PRUNER, "epochs": epochs, "ranges": dataclasses.asdict(ranges),
                        "run": score_key(ctx, ctx.out, epochs)},
                       sort_keys=True, default=str)
@@ -192,16 +194,59 @@ def tune_pruner(short) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=COMPLETE_FIRST, n_warmup_steps=first)
 
 
+@dataclasses.dataclass(frozen=True)
+class Prior:
+    """A finished study of one of this tune's candidates (the same question, asked of that
+    structure alone: the same run, epochs, ranges and seed), whose trials start this study."""
+
+    label: str  # the candidate of this tune whose structure the study tuned
+    storage: str | os.PathLike  # its study.db
+    study: str  # its name
+
+
+IMPORTED_ATTR = "imported_from"  # an imported trial's user attribute: "<source study>#<trial number>"
+
+
+def import_trials(study: optuna.Study, prior: Sequence[Prior], labels: Sequence[str], key: str) -> None:
+    """Add every finished trial of the ``prior`` studies to ``study`` as it stands (its params,
+    the structure among them, its value, its epochs' val accuracies and user attributes, its
+    CPU-s too: what it cost is counted where it is used), and their stored selection scores under
+    ``key``. Why: a study whose structure is a parameter spreads its trials over every candidate,
+    and tunes each less than a study of that candidate alone; started from those studies, its
+    sampler and pruner know what they found, and its pick chooses among them and its own trials.
+    Idempotent: a resumed study imports only what it lacks."""
+    have = {t.user_attrs.get(IMPORTED_ATTR): t.number for t in study.get_trials(deepcopy=False)}
+    structure = {STRUCTURE_PARAM: optuna.distributions.CategoricalDistribution(list(labels))} if len(labels) > 1 else {}
+    scores = dict(study.user_attrs.get(key) or {})
+    for p in prior:
+        with _quiet_optuna():
+            source = optuna.load_study(study_name=p.study, storage=f"sqlite:///{p.storage}")
+        for t in source.get_trials(deepcopy=False, states=FINISHED):
+            origin = f"{p.study}#{t.number}"
+            if origin not in have:
+                study.add_trial(optuna.trial.create_trial(
+                    state=t.state, value=t.value, params={**t.params, **({STRUCTURE_PARAM: p.label} if structure else {})},
+                    distributions={**t.distributions, **structure}, intermediate_values=t.intermediate_values,
+                    user_attrs={**t.user_attrs, "structure": p.label, IMPORTED_ATTR: origin}))
+                have[origin] = study.get_trials(deepcopy=False)[-1].number
+        for number, record in (source.user_attrs.get(key) or {}).items():
+            if (origin := f"{p.study}#{number}") in have and str(have[origin]) not in scores:
+                scores[str(have[origin])] = {**record, "trial": have[origin], "structure": p.label}
+    if scores:
+        study.set_user_attr(key, scores)
+
+
 def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.PathLike, trials: int = 12,
          epochs: int = 3, ranges: TuneRanges = TuneRanges(), seed: int = 0,
-         progress: bool = False, selection: Selection = Selection()) -> dict[str, Any]:
+         progress: bool = False, selection: Selection = Selection(), prior: Sequence[Prior] = ()) -> dict[str, Any]:
     """Tune the recipe of ``candidates`` (``[(label, subnet), ...]``; with several, the structure
     is a parameter too; ``(FULL, None)`` is full fine-tuning) in ``trials`` complete or pruned
     trials of up to ``epochs`` epochs each, then pick among the finalists by ``selection``; write
     ``out/tune/tune_result.json`` and, for a subnet pick, ``out/tune/tuned_subnet.yaml`` (its
     recipe in ``meta.recipe``; a stale one of an earlier pick is removed). Full fine-tuning has no
     subnet file: its recipe goes to the config (``retrain.lr=... retrain.lr_mult=...``) and the
-    result prints it. Returns the result."""
+    result prints it. ``prior``: finished studies of single candidates whose trials start this
+    one (:func:`import_trials`); ``trials`` counts this study's own. Returns the result."""
     from .rerank import standalone_epochs
 
     ctx = RunContext.of(run, out)
@@ -220,7 +265,10 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
 
     folder = ctx.out / TUNE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    name = study_name(ctx, candidates, epochs, ranges)
+    for p in prior:
+        if p.label not in by_label:
+            raise ValueError(f"tune: prior study {p.study!r} is of {p.label!r}, not a candidate: {labels}")
+    name = study_name(ctx, candidates, epochs, ranges, prior)
     short = short_recipe(ctx.run.retrain, epochs)
     with _quiet_optuna():
         study = optuna.create_study(
@@ -232,6 +280,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     # again (an interrupted DINOv2 study repeated two of them).
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials),
                                                n_startup_trials=max(1, min(10, trials // 2)))
+    import_trials(study, prior, labels, selection_key(selection, seed))
     study.set_user_attr("candidates", labels)
     study.set_user_attr("epochs", epochs)
 
@@ -266,14 +315,16 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         trial.set_user_attr("val_accuracy", accuracy)
         return accuracy
 
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    def own(states) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in study.get_trials(deepcopy=False, states=states) if IMPORTED_ATTR not in t.user_attrs]
+
     failed = 0
-    # ``trials`` finished (complete or pruned) trials; a diverged one does not count, but as many
-    # failures as trials end the stage (the ranges are wrong, not unlucky).
-    while (remaining := trials - len(study.get_trials(deepcopy=False, states=finished))) > 0 and failed < trials:
+    # ``trials`` finished (complete or pruned) trials of its own; a diverged one does not count, but
+    # as many failures as trials end the stage (the ranges are wrong, not unlucky).
+    while (remaining := trials - len(own(FINISHED))) > 0 and failed < trials:
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
-        failed = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
+        failed = len(own((optuna.trial.TrialState.FAIL,)))
     ranked = ranked_complete(study)
     if not ranked:
         raise UniTuneError(f"tune: no trial completed ({failed} diverged: lower --lr's range; the rest pruned)")
@@ -293,6 +344,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
             f"splits of train+val (the study's own split left out: its scores carry the winner's curse)" if selected
             else "the best val accuracy of the study (ties: the earlier trial)")
     save_tune_study_note(study, best, _sizes(by_label[label]), scores, rule)
+    imported = [t for t in study.get_trials(deepcopy=False) if IMPORTED_ATTR in t.user_attrs]
     stale = folder / TUNED_SUBNET
     if label == FULL and stale.is_file():  # an earlier pick's file must not pass for this one's
         stale.unlink()
@@ -303,6 +355,8 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         "selection": scores,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
+        "imported": {"trials": len(imported), "cpu_seconds": round(sum(t.user_attrs.get("cpu_seconds", 0.0)
+                                                                      for t in imported), 2)},
         "train_images": sum(t.user_attrs.get("train_images", 0) for t in study.trials) + select_images,
         # what the study cost in all (every trial and selection score, an earlier interrupted run's too)
         "cpu_seconds": sum(t.user_attrs.get("cpu_seconds", 0.0) for t in study.trials)

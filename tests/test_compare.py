@@ -769,12 +769,23 @@ def test_every_row_is_tuned_alike_and_the_cells_use_the_pick(tmp_path, monkeypat
     test_reads_of_test(events, QUICK_TEST)  # tuning and selection read train and val only
     rows = {r["method"]: r for r in read_csv(out / "results.csv")}
     assert set(rows) == {"linear", "lora", "full", "search", "soup"}
-    for row in ("linear", "lora", "full", "search"):
+    lora_trials: list = []
+    for row in ("linear", "lora", "full", "search"):  # lora's study before the search row's, which imports it
         info = json.loads((out / "tasks/location" / row / TUNE_INFO).read_text())
         result = json.loads(Path(info["tune_result"]).read_text())
         study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
-        finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
-        assert len(finished) == 2, row  # the same number of trials for every row
+        finished = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"
+                    and "imported_from" not in t.user_attrs]
+        assert len(finished) == 2, row  # the same number of trials of its own for every row
+        # the search row's study starts from the single-method rows' (lora's; not linear's or full's)
+        imported = [t for t in study.trials if "imported_from" in t.user_attrs]
+        assert info["imported"]["trials"] == len(imported) == (len(lora_trials) if row == "search" else 0), row
+        if row == "lora":
+            lora_trials = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        if row == "search":
+            assert [(t.params["lr"], t.value) for t in imported] == [(t.params["lr"], t.value) for t in lora_trials]
+            assert info["cpu_seconds"] >= sum(t.user_attrs["cpu_seconds"] for t in imported) > 0
+            search_info = info
         assert json.loads(rows[row]["recipe"]) == info["recipe"] == result["recipe"], row
         assert float(rows[row]["tune_cpu_seconds"]) == info["cpu_seconds"] > 0, row
         if row == "full":
@@ -804,6 +815,8 @@ def test_every_row_is_tuned_alike_and_the_cells_use_the_pick(tmp_path, monkeypat
     assert f"soup of {len(soup['chosen'])}" in rows["soup"]["sizes"] and 1 <= len(soup["chosen"]) <= 2
     table = (out / "table.md").read_text()
     assert "Every row tuned alike (compare.tune: 2 trials of up to 1 epoch per task" in table
+    assert "the search row's study starts from the single-method rows' trials" in table
+    assert f"(of it {search_info['imported']['cpu_seconds']:,.0f} imported, {len(lora_trials)} trials) |" in table
     assert "search minus the per-task best single method" in table and "soup minus the per-task best" in table
     for row in ("linear", "lora", "full", "search"):
         assert f"| location | {row} |" in table
@@ -887,7 +900,7 @@ def test_worker_jobs_start_once_what_they_need_is_done(monkeypatch):
     monkeypatch.setattr(compare_run, "_worker", lambda job: None)
     tasks, methods = ("a", "b"), ("lora", "full", "search", "soup")
     cells = [(t, m, 0) for t in tasks for m in methods]
-    tuned = SimpleNamespace(tasks=tasks, methods=methods, tune=object())
+    tuned = SimpleNamespace(tasks=tasks, methods=methods, tune=SimpleNamespace(warm_start=True))
     tunes = [(t, m) for t in tasks for m in methods if m != "soup"]
     compare_run._run_jobs(tuned, Pool(), list(tasks), tunes, cells, SimpleNamespace(update=lambda: None))
     assert sorted(order) == sorted([("search", t) for t in tasks] + [("tune", *x) for x in tunes] +
@@ -895,6 +908,7 @@ def test_worker_jobs_start_once_what_they_need_is_done(monkeypatch):
     position = {job: i for i, job in enumerate(order)}
     for t in tasks:
         assert position["search", t] < position["tune", t, "search"]
+        assert position["tune", t, "lora"] < position["tune", t, "search"]  # warm_start: it imports lora's trials
         for m in methods:
             assert position["tune", t, "search" if m == "soup" else m] < position["cell", t, m, 0]
     first = {("search", t) for t in tasks} | {("tune", t, m) for t in tasks for m in ("lora", "full")}

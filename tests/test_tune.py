@@ -322,3 +322,73 @@ def test_a_resumed_study_draws_new_points(folder, monkeypatch):
     assert len(done) == 8 and len(again["trials"]) == 9
     points = [json.dumps(t["recipe"], sort_keys=True) + t["structure"] for t in done]
     assert len(set(points)) == 8, points  # re-seeded from the seed alone, trials 3 and 4 repeated 0 and 1
+
+
+def test_a_study_started_from_single_candidates_studies_imports_their_trials_and_runs_its_own(folder, monkeypatch):
+    """``prior``: the finished trials of a study of one candidate alone start the study of several
+    (values, epochs' accuracies, params, costs and selection scores as stored, nothing trained
+    again); ``trials`` counts the study's own; a rerun imports nothing twice."""
+    import unitune.search.rerank as rerank
+    from unitune.search.tune import IMPORTED_ATTR, Prior
+
+    calls, base = [], [0.6]
+
+    def fake(ctx, out, subnet, epochs, progress=False, cost=None, split=None, **kwargs):
+        calls.append("split" if split is not None else subnet.is_on("vpt"))
+        cost["train_images"] = 10
+        level = 0.2 if subnet.is_on("vpt") else base[0] + 0.01 * len(calls)  # LoRA alone best; no two scores tie
+        for step in range(1, epochs + 1):
+            yield step, level * step / epochs
+
+    monkeypatch.setattr(rerank, "standalone_epochs", fake)
+    run = load_run_config(folder / "config.yaml")
+    selection = Selection(finalists=2, splits=2)
+    alone_ctx = RunContext.of(run, folder / "alone")
+    (lora,) = load_candidates([str(folder / "lora.yaml")], alone_ctx)
+    alone = tune(alone_ctx, [lora], folder / "alone", trials=4, epochs=2, selection=selection)
+    assert calls.count("split") == 4  # its two finalists on two splits each
+    source = optuna.load_study(study_name=alone["study"], storage=f"sqlite:///{alone['storage']}")
+
+    calls.clear()
+    base[0] = 0.4  # the new study's own trials score below every imported one
+    ctx = RunContext.of(run, folder / "run")
+    candidates = load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml")], ctx)
+    assert candidates[1][0] == lora[0]
+    prior = [Prior(lora[0], alone["storage"], alone["study"])]
+    result = tune(ctx, candidates, folder / "run", trials=3, epochs=2, selection=selection, prior=prior)
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
+    imported = [t for t in study.trials if IMPORTED_ATTR in t.user_attrs]
+    own = [t for t in study.trials if IMPORTED_ATTR not in t.user_attrs]
+    assert len(imported) == len(source.trials) == 4 and len(own) == 3 and len(calls) == 3  # nothing trained again
+    for t, s in zip(imported, sorted(source.trials, key=lambda t: t.number)):
+        assert t.user_attrs[IMPORTED_ATTR] == f"{alone['study']}#{s.number}"
+        assert (t.state, t.value, t.intermediate_values) == (s.state, s.value, s.intermediate_values)
+        assert t.params == {**s.params, "structure": lora[0]} and t.user_attrs["recipe"] == s.user_attrs["recipe"]
+    # the finalists are the imported LoRA trials (the own trials are worse or LoRA's below them):
+    # their selection scores came with them, so the selection trained nothing
+    assert "split" not in calls and result["structure"] == lora[0]
+    best_two = sorted(imported, key=lambda t: -t.value)[:2]
+    assert sorted(map(int, result["selection"])) == sorted(t.number for t in best_two)
+    picked = next(t for t in imported if t.number == result["trial"])
+    assert result["recipe"] == picked.user_attrs["recipe"]
+    cpu = sum(t.user_attrs["cpu_seconds"] for t in imported)
+    assert result["imported"] == {"trials": 4, "cpu_seconds": pytest.approx(cpu, abs=0.01)}
+    assert result["cpu_seconds"] >= cpu + sum(t.user_attrs["cpu_seconds"] for t in own)  # their cost counted here
+    assert result["study"] != tune_study_name_without_prior(ctx, candidates)
+
+    calls.clear()
+    again = tune(ctx, candidates, folder / "run", trials=3, epochs=2, selection=selection, prior=prior)
+    assert calls == [] and len(again["trials"]) == 7 and again["trial"] == result["trial"]
+
+
+def tune_study_name_without_prior(ctx, candidates) -> str:
+    from unitune.search.tune import study_name
+
+    return study_name(ctx, candidates, 2, TuneRanges())
+
+
+def test_a_prior_study_must_be_of_a_candidate(folder):
+    from unitune.search.tune import Prior
+
+    with pytest.raises(ValueError, match=r"tune: prior study 'x' is of 'nope', not a candidate"):
+        run_tune(folder, prior=[Prior("nope", folder / "no.db", "x")])

@@ -356,6 +356,10 @@ class CompareTune:
     structures: int = count(3, 1)  # the search row: the search study's best structures (+ the single methods)
     soup: int = count(3, 1)  # the soup row: members (the search pick's best recipes, then its lr neighbours)
     seed: int = count(0, 0)  # TPE and the splits
+    # the search row's study starts from every single-method row's finished trials (their CPU-s
+    # counted in its row), then runs its own `trials`: it chooses among tuned single methods and
+    # searched structures instead of re-tuning all of them in the trials one method gets
+    warm_start: bool = True
     ranges: Any = rule_only(field(default_factory=dict), _ranges)  # log-uniform [low, high] per key
 
 

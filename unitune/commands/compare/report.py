@@ -247,6 +247,9 @@ def tuning_rows(plan: Plan) -> list[dict[str, Any]]:
     return out
 
 
+WARM_NOTE = "; the search row's study starts from the single-method rows' trials, their CPU-s in its cost"
+
+
 def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
     """The table of what each row's study chose and what it cost."""
     if not infos:
@@ -256,7 +259,7 @@ def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
              f"per task and "
              f"row, median pruning; the pick: the best mean val accuracy of {cfg.finalists} finalists over "
              f"{cfg.splits} random train/val splits of train+val{'' if cfg.splits else ' (off: the best trial)'}; "
-             f"chosen on train/val only):", "",
+             f"chosen on train/val only{WARM_NOTE if cfg.warm_start and 'search' in plan.methods else ''}):", "",
              "| task | row | pick | lr | weight decay | lr multipliers | val (selection mean ± se) | tune CPU-s |",
              "|---|---|---|---|---|---|---|---|"]
     for i in infos:
@@ -266,8 +269,11 @@ def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
                if i.get("selection_mean") is not None and i.get("selection_se") is not None
                else f"{100 * i['val_accuracy']:.1f}")
         pick = i["structure"] if i["structure"] == i["row"] else f"{i['structure']}: {i.get('sizes', '?')}"
+        cost = f"{i['cpu_seconds']:,.0f}"
+        if (i.get("imported") or {}).get("trials"):
+            cost += f" (of it {i['imported']['cpu_seconds']:,.0f} imported, {i['imported']['trials']} trials)"
         lines.append(f"| {i['task']} | {i['row']} | {pick} | {r['lr']:.3g} | {r['weight_decay']:.3g} | "
-                     f"{mult} | {sel} | {i['cpu_seconds']:,.0f} |")
+                     f"{mult} | {sel} | {cost} |")
     per_row: dict[str, float] = {}
     for i in infos:
         per_row[i["row"]] = per_row.get(i["row"], 0.0) + i["cpu_seconds"]

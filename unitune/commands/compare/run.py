@@ -196,8 +196,10 @@ def _check_checkpoints(plan: Plan) -> None:
 def _needs(plan: Plan, kind: str, task: str, row: str) -> set[tuple]:
     """What a tune or a cell waits for: the task's search (the search row's structures), the
     row's tuning (the soup's: the search row's)."""
-    if kind == "tune":
-        return {("search", task)} if row == "search" else set()
+    from .tuning import warm_rows
+
+    if kind == "tune":  # the search row's study starts from the single rows' (warm_start)
+        return {("search", task), *(("tune", task, r) for r in warm_rows(plan))} if row == "search" else set()
     if plan.tune is not None:
         return {("tune", task, "search" if row == "soup" else row)}
     return {("search", task)} if row == "search" else set()
@@ -266,7 +268,7 @@ def run_compare(plan: Plan, jobs: int = 1, progress: bool = True) -> dict[str, A
             if t in searches:
                 bar.set_postfix_str(f"{t}: supernet + search")
                 _search_stage(plan, t, progress=False)
-            for row in [m for task, m in tunes if task == t]:
+            for row in sorted((m for task, m in tunes if task == t), key=lambda m: m == "search"):  # search last
                 bar.set_postfix_str(f"{t}/{row}: tune")
                 tune_row(plan, t, row)
             for cell in [c for c in todo if c[0] == t]:
