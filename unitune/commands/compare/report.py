@@ -381,11 +381,10 @@ def write_report(plan: Plan, pretrain_info: dict[str, Any] | None = None) -> dic
     soup_paired = paired_vs_single(rows, plan.tasks, plan.seeds, plan.methods, who="soup")
     if soup_paired:
         text += "\n" + format_paired(soup_paired, {}, who="soup")
-    decisions = [d for d in (paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w) for w in ("search", "soup"))
-                 if d is not None]
-    if any(m in plan.methods for m in ("linear", "full")):  # and against every baseline row
-        decisions += [d for d in (paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w, every_row=True)
-                                  for w in ("search", "soup")) if d is not None]
+    # against the best single method, then (where linear or full is a row) against every baseline row
+    against = (False, True) if any(m in plan.methods for m in ("linear", "full")) else (False,)
+    decisions = [d for every in against for w in ("search", "soup")
+                 if (d := paired_vs_best(rows, plan.tasks, plan.seeds, plan.methods, w, every_row=every)) is not None]
     tuning = tuning_rows(plan)
     if decisions:
         text += "\n" + format_decision(decisions)
