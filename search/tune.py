@@ -215,7 +215,8 @@ def import_trials(study: optuna.Study, prior: Sequence[Prior], labels: Sequence[
     and tunes each less than a study of that candidate alone; started from those studies, its
     sampler and pruner know what they found, and its pick chooses among them and its own trials.
     Idempotent: a resumed study imports only what it lacks."""
-    have = {t.user_attrs.get(IMPORTED_ATTR): t.number for t in study.get_trials(deepcopy=False)}
+    have = {t.user_attrs[IMPORTED_ATTR]: t.number for t in study.get_trials(deepcopy=False)
+            if IMPORTED_ATTR in t.user_attrs}
     structure = {STRUCTURE_PARAM: optuna.distributions.CategoricalDistribution(list(labels))} if len(labels) > 1 else {}
     scores = dict(study.user_attrs.get(key) or {})
     for p in prior:
