@@ -122,7 +122,8 @@ def study_name(ctx: RunContext, candidates: Sequence[tuple[str, Subnet | None]],
     per rule: :func:`selection_key`). The prior studies (:func:`import_trials`) are, where given."""
     from .rerank import score_key
 
-    asked = {"prior": [[p.label, p.study] for p in prior]} if prior else {}  # a name without them is kept
+    # a name without them is kept; "own": where this study's own trials go (:func:`tune`)
+    asked = {"prior": [[p.label, p.study] for p in prior], "own": "uncovered in turn"} if prior else {}
     what = json.dumps({**asked, "subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
                        "pruner": PRUNER, "epochs": epochs, "ranges": dataclasses.asdict(ranges),
                        "run": score_key(ctx, ctx.out, epochs)},
@@ -322,7 +323,16 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     failed = 0
     # ``trials`` finished (complete or pruned) trials of its own; a diverged one does not count, but
     # as many failures as trials end the stage (the ranges are wrong, not unlucky).
+    # Started from single candidates' studies, this study's own trials go to the candidates none of
+    # them tuned (the searched structures), in turn, at recipes the sampler draws from every trial
+    # it holds: left to TPE, a structure with no trials among 32 imported ones is almost never drawn.
+    covered = {p.label for p in prior}
+    uncovered = [label for label in labels if label not in covered] if prior else []
     while (remaining := trials - len(own(FINISHED))) > 0 and failed < trials:
+        if uncovered:  # the turn goes on from every own trial so far (queued by an interrupted run too)
+            done, queued = len(own(None)), len(own((optuna.trial.TrialState.WAITING,)))
+            for k in range(done, done + remaining - queued):
+                study.enqueue_trial({STRUCTURE_PARAM: uncovered[k % len(uncovered)]})
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
         failed = len(own((optuna.trial.TrialState.FAIL,)))
@@ -395,14 +405,18 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
 
     from .rerank import standalone_epochs
 
+    key = selection_key(selection, seed)  # the scores depend on the splits (count and seed), not on the finalists
+    stored = {int(k): v for k, v in (study.user_attrs.get(key) or {}).items()}
+    # A study started from others' (:func:`import_trials`) also holds every finalist their
+    # selections scored, at no cost: the pick is then the best of each of them (a single row's pick
+    # among them) and of this study's own best, never a lower-scored copy of a row's choice.
     finalists = ranked[:selection.finalists]
+    finalists += [t for t in ranked[selection.finalists:] if IMPORTED_ATTR in t.user_attrs and t.number in stored]
     if not selection.active or len(finalists) < 2:
         return None, 0
     train = build_dataset(ctx.run.data, "train", None)
     val = build_dataset(ctx.run.data, "val", None)
     splits = repeated_splits([*train.targets, *val.targets], len(val), selection.splits, seed)
-    key = selection_key(selection, seed)  # the scores depend on the splits (count and seed), not on the finalists
-    stored = {int(k): v for k, v in (study.user_attrs.get(key) or {}).items()}
     images = 0
     for t in finalists:
         scores = stored.get(t.number, {}).get("scores", [])

@@ -786,6 +786,8 @@ def test_every_row_is_tuned_alike_and_the_cells_use_the_pick(tmp_path, monkeypat
             assert [(t.params["lr"], t.value) for t in imported] == [(t.params["lr"], t.value) for t in lora_trials]
             assert info["cpu_seconds"] >= sum(t.user_attrs["cpu_seconds"] for t in imported) > 0
             search_info = info
+            own = {t.params["structure"] for t in finished}  # its own trials: the structures no single row tuned
+            assert own and not own & {t.params["structure"] for t in imported}, own
         assert json.loads(rows[row]["recipe"]) == info["recipe"] == result["recipe"], row
         assert float(rows[row]["tune_cpu_seconds"]) == info["cpu_seconds"] > 0, row
         if row == "full":

@@ -327,16 +327,21 @@ def test_a_resumed_study_draws_new_points(folder, monkeypatch):
 def test_a_study_started_from_single_candidates_studies_imports_their_trials_and_runs_its_own(folder, monkeypatch):
     """``prior``: the finished trials of a study of one candidate alone start the study of several
     (values, epochs' accuracies, params, costs and selection scores as stored, nothing trained
-    again); ``trials`` counts the study's own; a rerun imports nothing twice."""
+    again); ``trials`` counts the study's own, which go to the candidates no prior study tuned;
+    the pick is made among the own finalists and every imported scored one; a rerun imports
+    nothing twice."""
     import unitune.search.rerank as rerank
     from unitune.search.tune import IMPORTED_ATTR, Prior
 
-    calls, base = [], [0.6]
+    calls = []
 
     def fake(ctx, out, subnet, epochs, progress=False, cost=None, split=None, **kwargs):
-        calls.append("split" if split is not None else subnet.is_on("vpt"))
+        mix = subnet.is_on("vpt")
+        calls.append(("split " if split is not None else "") + ("mix" if mix else "lora"))
         cost["train_images"] = 10
-        level = 0.2 if subnet.is_on("vpt") else base[0] + 0.01 * len(calls)  # LoRA alone best; no two scores tie
+        # LoRA alone: every score differs (0.61, 0.62, ...), on the repeated splits too; the mix
+        # scores 0.9 on the study's split and 0.1 on the others: a winner's curse the selection sees
+        level = (0.1 if split is not None else 0.9) if mix else 0.6 + 0.01 * len(calls)
         for step in range(1, epochs + 1):
             yield step, level * step / epochs
 
@@ -346,31 +351,36 @@ def test_a_study_started_from_single_candidates_studies_imports_their_trials_and
     alone_ctx = RunContext.of(run, folder / "alone")
     (lora,) = load_candidates([str(folder / "lora.yaml")], alone_ctx)
     alone = tune(alone_ctx, [lora], folder / "alone", trials=4, epochs=2, selection=selection)
-    assert calls.count("split") == 4  # its two finalists on two splits each
+    assert calls.count("split lora") == 4  # its two finalists on two splits each
     source = optuna.load_study(study_name=alone["study"], storage=f"sqlite:///{alone['storage']}")
 
     calls.clear()
-    base[0] = 0.4  # the new study's own trials score below every imported one
     ctx = RunContext.of(run, folder / "run")
     candidates = load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml")], ctx)
+    mix_label = candidates[0][0]
     assert candidates[1][0] == lora[0]
     prior = [Prior(lora[0], alone["storage"], alone["study"])]
     result = tune(ctx, candidates, folder / "run", trials=3, epochs=2, selection=selection, prior=prior)
     study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
     imported = [t for t in study.trials if IMPORTED_ATTR in t.user_attrs]
     own = [t for t in study.trials if IMPORTED_ATTR not in t.user_attrs]
-    assert len(imported) == len(source.trials) == 4 and len(own) == 3 and len(calls) == 3  # nothing trained again
+    assert len(imported) == len(source.trials) == 4 and len(own) == 3
+    # nothing imported trained again; the own trials all on the structure no prior study tuned
+    assert calls == ["mix"] * 3 + ["split mix"] * 4 and {t.params["structure"] for t in own} == {mix_label}
     for t, s in zip(imported, sorted(source.trials, key=lambda t: t.number)):
         assert t.user_attrs[IMPORTED_ATTR] == f"{alone['study']}#{s.number}"
         assert (t.state, t.value, t.intermediate_values) == (s.state, s.value, s.intermediate_values)
         assert t.params == {**s.params, "structure": lora[0]} and t.user_attrs["recipe"] == s.user_attrs["recipe"]
-    # the finalists are the imported LoRA trials (the own trials are worse or LoRA's below them):
-    # their selection scores came with them, so the selection trained nothing
-    assert "split" not in calls and result["structure"] == lora[0]
-    best_two = sorted(imported, key=lambda t: -t.value)[:2]
-    assert sorted(map(int, result["selection"])) == sorted(t.number for t in best_two)
+    # the finalists: the own best two (scored here) and LoRA's two (their scores imported); the
+    # pick is LoRA alone's pick, at its recipe
+    scored = {int(n) for n in alone["selection"]}
+    mapped = {t.number for t in imported if int(t.user_attrs[IMPORTED_ATTR].rsplit("#", 1)[1]) in scored}
+    own_best = sorted(own, key=lambda t: (-t.value, t.number))[:2]
+    assert set(map(int, result["selection"])) == mapped | {t.number for t in own_best}
     picked = next(t for t in imported if t.number == result["trial"])
-    assert result["recipe"] == picked.user_attrs["recipe"]
+    assert picked.user_attrs[IMPORTED_ATTR] == f"{alone['study']}#{alone['trial']}"
+    assert result["structure"] == lora[0] and result["recipe"] == alone["recipe"]
+    assert result["selection"][str(picked.number)]["scores"] == alone["selection"][str(alone["trial"])]["scores"]
     cpu = sum(t.user_attrs["cpu_seconds"] for t in imported)
     assert result["imported"] == {"trials": 4, "cpu_seconds": pytest.approx(cpu, abs=0.01)}
     assert result["cpu_seconds"] >= cpu + sum(t.user_attrs["cpu_seconds"] for t in own)  # their cost counted here
