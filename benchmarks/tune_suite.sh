@@ -47,6 +47,13 @@
 # the imported share. A measurement on one task, no target (the rule above is the suite's):
 #   bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2 --tasks count \
 #        --methods lora,adapter,vpt,ssf,search
+# (Ran at commit 2234546: the search row picked Adapter at lr 4.4e-3; its 8 own trials never drew a
+# searched structure and its 3 finalists left out LoRA's pick. Records: benchmarks/logs/
+# tune-suite-dinov2-warm-v1. Written before the second run: from commit e1d0213 the own trials go
+# to the searched structures in turn and the finalists include every imported scored one; the
+# search row's study and cells are run again in the same folder, the rest kept, and reported the
+# same way. Beside it: the search row with warm_start=false in runs/tune-suite-dinov2-cold (same
+# structures and single studies, median pruning) and the full and linear rows in the warm folder.)
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count

@@ -16,8 +16,10 @@ for the search). The candidates:
   the row can end up a single method where that is what val says. With ``warm_start`` (the
   default) its study starts from every single-method row's finished trials (imported, not run
   again: :func:`unitune.search.tune.import_trials`; their CPU-s counted in this row's cost) and
-  then runs ``trials`` of its own: with 8 trials spread over 7 candidates it tuned each less
-  than the single rows did (RESULTS, the DINOv2 run on count: 10 points below tuned LoRA).
+  then runs ``trials`` of its own on the searched structures, in turn; its finalists include
+  every one the single rows' selections scored. Without it, 8 trials spread over 7 candidates
+  tuned each less than the single rows did (RESULTS, the DINOv2 run on count: 10 points below
+  tuned LoRA).
 - ``soup``: no study of its own: the greedy soup (:mod:`unitune.retrain.soup`) of the search
   row's picked structure with ``soup`` recipes: the best its study found, then the pick's at
   neighbouring learning rates (:func:`unitune.retrain.soup.soup_recipes`).
