@@ -187,14 +187,19 @@ def soup_recipes(tune_result: dict[str, Any], members: int) -> list[dict[str, An
     """``members`` recipes for a soup of the tune pick's structure: the pick's own, then the study's
     other complete trials of that structure (by val accuracy; ties: the earlier trial), then, while
     fewer, the pick's recipe with its learning rate times each of :data:`LR_NEIGHBOURS` in turn
-    (``lr_mult`` and weight decay kept: every family moves with the base rate)."""
+    (``lr_mult`` and weight decay kept: every family moves with the base rate). Each recipe once:
+    a study can hold one recipe twice (a resumed seeded sampler, or trials imported from several
+    studies), and a member trained twice from one seed is the same weights again."""
     label = tune_result["structure"]
     same = [t for t in tune_result["trials"] if t.get("structure") == label and t["state"] == "COMPLETE"
             and t.get("value") is not None and t["number"] != tune_result["trial"]]
     same.sort(key=lambda t: (-t["value"], t["number"]))
     pick = tune_result["recipe"]
-    found = [pick, *(t["recipe"] for t in same)]
-    found += [{**copy.deepcopy(pick), "lr": pick["lr"] * f} for f in LR_NEIGHBOURS]
+    found: list[dict[str, Any]] = []
+    for recipe in [pick, *(t["recipe"] for t in same), *({**copy.deepcopy(pick), "lr": pick["lr"] * f}
+                                                          for f in LR_NEIGHBOURS)]:
+        if recipe not in found:
+            found.append(recipe)
     return found[:members]
 
 

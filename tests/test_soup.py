@@ -73,6 +73,10 @@ def test_soup_recipes_are_the_picks_then_the_same_structures_best_then_its_lr_ne
     assert sorted(LR_NEIGHBOURS[:2]) == [0.5, 2.0]  # nearest first, one on each side
     assert all(r["weight_decay"] == 1e-3 and r["lr_mult"] == {"prompt": 3.0} for r in got)
     assert pick == {"lr": 0.02, "weight_decay": 1e-3, "lr_mult": {"prompt": 3.0}}  # the study's recipe untouched
+    # a recipe the study holds twice (here the pick's, in trial 5) is one member, not two
+    twice = {**result, "trials": [*trials, {"number": 5, "state": "COMPLETE", "value": 0.8, "structure": "a",
+                                            "recipe": {"lr": 1.0}}]}
+    assert soup_recipes(twice, 4) == [{"lr": 1.0}, {"lr": 4.0}, {"lr": 5.0}, {"lr": 1.0 * LR_NEIGHBOURS[0]}]
 
 
 def test_a_soup_of_identical_members_equals_the_member_and_reads_test_once(tmp_path, monkeypatch):
