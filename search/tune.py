@@ -216,21 +216,25 @@ def import_trials(study: optuna.Study, prior: Sequence[Prior], labels: Sequence[
     and tunes each less than a study of that candidate alone; started from those studies, its
     sampler and pruner know what they found, and its pick chooses among them and its own trials.
     Idempotent: a resumed study imports only what it lacks."""
-    have = {t.user_attrs[IMPORTED_ATTR]: t.number for t in study.get_trials(deepcopy=False)
-            if IMPORTED_ATTR in t.user_attrs}
+    def numbers() -> dict[str, int]:  # origin -> this study's trial number, of every imported trial
+        return {t.user_attrs[IMPORTED_ATTR]: t.number for t in study.get_trials(deepcopy=False)
+                if IMPORTED_ATTR in t.user_attrs}
+
+    have = numbers()
     structure = {STRUCTURE_PARAM: optuna.distributions.CategoricalDistribution(list(labels))} if len(labels) > 1 else {}
-    scores = dict(study.user_attrs.get(key) or {})
+    sources = []
     for p in prior:
         with _quiet_optuna():
-            source = optuna.load_study(study_name=p.study, storage=f"sqlite:///{p.storage}")
+            sources.append((p, source := optuna.load_study(study_name=p.study, storage=f"sqlite:///{p.storage}")))
         for t in source.get_trials(deepcopy=False, states=FINISHED):
-            origin = f"{p.study}#{t.number}"
-            if origin not in have:
+            if (origin := f"{p.study}#{t.number}") not in have:
                 study.add_trial(optuna.trial.create_trial(
                     state=t.state, value=t.value, params={**t.params, **({STRUCTURE_PARAM: p.label} if structure else {})},
                     distributions={**t.distributions, **structure}, intermediate_values=t.intermediate_values,
                     user_attrs={**t.user_attrs, "structure": p.label, IMPORTED_ATTR: origin}))
-                have[origin] = study.get_trials(deepcopy=False)[-1].number
+    have = numbers()  # the numbers the storage gave the added trials, read once
+    scores = dict(study.user_attrs.get(key) or {})
+    for p, source in sources:
         for number, record in (source.user_attrs.get(key) or {}).items():
             if (origin := f"{p.study}#{number}") in have and str(have[origin]) not in scores:
                 scores[str(have[origin])] = {**record, "trial": have[origin], "structure": p.label}

@@ -54,7 +54,7 @@ def candidates(plan: Plan, task: str, row: str) -> list[tuple[str, Any]]:
     from unitune.search.tune import FULL, load_candidates
     from unitune.supernet import Subnet
 
-    from .plan import largest_uniform, method_rows
+    from .plan import largest_uniform
 
     ctx = plan.context(task)
     if row == "full":
@@ -72,8 +72,7 @@ def candidates(plan: Plan, task: str, row: str) -> list[tuple[str, Any]]:
         top = search_dir / "tune_structures.yaml"
         export_subnets(run_folder_storage(str(search_dir)), out=top, top_k=plan.tune.structures)
         found += [(None, s) for s, _ in load_subnets(top, depth=ctx.depth)]
-    singles = [(m, largest_uniform(m, ctx, plan.classes(task)))
-               for m in method_rows([r for r in plan.methods if r not in TUNED_ROWS_SKIP])]
+    singles = [(m, largest_uniform(m, ctx, plan.classes(task))) for m in single_rows(plan)]
     out: list[tuple[str, Any]] = []
     seen = set()
     for label, subnet in [*((None, s) for _, s in found), *singles]:  # each structure once, the searched first
@@ -122,13 +121,18 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
     return info
 
 
-def warm_rows(plan: Plan) -> list[str]:
-    """The rows whose studies start the search row's (``warm_start``): the single-method rows."""
+def single_rows(plan: Plan) -> list[str]:
+    """The single-method rows (one registered method at one size; not the soup)."""
     from .plan import method_rows
 
+    return method_rows([r for r in plan.methods if r not in TUNED_ROWS_SKIP])
+
+
+def warm_rows(plan: Plan) -> list[str]:
+    """The rows whose studies start the search row's (``warm_start``): the single-method rows."""
     if plan.tune is None or not plan.tune.warm_start or "search" not in plan.methods:
         return []
-    return method_rows([r for r in plan.methods if r not in TUNED_ROWS_SKIP])
+    return single_rows(plan)
 
 
 def prior_studies(plan: Plan, task: str, found: list[tuple[str, Any]]) -> list:
