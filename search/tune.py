@@ -242,6 +242,47 @@ def import_trials(study: optuna.Study, prior: Sequence[Prior], labels: Sequence[
         study.set_user_attr(key, scores)
 
 
+def prior_picks(study: optuna.Study, prior: Sequence[Prior], by_label, key: str) -> dict[str, optuna.trial.FrozenTrial]:
+    """``{family: trial}``: the pick of each prior study of a single-family structure, among its
+    trials imported into ``study``, by the rule its own selection used (:func:`pick`: the best
+    mean of its scored finalists, else its best trial). Two priors of one family: the first."""
+    stored = study.user_attrs.get(key) or {}
+    picks: dict[str, optuna.trial.FrozenTrial] = {}
+    for p in prior:
+        families = families_of(by_label[p.label])  # full fine-tuning's are two
+        if len(families) != 1 or families[0] in picks:
+            continue
+        ranked = [t for t in ranked_complete(study) if t.user_attrs.get("structure") == p.label
+                  and IMPORTED_ATTR in t.user_attrs]
+        if ranked:
+            scores = {str(t.number): stored[str(t.number)] for t in ranked if str(t.number) in stored}
+            picks[families[0]] = pick(ranked, scores)
+    return picks
+
+
+def started_recipe(subnet: Subnet | None, picks: dict[str, optuna.trial.FrozenTrial],
+                   ranges: TuneRanges) -> dict[str, float]:
+    """The params of the first own trial on a structure that mixes families (:func:`suggest_recipe`'s
+    names): each family at the learning rate its own study picked (the first family's rate as
+    ``lr``, the others' as multipliers of it), the weight decay the geometric mean of their picks';
+    what no pick covers is left to the sampler. Why: a mix has one more free rate per family than
+    a single method, and a study of 8 trials over several mixes tries each at ~3 recipes; TPE
+    drawing those from a density fitted mostly to single methods' trials starts them anywhere in
+    a 100x range of multipliers, while the single rows have already found each family's rate."""
+    families = families_of(subnet)
+    if families[0] not in picks:
+        return {}
+    recipes = {f: picks[f].user_attrs["recipe"] for f in families if f in picks}
+    base = recipes[families[0]]["lr"]
+    params = {"lr": float(np.clip(base, *ranges.lr)),
+              "weight_decay": float(np.clip(math.exp(np.mean([math.log(r["weight_decay"]) for r in recipes.values()])),
+                                            *ranges.weight_decay))}
+    for f in families[1:]:
+        if f in recipes:
+            params[f"lr_mult.{f}"] = float(np.clip(recipes[f]["lr"] / base, *ranges.lr_mult))
+    return params
+
+
 def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.PathLike, trials: int = 12,
          epochs: int = 3, ranges: TuneRanges = TuneRanges(), seed: int = 0,
          progress: bool = False, selection: Selection = Selection(), prior: Sequence[Prior] = ()) -> dict[str, Any]:
@@ -330,13 +371,17 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     # Started from single candidates' studies, this study's own trials go to the candidates none of
     # them tuned (the searched structures), in turn, at recipes the sampler draws from every trial
     # it holds: left to TPE, a structure with no trials among 32 imported ones is almost never drawn.
+    # The first own trial on each of them starts from the prior studies' picks (:func:`started_recipe`).
     covered = {p.label for p in prior}
     uncovered = [label for label in labels if label not in covered] if prior else []
+    picks = prior_picks(study, prior, by_label, selection_key(selection, seed)) if uncovered else {}
+    starts = {label: started_recipe(by_label[label], picks, ranges) for label in uncovered}
     while (remaining := trials - len(own(FINISHED))) > 0 and failed < trials:
         if uncovered:  # the turn goes on from every own trial so far (queued by an interrupted run too)
             done, queued = len(own(None)), len(own((optuna.trial.TrialState.WAITING,)))
             for k in range(done, done + remaining - queued):
-                study.enqueue_trial({STRUCTURE_PARAM: uncovered[k % len(uncovered)]})
+                label = uncovered[k % len(uncovered)]
+                study.enqueue_trial({STRUCTURE_PARAM: label, **(starts[label] if k < len(uncovered) else {})})
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
         failed = len(own((optuna.trial.TrialState.FAIL,)))
@@ -345,11 +390,8 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         raise UniTuneError(f"tune: no trial completed ({failed} diverged: lower --lr's range; the rest pruned)")
 
     scores, select_images = select(ctx, study, ranked, by_label, selection, epochs, seed, trained, progress)
-    selected = None
-    if scores:
-        order = {t.number: i for i, t in enumerate(ranked)}  # ties: the study's order
-        selected = max(scores.values(), key=lambda r: (r["mean"], -order[r["trial"]]))
-    best = next(t for t in ranked if t.number == selected["trial"]) if selected else ranked[0]
+    best = pick(ranked, scores)
+    selected = scores[str(best.number)] if scores else None
     label, recipe = best.user_attrs["structure"], best.user_attrs["recipe"]
     meta = {"recipe": recipe, "tune": {"trial": best.number, "val_accuracy": best.value, "structure": label,
                                        "trials": len(study.trials), "epochs": epochs, "study": name}}
@@ -397,6 +439,16 @@ def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
     return sorted(done, key=lambda t: (-t.value, t.number))
+
+
+def pick(ranked: Sequence[optuna.trial.FrozenTrial], scores: dict[str, dict[str, Any]] | None) -> optuna.trial.FrozenTrial:
+    """The rule's pick among ``ranked`` (:func:`ranked_complete`): the scored finalist with the
+    best mean over the splits (ties: the study's order), or, with no scores, the study's best."""
+    if not scores:
+        return ranked[0]
+    order = {t.number: i for i, t in enumerate(ranked)}
+    chosen = max(scores.values(), key=lambda r: (r["mean"], -order[r["trial"]]))
+    return next(t for t in ranked if t.number == chosen["trial"])
 
 
 def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Selection, epochs: int, seed: int,

@@ -402,3 +402,61 @@ def test_a_prior_study_must_be_of_a_candidate(folder):
 
     with pytest.raises(ValueError, match=r"tune: prior study 'x' is of 'nope', not a candidate"):
         run_tune(folder, prior=[Prior("nope", folder / "no.db", "x")])
+
+
+def test_a_mix_of_families_first_trains_at_each_familys_rate_the_single_studies_picked(folder, monkeypatch):
+    """Started from LoRA's and VPT's studies alone, the first own trial on LoRA + VPT takes LoRA's
+    pick's rate as ``lr``, VPT's pick's rate as the prompt family's multiplier of it, and the
+    geometric mean of their weight decays; the picks read back from the single studies' results."""
+    import unitune.search.rerank as rerank
+    from unitune.search.tune import Prior
+
+    def fake(ctx, out, subnet, epochs, progress=False, cost=None, split=None, **kwargs):
+        cost["train_images"] = 10
+        # LoRA alone scores best at its highest rate, VPT alone at its lowest: the picks differ
+        sign = -1 if subnet.is_on("vpt") and not subnet.is_on("lora") else 1
+        level = 0.5 + 0.02 * sign * math.log10(ctx.run.retrain.lr)
+        for step in range(1, epochs + 1):
+            yield step, level * step / epochs
+
+    monkeypatch.setattr(rerank, "standalone_epochs", fake)
+    Subnet.uniform(4, vpt=4).save(folder / "vpt.yaml")
+    run = load_run_config(folder / "config.yaml")
+    selection = Selection(finalists=2, splits=2)
+    alone = {}
+    for name in ("lora", "vpt"):
+        ctx = RunContext.of(run, folder / name)
+        (candidate,) = load_candidates([str(folder / f"{name}.yaml")], ctx)
+        alone[name] = (candidate[0], tune(ctx, [candidate], folder / name, trials=4, epochs=2, selection=selection))
+    ctx = RunContext.of(run, folder / "run")
+    candidates = load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml"), str(folder / "vpt.yaml")], ctx)
+    prior = [Prior(label, r["storage"], r["study"]) for label, r in alone.values()]
+    result = tune(ctx, candidates, folder / "run", trials=2, epochs=2, selection=selection, prior=prior)
+
+    own = [t for t in result["trials"] if "imported_from" not in t]
+    assert [t["structure"] for t in own] == [candidates[0][0]] * 2
+    lora, vpt = alone["lora"][1]["recipe"], alone["vpt"][1]["recipe"]
+    assert lora["lr"] != vpt["lr"]  # the multiplier is not 1 by accident
+    first = own[0]["recipe"]
+    assert (first["lr"], first["weight_decay"]) == pytest.approx(
+        (lora["lr"], math.sqrt(lora["weight_decay"] * vpt["weight_decay"])))
+    assert first["lr_mult"] == {"prompt": pytest.approx(min(max(vpt["lr"] / lora["lr"], 0.1), 10.0))}  # in range
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
+    fixed = [t.system_attrs.get("fixed_params", {}) for t in study.trials if "imported_from" not in t.user_attrs]
+    assert set(fixed[0]) == {"structure", "lr", "weight_decay", "lr_mult.prompt"}
+    assert set(fixed[1]) == {"structure"}  # the next trial on it is the sampler's
+
+
+def test_a_started_recipe_keeps_to_the_ranges_and_leaves_families_without_a_pick_to_the_sampler():
+    from unitune.search.tune import started_recipe
+
+    def trial(lr, wd):
+        return optuna.trial.create_trial(value=0.5, params={}, distributions={},
+                                         user_attrs={"recipe": {"lr": lr, "weight_decay": wd}})
+
+    mix = Subnet.uniform(4, lora=4, adapter=4, vpt=4)
+    ranges = TuneRanges(lr_mult=(0.1, 10.0))
+    picks = {"low_rank": trial(1e-3, 1e-4), "prompt": trial(5e-1, 1e-2)}  # 500x: beyond the multiplier range
+    assert started_recipe(mix, picks, ranges) == pytest.approx(
+        {"lr": 1e-3, "weight_decay": 1e-3, "lr_mult.prompt": 10.0})  # no adapter pick: its multiplier drawn
+    assert started_recipe(mix, {"prompt": picks["prompt"]}, ranges) == {}  # the first family sets lr: no pick, no start
