@@ -206,6 +206,7 @@ class Prior:
 
 
 IMPORTED_ATTR = "imported_from"  # an imported trial's user attribute: "<source study>#<trial number>"
+STARTED_ATTR = "started_from"  # a trial at :func:`started_recipe`'s params: the imported picks it took them from
 
 
 def import_trials(study: optuna.Study, prior: Sequence[Prior], labels: Sequence[str], key: str) -> None:
@@ -381,7 +382,10 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
             done, queued = len(own(None)), len(own((optuna.trial.TrialState.WAITING,)))
             for k in range(done, done + remaining - queued):
                 label = uncovered[k % len(uncovered)]
-                study.enqueue_trial({STRUCTURE_PARAM: label, **(starts[label] if k < len(uncovered) else {})})
+                start = starts[label] if k < len(uncovered) else {}
+                origins = [t.user_attrs[IMPORTED_ATTR] for f, t in picks.items() if f in families_of(by_label[label])]
+                study.enqueue_trial({STRUCTURE_PARAM: label, **start},
+                                    user_attrs={STARTED_ATTR: origins} if start else None)
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
         failed = len(own((optuna.trial.TrialState.FAIL,)))

@@ -445,6 +445,8 @@ def test_a_mix_of_families_first_trains_at_each_familys_rate_the_single_studies_
     fixed = [t.system_attrs.get("fixed_params", {}) for t in study.trials if "imported_from" not in t.user_attrs]
     assert set(fixed[0]) == {"structure", "lr", "weight_decay", "lr_mult.prompt"}
     assert set(fixed[1]) == {"structure"}  # the next trial on it is the sampler's
+    picks = [f"{r['study']}#{r['trial']}" for _, r in alone.values()]  # where they came from, on the dashboard
+    assert own[0]["started_from"] == picks and "started_from" not in own[1]
 
 
 def test_a_started_recipe_keeps_to_the_ranges_and_leaves_families_without_a_pick_to_the_sampler():
