@@ -123,7 +123,8 @@ def study_name(ctx: RunContext, candidates: Sequence[tuple[str, Subnet | None]],
     from .rerank import score_key
 
     # a name without them is kept; "own": where this study's own trials go (:func:`tune`)
-    asked = {"prior": [[p.label, p.study] for p in prior], "own": "uncovered in turn"} if prior else {}
+    asked = ({"prior": [[p.label, p.study] for p in prior], "own": "uncovered in turn, first at the prior picks"}
+             if prior else {})
     what = json.dumps({**asked, "subnets": [[label, FULL if s is None else s.to_dict()["subnet"]] for label, s in candidates],
                        "pruner": PRUNER, "epochs": epochs, "ranges": dataclasses.asdict(ranges),
                        "run": score_key(ctx, ctx.out, epochs)},
@@ -243,11 +244,13 @@ def import_trials(study: optuna.Study, prior: Sequence[Prior], labels: Sequence[
         study.set_user_attr(key, scores)
 
 
-def prior_picks(study: optuna.Study, prior: Sequence[Prior], by_label, key: str) -> dict[str, optuna.trial.FrozenTrial]:
+def prior_picks(study: optuna.Study, prior: Sequence[Prior], by_label, selection: "Selection",
+                seed: int) -> dict[str, optuna.trial.FrozenTrial]:
     """``{family: trial}``: the pick of each prior study of a single-family structure, among its
-    trials imported into ``study``, by the rule its own selection used (:func:`pick`: the best
-    mean of its scored finalists, else its best trial). Two priors of one family: the first."""
-    stored = study.user_attrs.get(key) or {}
+    trials imported into ``study``, by the rule its own :func:`tune` applied (:func:`select`'s
+    finalists, their imported scores, :func:`pick`; a score stored for a trial outside them, by
+    an earlier rule with more finalists, is not read). Two priors of one family: the first."""
+    stored = study.user_attrs.get(selection_key(selection, seed)) or {}
     picks: dict[str, optuna.trial.FrozenTrial] = {}
     for p in prior:
         families = families_of(by_label[p.label])  # full fine-tuning's are two
@@ -256,22 +259,25 @@ def prior_picks(study: optuna.Study, prior: Sequence[Prior], by_label, key: str)
         ranked = [t for t in ranked_complete(study) if t.user_attrs.get("structure") == p.label
                   and IMPORTED_ATTR in t.user_attrs]
         if ranked:
-            scores = {str(t.number): stored[str(t.number)] for t in ranked if str(t.number) in stored}
-            picks[families[0]] = pick(ranked, scores)
+            finalists = ranked[:selection.finalists] if selection.active else []
+            scores = {str(t.number): stored[str(t.number)] for t in finalists if str(t.number) in stored}
+            picks[families[0]] = pick(ranked, scores if len(finalists) > 1 else None)
     return picks
 
 
 def started_recipe(subnet: Subnet | None, picks: dict[str, optuna.trial.FrozenTrial],
                    ranges: TuneRanges) -> dict[str, float]:
-    """The params of the first own trial on a structure that mixes families (:func:`suggest_recipe`'s
-    names): each family at the learning rate its own study picked (the first family's rate as
-    ``lr``, the others' as multipliers of it), the weight decay the geometric mean of their picks';
-    what no pick covers is left to the sampler. Why: a mix has one more free rate per family than
-    a single method, and a study of 8 trials over several mixes tries each at ~3 recipes; TPE
-    drawing those from a density fitted mostly to single methods' trials starts them anywhere in
-    a 100x range of multipliers, while the single rows have already found each family's rate."""
+    """The params (:func:`suggest_recipe`'s names) of the first own trial on a structure no prior
+    study tuned: its first family's pick's learning rate as ``lr``, every other family with a pick
+    at the multiplier that gives it its pick's rate (clipped to ``ranges.lr_mult``), the weight
+    decay the geometric mean of their picks'. A family without a pick gets its multiplier from the
+    sampler; without a pick of the first family (whose rate ``lr`` is) nothing is set. Why: a mix
+    has one more free rate per family than a single method, and a study of 8 trials over several
+    mixes tries each at ~3 recipes; TPE drawing those from a density fitted mostly to single
+    methods' trials starts them anywhere in a 100x range of multipliers, while the single rows have
+    already found each family's rate."""
     families = families_of(subnet)
-    if families[0] not in picks:
+    if not families or families[0] not in picks:  # (a structure with no method on has no family)
         return {}
     recipes = {f: picks[f].user_attrs["recipe"] for f in families if f in picks}
     base = recipes[families[0]]["lr"]
@@ -375,17 +381,22 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     # The first own trial on each of them starts from the prior studies' picks (:func:`started_recipe`).
     covered = {p.label for p in prior}
     uncovered = [label for label in labels if label not in covered] if prior else []
-    picks = prior_picks(study, prior, by_label, selection_key(selection, seed)) if uncovered else {}
+    picks = prior_picks(study, prior, by_label, selection, seed) if uncovered else {}
     starts = {label: started_recipe(by_label[label], picks, ranges) for label in uncovered}
     while (remaining := trials - len(own(FINISHED))) > 0 and failed < trials:
         if uncovered:  # the turn goes on from every own trial so far (queued by an interrupted run too)
             done, queued = len(own(None)), len(own((optuna.trial.TrialState.WAITING,)))
+            # a structure's start is given once: queued, finished, or failed by diverging; one an
+            # interrupted run lost (left RUNNING, or failed by the interrupt) is queued again
+            given = {t.user_attrs["structure"] for t in own(None) if STARTED_ATTR in t.user_attrs and (
+                t.state in (*FINISHED, optuna.trial.TrialState.WAITING) or FAIL_REASON_ATTR in t.user_attrs)}
             for k in range(done, done + remaining - queued):
                 label = uncovered[k % len(uncovered)]
-                start = starts[label] if k < len(uncovered) else {}
+                start = starts[label] if label not in given else {}
+                given.add(label)
                 origins = [t.user_attrs[IMPORTED_ATTR] for f, t in picks.items() if f in families_of(by_label[label])]
                 study.enqueue_trial({STRUCTURE_PARAM: label, **start},
-                                    user_attrs={STARTED_ATTR: origins} if start else None)
+                                    user_attrs={STARTED_ATTR: origins, "structure": label} if start else None)
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
         failed = len(own((optuna.trial.TrialState.FAIL,)))

@@ -407,46 +407,81 @@ def test_a_prior_study_must_be_of_a_candidate(folder):
 def test_a_mix_of_families_first_trains_at_each_familys_rate_the_single_studies_picked(folder, monkeypatch):
     """Started from LoRA's and VPT's studies alone, the first own trial on LoRA + VPT takes LoRA's
     pick's rate as ``lr``, VPT's pick's rate as the prompt family's multiplier of it, and the
-    geometric mean of their weight decays; the picks read back from the single studies' results."""
+    geometric mean of their weight decays (the picks read back from the single studies' results:
+    LoRA's made by its selection, not its study best); a start an interrupt lost is given again."""
     import unitune.search.rerank as rerank
     from unitune.search.tune import Prior
 
+    interrupt = []
+
     def fake(ctx, out, subnet, epochs, progress=False, cost=None, split=None, **kwargs):
+        if interrupt and subnet.is_on("vpt") and subnet.is_on("lora"):
+            interrupt.clear()
+            raise KeyboardInterrupt  # the run is stopped in the mix's first (started) trial
         cost["train_images"] = 10
-        # LoRA alone scores best at its highest rate, VPT alone at its lowest: the picks differ
-        sign = -1 if subnet.is_on("vpt") and not subnet.is_on("lora") else 1
-        level = 0.5 + 0.02 * sign * math.log10(ctx.run.retrain.lr)
+        # LoRA alone scores best at its highest rate on the study's split and the other way round on
+        # the repeated splits: its pick (of 2 finalists) is its second best trial. VPT alone (no
+        # selection) picks its study best, at its lowest rate.
+        lora_alone = subnet.is_on("lora") and not subnet.is_on("vpt")
+        x = math.log10(ctx.run.retrain.lr)
+        level = 0.5 + 0.02 * (x if lora_alone else -x) * (-1 if lora_alone and split is not None else 1)
         for step in range(1, epochs + 1):
-            yield step, level * step / epochs
+            yield step, level
 
     monkeypatch.setattr(rerank, "standalone_epochs", fake)
     Subnet.uniform(4, vpt=4).save(folder / "vpt.yaml")
     run = load_run_config(folder / "config.yaml")
     selection = Selection(finalists=2, splits=2)
     alone = {}
-    for name in ("lora", "vpt"):
+    for name, rule in (("lora", selection), ("vpt", Selection(splits=0))):
         ctx = RunContext.of(run, folder / name)
         (candidate,) = load_candidates([str(folder / f"{name}.yaml")], ctx)
-        alone[name] = (candidate[0], tune(ctx, [candidate], folder / name, trials=4, epochs=2, selection=selection))
+        alone[name] = (candidate[0], tune(ctx, [candidate], folder / name, trials=4, epochs=1, selection=rule))
+    lora_study_best = max((t for t in alone["lora"][1]["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    assert alone["lora"][1]["trial"] != lora_study_best["number"]  # the selection's pick is another trial
     ctx = RunContext.of(run, folder / "run")
     candidates = load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml"), str(folder / "vpt.yaml")], ctx)
     prior = [Prior(label, r["storage"], r["study"]) for label, r in alone.values()]
-    result = tune(ctx, candidates, folder / "run", trials=2, epochs=2, selection=selection, prior=prior)
+    wide = TuneRanges(lr_mult=(1e-4, 1e4))  # no multiplier clipped: every rate as picked
+    interrupt.append(1)
+    with pytest.raises(KeyboardInterrupt):
+        tune(ctx, candidates, folder / "run", trials=2, epochs=1, ranges=wide, selection=selection, prior=prior)
+    result = tune(ctx, candidates, folder / "run", trials=2, epochs=1, ranges=wide, selection=selection, prior=prior)
 
-    own = [t for t in result["trials"] if "imported_from" not in t]
+    own = [t for t in result["trials"] if "imported_from" not in t and t["state"] == "COMPLETE"]
     assert [t["structure"] for t in own] == [candidates[0][0]] * 2
+    started = [t for t in own if "started_from" in t]
+    assert len(started) == 1  # the lost start given again, once
     lora, vpt = alone["lora"][1]["recipe"], alone["vpt"][1]["recipe"]
     assert lora["lr"] != vpt["lr"]  # the multiplier is not 1 by accident
-    first = own[0]["recipe"]
+    first = started[0]["recipe"]
     assert (first["lr"], first["weight_decay"]) == pytest.approx(
         (lora["lr"], math.sqrt(lora["weight_decay"] * vpt["weight_decay"])))
-    assert first["lr_mult"] == {"prompt": pytest.approx(min(max(vpt["lr"] / lora["lr"], 0.1), 10.0))}  # in range
-    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
-    fixed = [t.system_attrs.get("fixed_params", {}) for t in study.trials if "imported_from" not in t.user_attrs]
-    assert set(fixed[0]) == {"structure", "lr", "weight_decay", "lr_mult.prompt"}
-    assert set(fixed[1]) == {"structure"}  # the next trial on it is the sampler's
+    assert first["lr_mult"] == {"prompt": pytest.approx(vpt["lr"] / lora["lr"])}
     picks = [f"{r['study']}#{r['trial']}" for _, r in alone.values()]  # where they came from, on the dashboard
-    assert own[0]["started_from"] == picks and "started_from" not in own[1]
+    assert started[0]["started_from"] == picks
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{result['storage']}")
+    fixed = {t.number: t.system_attrs.get("fixed_params", {}) for t in study.trials if "imported_from" not in t.user_attrs}
+    assert set(fixed[started[0]["number"]]) == {"structure", "lr", "weight_decay", "lr_mult.prompt"}
+    other = next(t for t in own if t is not started[0])
+    assert set(fixed[other["number"]]) == {"structure"}  # the other trial on it is the sampler's
+
+
+def test_prior_picks_read_the_scores_of_a_single_rows_finalists_only():
+    """A score stored for a trial outside the finalists (an earlier rule's, with more of them)
+    does not make the pick: the pick is what the single row's own tune made of its finalists."""
+    from unitune.search.tune import IMPORTED_ATTR, Prior, prior_picks, selection_key
+
+    study = optuna.create_study(direction="maximize")
+    for n, (value, lr) in enumerate([(0.9, 1e-2), (0.8, 1e-3), (0.7, 1e-4)]):
+        study.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs={
+            "structure": "lora", IMPORTED_ATTR: f"alone#{n}", "recipe": {"lr": lr, "weight_decay": 1e-4}}))
+    two = Selection(finalists=2, splits=2)
+    study.set_user_attr(selection_key(two, 0), {str(n): {"trial": n, "mean": m} for n, m in enumerate([0.5, 0.6, 0.99])})
+    prior, by_label = [Prior("lora", "alone.db", "alone")], {"lora": Subnet.uniform(4, lora=4)}
+    assert prior_picks(study, prior, by_label, two, 0)["low_rank"].number == 1  # the better of its 2 finalists
+    assert prior_picks(study, prior, by_label, Selection(finalists=3, splits=2), 0)["low_rank"].number == 2
+    assert prior_picks(study, prior, by_label, Selection(splits=0), 0)["low_rank"].number == 0  # off: study best
 
 
 def test_a_started_recipe_keeps_to_the_ranges_and_leaves_families_without_a_pick_to_the_sampler():
@@ -458,7 +493,11 @@ def test_a_started_recipe_keeps_to_the_ranges_and_leaves_families_without_a_pick
 
     mix = Subnet.uniform(4, lora=4, adapter=4, vpt=4)
     ranges = TuneRanges(lr_mult=(0.1, 10.0))
-    picks = {"low_rank": trial(1e-3, 1e-4), "prompt": trial(5e-1, 1e-2)}  # 500x: beyond the multiplier range
-    assert started_recipe(mix, picks, ranges) == pytest.approx(
-        {"lr": 1e-3, "weight_decay": 1e-3, "lr_mult.prompt": 10.0})  # no adapter pick: its multiplier drawn
+    picks = {"low_rank": trial(1e-3, 1e-4), "adapter": trial(4e-3, 1e-4), "prompt": trial(5e-1, 1e-1)}
+    assert started_recipe(mix, picks, ranges) == pytest.approx(  # prompt's 500x clipped to the range
+        {"lr": 1e-3, "weight_decay": 1e-3, "lr_mult.adapter": 4.0, "lr_mult.prompt": 10.0})
+    del picks["adapter"]
+    assert started_recipe(mix, picks, ranges) == pytest.approx(  # no adapter pick: its multiplier drawn
+        {"lr": 1e-3, "weight_decay": math.sqrt(1e-4 * 1e-1), "lr_mult.prompt": 10.0})
     assert started_recipe(mix, {"prompt": picks["prompt"]}, ranges) == {}  # the first family sets lr: no pick, no start
+    assert started_recipe(Subnet.uniform(4), picks, ranges) == {}  # no method on: no family

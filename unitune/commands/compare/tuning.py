@@ -17,10 +17,10 @@ for the search). The candidates:
   default) its study starts from every single-method row's finished trials (imported, not run
   again: :func:`unitune.search.tune.import_trials`; their CPU-s counted in this row's cost) and
   then runs ``trials`` of its own on the searched structures, in turn, the first on each at the
-  single rows' picked rates per family (:func:`unitune.search.tune.started_recipe`); its finalists include
-  every one the single rows' selections scored. Without it, 8 trials spread over 7 candidates
-  tuned each less than the single rows did (RESULTS, the DINOv2 run on count: 10 points below
-  tuned LoRA).
+  rates the single rows picked for its families (:func:`unitune.search.tune.started_recipe`); its
+  finalists include every one the single rows' selections scored. Without it, 8 trials spread
+  over 7 candidates tuned each less than the single rows did (RESULTS, the DINOv2 run on count:
+  10 points below tuned LoRA).
 - ``soup``: no study of its own: the greedy soup (:mod:`unitune.retrain.soup`) of the search
   row's picked structure with ``soup`` recipes: the best its study found, then the pick's at
   neighbouring learning rates (:func:`unitune.retrain.soup.soup_recipes`).
