@@ -55,14 +55,17 @@
 # same way. Beside it: the search row with warm_start=false in runs/tune-suite-dinov2-cold (same
 # structures and single studies, median pruning) and the full and linear rows in the warm folder.)
 # The suite goes on (2026-12-04, session 11): orientation, then distance, textures, terrain, in
-# runs/tune-suite-dinov2 beside count, every row (soup included), by the rule above, from commit
-# eb4c90d (warm start v2; the command started at 22:10 before any other change of the session).
+# runs/tune-suite-dinov2 beside count, every row (soup included), by the rule above. Orientation
+# started at 22:10 from commit eb4c90d (warm start v2), before any other change of the session.
 # During it, from commit ff9b80c, the search row's first own trial on each searched structure trains
 # each family at the rate its single row picked (search/tune.py: started_recipe); measured on count
 # in a copy of the run (runs/tune-suite-dinov2-start: the search row's study and cells again, the
 # rest copied; then its soup row), reported as before (search minus the best single method, the
-# pick, the mixes' val and selection scores). A task whose search row ran before that commit has it
-# run again with it before the suite's figure is read, so that every task's search row follows one rule.
+# pick, the mixes' val and selection scores). Orientation was stopped at 23:03, its linear, LoRA
+# and Adapter studies finished and VPT's and SSF's in their selection, none of its cells trained,
+# and resumed from commit 3a72728 (the same single-row code; runs/suite-session11.sh), so that
+# every later stage of it, the search row's included, follows the started rule; count's search row
+# ran with it (same pick as v2). The selection-off ablation on orientation follows, then distance.
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
