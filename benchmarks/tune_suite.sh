@@ -63,7 +63,7 @@
 # rest copied; then its soup row), reported as before (search minus the best single method, the
 # pick, the mixes' val and selection scores). Orientation was stopped at 23:03, its linear, LoRA
 # and Adapter studies finished and VPT's and SSF's in their selection, none of its cells trained,
-# and resumed from commit 3a72728 (the same single-row code; runs/suite-session11.sh), so that
+# and resumed from commit 3a72728 (the same single-row code; the command above again), so that
 # every later stage of it, the search row's included, follows the started rule; count's search row
 # ran with it (same pick as v2). The selection-off ablation on orientation follows, then distance.
 #
