@@ -251,13 +251,13 @@ def prior_picks(study: optuna.Study, prior: Sequence[Prior], by_label, selection
     finalists, their imported scores, :func:`pick`; a score stored for a trial outside them, by
     an earlier rule with more finalists, is not read). Two priors of one family: the first."""
     stored = study.user_attrs.get(selection_key(selection, seed)) or {}
+    imported = [t for t in ranked_complete(study) if IMPORTED_ATTR in t.user_attrs]
     picks: dict[str, optuna.trial.FrozenTrial] = {}
     for p in prior:
         families = families_of(by_label[p.label])  # full fine-tuning's are two
         if len(families) != 1 or families[0] in picks:
             continue
-        ranked = [t for t in ranked_complete(study) if t.user_attrs.get("structure") == p.label
-                  and IMPORTED_ATTR in t.user_attrs]
+        ranked = [t for t in imported if t.user_attrs.get("structure") == p.label]
         if ranked:
             finalists = ranked[:selection.finalists] if selection.active else []
             scores = {str(t.number): stored[str(t.number)] for t in finalists if str(t.number) in stored}
@@ -383,20 +383,23 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     uncovered = [label for label in labels if label not in covered] if prior else []
     picks = prior_picks(study, prior, by_label, selection, seed) if uncovered else {}
     starts = {label: started_recipe(by_label[label], picks, ranges) for label in uncovered}
+    origins = {label: [t.user_attrs[IMPORTED_ATTR] for f, t in picks.items() if f in families_of(by_label[label])]
+               for label in uncovered}  # the picks each start took its rates from
     while (remaining := trials - len(own(FINISHED))) > 0 and failed < trials:
         if uncovered:  # the turn goes on from every own trial so far (queued by an interrupted run too)
-            done, queued = len(own(None)), len(own((optuna.trial.TrialState.WAITING,)))
+            mine = own(None)
+            waiting = optuna.trial.TrialState.WAITING
+            queued = sum(t.state == waiting for t in mine)
             # a structure's start is given once: queued, finished, or failed by diverging; one an
             # interrupted run lost (left RUNNING, or failed by the interrupt) is queued again
-            given = {t.user_attrs["structure"] for t in own(None) if STARTED_ATTR in t.user_attrs and (
-                t.state in (*FINISHED, optuna.trial.TrialState.WAITING) or FAIL_REASON_ATTR in t.user_attrs)}
-            for k in range(done, done + remaining - queued):
+            given = {t.user_attrs["structure"] for t in mine if STARTED_ATTR in t.user_attrs and (
+                t.state in (*FINISHED, waiting) or FAIL_REASON_ATTR in t.user_attrs)}
+            for k in range(len(mine), len(mine) + remaining - queued):
                 label = uncovered[k % len(uncovered)]
                 start = starts[label] if label not in given else {}
                 given.add(label)
-                origins = [t.user_attrs[IMPORTED_ATTR] for f, t in picks.items() if f in families_of(by_label[label])]
                 study.enqueue_trial({STRUCTURE_PARAM: label, **start},
-                                    user_attrs={STARTED_ATTR: origins, "structure": label} if start else None)
+                                    user_attrs={STARTED_ATTR: origins[label], "structure": label} if start else None)
         with _quiet_optuna():  # one line per trial of our own instead of Optuna's (every parameter)
             study.optimize(objective, n_trials=remaining, catch=(), callbacks=[_say_trial] if progress else [])
         failed = len(own((optuna.trial.TrialState.FAIL,)))
