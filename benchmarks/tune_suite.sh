@@ -67,6 +67,16 @@
 # every later stage of it, the search row's included, follows the started rule; count's search row
 # ran with it (same pick as v2). The selection-off ablation on orientation follows, then distance.
 #
+# Session 12 (2026-12-05): distance (resumed), textures, terrain from commit 3a72728, the same rule.
+# Beside it, a measurement written before its run (no target): is the 2.3-point loss on orientation
+# the selection's fidelity? benchmarks/bench_select_fidelity.py re-scores each single PEFT row's pick
+# on the selection's own splits for the retrain's 4 epochs instead of the study's 3 (checked first:
+# at 3 epochs it reproduces SSF's stored scores exactly, 0.83 / 0.77 / 0.765). Reported per task
+# (orientation, count, then each finished one): each row's 3- and 4-epoch selection means and which
+# row each would choose among the single rows, beside the rows' test accuracy (printed, never used).
+# If the 4-epoch choice matches the test winner where the 3-epoch one does not, and nowhere the reverse,
+# the next step is compare.tune.select_epochs (the selection at the retrain's length).
+#
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
 #        bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2 --tasks count
