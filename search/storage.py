@@ -62,6 +62,7 @@ JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 WORKER_ATTR = "worker"
 FAIL_REASON_ATTR = "fail_reason"
 RETRY_OF_ATTR = "retry_of"
+IMPORTED_ATTR = "imported_from"  # a trial copied from another study (search.tune): "<source study>#<trial number>"
 
 
 @dataclass(frozen=True)

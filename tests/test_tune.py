@@ -331,7 +331,8 @@ def test_a_study_started_from_single_candidates_studies_imports_their_trials_and
     the pick is made among the own finalists and every imported scored one; a rerun imports
     nothing twice."""
     import unitune.search.rerank as rerank
-    from unitune.search.tune import IMPORTED_ATTR, Prior
+    from unitune.search.storage import IMPORTED_ATTR
+    from unitune.search.tune import Prior
 
     calls = []
 
@@ -470,7 +471,9 @@ def test_a_mix_of_families_first_trains_at_each_familys_rate_the_single_studies_
 def test_prior_picks_read_the_scores_of_a_single_rows_finalists_only():
     """A score stored for a trial outside the finalists (an earlier rule's, with more of them)
     does not make the pick: the pick is what the single row's own tune made of its finalists."""
-    from unitune.search.tune import IMPORTED_ATTR, Prior, prior_picks, selection_key
+    from unitune.search.selection import selection_key
+    from unitune.search.storage import IMPORTED_ATTR
+    from unitune.search.tune import Prior, prior_picks
 
     study = optuna.create_study(direction="maximize")
     for n, (value, lr) in enumerate([(0.9, 1e-2), (0.8, 1e-3), (0.7, 1e-4)]):

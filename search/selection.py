@@ -1,0 +1,138 @@
+"""The noise-aware final pick of a tune study (:class:`Selection`).
+
+With 200 val images one accuracy has a standard error of ~3 points, so a study's best trial is a
+maximum over noise (DESIGN, "What decides PEFT accuracy"): its finalists are trained again on
+repeated random train/val splits of train+val and the best mean wins. The scores are stored on the
+study, per rule (:func:`selection_key`), where optuna-dashboard shows them and a rerun re-uses
+them. The test split is never built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+
+from unitune.engine.context import RunContext
+from unitune.errors import DivergedError, UniTuneError
+from unitune.supernet import Subnet
+
+from .storage import IMPORTED_ATTR
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The noise-aware final pick (DESIGN, "What decides PEFT accuracy": with 200 val images one
+    accuracy has a standard error of ~3 points, so the study's best trial is a maximum over noise).
+
+    The ``finalists`` best trials of the study are each trained again on ``splits`` random
+    train/val partitions of train+val pooled (val of the data's val size, stratified, drawn from
+    the tune seed; :func:`unitune.data.repeated_splits`), for the tune's epochs, and the pick is
+    the finalist with the highest **mean** val accuracy over them (ties: the study's order), with
+    its standard error recorded. The data's own split, on which the finalists were chosen, is not
+    among them: its scores carry the winner's curse. ``splits: 0`` (or one finalist) takes the
+    study's best trial as it stands. The test split is never built."""
+
+    finalists: int = 3
+    splits: int = 3
+
+    def check(self, where: str = "tune") -> "Selection":
+        for name in ("finalists", "splits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "finalists" else 0):
+                raise UniTuneError(f"{where}: {name}: expected an integer >= {1 if name == 'finalists' else 0}, "
+                                   f"got {value!r}")
+        if self.splits == 1:
+            raise UniTuneError(f"{where}: splits: 1 split has no spread; expected 0 (off) or >= 2")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.finalists > 1 and self.splits >= 2
+
+
+SELECTION_ATTR = "selection_scores"
+
+
+def selection_key(selection: "Selection", seed: int) -> str:
+    """The study user attribute that holds one selection rule's scores (``selection_scores`` for
+    3 splits from seed 0, the default; ``selection_scores:5-splits:seed1`` for another rule)."""
+    if (selection.splits, seed) == (Selection.splits, 0):
+        return SELECTION_ATTR
+    return f"{SELECTION_ATTR}:{selection.splits}-splits:seed{seed}"
+
+
+def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials with a finite value, best first (ties: the earlier trial)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    return sorted(done, key=lambda t: (-t.value, t.number))
+
+
+def pick(ranked: Sequence[optuna.trial.FrozenTrial], scores: dict[str, dict[str, Any]] | None) -> optuna.trial.FrozenTrial:
+    """The rule's pick among ``ranked`` (:func:`ranked_complete`): the scored finalist with the
+    best mean over the splits (ties: the study's order), or, with no scores, the study's best."""
+    if not scores:
+        return ranked[0]
+    order = {t.number: i for i, t in enumerate(ranked)}
+    chosen = max(scores.values(), key=lambda r: (r["mean"], -order[r["trial"]]))
+    return next(t for t in ranked if t.number == chosen["trial"])
+
+
+def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Selection, epochs: int, seed: int,
+           trained, progress: bool) -> tuple[dict[str, dict[str, Any]] | None, int]:
+    """:class:`Selection`'s scores of the ``ranked`` trials' finalists: ``({trial number (str):
+    {trial, structure, study_val_accuracy, scores, mean, se}}, train images)``, or ``(None, 0)``
+    when the rule is off. They are stored on the study (user attribute :func:`selection_key`,
+    which optuna-dashboard shows) as they come, and a rerun re-uses them."""
+    from unitune.data import build_dataset, repeated_splits
+
+    from .rerank import standalone_epochs
+
+    key = selection_key(selection, seed)  # the scores depend on the splits (count and seed), not on the finalists
+    stored = {int(k): v for k, v in (study.user_attrs.get(key) or {}).items()}
+    # A study started from others' (:func:`.tune.import_trials`) also holds every finalist their
+    # selections scored, at no cost: the pick is then the best of each of them (a single row's pick
+    # among them) and of this study's own best, never a lower-scored copy of a row's choice.
+    finalists = ranked[:selection.finalists]
+    finalists += [t for t in ranked[selection.finalists:] if IMPORTED_ATTR in t.user_attrs and t.number in stored]
+    if not selection.active or len(finalists) < 2:
+        return None, 0
+    train = build_dataset(ctx.run.data, "train", None)
+    val = build_dataset(ctx.run.data, "val", None)
+    splits = repeated_splits([*train.targets, *val.targets], len(val), selection.splits, seed)
+    images = 0
+    for t in finalists:
+        scores = stored.get(t.number, {}).get("scores", [])
+        label, recipe = t.user_attrs["structure"], t.user_attrs["recipe"]
+        spent = stored.get(t.number, {}).get("cpu_seconds", 0.0)
+        for k in range(len(scores), len(splits)):
+            cost: dict = {}
+            accuracy = float("nan")
+            cpu = time.process_time()
+            try:
+                for _, accuracy in standalone_epochs(trained(label, recipe), ctx.out,
+                                                     by_label[label] or Subnet.uniform(ctx.depth), epochs, False,
+                                                     cost=cost, full=by_label[label] is None, split=splits[k]):
+                    pass
+            except DivergedError:  # on another split the rate diverged: that finalist is not to be trusted
+                accuracy = 0.0
+            images += cost.get("train_images", 0)
+            spent += time.process_time() - cpu
+            scores.append(accuracy)
+            mean = float(np.mean(scores))
+            se = float(np.std(scores, ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else None
+            stored[t.number] = {"trial": t.number, "structure": label, "study_val_accuracy": t.value,
+                                "scores": scores, "mean": mean, "se": se, "cpu_seconds": round(spent, 2)}
+            study.set_user_attr(key, {str(n): v for n, v in stored.items()})
+            if progress:
+                print(f"tune: selection: trial {t.number} ({label}) split {k + 1}/{len(splits)}: val accuracy "
+                      f"{accuracy:.4f}")
+    return {str(t.number): stored[t.number] for t in finalists}, images
+
+
+__all__ = ["SELECTION_ATTR", "Selection", "pick", "ranked_complete", "select", "selection_key"]
