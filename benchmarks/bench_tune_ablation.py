@@ -42,9 +42,10 @@ def mean_se(values: list[float]) -> str:
 
 
 def read_rows(folder: Path) -> dict[tuple[str, str, int], float]:
-    """Test accuracy (points) per (task, row, seed): results.csv, or the cell files of a run not yet done."""
-    if not (folder / "results.csv").is_file():
-        cells = [json.loads(p.read_text()) for p in sorted(folder.glob("cells/*/*.json"))]
+    """Test accuracy (points) per (task, row, seed): the cell files (every task the folder holds;
+    results.csv has only the last `compare` call's), or results.csv where there are none."""
+    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("cells/*/*.json"))]
+    if cells:
         return {(c["task"], c["method"], c["seed"]): 100 * c["test_accuracy"] for c in cells}
     with open(folder / "results.csv", newline="") as f:
         return {(r["task"], r["method"], int(r["seed"])): 100 * float(r["test_accuracy"]) for r in csv.DictReader(f)}
