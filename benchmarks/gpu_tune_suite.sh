@@ -26,7 +26,7 @@
 # results.csv) go to $OUT/records.tar.gz, so a run stopped at its limit still returns its
 # finished cells; a rerun elsewhere resumes from them (`unitune compare` skips finished cells).
 # The suite starts from the records the CPU runs committed (RESUME, benchmarks/logs/tune-suite-dinov2,
-# median pruning and warm start: count's and orientation's 24 cells each, every row and the soup, the
+# median pruning and warm start: count's, orientation's and distance's 24 cells each, every row and the soup, the
 # search rows with the started mixes of commit 3a72728; the tasks done there, by the same rule, are
 # not run again;
 # the count run with successive halving, benchmarks/logs/tune-suite-dinov2-halving, is not resumed); to share their fingerprint the
