@@ -26,8 +26,7 @@ from .storage import IMPORTED_ATTR
 
 @dataclasses.dataclass(frozen=True)
 class Selection:
-    """The noise-aware final pick (DESIGN, "What decides PEFT accuracy": with 200 val images one
-    accuracy has a standard error of ~3 points, so the study's best trial is a maximum over noise).
+    """The noise-aware final pick's rule (why: the module docstring).
 
     The ``finalists`` best trials of the study are each trained again on ``splits`` random
     train/val partitions of train+val pooled (val of the data's val size, stratified, drawn from
