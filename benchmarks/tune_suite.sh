@@ -85,6 +85,8 @@
 # structures; the decision rule above; reported beside the first run (successive halving, no warm
 # start). Then textures and terrain on DINOv2.
 #   bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny-v2 --tasks digits,terrain,count
+# (Ran 02:17-03:37: search +4.83 +- 2.22, soup +6.27 +- 2.18 against the per-task best single method, n = 9;
+# records benchmarks/logs/tune-suite-tiny-v2, RESULTS. Distance finished 02:17; textures started 03:37.)
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
