@@ -19,7 +19,6 @@ choose; test is printed beside the choices only. Resumable: each score is a JSON
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -33,21 +32,18 @@ from bench_tune_ablation import TUNE, read_rows
 def score(plan, task: str, info: dict, epochs: int, split, k: int, out: Path) -> dict:
     """The val accuracy of ``info``'s pick trained on split ``k`` for ``epochs`` (cached in ``out``)."""
     from unitune.commands.compare.tuning import candidates
-    from unitune.engine.config import apply_recipe
     from unitune.io import write_json_atomic
-    from unitune.search.rerank import standalone_epochs
-    from unitune.search.tune import short_recipe
+    from unitune.search.trial import trial_epochs
 
     path = out / f"split{k}.json"
     if path.is_file():
         return json.loads(path.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    ctx = plan.context(task).moved(out)
     label = info["structure"]
     subnet = dict(candidates(plan, task, info["row"]))[label]
-    run = dataclasses.replace(ctx.run, retrain=apply_recipe(short_recipe(ctx.run.retrain, epochs), info["recipe"], label))
     cpu = time.process_time()
-    curve = [accuracy for _, accuracy in standalone_epochs(ctx.moved(out, run), out, subnet, epochs, split=split)]
+    curve = [accuracy for _, accuracy in trial_epochs(plan.context(task).moved(out), subnet, info["recipe"], epochs,
+                                                      source=label, split=split)]
     result = {"split": k, "epochs": epochs, "curve": curve, "accuracy": curve[-1],
               "cpu_seconds": round(time.process_time() - cpu, 1)}
     write_json_atomic(path, result)

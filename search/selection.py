@@ -19,9 +19,9 @@ import optuna
 
 from unitune.engine.context import RunContext
 from unitune.errors import DivergedError, UniTuneError
-from unitune.supernet import Subnet
 
 from .storage import IMPORTED_ATTR
+from .trial import trial_epochs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +83,12 @@ def pick(ranked: Sequence[optuna.trial.FrozenTrial], scores: dict[str, dict[str,
 
 
 def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Selection, epochs: int, seed: int,
-           trained, progress: bool) -> tuple[dict[str, dict[str, Any]] | None, int]:
+           progress: bool) -> tuple[dict[str, dict[str, Any]] | None, int]:
     """:class:`Selection`'s scores of the ``ranked`` trials' finalists: ``({trial number (str):
     {trial, structure, study_val_accuracy, scores, mean, se}}, train images)``, or ``(None, 0)``
     when the rule is off. They are stored on the study (user attribute :func:`selection_key`,
     which optuna-dashboard shows) as they come, and a rerun re-uses them."""
     from unitune.data import build_dataset, repeated_splits
-
-    from .rerank import standalone_epochs
 
     key = selection_key(selection, seed)  # the scores depend on the splits (count and seed), not on the finalists
     stored = {int(k): v for k, v in (study.user_attrs.get(key) or {}).items()}
@@ -114,9 +112,8 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
             accuracy = float("nan")
             cpu = time.process_time()
             try:
-                for _, accuracy in standalone_epochs(trained(label, recipe), ctx.out,
-                                                     by_label[label] or Subnet.uniform(ctx.depth), epochs, False,
-                                                     cost=cost, full=by_label[label] is None, split=splits[k]):
+                for _, accuracy in trial_epochs(ctx, by_label[label], recipe, epochs, source=label, split=splits[k],
+                                                cost=cost):
                     pass
             except DivergedError:  # on another split the rate diverged: that finalist is not to be trusted
                 accuracy = 0.0

@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import numpy as np
 import optuna
 
-from unitune.engine.config import apply_recipe
 from unitune.engine.context import RunContext
 from unitune.errors import DivergedError, UniTuneError
 from unitune.io import write_json_atomic
@@ -42,6 +41,7 @@ from .notes import save_tune_study_note, save_tune_trial_note
 from .selection import Selection, pick, ranked_complete, select, selection_key
 from .storage import FAIL_REASON_ATTR, IMPORTED_ATTR
 from .study import _quiet_optuna
+from .trial import short_recipe, trial_epochs
 
 TUNE_DIR = "tune"
 TUNED_SUBNET = "tuned_subnet.yaml"
@@ -140,13 +140,6 @@ def check_settings(trials: int, epochs: int, ranges: TuneRanges, selection: Sele
     ranges.check()
     if selection is not None:
         selection.check()
-
-
-def short_recipe(cfg, epochs: int):
-    """The retrain recipe cut to ``epochs`` with its warm-up cut in proportion (a 1-epoch warm-up
-    of a 4-epoch retrain is no warm-up of a 1-epoch trial, and would be all of it)."""
-    warmup = min(round(cfg.warmup_epochs * epochs / max(cfg.epochs, 1)), epochs - 1)
-    return dataclasses.replace(cfg, epochs=epochs, warmup_epochs=max(warmup, 0))
 
 
 def tune_pruner(short) -> optuna.pruners.BasePruner:
@@ -270,8 +263,6 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     subnet file: its recipe goes to the config (``retrain.lr=... retrain.lr_mult=...``) and the
     result prints it. ``prior``: finished studies of single candidates whose trials start this
     one (:func:`import_trials`); ``trials`` counts this study's own. Returns the result."""
-    from .rerank import standalone_epochs
-
     ctx = RunContext.of(run, out)
     check_settings(trials, epochs, ranges, selection)
     if not candidates:
@@ -307,10 +298,6 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     study.set_user_attr("candidates", labels)
     study.set_user_attr("epochs", epochs)
 
-    def trained(label: str, recipe: dict[str, Any]):
-        tuned = dataclasses.replace(ctx.run, retrain=apply_recipe(short, recipe, label))
-        return ctx.moved(ctx.out, tuned)
-
     def objective(trial: optuna.Trial) -> float:
         label = trial.suggest_categorical(STRUCTURE_PARAM, labels) if len(labels) > 1 else labels[0]
         subnet = by_label[label]
@@ -322,8 +309,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         accuracy = float("nan")
         cpu = time.process_time()
         try:
-            for step, accuracy in standalone_epochs(trained(label, recipe), ctx.out, subnet or Subnet.uniform(ctx.depth),
-                                                    epochs, progress, cost=cost, full=subnet is None):
+            for step, accuracy in trial_epochs(ctx, subnet, recipe, epochs, source=label, cost=cost, progress=progress):
                 trial.report(accuracy, step)
                 if step < epochs and trial.should_prune():
                     trial.set_user_attr("pruned_at", step)
@@ -376,7 +362,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
     if not ranked:
         raise UniTuneError(f"tune: no trial completed ({failed} diverged: lower --lr's range; the rest pruned)")
 
-    scores, select_images = select(ctx, study, ranked, by_label, selection, epochs, seed, trained, progress)
+    scores, select_images = select(ctx, study, ranked, by_label, selection, epochs, seed, progress)
     best = pick(ranked, scores)
     selected = scores[str(best.number)] if scores else None
     label, recipe = best.user_attrs["structure"], best.user_attrs["recipe"]
@@ -457,4 +443,4 @@ def load_candidates(paths: Sequence[str], ctx: RunContext) -> list[tuple[str, Su
     return out
 
 
-__all__ = ["FULL", "Selection", "TuneRanges", "short_recipe", "check_settings", "tune", "tune_line", "load_candidates", "parse_range", "TUNED_SUBNET", "TUNE_DIR"]
+__all__ = ["FULL", "Selection", "TuneRanges", "check_settings", "tune", "tune_line", "load_candidates", "parse_range", "TUNED_SUBNET", "TUNE_DIR"]

@@ -22,8 +22,8 @@ import unitune.retrain.train as retrain_train
 from unitune.commands.cli import main
 from unitune.engine.config import load_run_config
 from unitune.errors import UniTuneError
-from unitune.search.tune import (FULL, Selection, TuneRanges, families_of, load_candidates, short_recipe, tune,
-                                 tune_line)
+from unitune.search.trial import short_recipe, trial_epochs
+from unitune.search.tune import FULL, Selection, TuneRanges, families_of, load_candidates, tune, tune_line
 from unitune.engine.context import RunContext
 from unitune.supernet import Subnet
 
@@ -147,6 +147,39 @@ def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_ne
     # another rule on the same study: the trials are re-used (the study's own best, with splits 0)
     plain = run_tune(folder, trials=5, selection=Selection(splits=0))
     assert plain["study"] == result["study"] and plain["trial"] == complete[0].number and plain["selection"] is None
+
+
+def test_a_selection_score_is_a_trial_trained_on_that_split(folder):
+    """A second computation of each stored selection score: the finalist's structure and recipe
+    trained stand-alone (:func:`.rerank.standalone_epochs`, the recipe applied here by hand) on the
+    same repeated split gives the stored accuracy, as :func:`trial_epochs` (what
+    benchmarks/bench_select_fidelity.py re-scores picks with) does; on the data's own split, the
+    trial's value."""
+    import dataclasses
+
+    from unitune.data import build_dataset, repeated_splits
+    from unitune.engine.config import apply_recipe
+    from unitune.search.rerank import standalone_epochs
+
+    result = run_tune(folder, trials=4, selection=Selection(finalists=2, splits=2))
+    run = load_run_config(folder / "config.yaml")
+    assert run.retrain.epochs == 2  # the tune's epochs: its trials' recipe is the retrain's, warm-up and all
+    ctx = RunContext.of(run, folder / "run")
+    by_label = dict(load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml")], ctx))
+    train, val = build_dataset(run.data, "train", None), build_dataset(run.data, "val", None)
+    splits = repeated_splits([*train.targets, *val.targets], len(val), 2, seed=0)
+    for number, row in result["selection"].items():
+        trial = next(t for t in result["trials"] if t["number"] == int(number))
+        label, recipe = row["structure"], trial["recipe"]
+        by_hand = dataclasses.replace(run, retrain=apply_recipe(run.retrain, recipe, label))  # 2 epochs: the study's
+        for k, split in enumerate(splits):
+            curve = [a for _, a in standalone_epochs(by_hand, folder / "by-hand", by_label[label], 2, split=split)]
+            again = [a for _, a in trial_epochs(ctx, by_label[label], recipe, 2, source=label, split=split)]
+            assert curve[-1] == row["scores"][k] and again == curve
+        own = [a for _, a in trial_epochs(ctx, by_label[label], recipe, 2, source=label)]
+        assert own[-1] == trial["value"] == row["study_val_accuracy"]
+    with pytest.raises(UniTuneError, match="mix.yaml"):  # a bad recipe is named before any training
+        trial_epochs(ctx, by_label[str(folder / "mix.yaml")], {"lr": -1.0}, 2, source=str(folder / "mix.yaml"))
 
 
 def test_repeated_splits_partition_train_and_val_pooled_with_vals_size():
