@@ -32,8 +32,10 @@ def trial_epochs(ctx: RunContext, subnet: Subnet | None, recipe: dict[str, Any],
     (:func:`.rerank.standalone_epochs`, whose ``split`` and ``cost`` these are). ``source`` names
     the candidate in an error of the recipe, which is raised now, before any training."""
     run = dataclasses.replace(ctx.run, retrain=apply_recipe(short_recipe(ctx.run.retrain, epochs), recipe, source))
-    return rerank.standalone_epochs(ctx.moved(ctx.out, run), ctx.out, subnet or Subnet.uniform(ctx.depth), epochs, progress,
-                             cost=cost, full=subnet is None, split=split)
+    # through the module, not a name bound at import: whoever replaces rerank.standalone_epochs (a test's
+    # fake) replaces it here too
+    return rerank.standalone_epochs(ctx.moved(ctx.out, run), ctx.out, subnet or Subnet.uniform(ctx.depth), epochs,
+                                    progress, cost=cost, full=subnet is None, split=split)
 
 
 __all__ = ["short_recipe", "trial_epochs"]
