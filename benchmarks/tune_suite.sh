@@ -89,7 +89,8 @@
 # records benchmarks/logs/tune-suite-tiny-v2, RESULTS. Distance finished 02:17; textures started 03:37.)
 # Session 13 (2026-12-05, a fresh machine: runs/ was not kept, so textures started again from nothing):
 # textures 04:11-05:54 from commit d5fc09f (the suite's code: what changed since 3a72728 moves code and
-# changes no trial), then terrain from 05:54, stopped part-way at the session's end. Terrain's records so far
+# changes no trial), then terrain from 05:54, stopped at 06:46 (search stage, linear, LoRA, Adapter, VPT and SSF
+# studies done, full's part-way, the linear and LoRA cells trained). Terrain's records so far
 # (its finished studies and, for the unfinished ones, their study.db) are in benchmarks/logs/tune-suite-dinov2
 # beside the four finished tasks; to resume, copy them into the run folder first:
 #   cp -r benchmarks/logs/tune-suite-dinov2 runs/tune-suite-dinov2   # (gpu_tune_suite.sh does this itself)
