@@ -31,6 +31,10 @@
 # not run again;
 # the count run with successive halving, benchmarks/logs/tune-suite-dinov2-halving, is not resumed); to share their fingerprint the
 # suite passes no `device=` override on the GPU (the config's `device: auto` picks cuda).
+# The suite is complete on the CPU (2026-12-05, session 14: 120 of 120 cells, all five tasks; RESULTS,
+# "the suite complete"): with the default RESUME this script now finds every cell done and only rebuilds the
+# table; RESUME=none runs the whole suite again from nothing, a second measurement (cuda's numerics, not the
+# CPU's), to be reported beside the first, never merged with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -95,6 +95,9 @@
 # beside the four finished tasks; to resume, copy them into the run folder first:
 #   cp -r benchmarks/logs/tune-suite-dinov2 runs/tune-suite-dinov2   # (gpu_tune_suite.sh does this itself)
 #   bash benchmarks/tune_suite.sh configs/minivtab-dinov2.yaml runs/tune-suite-dinov2 --tasks terrain
+# Session 14 (2026-12-05): terrain resumed 07:10 in the same run folder (kept on this machine), finished 07:42;
+# the suite is complete (120 of 120 cells): search - per-task best single method -1.23 +- 0.36, soup -1.76 +- 0.59
+# (n = 15): the target is not met (RESULTS, "the suite complete").
 #
 #   bash benchmarks/tune_suite.sh CONFIG OUT [--tasks a,b,c] [more compare arguments]
 #   e.g. bash benchmarks/tune_suite.sh configs/minivtab.yaml runs/tune-suite-tiny --tasks digits,terrain,count
