@@ -218,12 +218,12 @@ def save_tune_trial_note(trial: optuna.Trial, structure: str, sizes: str, recipe
 def tune_study_note(study: optuna.Study, pick: FrozenTrial, sizes: str, selection: dict | None,
                     rule: str) -> str:
     """The tune study's note: the pick, its recipe, and the rule that took it (with the finalists'
-    scores over the repeated splits where the selection ran)."""
+    scores over the selection's partitions of train+val where it ran)."""
     lines = [f"## {study.study_name}", "", f"- **the pick**: trial {pick.number}, {pick.user_attrs['structure']} "
              f"({sizes}), study val accuracy {pick.value:.4f}", f"- **the rule**: {rule}", "",
              "### Its recipe", "", *recipe_lines(pick.user_attrs["recipe"]), ""]
     if selection:
-        lines += ["### The finalists on repeated train/val splits of train+val", "",
+        lines += ["### The finalists on the selection's train/val partitions of train+val", "",
                   "| trial | structure | study val | split val accuracies | mean | se |", "|---|---|---|---|---|---|"]
         for row in sorted(selection.values(), key=lambda r: -r["mean"]):
             se = f"{row['se']:.4f}" if row.get("se") is not None else "-"

@@ -2,7 +2,7 @@
 
 With 200 val images one accuracy has a standard error of ~3 points, so a study's best trial is a
 maximum over noise (DESIGN, "What decides PEFT accuracy"): its finalists are trained again on
-repeated random train/val splits of train+val and the best mean wins. The scores are stored on the
+repeated random train/val splits of train+val (or its k folds) and the best mean wins. The scores are stored on the
 study, per rule (:func:`selection_key`), where optuna-dashboard shows them and a rerun re-uses
 them. The test split is never built.
 """
@@ -32,12 +32,16 @@ class Selection:
     train/val partitions of train+val pooled (val of the data's val size, stratified, drawn from
     the tune seed; :func:`unitune.data.repeated_splits`), for the tune's epochs, and the pick is
     the finalist with the highest **mean** val accuracy over them (ties: the study's order), with
-    its standard error recorded. The data's own split, on which the finalists were chosen, is not
-    among them: its scores carry the winner's curse. ``splits: 0`` (or one finalist) takes the
-    study's best trial as it stands. The test split is never built."""
+    its standard error recorded. ``kfold``: the partitions are instead ``splits`` folds of
+    train+val (:func:`unitune.data.fold_splits`): every image is judged once, so the mean reads
+    all of train+val (5 folds of 1,000 images: 1,000 judgements against 3 x 200), at a val of
+    1/``splits`` of it. The data's own split, on which the finalists were chosen, is not among
+    them: its scores carry the winner's curse. ``splits: 0`` (or one finalist) takes the study's
+    best trial as it stands. The test split is never built."""
 
     finalists: int = 3
     splits: int = 3
+    kfold: bool = False
 
     def check(self, where: str = "tune") -> "Selection":
         for name in ("finalists", "splits"):
@@ -47,11 +51,32 @@ class Selection:
                                    f"got {value!r}")
         if self.splits == 1:
             raise UniTuneError(f"{where}: splits: 1 split has no spread; expected 0 (off) or >= 2")
+        if not isinstance(self.kfold, bool):
+            raise UniTuneError(f"{where}: kfold: expected true or false, got {self.kfold!r}")
+        if self.kfold and self.splits == 0:
+            raise UniTuneError(f"{where}: kfold with splits 0 (the selection off): expected splits >= 2, the folds")
         return self
 
     @property
     def active(self) -> bool:
         return self.finalists > 1 and self.splits >= 2
+
+    def check_data(self, ctx: RunContext) -> None:
+        """k folds need as many train+val images; checked before a study starts (its datasets are
+        indexed, not read)."""
+        if self.active and self.kfold:
+            from unitune.data import build_dataset
+
+            n = sum(len(build_dataset(ctx.run.data, split, None)) for split in ("train", "val"))
+            if self.splits > n:
+                raise UniTuneError(f"tune: kfold: {self.splits} folds of {n} train+val images; expected at most one "
+                                   f"fold per image")
+
+    def describe(self) -> str:
+        """The partitions in words, for notes and tables."""
+        if self.kfold:
+            return f"{self.splits} folds of train+val (each image in val once)"
+        return f"{self.splits} random train/val splits of train+val"
 
 
 SELECTION_ATTR = "selection_scores"
@@ -59,10 +84,11 @@ SELECTION_ATTR = "selection_scores"
 
 def selection_key(selection: "Selection", seed: int) -> str:
     """The study user attribute that holds one selection rule's scores (``selection_scores`` for
-    3 splits from seed 0, the default; ``selection_scores:5-splits:seed1`` for another rule)."""
-    if (selection.splits, seed) == (Selection.splits, 0):
+    3 random splits from seed 0, the default; ``selection_scores:5-splits:seed1`` or
+    ``selection_scores:5-folds:seed0`` for another rule)."""
+    if (selection.splits, selection.kfold, seed) == (Selection.splits, False, 0):
         return SELECTION_ATTR
-    return f"{SELECTION_ATTR}:{selection.splits}-splits:seed{seed}"
+    return f"{SELECTION_ATTR}:{selection.splits}-{'folds' if selection.kfold else 'splits'}:seed{seed}"
 
 
 def ranked_complete(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -88,9 +114,9 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
     {trial, structure, study_val_accuracy, scores, mean, se}}, train images)``, or ``(None, 0)``
     when the rule is off. They are stored on the study (user attribute :func:`selection_key`,
     which optuna-dashboard shows) as they come, and a rerun re-uses them."""
-    from unitune.data import build_dataset, repeated_splits
+    from unitune.data import build_dataset, fold_splits, repeated_splits
 
-    key = selection_key(selection, seed)  # the scores depend on the splits (count and seed), not on the finalists
+    key = selection_key(selection, seed)  # the scores depend on the splits (rule, count, seed), not on the finalists
     stored = {int(k): v for k, v in (study.user_attrs.get(key) or {}).items()}
     # A study started from others' (:func:`.tune.import_trials`) also holds every finalist their
     # selections scored, at no cost: the pick is then the best of each of them (a single row's pick
@@ -101,7 +127,9 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
         return None, 0
     train = build_dataset(ctx.run.data, "train", None)
     val = build_dataset(ctx.run.data, "val", None)
-    splits = repeated_splits([*train.targets, *val.targets], len(val), selection.splits, seed)
+    targets = [*train.targets, *val.targets]
+    splits = (fold_splits(targets, selection.splits, seed) if selection.kfold
+              else repeated_splits(targets, len(val), selection.splits, seed))
     images = 0
     for t in finalists:
         scores = stored.get(t.number, {}).get("scores", [])
@@ -126,7 +154,8 @@ def select(ctx: RunContext, study: optuna.Study, ranked, by_label, selection: Se
                                 "scores": scores, "mean": mean, "se": se, "cpu_seconds": round(spent, 2)}
             study.set_user_attr(key, {str(n): v for n, v in stored.items()})
             if progress:
-                print(f"tune: selection: trial {t.number} ({label}) split {k + 1}/{len(splits)}: val accuracy "
+                print(f"tune: selection: trial {t.number} ({label}) {'fold' if selection.kfold else 'split'} "
+                      f"{k + 1}/{len(splits)}: val accuracy "
                       f"{accuracy:.4f}")
     return {str(t.number): stored[t.number] for t in finalists}, images
 

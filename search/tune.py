@@ -10,7 +10,7 @@ each epoch (:func:`.rerank.standalone_epochs`, the re-rank's code): the epochs a
 Optuna's pruner stops weak trials at. The test split is never built.
 
 The pick is made by a noise-aware rule (:class:`Selection`): the study's few best trials are
-trained again on repeated random train/val splits of train+val and the best mean wins, since with
+trained again on repeated random train/val splits of train+val (or its k folds) and the best mean wins, since with
 200 val images the single best trial is a maximum over noise. It is written as a subnet file
 whose ``meta.recipe`` holds the chosen values, which ``unitune retrain`` applies over
 the config's retrain section (:func:`unitune.engine.config.apply_recipe`). Every trial records
@@ -276,6 +276,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
             raise ValueError(f"tune: candidate {label!r}: full fine-tuning is ({FULL!r}, None), a subnet has a label")
         if subnet is not None:
             subnet.check(ctx.depth, ctx.space, source=label)
+    selection.check_data(ctx)
 
     folder = ctx.out / TUNE_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -370,8 +371,8 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
                                        "trials": len(study.trials), "epochs": epochs, "study": name}}
     if selected:
         meta["tune"]["selection"] = {k: selected[k] for k in ("mean", "se", "scores")}
-    rule = (f"the best mean val accuracy of the {len(scores)} finalists over {selection.splits} random train/val "
-            f"splits of train+val (the study's own split left out: its scores carry the winner's curse)" if selected
+    rule = (f"the best mean val accuracy of the {len(scores)} finalists over {selection.describe()} (the study's "
+            f"own split left out: its scores carry the winner's curse)" if selected
             else "the best val accuracy of the study (ties: the earlier trial)")
     save_tune_study_note(study, best, _sizes(by_label[label]), scores, rule)
     imported = [t for t in study.get_trials(deepcopy=False) if IMPORTED_ATTR in t.user_attrs]
@@ -383,6 +384,7 @@ def tune(run, candidates: Sequence[tuple[str, Subnet | None]], out: str | os.Pat
         "subnet_file": None if path is None else str(path), "structure": label, "recipe": recipe, "val_accuracy": best.value,
         "trial": best.number, "study": name, "storage": str(folder / "study.db"),
         "selection": scores,
+        "selection_rule": selection.describe() if scores else None,
         "trials": [{"number": t.number, "state": t.state.name, "value": t.value, **t.user_attrs}
                    for t in study.get_trials(deepcopy=False)],
         "imported": {"trials": len(imported), "cpu_seconds": round(sum(t.user_attrs.get("cpu_seconds", 0.0)
@@ -423,8 +425,9 @@ def tune_line(result: dict[str, Any]) -> str:
     else:
         where = f"-> {result['subnet_file']}"
     chosen = picked_scores(result)
-    how = (f"mean val accuracy {chosen['mean']:.4f} +- {chosen['se']:.4f} over {len(chosen['scores'])} splits of "
-           f"train+val (its study val {result['val_accuracy']:.4f})" if chosen else
+    over = result.get("selection_rule") or f"{len(chosen['scores']) if chosen else 0} splits of train+val"
+    how = (f"mean val accuracy {chosen['mean']:.4f} +- {chosen['se']:.4f} over {over} "
+           f"(its study val {result['val_accuracy']:.4f})" if chosen else
            f"best val accuracy {result['val_accuracy']:.4f}")
     return f"tune: {how} (trial {result['trial']}, {result['structure']}): {recipe} {where}"
 

@@ -840,6 +840,16 @@ def test_untuned_cells_and_csv_keep_their_old_form(tmp_path):
     assert compare_report.results_csv([tuned]).splitlines()[0] == header + ",recipe,tune_cpu_seconds"
 
 
+def test_kfold_enters_the_fingerprint_only_when_set(tmp_path):
+    """compare.tune.kfold came after the DINOv2 suite's records: its default keeps their
+    fingerprint (so they resume), and k folds make another comparison."""
+    def fingerprint(*extra):
+        return compare.plan_compare(CONFIG, tmp_path / "run", tasks=["location"], methods=["lora"], quick=True,
+                                    overrides=[*TUNE, *extra]).fingerprint
+
+    assert fingerprint() == fingerprint("compare.tune.kfold=false") != fingerprint("compare.tune.kfold=true")
+
+
 def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
@@ -848,6 +858,12 @@ def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
     assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
                  "--methods", "lora", "compare.tune.splits=1"]) == 2
     assert "compare.tune.splits: 1 split has no spread" in capsys.readouterr().err
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora", "compare.tune.splits=0", "compare.tune.kfold=true"]) == 2
+    assert "compare.tune.kfold: true with splits 0 (the selection off): expected splits >= 2" in capsys.readouterr().err
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora", "compare.tune.kfold=5"]) == 2
+    assert "compare.tune.kfold: expected" in capsys.readouterr().err
     assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
                  "--methods", "lora", "compare.tune.ranges={lr: [1, 0.1]}"]) == 2
     assert "compare.tune.ranges.lr: expected [low, high] with 0 < low < high" in capsys.readouterr().err

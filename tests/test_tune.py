@@ -124,7 +124,7 @@ def test_the_pick_is_the_finalist_with_the_best_mean_over_repeated_splits_and_ne
     assert result["recipe"] == picked.user_attrs["recipe"]
     saved = yaml.safe_load(Path(result["subnet_file"]).read_text())["meta"]
     assert saved["recipe"] == result["recipe"] and saved["tune"]["selection"]["mean"] == stored[str(result["trial"])]["mean"]
-    assert "mean val accuracy" in tune_line(result) and "over 2 splits of train+val" in tune_line(result)
+    assert "mean val accuracy" in tune_line(result) and "over 2 random train/val splits of train+val" in tune_line(result)
     # the cost: every trial's and every selection score's CPU-s, as the study holds them
     assert result["cpu_seconds"] == pytest.approx(sum(t.user_attrs["cpu_seconds"] for t in study.trials)
                                                   + sum(r["cpu_seconds"] for r in stored.values()))
@@ -196,6 +196,55 @@ def test_repeated_splits_partition_train_and_val_pooled_with_vals_size():
         repeated_splits(targets, 40, 2, seed=0)
 
 
+def test_fold_splits_judge_every_item_once():
+    from unitune.data import fold_splits
+
+    targets = [i % 4 for i in range(40)]
+    folds = fold_splits(targets, 5, seed=0)
+    assert len(folds) == 5
+    assert sorted(i for _, val in folds for i in val) == list(range(40))  # the vals cover every item once
+    for train, val in folds:
+        assert len(val) == 8 and sorted(train + val) == list(range(40))
+        assert sorted(targets[i] for i in val) == sorted([0, 1, 2, 3] * 2)  # stratified: 2 of each class
+    assert folds == fold_splits(targets, 5, seed=0) and folds != fold_splits(targets, 5, seed=1)
+    few = fold_splits([0] * 9 + [1] * 2, 3, seed=0)  # a class of 2 cannot sit in 3 folds: plain k folds
+    assert sorted(i for _, val in few for i in val) == list(range(11))
+    with pytest.raises(ValueError, match="12 folds of 11 items"):
+        fold_splits([0] * 9 + [1] * 2, 12, seed=0)
+
+
+def test_the_kfold_rule_scores_each_finalist_on_the_folds_of_train_and_val(folder):
+    """A second computation of each k-fold score (the finalist trained on that fold), stored under
+    the rule's own key so that the random splits' scores are never mixed in."""
+    from unitune.data import build_dataset, fold_splits
+    from unitune.search.selection import selection_key
+
+    with pytest.raises(UniTuneError, match="tune: kfold: 65 folds of 64 train.val images; expected at most one fold"):
+        run_tune(folder, trials=4, selection=Selection(finalists=2, splits=65, kfold=True))
+    assert not (folder / "run/tune/study.db").exists()  # refused before the study started
+    rule = Selection(finalists=2, splits=2, kfold=True)
+    assert selection_key(rule, 0) == "selection_scores:2-folds:seed0" != selection_key(Selection(splits=2), 0)
+    result = run_tune(folder, trials=4, selection=rule)
+    run = load_run_config(folder / "config.yaml")
+    ctx = RunContext.of(run, folder / "run")
+    by_label = dict(load_candidates([str(folder / "mix.yaml"), str(folder / "lora.yaml")], ctx))
+    train, val = build_dataset(run.data, "train", None), build_dataset(run.data, "val", None)
+    folds = fold_splits([*train.targets, *val.targets], 2, seed=0)
+    assert [len(v) for _, v in folds] == [32, 32]  # 48 train + 16 val in two halves, not val's 16
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
+    assert study.user_attrs["selection_scores:2-folds:seed0"] == result["selection"]
+    assert not any(k.startswith("selection_scores") and k.endswith("splits:seed0") for k in study.user_attrs)
+    for number, row in result["selection"].items():
+        trial = next(t for t in result["trials"] if t["number"] == int(number))
+        for k, split in enumerate(folds):
+            again = [a for _, a in trial_epochs(ctx, by_label[row["structure"]], trial["recipe"], 2,
+                                                source=row["structure"], split=split)]
+            assert again[-1] == row["scores"][k]
+    assert result["selection_rule"] == "2 folds of train+val (each image in val once)"
+    assert "over 2 folds of train+val" in tune_line(result)
+    assert "the 2 finalists over 2 folds of train+val" in dashboard_note(study)
+
+
 def test_the_warm_up_is_cut_with_the_epochs():
     cfg = load_run_config(Path(__file__).parent.parent / "configs/minivtab-dinov2.yaml").retrain  # 4 epochs, warm-up 1
     assert (cfg.epochs, cfg.warmup_epochs) == (4, 1)
@@ -206,7 +255,9 @@ def test_the_warm_up_is_cut_with_the_epochs():
 def test_selection_settings_are_checked():
     for bad, message in ((Selection(finalists=0), "finalists: expected an integer >= 1, got 0"),
                          (Selection(splits=1), "splits: 1 split has no spread"),
-                         (Selection(splits=True), "splits: expected an integer >= 0, got True")):
+                         (Selection(splits=True), "splits: expected an integer >= 0, got True"),
+                         (Selection(splits=0, kfold=True), "kfold with splits 0 .the selection off.: expected splits >= 2"),
+                         (Selection(kfold="yes"), "kfold: expected true or false, got 'yes'")):
         with pytest.raises(UniTuneError, match=message):
             bad.check()
 
@@ -232,6 +283,7 @@ def test_bad_input_is_one_line_before_any_training(folder, capsys):
         (["--lr", "3"], "--lr '3': expected LOW:HIGH, e.g. 1e-4:1e-1"),
         (["--lr-mult", "10:0.1"], "tune: lr_mult range 10.0:0.1: expected 0 < low < high, both finite"),
         (["--trials", "0"], "tune: trials: expected an integer >= 1, got 0"),
+        (["--kfold", "--splits", "0"], "tune: kfold with splits 0 (the selection off): expected splits >= 2"),
         (["--subnet", str(folder / "mix.yaml"), "--subnet", str(folder / "mix.yaml")], "tune: a candidate is given twice"),
         ([], "best_subnet.yaml: file not found"),
     ]

@@ -349,7 +349,7 @@ def _tune(args: argparse.Namespace) -> int:
     ranges = TuneRanges(lr=parse_range(args.lr, "--lr"), weight_decay=parse_range(args.weight_decay, "--weight-decay"),
                         lr_mult=parse_range(args.lr_mult, "--lr-mult"), full_lr=parse_range(args.full_lr, "--full-lr"),
                         full_head_mult=parse_range(args.full_head_mult, "--full-head-mult"))
-    selection = Selection(finalists=args.finalists, splits=args.splits)
+    selection = Selection(finalists=args.finalists, splits=args.splits, kfold=args.kfold)
     check_settings(args.trials, args.epochs, ranges, selection)
     run = _load_run(args)
     out = _out_dir(args, run)
@@ -554,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the best trials trained again on repeated train/val splits; the best mean wins (default 3)")
     p.add_argument("--splits", type=int, default=3,
                    help="random train/val splits of train+val per finalist; 0: take the study's best (default 3)")
+    p.add_argument("--kfold", action="store_true",
+                   help="judge the finalists on --splits folds of train+val instead (each image in val once)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler and split seed")
     p.set_defaults(func=_tune)
 

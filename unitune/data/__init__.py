@@ -17,7 +17,7 @@ from .datasets import ArrayDataset, DataError, FileDataset, ImageDataset, Joined
 from .generated import SyntheticDataset, digits_dataset, digits_split_indices
 from .loader import EpochSampler, SeededFetch, build_loader, sample_rng
 from .sources import build_dataset, fixed_subset, read_classes, read_list, select_classes
-from .split import SPLIT_FILE, repeated_splits
+from .split import SPLIT_FILE, fold_splits, repeated_splits
 from .split_record import check_split, record_split
 from .transforms import DATA_CONFIG_KEYS, RANDAUGMENT, build_transform, resolve_data_config
 
@@ -27,6 +27,6 @@ __all__ = [
     "SyntheticDataset", "digits_dataset", "digits_split_indices",
     "EpochSampler", "SeededFetch", "build_loader", "sample_rng",
     "build_dataset", "fixed_subset", "read_classes", "read_list", "select_classes",
-    "SPLIT_FILE", "check_split", "record_split", "repeated_splits",
+    "SPLIT_FILE", "check_split", "fold_splits", "record_split", "repeated_splits",
     "DATA_CONFIG_KEYS", "RANDAUGMENT", "build_transform", "resolve_data_config",
 ]

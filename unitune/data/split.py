@@ -52,7 +52,7 @@ def repeated_splits(targets: Sequence[int], n_val: int, splits: int, seed: int) 
     """``splits`` random (train, val) partitions of ``range(len(targets))`` with ``n_val`` items in
     val, stratified by class where every class has two or more items (scikit-learn's
     ``StratifiedShuffleSplit``; else ``ShuffleSplit``), drawn from ``seed``: the noise-aware
-    selection's repeated splits of train+val (:mod:`unitune.search.tune`)."""
+    selection's repeated splits of train+val (:mod:`unitune.search.selection`)."""
     from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 
     y = np.asarray(targets)
@@ -63,4 +63,21 @@ def repeated_splits(targets: Sequence[int], n_val: int, splits: int, seed: int) 
     stratify = counts[counts > 0].min() >= 2 and n_classes <= n_val and n_classes <= len(y) - n_val
     kind = StratifiedShuffleSplit if stratify else ShuffleSplit
     cut = kind(n_splits=splits, test_size=n_val, random_state=seed)
+    return [(sorted(a.tolist()), sorted(b.tolist())) for a, b in cut.split(np.zeros(len(y)), y if stratify else None)]
+
+
+def fold_splits(targets: Sequence[int], folds: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """``folds`` (train, val) partitions of ``range(len(targets))`` whose vals are disjoint and
+    cover every item once (k folds, shuffled from ``seed``), stratified by class where every class
+    has ``folds`` or more items (scikit-learn's ``StratifiedKFold``; else ``KFold``): the
+    selection's k-fold rule, which judges on all of train+val where :func:`repeated_splits` draws
+    one val-sized sample per split."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    y = np.asarray(targets)
+    if not 2 <= folds <= len(y):
+        raise ValueError(f"fold_splits: {folds} folds of {len(y)} items: expected 2 <= folds <= items")
+    counts = np.bincount(y)
+    stratify = counts[counts > 0].min() >= folds
+    cut = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed)
     return [(sorted(a.tolist()), sorted(b.tolist())) for a, b in cut.split(np.zeros(len(y)), y if stratify else None)]

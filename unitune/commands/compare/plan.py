@@ -331,7 +331,10 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
     else:
         from unitune.search.tune import PRUNER
 
-        what = {**raw, "compare.tune": dataclasses.asdict(tune), "compare.tune.pruner": PRUNER}
+        settings = dataclasses.asdict(tune)
+        if not settings["kfold"]:  # a key added after the suites' records: its default keeps their fingerprint
+            del settings["kfold"]
+        what = {**raw, "compare.tune": settings, "compare.tune.pruner": PRUNER}
     fingerprint = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
     plan = Plan(base, out, tasks, groups, seeds, methods, task_runs, fingerprint, quick=quick, num_classes=num_classes,
                 tune=tune)

@@ -269,13 +269,15 @@ WARM_NOTE = "; the search row's study starts from the single-method rows' trials
 
 def format_tuning(infos: list[dict[str, Any]], plan: Plan) -> str:
     """The table of what each row's study chose and what it cost."""
+    from unitune.search.selection import Selection
+
     if not infos:
         return ""
     cfg = plan.tune
     lines = [f"Every row tuned alike (compare.tune: {plural(cfg.trials, 'trial')} of up to {plural(cfg.epochs, 'epoch')} "
              f"per task and "
              f"row, median pruning; the pick: the best mean val accuracy of {cfg.finalists} finalists over "
-             f"{cfg.splits} random train/val splits of train+val{'' if cfg.splits else ' (off: the best trial)'}; "
+             f"{Selection(cfg.finalists, cfg.splits, cfg.kfold).describe()}{'' if cfg.splits else ' (off: the best trial)'}; "
              f"chosen on train/val only{WARM_NOTE if cfg.warm_start and 'search' in plan.methods else ''}):", "",
              "| task | row | pick | lr | weight decay | lr multipliers | val (selection mean ± se) | tune CPU-s |",
              "|---|---|---|---|---|---|---|---|"]

@@ -104,7 +104,7 @@ def tune_row(plan: Plan, task: str, row: str, progress: bool = False) -> dict[st
     started = time.perf_counter()
     result = tune(ctx, found, folder, trials=cfg.trials, epochs=cfg.epochs,
                   ranges=TuneRanges(**{k: tuple(v) for k, v in cfg.ranges.items()}), seed=cfg.seed,
-                  selection=Selection(finalists=cfg.finalists, splits=cfg.splits), progress=progress,
+                  selection=Selection(finalists=cfg.finalists, splits=cfg.splits, kfold=cfg.kfold), progress=progress,
                   prior=prior_studies(plan, task, found) if row == "search" and cfg.warm_start else ())
     chosen = picked_scores(result)
     picked = dict(found)[result["structure"]]
