@@ -12,8 +12,12 @@ never selected on), and which row each rule would choose among them. Nothing her
 choose; test is printed beside the choices only. Resumable: each score is a JSON file under
 ``RUN/ablation/select_fidelity/``.
 
+``--kfold K`` re-scores the picks on the K folds of train+val instead (the selection's k-fold
+rule, compare.tune.kfold; with ``--epochs 3``, the study's, the partition is the only change):
+does judging every train+val image once choose the test winner where 3 random splits did not?
+
     python benchmarks/bench_select_fidelity.py --run runs/tune-suite-dinov2 --config configs/minivtab-dinov2.yaml \\
-        --tasks orientation,count [--epochs 4] [--rows lora,adapter,vpt,ssf]
+        --tasks orientation,count [--epochs 4] [--kfold 5] [--rows lora,adapter,vpt,ssf]
 """
 
 from __future__ import annotations
@@ -62,35 +66,41 @@ def main() -> int:
     p.add_argument("--rows", default="lora,adapter,vpt,ssf", help="the single rows the search row chooses among")
     p.add_argument("--seeds", default="0,1,2", help="the cells' seeds (test accuracy, printed only)")
     p.add_argument("--epochs", type=int, help="the selection's epochs here (default: the retrain's)")
+    p.add_argument("--kfold", type=int, help="score on this many folds of train+val instead of the tuner's splits")
     args = p.parse_args()
 
     import torch
 
     from unitune.commands.compare import plan_compare
     from unitune.commands.compare.tuning import read_tune_info
-    from unitune.data import build_dataset, repeated_splits
+    from unitune.data import build_dataset, fold_splits, repeated_splits
 
     torch.set_num_threads(1)
     tasks, rows, seeds = args.tasks.split(","), args.rows.split(","), [int(s) for s in args.seeds.split(",")]
     plan = plan_compare(args.config, args.run, tasks=tasks, seeds=seeds, methods=rows, overrides=TUNE)
     cells = read_rows(args.run)
     epochs = args.epochs or plan.base.retrain.epochs
-    print(f"## The single rows' picks on the selection's splits: {plan.tune.epochs} epochs (stored) against "
-          f"{epochs} (the retrain has {plan.base.retrain.epochs}); val mean ± se over {plan.tune.splits} splits\n")
-    print(f"| task | row | selection, {plan.tune.epochs} ep | selection, {epochs} ep | test (seeds {args.seeds}) | CPU-s |")
+    here = f"{epochs} ep" + (f", {args.kfold} folds" if args.kfold else "")
+    print(f"## The single rows' picks on the selection's splits: {plan.tune.epochs} epochs on {plan.tune.splits} random "
+          f"splits (stored) against {epochs} epochs on "
+          f"{f'{args.kfold} folds of train+val' if args.kfold else 'the same splits'} (the retrain has "
+          f"{plan.base.retrain.epochs}); val mean ± se\n")
+    print(f"| task | row | selection, {plan.tune.epochs} ep | selection, {here} | test (seeds {args.seeds}) | CPU-s |")
     print("|---|---|---|---|---|---|")
     chosen: dict[str, dict[str, str]] = {}
     for task in tasks:
         data = plan.context(task).run.data
         val_size = len(build_dataset(data, "val", None))
         targets = [*build_dataset(data, "train", None).targets, *build_dataset(data, "val", None).targets]
-        splits = repeated_splits(targets, val_size, plan.tune.splits, plan.tune.seed)
+        splits = (fold_splits(targets, args.kfold, plan.tune.seed) if args.kfold
+                  else repeated_splits(targets, val_size, plan.tune.splits, plan.tune.seed))
         stored, longer, test = {}, {}, {}
         for row in rows:
             info = read_tune_info(plan, task, row)
             stored[row] = info["selection_mean"]
             results = [score(plan, task, info, epochs, split, k,
-                             args.run / "ablation" / "select_fidelity" / f"{epochs}ep" / task / row)
+                             args.run / "ablation" / "select_fidelity"
+                             / (f"{epochs}ep" + (f"-{args.kfold}folds" if args.kfold else "")) / task / row)
                        for k, split in enumerate(splits)]
             longer[row] = mean_se([r["accuracy"] for r in results])
             test[row] = statistics.fmean(cells[task, row, s] for s in seeds)
@@ -98,7 +108,7 @@ def main() -> int:
                   f"{test[row]:.1f} | {sum(r['cpu_seconds'] for r in results):.0f} |")
             sys.stdout.flush()
         chosen[task] = {f"{plan.tune.epochs} ep": max(rows, key=lambda r: stored[r] or -1.0),
-                        f"{epochs} ep": max(rows, key=lambda r: longer[r][0]),
+                        here: max(rows, key=lambda r: longer[r][0]),
                         "test (oracle)": max(rows, key=test.get)}
         chosen[task]["test"] = {rule: f"{test[row]:.1f}" for rule, row in chosen[task].items()}
     print("\n## The row each rule chooses (test accuracy of its cells, printed, not used)\n")
