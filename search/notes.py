@@ -224,7 +224,7 @@ def tune_study_note(study: optuna.Study, pick: FrozenTrial, sizes: str, selectio
              "### Its recipe", "", *recipe_lines(pick.user_attrs["recipe"]), ""]
     if selection:
         lines += ["### The finalists on the selection's train/val partitions of train+val", "",
-                  "| trial | structure | study val | split val accuracies | mean | se |", "|---|---|---|---|---|---|"]
+                  "| trial | structure | study val | val accuracy per split or fold | mean | se |", "|---|---|---|---|---|---|"]
         for row in sorted(selection.values(), key=lambda r: -r["mean"]):
             se = f"{row['se']:.4f}" if row.get("se") is not None else "-"
             lines.append(f"| {row['trial']} | {row['structure']} | {row['study_val_accuracy']:.4f} | "

@@ -103,7 +103,7 @@ def standalone_epochs(run: RunConfig | RunContext, out: Path, subnet, epochs: in
 
     ``split``: None trains on the train split and judges on val; ``(train_indices, val_indices)``
     cuts train and val pooled (:class:`~unitune.data.JoinedDataset`, train first) instead, one of
-    the tuner's repeated splits; ``"trainval"`` trains on trainval and judges nothing (the val
+    the tuner's repeated splits or folds; ``"trainval"`` trains on trainval and judges nothing (the val
     accuracy yielded is NaN). The test split is never built. ``on_model(model)`` is called once the
     model is built (a caller that keeps the trained weights, :mod:`unitune.retrain.soup`)."""
     from unitune.data import JoinedDataset, build_dataset, build_loader, build_transform, resolve_data_config

@@ -69,13 +69,13 @@ class Selection:
 
             n = sum(len(build_dataset(ctx.run.data, split, None)) for split in ("train", "val"))
             if self.splits > n:
-                raise UniTuneError(f"tune: kfold: {self.splits} folds of {n} train+val images; expected at most one "
-                                   f"fold per image")
+                raise UniTuneError(f"tune: splits: {self.splits} folds (kfold) of {n} train+val images; expected at "
+                                   f"most one fold per image")
 
     def describe(self) -> str:
         """The partitions in words, for notes and tables."""
         if self.kfold:
-            return f"{self.splits} folds of train+val (each image in val once)"
+            return f"{self.splits} folds of train+val, each image in val once"
         return f"{self.splits} random train/val splits of train+val"
 
 

@@ -865,6 +865,10 @@ def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
                  "--methods", "lora", "compare.tune.kfold=5"]) == 2
     assert "compare.tune.kfold: expected" in capsys.readouterr().err
     assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                 "--methods", "lora", "compare.tune.splits=100000", "compare.tune.kfold=true"]) == 2
+    assert "compare.tune.splits: 100000 folds (kfold) of the 48 train+val images of task 'location'; expected at most " \
+        "one fold per image" in capsys.readouterr().err
+    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
                  "--methods", "lora", "compare.tune.ranges={lr: [1, 0.1]}"]) == 2
     assert "compare.tune.ranges.lr: expected [low, high] with 0 < low < high" in capsys.readouterr().err
     assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",

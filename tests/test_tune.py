@@ -207,19 +207,23 @@ def test_fold_splits_judge_every_item_once():
         assert len(val) == 8 and sorted(train + val) == list(range(40))
         assert sorted(targets[i] for i in val) == sorted([0, 1, 2, 3] * 2)  # stratified: 2 of each class
     assert folds == fold_splits(targets, 5, seed=0) and folds != fold_splits(targets, 5, seed=1)
-    few = fold_splits([0] * 9 + [1] * 2, 3, seed=0)  # a class of 2 cannot sit in 3 folds: plain k folds
-    assert sorted(i for _, val in few for i in val) == list(range(11))
+    small = [0] * 50 + [1] * 50 + [2] * 4  # a class smaller than the folds leaves the others stratified
+    for _, val in fold_splits(small, 5, seed=0):
+        assert [sum(small[i] == c for i in val) for c in (0, 1)] == [10, 10]
+    assert sorted(i for _, val in fold_splits(small, 5, seed=0) for i in val) == list(range(104))
+    few = fold_splits([0, 1, 2, 3, 4], 3, seed=0)  # no class fills 3 folds: plain k folds
+    assert sorted(i for _, val in few for i in val) == list(range(5))
     with pytest.raises(ValueError, match="12 folds of 11 items"):
         fold_splits([0] * 9 + [1] * 2, 12, seed=0)
 
 
-def test_the_kfold_rule_scores_each_finalist_on_the_folds_of_train_and_val(folder):
+def test_the_kfold_rule_scores_each_finalist_on_the_folds_of_train_and_val(folder, monkeypatch):
     """A second computation of each k-fold score (the finalist trained on that fold), stored under
     the rule's own key so that the random splits' scores are never mixed in."""
     from unitune.data import build_dataset, fold_splits
     from unitune.search.selection import selection_key
 
-    with pytest.raises(UniTuneError, match="tune: kfold: 65 folds of 64 train.val images; expected at most one fold"):
+    with pytest.raises(UniTuneError, match=r"tune: splits: 65 folds \(kfold\) of 64 train\+val images; expected at most"):
         run_tune(folder, trials=4, selection=Selection(finalists=2, splits=65, kfold=True))
     assert not (folder / "run/tune/study.db").exists()  # refused before the study started
     rule = Selection(finalists=2, splits=2, kfold=True)
@@ -233,16 +237,33 @@ def test_the_kfold_rule_scores_each_finalist_on_the_folds_of_train_and_val(folde
     assert [len(v) for _, v in folds] == [32, 32]  # 48 train + 16 val in two halves, not val's 16
     study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
     assert study.user_attrs["selection_scores:2-folds:seed0"] == result["selection"]
-    assert not any(k.startswith("selection_scores") and k.endswith("splits:seed0") for k in study.user_attrs)
+    assert {k for k in study.user_attrs if k.startswith("selection_scores")} == {"selection_scores:2-folds:seed0"}
     for number, row in result["selection"].items():
         trial = next(t for t in result["trials"] if t["number"] == int(number))
         for k, split in enumerate(folds):
             again = [a for _, a in trial_epochs(ctx, by_label[row["structure"]], trial["recipe"], 2,
                                                 source=row["structure"], split=split)]
             assert again[-1] == row["scores"][k]
-    assert result["selection_rule"] == "2 folds of train+val (each image in val once)"
-    assert "over 2 folds of train+val" in tune_line(result)
+    assert result["selection_rule"] == "2 folds of train+val, each image in val once"
+    assert "over 2 folds of train+val, each image in val once (its study val" in tune_line(result)
     assert "the 2 finalists over 2 folds of train+val" in dashboard_note(study)
+    # the random splits' rule on the same study trains its finalists anew, on its own splits and key
+    import unitune.search.rerank as rerank
+
+    trained, real = [], rerank.standalone_epochs
+
+    def recording(*args, split=None, **kwargs):
+        trained.append(split)
+        return real(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(rerank, "standalone_epochs", recording)
+    random = run_tune(folder, trials=4, selection=Selection(finalists=2, splits=2))
+    assert random["selection"].keys() == result["selection"].keys()  # the same finalists, judged again:
+    assert [len(s[1]) for s in trained] == [16] * 4  # 2 finalists x 2 splits of val's size, no fold of 32
+    study = optuna.load_study(study_name=result["study"], storage=f"sqlite:///{folder / 'run/tune/study.db'}")
+    assert {k for k in study.user_attrs if k.startswith("selection_scores")} == \
+        {"selection_scores:2-folds:seed0", "selection_scores:2-splits:seed0"}
+    assert study.user_attrs["selection_scores:2-folds:seed0"] == result["selection"]  # untouched
 
 
 def test_the_warm_up_is_cut_with_the_epochs():

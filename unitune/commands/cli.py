@@ -551,9 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-head-mult", default="1:1000", metavar="LOW:HIGH",
                    help="full fine-tuning's head multiplier over the backbone rate (default 1:1000)")
     p.add_argument("--finalists", type=int, default=3,
-                   help="the best trials trained again on repeated train/val splits; the best mean wins (default 3)")
+                   help="the best trials trained again on repeated train/val splits (or folds); the best mean wins "
+                        "(default 3)")
     p.add_argument("--splits", type=int, default=3,
-                   help="random train/val splits of train+val per finalist; 0: take the study's best (default 3)")
+                   help="random train/val splits of train+val per finalist (with --kfold: folds); 0: take the study's "
+                        "best (default 3)")
     p.add_argument("--kfold", action="store_true",
                    help="judge the finalists on --splits folds of train+val instead (each image in val once)")
     p.add_argument("--seed", type=int, default=0, help="TPE sampler and split seed")

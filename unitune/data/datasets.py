@@ -181,7 +181,7 @@ class SubsetDataset(ImageDataset):
 
 class JoinedDataset(ImageDataset):
     """Several datasets of the same classes, one after the other (train and val pooled for the
-    tuner's repeated splits: :func:`unitune.data.split.repeated_splits`)."""
+    tuner's repeated splits or folds: :func:`unitune.data.split.repeated_splits`, :func:`~unitune.data.split.fold_splits`)."""
 
     def __init__(self, parts: Sequence[ImageDataset], name: str | None = None):
         if not parts or any(p.classes != parts[0].classes for p in parts):

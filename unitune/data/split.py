@@ -68,16 +68,20 @@ def repeated_splits(targets: Sequence[int], n_val: int, splits: int, seed: int) 
 
 def fold_splits(targets: Sequence[int], folds: int, seed: int) -> list[tuple[list[int], list[int]]]:
     """``folds`` (train, val) partitions of ``range(len(targets))`` whose vals are disjoint and
-    cover every item once (k folds, shuffled from ``seed``), stratified by class where every class
-    has ``folds`` or more items (scikit-learn's ``StratifiedKFold``; else ``KFold``): the
-    selection's k-fold rule, which judges on all of train+val where :func:`repeated_splits` draws
-    one val-sized sample per split."""
+    cover every item once (k folds, shuffled from ``seed``), stratified by class (scikit-learn's
+    ``StratifiedKFold``; a class with fewer items than folds is spread as far as it goes) unless no
+    class has ``folds`` items (then ``KFold``): the selection's k-fold rule, which judges on all of
+    train+val where :func:`repeated_splits` draws one val-sized sample per split."""
+    import warnings
+
     from sklearn.model_selection import KFold, StratifiedKFold
 
     y = np.asarray(targets)
     if not 2 <= folds <= len(y):
         raise ValueError(f"fold_splits: {folds} folds of {len(y)} items: expected 2 <= folds <= items")
-    counts = np.bincount(y)
-    stratify = counts[counts > 0].min() >= folds
+    stratify = np.bincount(y).max() >= folds
     cut = (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed)
-    return [(sorted(a.tolist()), sorted(b.tolist())) for a, b in cut.split(np.zeros(len(y)), y if stratify else None)]
+    with warnings.catch_warnings():  # "the least populated class has only n members": said in the docstring
+        warnings.simplefilter("ignore", UserWarning)
+        return [(sorted(a.tolist()), sorted(b.tolist()))
+                for a, b in cut.split(np.zeros(len(y)), y if stratify else None)]

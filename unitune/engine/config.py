@@ -342,7 +342,7 @@ def _ranges(cfg: "CompareTune", where: str) -> None:
 def _splits(cfg: "CompareTune", where: str) -> None:
     if cfg.splits == 1:
         raise UniTuneError(f"{where}.splits: 1 split has no spread; expected 0 (off) or >= 2")
-    if cfg.kfold is True and cfg.splits == 0:
+    if cfg.kfold and cfg.splits == 0:
         raise UniTuneError(f"{where}.kfold: true with splits 0 (the selection off): expected splits >= 2, the folds")
 
 
@@ -353,8 +353,8 @@ class CompareTune:
 
     trials: int = count(8, 1)  # finished (complete or pruned) trials per row and task
     epochs: int = count(3, 1)  # stand-alone epochs per trial: the pruner's fidelities
-    finalists: int = count(3, 1)  # the best trials judged again on repeated splits
-    splits: int = count(3, 0, rule=_splits)  # random train/val splits of train+val per finalist; 0: off
+    finalists: int = count(3, 1)  # the best trials judged again on repeated splits (or folds)
+    splits: int = count(3, 0, rule=_splits)  # random train/val splits of train+val per finalist (kfold: folds); 0: off
     kfold: bool = False  # the splits are instead k folds of train+val (each image judged once)
     structures: int = count(3, 1)  # the search row: the search study's best structures (+ the single methods)
     soup: int = count(3, 1)  # the soup row: members (the search pick's best recipes, then its lr neighbours)

@@ -318,11 +318,17 @@ def plan_compare(config: str | Path, out: str | Path | None = None, tasks: Seque
         run = dataclasses.replace(base, name=traw["name"], data=data, raw=traw, pretrain=None, pretrain_data=None,
                                   model=dataclasses.replace(base.model, weights=weights or base.model.weights),
                                   source=str(out / "tasks" / t / "config.yaml"))
+        images = {}
         for split in ("train", "val", "trainval", "test"):  # indexed, not read: a missing list fails now
             split_set = build_dataset(run.data, split, None)
+            images[split] = len(split_set)
             if split == "trainval":
                 num_classes[t] = split_set.num_classes
         split_set.verify_files()  # the test files are read after training: verified (not decoded) now
+        if tune is not None and tune.kfold and tune.splits > images["train"] + images["val"]:
+            raise UniTuneError(f"{src}: compare.tune.splits: {tune.splits} folds (kfold) of the "
+                               f"{images['train'] + images['val']} train+val images of task {t!r}; expected at most one "
+                               f"fold per image")
         task_runs[t] = run
     # the tuning settings too, where given (an untuned comparison keeps its fingerprint), and the
     # tuner's pruning rule: records tuned under another rule are of another comparison
