@@ -852,29 +852,23 @@ def test_kfold_enters_the_fingerprint_only_when_set(tmp_path):
 
 def test_the_soup_row_needs_the_tuned_search(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora,soup"]) == 2
-    assert "the 'soup' row is the search row's greedy soup of tuned recipes" in capsys.readouterr().err
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora", "compare.tune.splits=1"]) == 2
-    assert "compare.tune.splits: 1 split has no spread" in capsys.readouterr().err
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora", "compare.tune.splits=0", "compare.tune.kfold=true"]) == 2
-    assert "compare.tune.kfold: true with splits 0 (the selection off): expected splits >= 2" in capsys.readouterr().err
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora", "compare.tune.kfold=5"]) == 2
-    assert "compare.tune.kfold: expected" in capsys.readouterr().err
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora", "compare.tune.splits=100000", "compare.tune.kfold=true"]) == 2
-    assert "compare.tune.splits: 100000 folds (kfold) of the 48 train+val images of task 'location'; expected at most " \
-        "one fold per image" in capsys.readouterr().err
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora", "compare.tune.ranges={lr: [1, 0.1]}"]) == 2
-    assert "compare.tune.ranges.lr: expected [low, high] with 0 < low < high" in capsys.readouterr().err
-    assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
-                 "--methods", "lora,search", "compare.tune.trials=2", "retrain.init=supernet"]) == 2
-    assert "compare.tune tunes every row from the pretrained backbone, but retrain.init: supernet" in \
-        capsys.readouterr().err
+    cases = [
+        (["lora,soup"], "the 'soup' row is the search row's greedy soup of tuned recipes"),
+        (["lora", "compare.tune.splits=1"], "compare.tune.splits: 1 split has no spread"),
+        (["lora", "compare.tune.splits=0", "compare.tune.kfold=true"],
+         "compare.tune.kfold: true with splits 0 (the selection off): expected splits >= 2"),
+        (["lora", "compare.tune.kfold=5"], "compare.tune.kfold: expected"),
+        (["lora", "compare.tune.splits=100000", "compare.tune.kfold=true"],
+         "compare.tune.splits: 100000 folds (kfold) of the 48 train+val images of task 'location'; expected at most "
+         "one fold per image"),
+        (["lora", "compare.tune.ranges={lr: [1, 0.1]}"], "compare.tune.ranges.lr: expected [low, high] with 0 < low < high"),
+        (["lora,search", "compare.tune.trials=2", "retrain.init=supernet"],
+         "compare.tune tunes every row from the pretrained backbone, but retrain.init: supernet"),
+    ]
+    for (methods, *overrides), message in cases:
+        assert main(["compare", "--config", str(CONFIG), "--quick", "--out", str(out), "--quiet", "--tasks", "location",
+                     "--methods", methods, *overrides]) == 2, methods
+        assert message in capsys.readouterr().err, message
     assert not out.exists()
 
 
